@@ -1,0 +1,23 @@
+"""Track Stripe payments for a partner program in a Flask app, the way PartnerStack does."""
+
+from . import signals
+from .config import ConfigurationError
+from .extension import PartnerStackStripe
+from .models import (
+    CustomerMixin,
+    Models,
+    StripeAccountMixin,
+    TransactionMixin,
+    WebhookEventMixin,
+)
+
+__all__ = [
+    "ConfigurationError",
+    "CustomerMixin",
+    "Models",
+    "PartnerStackStripe",
+    "StripeAccountMixin",
+    "TransactionMixin",
+    "WebhookEventMixin",
+    "signals",
+]

@@ -1,0 +1,124 @@
+"""Configuration keys, their defaults, and the checks run once at ``init_app``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+PREFIX = "PARTNERSTACK_STRIPE_"
+
+#: Every configuration key the extension reads, without its prefix, and its default.
+DEFAULTS: dict[str, Any] = {
+    "WEBHOOK_SECRETS": [],
+    "SIGNATURE_TOLERANCE": 300,
+    "MAX_BODY": 1024 * 1024,
+    "TRANSACTION_SOURCE": "charge",
+    "REFUND_POLICY": "delete",
+    "MATCH_EMAIL": True,
+    "API_KEY": None,
+    "CLIENT_ID": None,
+    "URL_PREFIX": "/partnerstack",
+    "REFERRAL_COOKIE_DAYS": 90,
+    "STORE_IGNORED_EVENTS": True,
+    "SQLITE_BUSY_TIMEOUT": 30,
+}
+
+TRANSACTION_SOURCES = ("charge", "invoice")
+REFUND_POLICIES = ("delete", "prorate")
+
+
+class ConfigurationError(ValueError):
+    """A ``PARTNERSTACK_STRIPE_*`` key has a value the extension cannot work with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one app, read once at ``init_app``."""
+
+    webhook_secrets: tuple[str, ...]
+    signature_tolerance: int
+    max_body: int
+    transaction_source: str
+    refund_policy: str
+    match_email: bool
+    api_key: str | None
+    client_id: str | None
+    url_prefix: str
+    referral_cookie_days: int
+    store_ignored_events: bool
+    sqlite_busy_timeout: float
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        def get(name: str) -> Any:
+            return config.get(PREFIX + name, DEFAULTS[name])
+
+        return cls(
+            webhook_secrets=_secrets(get("WEBHOOK_SECRETS")),
+            signature_tolerance=_positive_int("SIGNATURE_TOLERANCE", get("SIGNATURE_TOLERANCE")),
+            max_body=_positive_int("MAX_BODY", get("MAX_BODY")),
+            transaction_source=_choice(
+                "TRANSACTION_SOURCE", get("TRANSACTION_SOURCE"), TRANSACTION_SOURCES
+            ),
+            refund_policy=_choice("REFUND_POLICY", get("REFUND_POLICY"), REFUND_POLICIES),
+            match_email=_bool("MATCH_EMAIL", get("MATCH_EMAIL")),
+            api_key=_optional_str("API_KEY", get("API_KEY")),
+            client_id=_optional_str("CLIENT_ID", get("CLIENT_ID")),
+            url_prefix=_url_prefix(get("URL_PREFIX")),
+            referral_cookie_days=_positive_int("REFERRAL_COOKIE_DAYS", get("REFERRAL_COOKIE_DAYS")),
+            store_ignored_events=_bool("STORE_IGNORED_EVENTS", get("STORE_IGNORED_EVENTS")),
+            sqlite_busy_timeout=_positive_number("SQLITE_BUSY_TIMEOUT", get("SQLITE_BUSY_TIMEOUT")),
+        )
+
+
+def _fail(name: str, expected: str, value: Any) -> ConfigurationError:
+    # Secrets and keys never appear in the message: only their type.
+    return ConfigurationError(f"{PREFIX}{name} must be {expected}, got {type(value).__name__}")
+
+
+def _secrets(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(
+        isinstance(secret, str) and secret.strip() for secret in value
+    ):
+        raise _fail("WEBHOOK_SECRETS", "a list of non-empty signing secrets (whsec_...)", value)
+    return tuple(value)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(f"{PREFIX}{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _positive_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigurationError(f"{PREFIX}{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        allowed = " or ".join(repr(choice) for choice in choices)
+        raise ConfigurationError(f"{PREFIX}{name} must be {allowed}, got {value!r}")
+    return str(value)
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{PREFIX}{name} must be True or False, got {value!r}")
+    return value
+
+
+def _optional_str(name: str, value: Any) -> str | None:
+    if value is not None and (not isinstance(value, str) or not value.strip()):
+        raise _fail(name, "a non-empty string or None", value)
+    return value
+
+
+def _url_prefix(value: Any) -> str:
+    if not isinstance(value, str) or (value and not value.startswith("/")):
+        raise ConfigurationError(f"{PREFIX}URL_PREFIX must be a path starting with '/', got {value!r}")
+    return value.rstrip("/")

@@ -1,0 +1,54 @@
+"""The few database-specific pieces: upserts and taking SQLite's write lock up front."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+
+
+def upsert(session: Session, model: Any) -> Any:
+    """An ``INSERT`` for ``model`` that supports ``ON CONFLICT`` on this session's database."""
+    dialect = session.get_bind().dialect.name
+    try:
+        return _INSERTS[dialect](model)
+    except KeyError:
+        raise RuntimeError(
+            f"flask-partnerstack-stripe supports PostgreSQL and SQLite, not {dialect!r}."
+        ) from None
+
+
+@contextmanager
+def write_transaction(session: Session, busy_timeout: float) -> Iterator[None]:
+    """Make the session's next transaction take SQLite's write lock when it begins.
+
+    With SQLite's default deferred transactions, two workers can both read and
+    then both try to write: one of them gets "database is locked" at once, the
+    busy timeout notwithstanding. ``BEGIN IMMEDIATE`` takes the lock first and
+    waits for it. Only the connection this session holds is changed, and only
+    until the block ends, so the host's other connections keep their settings.
+    PostgreSQL needs nothing here: its row locks and ``ON CONFLICT`` do the work.
+    """
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        yield
+        return
+    driver = connection.connection.driver_connection
+    isolation = driver.isolation_level  # type: ignore[union-attr]
+    (timeout_ms,) = driver.execute("PRAGMA busy_timeout").fetchone()  # type: ignore[union-attr]
+    driver.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")  # type: ignore[union-attr]
+    # isolation_level None means the host runs its own BEGINs: leave those alone
+    # (and setting None back would commit).
+    if isolation is not None:
+        driver.isolation_level = "IMMEDIATE"  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        if isolation is not None:
+            driver.isolation_level = isolation  # type: ignore[union-attr]
+        driver.execute(f"PRAGMA busy_timeout = {timeout_ms}")  # type: ignore[union-attr]

@@ -1,0 +1,168 @@
+"""The ``PartnerStackStripe`` extension object and its per-app state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from flask import Flask, current_app
+
+from .config import DEFAULTS, PREFIX, Settings
+from .models import Models, default_models
+from .receiver import HostHandler, Receiver
+from .tracking import BUILTIN_HANDLERS
+
+EXTENSION_KEY = "partnerstack_stripe"
+
+F = TypeVar("F", bound=HostHandler)
+
+
+@dataclass
+class State:
+    """Everything the extension keeps for one app, in ``app.extensions["partnerstack_stripe"]``."""
+
+    extension: PartnerStackStripe
+    settings: Settings
+    db: Any
+    models: Models
+    receiver: Receiver
+
+
+class PartnerStackStripe:
+    """Track Stripe payments for a partner program in a Flask app.
+
+    ``PartnerStackStripe(app, db=db)`` or, with an app factory,
+    ``partnerstack = PartnerStackStripe(db=db)`` then ``partnerstack.init_app(app)``.
+    ``db`` may be left out when the app already has Flask-SQLAlchemy set up.
+    """
+
+    def __init__(
+        self,
+        app: Flask | None = None,
+        *,
+        db: Any = None,
+        models: Models | Mapping[str, Any] | None = None,
+        url_prefix: str | None = None,
+        register_blueprint: bool = True,
+    ) -> None:
+        self._db = db
+        self._models = _as_models(models) if models is not None else None
+        if self._models is None and db is not None:
+            self._models = default_models(db)
+        self._url_prefix = url_prefix
+        self._register_blueprint = register_blueprint
+        self._handlers: dict[str, list[HostHandler]] = {}
+        if app is not None:
+            self.init_app(app)
+
+    @property
+    def models(self) -> Models:
+        """The model classes (``.Customer``, ``.Transaction``, ``.StripeAccount``, ``.WebhookEvent``)."""
+        if self._models is None:
+            raise RuntimeError(
+                "The models are built on the app's Flask-SQLAlchemy db: pass db= to "
+                "PartnerStackStripe(...) or call init_app(app) first."
+            )
+        return self._models
+
+    def init_app(
+        self,
+        app: Flask,
+        *,
+        db: Any = None,
+        models: Models | Mapping[str, Any] | None = None,
+        url_prefix: str | None = None,
+        register_blueprint: bool | None = None,
+    ) -> None:
+        """Set the extension up on ``app``: read its config, build models, mount the blueprint."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                "PartnerStackStripe is already set up on this app. Each app calls "
+                "init_app (or PartnerStackStripe(app)) once; to change its options, "
+                "create the app again."
+            )
+        for name, default in DEFAULTS.items():
+            app.config.setdefault(PREFIX + name, default)
+        settings = Settings.from_config(app.config)
+        db = self._bind_db(app, db)
+        if models is not None:
+            self._models = _as_models(models)
+        elif self._models is None:
+            self._models = default_models(db)
+
+        receiver = Receiver(self._models, settings)
+        for event_type, handler in BUILTIN_HANDLERS.items():
+            receiver.builtin_handlers[event_type].append(handler)
+        # The receiver shares the handler lists, so handlers added later still count.
+        receiver.host_handlers = self._handlers  # type: ignore[assignment]
+        app.extensions[EXTENSION_KEY] = State(self, settings, db, self._models, receiver)
+
+        if register_blueprint if register_blueprint is not None else self._register_blueprint:
+            from .views import create_blueprint
+
+            prefix = url_prefix if url_prefix is not None else self._url_prefix
+            blueprint = create_blueprint(app)
+            app.register_blueprint(
+                blueprint, url_prefix=settings.url_prefix if prefix is None else prefix
+            )
+
+        from .cli import partnerstack_cli
+
+        app.cli.add_command(partnerstack_cli)
+
+    def handler(self, event_type: str) -> Callable[[F], F]:
+        """Register ``fn(event)`` to run for ``event_type`` inside the event's transaction.
+
+        An exception in it rolls the whole event back: it is stored as failed, the
+        webhook answers 500, and Stripe's redelivery applies it again.
+        """
+
+        def register(fn: F) -> F:
+            self._handlers.setdefault(event_type, []).append(fn)
+            return fn
+
+        return register
+
+    def _bind_db(self, app: Flask, db: Any) -> Any:
+        db = db if db is not None else self._db
+        if db is None:
+            db = app.extensions.get("sqlalchemy")
+            if db is None:
+                raise RuntimeError(
+                    "PartnerStackStripe needs Flask-SQLAlchemy: call db.init_app(app) "
+                    "before PartnerStackStripe(app), or pass db= explicitly."
+                )
+        if app.extensions.get("sqlalchemy") is not db:
+            raise RuntimeError(
+                "The db given to PartnerStackStripe is not set up on this app: call "
+                "db.init_app(app) before partnerstack.init_app(app)."
+            )
+        if self._db is None:
+            self._db = db
+        elif self._db is not db:
+            raise RuntimeError(
+                "This PartnerStackStripe object already has its models on another db; "
+                "create one PartnerStackStripe object per SQLAlchemy db."
+            )
+        return db
+
+
+def get_state(app: Flask | None = None) -> State:
+    """The extension's state for ``app`` (default: the current app)."""
+    app = app if app is not None else current_app
+    try:
+        return app.extensions[EXTENSION_KEY]  # type: ignore[no-any-return]
+    except KeyError:
+        raise RuntimeError(
+            "PartnerStackStripe is not set up on this app: did you forget "
+            "partnerstack.init_app(app)?"
+        ) from None
+
+
+def _as_models(models: Models | Mapping[str, Any]) -> Models:
+    if isinstance(models, Models):
+        return models
+    if isinstance(models, Mapping):
+        return Models(**models)
+    return Models(models.Customer, models.Transaction, models.StripeAccount, models.WebhookEvent)

@@ -1,0 +1,222 @@
+"""The tables the extension writes, as mixins the host can extend, and default models.
+
+The host's own Flask-Migrate sees these tables because they are declared on the
+host's ``db.Model``; the extension ships no migrations of its own.
+
+Uniqueness lives in the database. SQL unique constraints treat NULLs as distinct,
+so the public ``stripe_account_id`` (None for the platform's own account) is
+mirrored into ``account_scope``, which is ``""`` for the platform and never NULL.
+"""
+
+from __future__ import annotations
+
+import weakref
+from datetime import datetime, timezone
+from typing import Any, ClassVar, NamedTuple
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
+
+#: ``WebhookEvent.status`` values.
+PROCESSED, IGNORED, FAILED = "processed", "ignored", "failed"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def account_scope(stripe_account_id: str | None) -> str:
+    """The non-NULL key the unique constraints use for an account (``""`` for the platform)."""
+    return stripe_account_id or ""
+
+
+class CustomerMixin:
+    """A customer of the host, attributed to a partner. Table ``partnerstack_customer``."""
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return "partnerstack_customer"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        table = cls.__tablename__
+        return (
+            sa.UniqueConstraint("account_scope", "livemode", "customer_key", name=f"uq_{table}_key"),
+            sa.UniqueConstraint(
+                "account_scope", "livemode", "stripe_customer_id", name=f"uq_{table}_stripe_id"
+            ),
+            sa.Index(f"ix_{table}_email", "account_scope", "livemode", "email"),
+        )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    customer_key: Mapped[str] = mapped_column(sa.String(255))
+    email: Mapped[str | None] = mapped_column(sa.String(320))
+    name: Mapped[str | None] = mapped_column(sa.String(255))
+    partner_key: Mapped[str | None] = mapped_column(sa.String(255))
+    stripe_customer_id: Mapped[str | None] = mapped_column(sa.String(255))
+    stripe_account_id: Mapped[str | None] = mapped_column(sa.String(255))
+    account_scope: Mapped[str] = mapped_column(sa.String(255), default="")
+    livemode: Mapped[bool] = mapped_column(default=False)
+    #: ``created`` of the newest Stripe customer event applied, so an older one never wins.
+    stripe_event_created: Mapped[int | None] = mapped_column(sa.BigInteger)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    def __repr__(self) -> str:
+        return f"<Customer {self.customer_key!r} partner={self.partner_key!r}>"
+
+
+class TransactionMixin:
+    """One payment (a charge or an invoice) credited to a customer. Table ``partnerstack_transaction``.
+
+    Subclasses whose customer model has another class or table name set
+    ``customer_model`` and ``customer_table``.
+    """
+
+    customer_model: ClassVar[str] = "PartnerStackCustomer"
+    customer_table: ClassVar[str] = "partnerstack_customer"
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return "partnerstack_transaction"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        table = cls.__tablename__
+        return (
+            sa.UniqueConstraint("account_scope", "key", name=f"uq_{table}_key"),
+            sa.Index(f"ix_{table}_customer_id", "customer_id"),
+            sa.Index(f"ix_{table}_stripe_customer", "account_scope", "stripe_customer_id"),
+        )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(sa.String(255))
+
+    @declared_attr
+    def customer_id(cls) -> Mapped[int | None]:
+        return mapped_column(sa.ForeignKey(f"{cls.customer_table}.id", ondelete="SET NULL"))
+
+    @declared_attr
+    def customer(cls) -> Mapped[Any]:
+        return relationship(cls.customer_model)
+
+    amount: Mapped[int] = mapped_column(sa.BigInteger)
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    product_key: Mapped[str | None] = mapped_column(sa.String(255))
+    stripe_account_id: Mapped[str | None] = mapped_column(sa.String(255))
+    account_scope: Mapped[str] = mapped_column(sa.String(255), default="")
+    livemode: Mapped[bool] = mapped_column(default=False)
+    #: How the customer was named on the payment, kept to attach it once the customer is known.
+    stripe_customer_id: Mapped[str | None] = mapped_column(sa.String(255))
+    customer_key: Mapped[str | None] = mapped_column(sa.String(255))
+    customer_email: Mapped[str | None] = mapped_column(sa.String(320))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    deleted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    def __repr__(self) -> str:
+        state = " deleted" if self.deleted_at else ""
+        return f"<Transaction {self.key!r} {self.amount} {self.currency}{state}>"
+
+
+class StripeAccountMixin:
+    """A connected Stripe account, per mode. Table ``partnerstack_stripe_account``."""
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return "partnerstack_stripe_account"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        return (
+            sa.UniqueConstraint(
+                "stripe_account_id", "livemode", name=f"uq_{cls.__tablename__}_account"
+            ),
+        )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stripe_account_id: Mapped[str] = mapped_column(sa.String(255))
+    livemode: Mapped[bool] = mapped_column(default=False)
+    #: ``"charge"`` or ``"invoice"``; None follows ``PARTNERSTACK_STRIPE_TRANSACTION_SOURCE``.
+    transaction_source: Mapped[str | None] = mapped_column(sa.String(16))
+    installed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    uninstalled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    def __repr__(self) -> str:
+        mode = "live" if self.livemode else "test"
+        return f"<StripeAccount {self.stripe_account_id} {mode}>"
+
+
+class WebhookEventMixin:
+    """Every verified Stripe event, stored once. Table ``partnerstack_webhook_event``."""
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return "partnerstack_webhook_event"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        table = cls.__tablename__
+        return (
+            sa.UniqueConstraint("stripe_event_id", name=f"uq_{table}_stripe_event_id"),
+            sa.Index(f"ix_{table}_status", "status"),
+        )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    stripe_event_id: Mapped[str] = mapped_column(sa.String(255))
+    type: Mapped[str] = mapped_column(sa.String(255))
+    stripe_account_id: Mapped[str | None] = mapped_column(sa.String(255))
+    livemode: Mapped[bool] = mapped_column(default=False)
+    #: ``processed``, ``ignored`` or ``failed``.
+    status: Mapped[str] = mapped_column(sa.String(16))
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    #: The raw JSON body as Stripe signed it, so a failed event can be replayed.
+    payload: Mapped[str | None] = mapped_column(sa.Text)
+    received_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    processed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    def __repr__(self) -> str:
+        return f"<WebhookEvent {self.stripe_event_id} {self.type} {self.status}>"
+
+
+class Models(NamedTuple):
+    """The four model classes the extension works with."""
+
+    Customer: Any
+    Transaction: Any
+    StripeAccount: Any
+    WebhookEvent: Any
+
+
+# One set of default models per ``SQLAlchemy`` object: declaring a table twice on
+# the same metadata is an error, and several extension objects may share one ``db``.
+_default_models: weakref.WeakKeyDictionary[Any, Models] = weakref.WeakKeyDictionary()
+
+
+def default_models(db: Any) -> Models:
+    """The default models declared on ``db.Model`` (built once per ``db``)."""
+    if db not in _default_models:
+
+        class PartnerStackCustomer(CustomerMixin, db.Model):  # type: ignore[name-defined,misc]
+            pass
+
+        class PartnerStackTransaction(TransactionMixin, db.Model):  # type: ignore[name-defined,misc]
+            pass
+
+        class PartnerStackStripeAccount(StripeAccountMixin, db.Model):  # type: ignore[name-defined,misc]
+            pass
+
+        class PartnerStackWebhookEvent(WebhookEventMixin, db.Model):  # type: ignore[name-defined,misc]
+            pass
+
+        _default_models[db] = Models(
+            PartnerStackCustomer,
+            PartnerStackTransaction,
+            PartnerStackStripeAccount,
+            PartnerStackWebhookEvent,
+        )
+    return _default_models[db]

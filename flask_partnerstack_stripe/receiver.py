@@ -1,0 +1,230 @@
+"""Store a verified event once, apply it, and commit both together.
+
+No Flask here: the receiver works on a SQLAlchemy session, so the webhook view,
+the replay command and the testing helpers all share one code path.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+from blinker import NamedSignal
+from sqlalchemy.orm import Session
+
+from . import signals
+from .config import Settings
+from .database import upsert, write_transaction
+from .models import FAILED, IGNORED, PROCESSED, Models, account_scope, utcnow
+
+log = logging.getLogger("flask_partnerstack_stripe")
+
+DUPLICATE = "duplicate"
+
+HostHandler = Callable[[dict[str, Any]], Any]
+
+
+class EventFailed(Exception):
+    """Applying an event raised; it was rolled back and stored as ``failed``."""
+
+    def __init__(self, event_id: str, error: BaseException) -> None:
+        super().__init__(f"Event {event_id} failed: {type(error).__name__}")
+        self.event_id = event_id
+        self.error = error
+
+
+@dataclass
+class Outcome:
+    """What receiving one event did, and the signals to send once it has committed."""
+
+    status: str
+    reason: str | None = None
+    notifications: list[tuple[NamedSignal, dict[str, Any]]] = field(default_factory=list)
+
+
+@dataclass
+class EventContext:
+    """What a built-in handler gets: the event, where it belongs, and the open session."""
+
+    session: Session
+    models: Models
+    settings: Settings
+    event: dict[str, Any]
+    stripe_account_id: str | None
+    account: Any = None  # the StripeAccount row, when the event's account has one
+    ignored: str | None = None
+    notifications: list[tuple[NamedSignal, dict[str, Any]]] = field(default_factory=list)
+
+    @property
+    def object(self) -> dict[str, Any]:
+        return self.event["data"]["object"]  # type: ignore[no-any-return]
+
+    @property
+    def livemode(self) -> bool:
+        return bool(self.event["livemode"])
+
+    @property
+    def scope(self) -> str:
+        return account_scope(self.stripe_account_id)
+
+    def notify(self, signal: NamedSignal, **kwargs: Any) -> None:
+        """Send ``signal`` with ``kwargs`` (and the event) after the commit."""
+        self.notifications.append((signal, {**kwargs, "event": self.event}))
+
+    def ignore(self, reason: str) -> None:
+        """Mark the event as changing nothing, with a reason the sender can read."""
+        self.ignored = reason
+
+
+BuiltinHandler = Callable[[EventContext], None]
+
+
+class Receiver:
+    """Dispatches events to built-in tracking handlers and the host's own handlers."""
+
+    def __init__(self, models: Models, settings: Settings) -> None:
+        self.models = models
+        self.settings = settings
+        self.builtin_handlers: dict[str, list[BuiltinHandler]] = defaultdict(list)
+        self.host_handlers: dict[str, list[HostHandler]] = defaultdict(list)
+
+    def receive(
+        self,
+        session: Session,
+        event: dict[str, Any],
+        payload: str,
+        *,
+        stripe_account_id: str | None = None,
+    ) -> Outcome:
+        """Store ``event`` once, apply it, commit. Raise :class:`EventFailed` if applying raised."""
+        stripe_account_id = stripe_account_id or event.get("account")
+        try:
+            with write_transaction(session, self.settings.sqlite_busy_timeout):
+                outcome = self._store_and_apply(session, event, payload, stripe_account_id)
+                session.commit()
+        except Exception as error:
+            session.rollback()
+            self._record_failure(session, event, payload, stripe_account_id, error)
+            raise EventFailed(event["id"], error) from error
+        return outcome
+
+    def _store_and_apply(
+        self, session: Session, event: dict[str, Any], payload: str, stripe_account_id: str | None
+    ) -> Outcome:
+        if not self._claim(session, event, payload, stripe_account_id):
+            return Outcome(DUPLICATE)
+        context = EventContext(session, self.models, self.settings, event, stripe_account_id)
+        context.ignored = self._reason_to_ignore(context)
+        if context.ignored is None:
+            for handler in self.builtin_handlers.get(event["type"], ()):
+                handler(context)
+            for host_handler in self.host_handlers.get(event["type"], ()):
+                host_handler(event)
+        if context.ignored is not None:
+            self._mark_ignored(session, event["id"], context.ignored)
+            return Outcome(
+                IGNORED,
+                context.ignored,
+                [(signals.event_ignored, {"event": event, "reason": context.ignored})],
+            )
+        context.notifications.append((signals.event_processed, {"event": event}))
+        return Outcome(PROCESSED, notifications=context.notifications)
+
+    def _claim(
+        self, session: Session, event: dict[str, Any], payload: str, stripe_account_id: str | None
+    ) -> bool:
+        """Insert the event, or take over a failed copy of it; False for a duplicate.
+
+        One statement, so two deliveries racing each other cannot both win: the
+        unique event id decides. The row is written as processed already, which
+        only becomes visible when the event's effects commit with it.
+        """
+        WebhookEvent = self.models.WebhookEvent
+        now = utcnow()
+        statement = upsert(session, WebhookEvent).values(
+            stripe_event_id=event["id"],
+            type=event["type"],
+            stripe_account_id=stripe_account_id,
+            livemode=event["livemode"],
+            status=PROCESSED,
+            payload=payload,
+            received_at=now,
+            processed_at=now,
+        )
+        statement = statement.on_conflict_do_update(
+            index_elements=[WebhookEvent.stripe_event_id],
+            set_={"status": PROCESSED, "error": None, "processed_at": now},
+            where=WebhookEvent.status == FAILED,
+        ).returning(WebhookEvent.id)
+        return session.execute(statement).first() is not None
+
+    def _reason_to_ignore(self, context: EventContext) -> str | None:
+        event_type = context.event["type"]
+        if event_type not in self.builtin_handlers and event_type not in self.host_handlers:
+            return f"No handler for {event_type} events."
+        if context.stripe_account_id is None:
+            return None
+        StripeAccount = self.models.StripeAccount
+        context.account = context.session.scalar(
+            sa.select(StripeAccount).where(
+                StripeAccount.stripe_account_id == context.stripe_account_id,
+                StripeAccount.livemode == context.livemode,
+            )
+        )
+        if context.account is not None and context.account.uninstalled_at is not None:
+            return f"The account {context.stripe_account_id} is uninstalled."
+        return None
+
+    def _mark_ignored(self, session: Session, event_id: str, reason: str) -> None:
+        WebhookEvent = self.models.WebhookEvent
+        match = WebhookEvent.stripe_event_id == event_id
+        if self.settings.store_ignored_events:
+            session.execute(sa.update(WebhookEvent).where(match).values(status=IGNORED, error=reason))
+        else:
+            session.execute(sa.delete(WebhookEvent).where(match))
+
+    def _record_failure(
+        self,
+        session: Session,
+        event: dict[str, Any],
+        payload: str,
+        stripe_account_id: str | None,
+        error: BaseException,
+    ) -> None:
+        """Store the event as failed, in a transaction of its own, so it can be replayed."""
+        log.error(
+            "Applying Stripe event %s (%s) failed: %s: %s",
+            event["id"], event["type"], type(error).__name__, error,
+        )  # fmt: skip
+        WebhookEvent = self.models.WebhookEvent
+        message = f"{type(error).__name__}: {error}"[:2000]
+        statement = (
+            upsert(session, WebhookEvent)
+            .values(
+                stripe_event_id=event["id"],
+                type=event["type"],
+                stripe_account_id=stripe_account_id,
+                livemode=event["livemode"],
+                status=FAILED,
+                error=message,
+                payload=payload,
+                received_at=utcnow(),
+            )
+            .on_conflict_do_update(
+                index_elements=[WebhookEvent.stripe_event_id],
+                set_={"status": FAILED, "error": message},
+                # A copy that another delivery applied meanwhile stays applied.
+                where=WebhookEvent.status != PROCESSED,
+            )
+        )
+        try:
+            with write_transaction(session, self.settings.sqlite_busy_timeout):
+                session.execute(statement)
+                session.commit()
+        except Exception:
+            session.rollback()
+            log.exception("Could not record the failure of Stripe event %s", event["id"])

@@ -1,0 +1,234 @@
+"""Helpers for testing a host app: build Stripe events, sign them as Stripe does, post them.
+
+::
+
+    from flask_partnerstack_stripe import signals, testing
+
+    def test_partner_gets_credit(app, client):
+        with testing.record_signals(signals.transaction_recorded) as sent:
+            testing.post_event(client, testing.event("customer.created", testing.customer(
+                "cus_1", metadata={"customer_key": "u1", "partner_key": "p1"})))
+            testing.post_event(client, testing.event("charge.succeeded", testing.charge(
+                "ch_1", customer="cus_1", amount=4200)))
+        assert sent[0].kwargs["transaction"].amount == 4200
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import stripe
+from blinker import NamedSignal
+from flask import Flask, url_for
+from flask.testing import FlaskClient
+from werkzeug.test import TestResponse
+
+from .extension import get_state
+
+#: The API version new events are built with; ``api_version=`` picks another.
+API_VERSION = "2025-03-31.basil"
+PRE_BASIL_API_VERSION = "2024-12-18.acacia"
+
+_clock = itertools.count(int(time.time()) - 3600)
+
+
+def new_id(prefix: str) -> str:
+    """A fresh Stripe-looking id such as ``evt_3f9c...``."""
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+def event(
+    type: str,
+    obj: dict[str, Any],
+    *,
+    id: str | None = None,
+    created: int | None = None,
+    livemode: bool = False,
+    account: str | None = None,
+    api_version: str = API_VERSION,
+    previous_attributes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A Stripe event envelope around ``obj``. ``created`` increases call by call by default."""
+    envelope: dict[str, Any] = {
+        "id": id or new_id("evt"),
+        "object": "event",
+        "api_version": api_version,
+        "created": created if created is not None else next(_clock),
+        "data": {"object": obj},
+        "livemode": livemode,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": type,
+    }
+    if previous_attributes is not None:
+        envelope["data"]["previous_attributes"] = previous_attributes
+    if account is not None:
+        envelope["account"] = account
+    return envelope
+
+
+def customer(
+    id: str | None = None,
+    *,
+    email: str | None = None,
+    name: str | None = None,
+    metadata: dict[str, str] | None = None,
+    livemode: bool = False,
+) -> dict[str, Any]:
+    """A Stripe Customer object."""
+    return {
+        "id": id or new_id("cus"),
+        "object": "customer",
+        "created": int(time.time()),
+        "email": email,
+        "name": name,
+        "metadata": metadata or {},
+        "livemode": livemode,
+        "currency": None,
+        "delinquent": False,
+        "description": None,
+    }
+
+
+def charge(
+    id: str | None = None,
+    *,
+    customer: str | None = None,
+    amount: int = 1000,
+    currency: str = "usd",
+    metadata: dict[str, str] | None = None,
+    status: str = "succeeded",
+    captured: bool = True,
+    amount_refunded: int = 0,
+    email: str | None = None,
+    invoice: str | None = None,
+    payment_intent: str | None = None,
+    livemode: bool = False,
+    api_version: str = API_VERSION,
+) -> dict[str, Any]:
+    """A Stripe Charge object. Before basil it names its ``invoice``; from basil on it cannot."""
+    obj: dict[str, Any] = {
+        "id": id or new_id("ch"),
+        "object": "charge",
+        "amount": amount,
+        "amount_captured": amount if captured else 0,
+        "amount_refunded": amount_refunded,
+        "billing_details": {"email": email, "name": None},
+        "captured": captured,
+        "created": int(time.time()),
+        "currency": currency,
+        "customer": customer,
+        "livemode": livemode,
+        "metadata": metadata or {},
+        "paid": status == "succeeded",
+        "payment_intent": payment_intent or new_id("pi"),
+        "receipt_email": email,
+        "refunded": amount_refunded >= amount > 0,
+        "status": status,
+    }
+    if api_version < "2025-03-31":
+        obj["invoice"] = invoice
+    return obj
+
+
+def invoice(
+    id: str | None = None,
+    *,
+    customer: str | None = None,
+    subtotal: int = 1000,
+    currency: str = "usd",
+    metadata: dict[str, str] | None = None,
+    charge: str | None = None,
+    payment_intent: str | None = None,
+    email: str | None = None,
+    livemode: bool = False,
+    api_version: str = API_VERSION,
+) -> dict[str, Any]:
+    """A paid Stripe Invoice object, with ``charge`` and ``payment_intent`` before basil."""
+    obj: dict[str, Any] = {
+        "id": id or new_id("in"),
+        "object": "invoice",
+        "amount_due": subtotal,
+        "amount_paid": subtotal,
+        "currency": currency,
+        "customer": customer,
+        "customer_email": email,
+        "livemode": livemode,
+        "metadata": metadata or {},
+        "status": "paid",
+        "subtotal": subtotal,
+        "total": subtotal,
+    }
+    if api_version < "2025-03-31":
+        obj["charge"] = charge
+        obj["payment_intent"] = payment_intent
+        obj["paid"] = True
+    return obj
+
+
+def sign(payload: str, secret: str, *, timestamp: int | None = None) -> str:
+    """The ``Stripe-Signature`` header Stripe would send for ``payload``."""
+    return stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)
+
+
+def post_event(
+    client: FlaskClient,
+    event: dict[str, Any] | str,
+    *,
+    secret: str | None = None,
+    url: str | None = None,
+    timestamp: int | None = None,
+) -> TestResponse:
+    """Serialize (if needed), sign and post ``event`` to the app's webhook URL."""
+    app: Flask = client.application
+    payload = event if isinstance(event, str) else json.dumps(event)
+    if secret is None:
+        secret = get_state(app).settings.webhook_secrets[0]
+    if url is None:
+        with app.test_request_context():
+            url = url_for("partnerstack_stripe.webhook")
+    headers = {"Stripe-Signature": sign(payload, secret, timestamp=timestamp)}
+    return client.post(url, data=payload, headers=headers, content_type="application/json")
+
+
+@dataclass
+class SentSignal:
+    """One signal send seen by :func:`record_signals`."""
+
+    signal: NamedSignal
+    sender: Any
+    kwargs: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.signal.name
+
+
+@contextmanager
+def record_signals(*watched: NamedSignal) -> Iterator[list[SentSignal]]:
+    """Collect every send of ``watched`` (default: all of the extension's signals)."""
+    if not watched:
+        from . import signals
+
+        watched = tuple(v for v in vars(signals).values() if isinstance(v, NamedSignal))
+    sent: list[SentSignal] = []
+    receivers = []
+    for signal in watched:
+
+        def receiver(sender: Any, _signal: NamedSignal = signal, **kwargs: Any) -> None:
+            sent.append(SentSignal(_signal, sender, kwargs))
+
+        receivers.append(receiver)  # blinker holds receivers weakly
+        signal.connect(receiver, weak=False)
+    try:
+        yield sent
+    finally:
+        for signal, receiver in zip(watched, receivers):
+            signal.disconnect(receiver)

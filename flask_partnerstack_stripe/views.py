@@ -1,0 +1,83 @@
+"""The ``partnerstack_stripe`` blueprint: the webhook receiver's HTTP side."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, Flask, jsonify, request
+from flask.typing import ResponseReturnValue
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
+
+from . import signals
+from .extension import get_state
+from .notify import send_notifications
+from .receiver import EventFailed
+from .verification import InvalidEvent, verify_event
+
+log = logging.getLogger("flask_partnerstack_stripe")
+
+BLUEPRINT_NAME = "partnerstack_stripe"
+
+
+def create_blueprint(app: Flask) -> Blueprint:
+    """A fresh blueprint for ``app``: blueprints hold per-app registrations, so never share one."""
+    blueprint = Blueprint(BLUEPRINT_NAME, __name__)
+    blueprint.add_url_rule("/webhook", "webhook", webhook, methods=["POST"])
+    blueprint.register_error_handler(HTTPException, _http_error)
+
+    csrf = app.extensions.get("csrf")
+    if csrf is not None:
+        # Stripe cannot send a CSRF token; the signature is what authenticates it.
+        csrf.exempt(webhook)
+    return blueprint
+
+
+def webhook() -> ResponseReturnValue:
+    """Verify, store, apply, commit, signal, answer."""
+    state = get_state()
+    payload = _read_body(state.settings.max_body)
+    try:
+        event = verify_event(
+            payload,
+            request.headers.get("Stripe-Signature"),
+            state.settings.webhook_secrets,
+            state.settings.signature_tolerance,
+        )
+    except InvalidEvent as error:
+        log.warning("Refused a webhook request: %s", error)
+        return jsonify(error=str(error)), 400
+
+    try:
+        outcome = state.receiver.receive(state.db.session, event, payload.decode("utf-8"))
+    except EventFailed as failure:
+        send_notifications([(signals.event_failed, {"event": event, "error": failure.error})])
+        return jsonify(
+            error="The event could not be applied. It is stored as failed and will be "
+            "applied again when Stripe redelivers it or when it is replayed."
+        ), 500
+
+    send_notifications(outcome.notifications)
+    body: dict[str, Any] = {"status": outcome.status, "event": event["id"]}
+    if outcome.reason:
+        body["reason"] = outcome.reason
+    return jsonify(body), 200
+
+
+def _read_body(max_body: int) -> bytes:
+    """The raw body, refused with 413 once it passes ``max_body`` without reading it all.
+
+    A Content-Length over the cap is refused before any byte is read. A streamed
+    body is read one byte past the cap at most: Werkzeug cuts it there silently,
+    so the extra byte is how we tell a body that fits from one that was cut.
+    """
+    request.max_content_length = max_body + 1
+    payload = request.get_data(cache=False)
+    if len(payload) > max_body:
+        raise RequestEntityTooLarge()
+    return payload
+
+
+def _http_error(error: HTTPException) -> ResponseReturnValue:
+    return jsonify(error=error.description), error.code or 500
+

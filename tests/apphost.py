@@ -1,0 +1,30 @@
+"""A minimal host app, as a user would write it; also served by gunicorn in the server tests."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_partnerstack_stripe import PartnerStackStripe
+
+SECRET = "whsec_test_7a1c9e1d0b5f4e2a"
+
+
+def create_app(database_url: str | None = None, **config: Any) -> Flask:
+    app = Flask(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url or os.environ["DATABASE_URL"],
+        PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[SECRET],
+        SECRET_KEY="test-secret-key",
+    )
+    app.config.update(config)
+    db = SQLAlchemy()
+    db.init_app(app)
+    PartnerStackStripe(app)
+    if os.environ.get("PARTNERSTACK_TEST_CREATE_TABLES"):
+        with app.app_context():
+            db.create_all()
+    return app

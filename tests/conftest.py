@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from functools import cache
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+from flask import Flask
+
+from flask_partnerstack_stripe.extension import State, get_state
+
+from .apphost import create_app
+
+POSTGRES_URL = os.environ.get(
+    "PARTNERSTACK_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
+)
+REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
+
+
+@cache
+def postgres_problem() -> str | None:
+    """Why PostgreSQL cannot be used, or None when it can."""
+    try:
+        engine = sa.create_engine(POSTGRES_URL)
+        with engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        engine.dispose()
+    except Exception as error:
+        return f"PostgreSQL at {POSTGRES_URL} is unreachable ({type(error).__name__})"
+    return None
+
+
+def pytest_report_header() -> list[str]:
+    problem = postgres_problem()
+    if problem is None:
+        return [f"PostgreSQL tests: {POSTGRES_URL}"]
+    if REQUIRE_POSTGRES:
+        return [f"PostgreSQL REQUIRED but {problem}: its tests will fail"]
+    return [f"!!! {problem}: PostgreSQL tests are SKIPPED (REQUIRE_POSTGRES=1 makes this fatal)"]
+
+
+def use_postgres() -> str:
+    problem = postgres_problem()
+    if problem is not None:
+        if REQUIRE_POSTGRES:
+            pytest.fail(f"REQUIRE_POSTGRES=1 but {problem}")
+        pytest.skip(problem)
+    return POSTGRES_URL
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    if request.param == "postgresql":
+        return use_postgres()
+    return f"sqlite:///{tmp_path / 'app.db'}"
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    """Extra config for the ``app`` fixture; override it in a test module or with indirect."""
+    return {}
+
+
+@pytest.fixture
+def app(database_url: str, app_config: dict[str, Any]) -> Iterator[Flask]:
+    app = create_app(database_url, **app_config)
+    db = get_state(app).db
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.drop_all()
+        db.engine.dispose()
+
+
+@pytest.fixture
+def state(app: Flask) -> State:
+    return get_state(app)
+
+
+@pytest.fixture
+def models(state: State) -> Any:
+    return state.models
+
+
+@pytest.fixture
+def rows(app: Flask, state: State) -> Any:
+    """``rows(Model, **filters)``: the committed rows, read in a fresh session each time."""
+    with app.app_context():
+        engine = state.db.engine
+
+    def read(model: Any, **filters: Any) -> list[Any]:
+        with Session(engine) as session:
+            return list(session.scalars(sa.select(model).filter_by(**filters).order_by(model.id)))
+
+    return read
