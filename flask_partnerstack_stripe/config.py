@@ -120,5 +120,7 @@ def _optional_str(name: str, value: Any) -> str | None:
 
 def _url_prefix(value: Any) -> str:
     if not isinstance(value, str) or (value and not value.startswith("/")):
-        raise ConfigurationError(f"{PREFIX}URL_PREFIX must be a path starting with '/', got {value!r}")
+        raise ConfigurationError(
+            f"{PREFIX}URL_PREFIX must be a path starting with '/', got {value!r}"
+        )
     return value.rstrip("/")

@@ -58,7 +58,7 @@ class PartnerStackStripe:
 
     @property
     def models(self) -> Models:
-        """The model classes (``.Customer``, ``.Transaction``, ``.StripeAccount``, ``.WebhookEvent``)."""
+        """The model classes ``Customer``, ``Transaction``, ``StripeAccount``, ``WebhookEvent``."""
         if self._models is None:
             raise RuntimeError(
                 "The models are built on the app's Flask-SQLAlchemy db: pass db= to "

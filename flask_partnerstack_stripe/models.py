@@ -41,7 +41,9 @@ class CustomerMixin:
     def __table_args__(cls) -> tuple[Any, ...]:
         table = cls.__tablename__
         return (
-            sa.UniqueConstraint("account_scope", "livemode", "customer_key", name=f"uq_{table}_key"),
+            sa.UniqueConstraint(
+                "account_scope", "livemode", "customer_key", name=f"uq_{table}_key"
+            ),
             sa.UniqueConstraint(
                 "account_scope", "livemode", "stripe_customer_id", name=f"uq_{table}_stripe_id"
             ),
@@ -69,7 +71,7 @@ class CustomerMixin:
 
 
 class TransactionMixin:
-    """One payment (a charge or an invoice) credited to a customer. Table ``partnerstack_transaction``.
+    """A payment (charge or invoice) credited to a customer. Table ``partnerstack_transaction``.
 
     Subclasses whose customer model has another class or table name set
     ``customer_model`` and ``customer_table``.

@@ -183,7 +183,9 @@ class Receiver:
         WebhookEvent = self.models.WebhookEvent
         match = WebhookEvent.stripe_event_id == event_id
         if self.settings.store_ignored_events:
-            session.execute(sa.update(WebhookEvent).where(match).values(status=IGNORED, error=reason))
+            session.execute(
+                sa.update(WebhookEvent).where(match).values(status=IGNORED, error=reason)
+            )
         else:
             session.execute(sa.delete(WebhookEvent).where(match))
 

@@ -230,5 +230,5 @@ def record_signals(*watched: NamedSignal) -> Iterator[list[SentSignal]]:
     try:
         yield sent
     finally:
-        for signal, receiver in zip(watched, receivers):
+        for signal, receiver in zip(watched, receivers, strict=True):
             signal.disconnect(receiver)

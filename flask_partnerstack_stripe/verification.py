@@ -89,7 +89,9 @@ _EVENT_FIELDS: dict[str, type | tuple[type, ...]] = {
 def check_event_shape(event: Any) -> None:
     """Refuse JSON that is not a Stripe event envelope with the fields we rely on."""
     if not isinstance(event, dict) or event.get("object") != "event":
-        raise InvalidEvent('The body is not a Stripe event (expected an object with "object": "event").')
+        raise InvalidEvent(
+            'The body is not a Stripe event (expected an object with "object": "event").'
+        )
     for field, expected in _EVENT_FIELDS.items():
         value = event.get(field)
         wrong_bool = expected is int and isinstance(value, bool)

@@ -80,4 +80,3 @@ def _read_body(max_body: int) -> bytes:
 
 def _http_error(error: HTTPException) -> ResponseReturnValue:
     return jsonify(error=error.description), error.code or 500
-

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
 from flask import Flask
+from sqlalchemy.orm import Session
 
 from flask_partnerstack_stripe.extension import State, get_state
 

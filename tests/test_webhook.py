@@ -49,7 +49,9 @@ def test_host_handler_runs_inside_the_event_transaction(app, client, rows, model
         calls.append(event["data"]["object"]["id"])
 
     with testing.record_signals(signals.event_processed) as sent:
-        event = testing.event("checkout.session.completed", {"id": "cs_1", "object": "checkout.session"})
+        event = testing.event(
+            "checkout.session.completed", {"id": "cs_1", "object": "checkout.session"}
+        )
         response = testing.post_event(client, event)
     assert response.status_code == 200
     assert response.json == {"status": "processed", "event": event["id"]}
@@ -63,7 +65,9 @@ def test_host_handler_runs_inside_the_event_transaction(app, client, rows, model
 def test_duplicate_delivery_changes_nothing(client, rows, models, state):
     calls = []
     state.extension.handler("checkout.session.completed")(lambda event: calls.append(event["id"]))
-    event = testing.event("checkout.session.completed", {"id": "cs_1", "object": "checkout.session"})
+    event = testing.event(
+        "checkout.session.completed", {"id": "cs_1", "object": "checkout.session"}
+    )
     first = testing.post_event(client, event)
     with testing.record_signals() as sent:
         again = testing.post_event(client, event)
@@ -88,7 +92,9 @@ def test_failing_handler_rolls_back_and_redelivery_applies(app, client, rows, mo
         if len(attempts) == 1:
             raise RuntimeError("host handler broke")
 
-    event = testing.event("checkout.session.completed", {"id": "cs_1", "object": "checkout.session"})
+    event = testing.event(
+        "checkout.session.completed", {"id": "cs_1", "object": "checkout.session"}
+    )
     with testing.record_signals(signals.event_failed, signals.event_processed) as sent:
         failed = testing.post_event(client, event)
     assert failed.status_code == 500
@@ -114,7 +120,9 @@ def test_signal_receiver_error_does_not_change_the_answer(client, rows, models, 
     def broken_receiver(app, **extra):
         raise ValueError("receiver bug")
 
-    event = testing.event("checkout.session.completed", {"id": "cs_1", "object": "checkout.session"})
+    event = testing.event(
+        "checkout.session.completed", {"id": "cs_1", "object": "checkout.session"}
+    )
     with signals.event_processed.connected_to(broken_receiver):
         response = testing.post_event(client, event)
     assert response.status_code == 200
@@ -134,7 +142,9 @@ def test_rolled_secrets_and_several_signatures(client, app, rows, models):
         [f"t={t}"]
         + [testing.sign(payload, s, timestamp=t).split(",")[1] for s in ("whsec_other", SECRET)]
     )
-    response = client.post("/partnerstack/webhook", data=payload, headers={"Stripe-Signature": header})
+    response = client.post(
+        "/partnerstack/webhook", data=payload, headers={"Stripe-Signature": header}
+    )
     assert response.status_code == 200
     second = unhandled_event()
     assert testing.post_event(client, second, secret="whsec_old").status_code == 200
@@ -162,15 +172,35 @@ def bad_requests() -> list[tuple[str, Any, dict[str, Any], int]]:
         ("bad timestamp", GOOD, {"Stripe-Signature": "t=abc,v1=00"}, 400),
         ("v0 only", GOOD, {"Stripe-Signature": _signed(GOOD).replace("v1=", "v0=")}, 400),
         ("wrong secret", GOOD, {"Stripe-Signature": _signed(GOOD, "whsec_wrong")}, 400),
-        ("tampered body", GOOD.replace("balance", "balanced", 1), {"Stripe-Signature": _signed(GOOD)}, 400),
+        (
+            "tampered body",
+            GOOD.replace("balance", "balanced", 1),
+            {"Stripe-Signature": _signed(GOOD)},
+            400,
+        ),
         ("re-serialized body", reserialized, {"Stripe-Signature": _signed(GOOD)}, 400),
-        ("old timestamp", GOOD, {"Stripe-Signature": lambda: _signed(GOOD, timestamp=now() - 302)}, 400),
-        ("future timestamp", GOOD, {"Stripe-Signature": lambda: _signed(GOOD, timestamp=now() + 302)}, 400),
+        (
+            "old timestamp",
+            GOOD,
+            {"Stripe-Signature": lambda: _signed(GOOD, timestamp=now() - 302)},
+            400,
+        ),
+        (
+            "future timestamp",
+            GOOD,
+            {"Stripe-Signature": lambda: _signed(GOOD, timestamp=now() + 302)},
+            400,
+        ),
         ("non-UTF-8 bytes", not_utf8, {"Stripe-Signature": _signed(not_utf8)}, 400),
         ("invalid JSON", "{not json", {"Stripe-Signature": _signed("{not json")}, 400),
         ("JSON array", "[1, 2]", {"Stripe-Signature": _signed("[1, 2]")}, 400),
         ("JSON string", '"event"', {"Stripe-Signature": _signed('"event"')}, 400),
-        ("not an event", '{"object": "charge"}', {"Stripe-Signature": _signed('{"object": "charge"}')}, 400),
+        (
+            "not an event",
+            '{"object": "charge"}',
+            {"Stripe-Signature": _signed('{"object": "charge"}')},
+            400,
+        ),
     ]
 
 
@@ -194,7 +224,9 @@ def wrong_types() -> list[tuple[str, str]]:
     [case[1:] for case in bad_requests()],
     ids=[case[0] for case in bad_requests()],
 )
-def test_bad_input_is_refused_and_stores_nothing(client, rows, models, caplog, body, headers, status):
+def test_bad_input_is_refused_and_stores_nothing(
+    client, rows, models, caplog, body, headers, status
+):
     caplog.set_level(logging.DEBUG)
     # Timestamps are signed when the test runs, not when it is collected.
     headers = {name: value() if callable(value) else value for name, value in headers.items()}
@@ -208,7 +240,9 @@ def test_bad_input_is_refused_and_stores_nothing(client, rows, models, caplog, b
 
 @pytest.mark.parametrize(("case", "body"), wrong_types(), ids=[c[0] for c in wrong_types()])
 def test_wrong_field_types_are_refused(client, rows, models, case, body):
-    response = client.post("/partnerstack/webhook", data=body, headers={"Stripe-Signature": _signed(body)})
+    response = client.post(
+        "/partnerstack/webhook", data=body, headers={"Stripe-Signature": _signed(body)}
+    )
     assert response.status_code == 400, case
     assert "event" in response.json["error"]
     assert rows(models.WebhookEvent) == []
@@ -253,7 +287,9 @@ def test_unique_event_id_is_a_database_constraint(app, models, state):
     with app.app_context():
         session = state.db.session
         for _ in range(2):
-            session.add(models.WebhookEvent(stripe_event_id="evt_same", type="x", status="processed"))
+            session.add(
+                models.WebhookEvent(stripe_event_id="evt_same", type="x", status="processed")
+            )
         with pytest.raises(sa.exc.IntegrityError):
             session.commit()
         session.rollback()
