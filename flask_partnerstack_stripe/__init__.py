@@ -10,6 +10,7 @@ from .models import (
     TransactionMixin,
     WebhookEventMixin,
 )
+from .referral import decode_partner_key
 
 __all__ = [
     "ConfigurationError",
@@ -19,5 +20,6 @@ __all__ = [
     "StripeAccountMixin",
     "TransactionMixin",
     "WebhookEventMixin",
+    "decode_partner_key",
     "signals",
 ]

@@ -22,6 +22,7 @@ DEFAULTS: dict[str, Any] = {
     "REFERRAL_COOKIE_DAYS": 90,
     "STORE_IGNORED_EVENTS": True,
     "SQLITE_BUSY_TIMEOUT": 30,
+    "LIVEMODE": None,
 }
 
 TRANSACTION_SOURCES = ("charge", "invoice")
@@ -48,6 +49,7 @@ class Settings:
     referral_cookie_days: int
     store_ignored_events: bool
     sqlite_busy_timeout: float
+    livemode: bool
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -69,6 +71,7 @@ class Settings:
             referral_cookie_days=_positive_int("REFERRAL_COOKIE_DAYS", get("REFERRAL_COOKIE_DAYS")),
             store_ignored_events=_bool("STORE_IGNORED_EVENTS", get("STORE_IGNORED_EVENTS")),
             sqlite_busy_timeout=_positive_number("SQLITE_BUSY_TIMEOUT", get("SQLITE_BUSY_TIMEOUT")),
+            livemode=_livemode(get("LIVEMODE"), get("API_KEY")),
         )
 
 
@@ -124,3 +127,10 @@ def _url_prefix(value: Any) -> str:
             f"{PREFIX}URL_PREFIX must be a path starting with '/', got {value!r}"
         )
     return value.rstrip("/")
+
+
+def _livemode(value: Any, api_key: Any) -> bool:
+    """The mode of customers recorded at signup: as set, else the API key's mode, else test."""
+    if value is None:
+        return isinstance(api_key, str) and api_key.startswith(("sk_live_", "rk_live_"))
+    return _bool("LIVEMODE", value)

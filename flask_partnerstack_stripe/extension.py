@@ -6,11 +6,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Flask, current_app
+from flask import Flask, current_app, has_request_context, request
 
 from .config import DEFAULTS, PREFIX, Settings
+from .database import write_transaction
 from .models import Models, default_models
+from .notify import send_notifications
 from .receiver import HostHandler, Receiver
+from .referral import referred_partner_key
+from .signup import record_signup, signup_party
 from .tracking import BUILTIN_HANDLERS
 
 EXTENSION_KEY = "partnerstack_stripe"
@@ -123,6 +127,51 @@ class PartnerStackStripe:
             return fn
 
         return register
+
+    def create_customer(
+        self,
+        customer_key: str,
+        email: str | None,
+        *,
+        partner_key: str | None = None,
+        name: str | None = None,
+        stripe_account_id: str | None = None,
+        livemode: bool | None = None,
+    ) -> Any:
+        """Record a customer at signup and attribute it to a partner (server-side tracking).
+
+        The partner comes from ``partner_key``, or else from the referral cookie set
+        when the visitor arrived with ``?ps_partner_key=``. A customer that exists
+        already is filled in, never re-attributed. Commits, then sends
+        ``customer_created`` (or ``customer_updated``); returns the customer.
+        """
+        state = get_state()
+        if partner_key is None and has_request_context():
+            partner_key = referred_partner_key(request)
+        party = signup_party(
+            customer_key,
+            email,
+            stripe_account_id=stripe_account_id,
+            livemode=state.settings.livemode if livemode is None else livemode,
+        )
+        session = state.db.session
+        try:
+            with write_transaction(session, state.settings.sqlite_busy_timeout):
+                customer, notifications = record_signup(
+                    session,
+                    state.models,
+                    party,
+                    partner_key=partner_key,
+                    name=name,
+                    match_email=state.settings.match_email,
+                )
+                session.commit()
+        except Exception:
+            session.rollback()
+            raise
+        session.refresh(customer)  # loaded, so it stays readable after the session ends
+        send_notifications(notifications)
+        return customer
 
     def _bind_db(self, app: Flask, db: Any) -> Any:
         db = db if db is not None else self._db

@@ -57,6 +57,7 @@ class EventContext:
     stripe_account_id: str | None
     account: Any = None  # the StripeAccount row, when the event's account has one
     ignored: str | None = None
+    keep: bool = False  # store the event even when ignored events are not stored
     notifications: list[tuple[NamedSignal, dict[str, Any]]] = field(default_factory=list)
 
     @property
@@ -75,9 +76,14 @@ class EventContext:
         """Send ``signal`` with ``kwargs`` (and the event) after the commit."""
         self.notifications.append((signal, {**kwargs, "event": self.event}))
 
-    def ignore(self, reason: str) -> None:
-        """Mark the event as changing nothing, with a reason the sender can read."""
+    def ignore(self, reason: str, *, keep: bool = False) -> None:
+        """Mark the event as changing nothing, with a reason the sender can read.
+
+        ``keep`` stores it even when ignored events are not stored, because
+        somebody has to look at it (an unmatched refund, say).
+        """
         self.ignored = reason
+        self.keep = keep
 
 
 BuiltinHandler = Callable[[EventContext], None]
@@ -125,7 +131,7 @@ class Receiver:
             for host_handler in self.host_handlers.get(event["type"], ()):
                 host_handler(event)
         if context.ignored is not None:
-            self._mark_ignored(session, event["id"], context.ignored)
+            self._mark_ignored(session, event["id"], context.ignored, context.keep)
             return Outcome(
                 IGNORED,
                 context.ignored,
@@ -179,10 +185,10 @@ class Receiver:
             return f"The account {context.stripe_account_id} is uninstalled."
         return None
 
-    def _mark_ignored(self, session: Session, event_id: str, reason: str) -> None:
+    def _mark_ignored(self, session: Session, event_id: str, reason: str, keep: bool) -> None:
         WebhookEvent = self.models.WebhookEvent
         match = WebhookEvent.stripe_event_id == event_id
-        if self.settings.store_ignored_events:
+        if keep or self.settings.store_ignored_events:
             session.execute(
                 sa.update(WebhookEvent).where(match).values(status=IGNORED, error=reason)
             )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, jsonify, request
+from flask import Blueprint, Flask, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -13,6 +13,7 @@ from . import signals
 from .extension import get_state
 from .notify import send_notifications
 from .receiver import EventFailed
+from .referral import remember_referral
 from .verification import InvalidEvent, verify_event
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -25,6 +26,7 @@ def create_blueprint(app: Flask) -> Blueprint:
     blueprint = Blueprint(BLUEPRINT_NAME, __name__)
     blueprint.add_url_rule("/webhook", "webhook", webhook, methods=["POST"])
     blueprint.register_error_handler(HTTPException, _http_error)
+    blueprint.after_app_request(_remember_referral)
 
     csrf = app.extensions.get("csrf")
     if csrf is not None:
@@ -62,6 +64,10 @@ def webhook() -> ResponseReturnValue:
     if outcome.reason:
         body["reason"] = outcome.reason
     return jsonify(body), 200
+
+
+def _remember_referral(response: Response) -> Response:
+    return remember_referral(response, request, get_state().settings.referral_cookie_days)
 
 
 def _read_body(max_body: int) -> bytes:

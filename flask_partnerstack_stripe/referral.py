@@ -1,0 +1,81 @@
+"""Partner attribution from links: ``?ps_partner_key=`` and the referral cookie it sets."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+from datetime import timedelta
+
+from flask import Request, Response, current_app
+from itsdangerous import BadSignature, URLSafeSerializer
+
+log = logging.getLogger("flask_partnerstack_stripe")
+
+QUERY_PARAMETER = "ps_partner_key"
+COOKIE_NAME = "ps_partner_key"
+_SALT = "flask-partnerstack-stripe.referral"
+
+
+def decode_partner_key(value: str) -> str:
+    """The partner key carried, base64-encoded, in a ``ps_partner_key`` query parameter.
+
+    Standard and URL-safe alphabets are accepted, with or without ``=`` padding.
+    Anything else raises :class:`ValueError`.
+    """
+    if not isinstance(value, str):
+        raise ValueError("A partner key must be a base64 string.")
+    encoded = value.strip().replace("-", "+").replace("_", "/").rstrip("=")
+    if not encoded or len(encoded) % 4 == 1 or len(encoded) > 1024:
+        raise ValueError(f"{value!r} is not a base64-encoded partner key.")
+    try:
+        raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+        key = raw.decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        raise ValueError(f"{value!r} is not a base64-encoded partner key.") from None
+    if not key.strip() or not key.isprintable() or len(key) > 255:
+        raise ValueError(f"{value!r} does not decode to a usable partner key.")
+    return key
+
+
+def _serializer() -> URLSafeSerializer | None:
+    secret = current_app.secret_key
+    return URLSafeSerializer(secret, salt=_SALT) if secret else None
+
+
+def remember_referral(response: Response, request: Request, days: int) -> Response:
+    """Set the referral cookie when the request came through a partner link (last click wins)."""
+    value = request.args.get(QUERY_PARAMETER)
+    if not value:
+        return response
+    try:
+        partner_key = decode_partner_key(value)
+    except ValueError as error:
+        log.info("Ignored a referral link: %s", error)
+        return response
+    serializer = _serializer()
+    if serializer is None:
+        log.warning("Cannot remember a referral: the app has no SECRET_KEY to sign the cookie.")
+        return response
+    response.set_cookie(
+        COOKIE_NAME,
+        serializer.dumps(partner_key),
+        max_age=timedelta(days=days),
+        httponly=True,
+        samesite="Lax",
+        secure=request.is_secure,
+    )
+    return response
+
+
+def referred_partner_key(request: Request) -> str | None:
+    """The partner key from the request's referral cookie, if it is there and untampered."""
+    cookie = request.cookies.get(COOKIE_NAME)
+    serializer = _serializer()
+    if not cookie or serializer is None:
+        return None
+    try:
+        value = serializer.loads(cookie)
+    except BadSignature:
+        return None
+    return value if isinstance(value, str) else None
