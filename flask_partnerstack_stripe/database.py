@@ -52,3 +52,18 @@ def write_transaction(session: Session, busy_timeout: float) -> Iterator[None]:
         if isolation is not None:
             driver.isolation_level = isolation  # type: ignore[union-attr]
         driver.execute(f"PRAGMA busy_timeout = {timeout_ms}")  # type: ignore[union-attr]
+
+
+def commit(session: Session) -> None:
+    """Commit, keeping loaded objects loaded.
+
+    The signals sent right after carry these objects; expiring them would make
+    every receiver that reads an attribute query the row again (or fail, once
+    the session has ended). Their values are exactly what was committed.
+    """
+    expire_on_commit = session.expire_on_commit
+    session.expire_on_commit = False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = expire_on_commit

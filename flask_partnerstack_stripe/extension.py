@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from flask import Flask, current_app, has_request_context, request
 
 from .config import DEFAULTS, PREFIX, Settings
-from .database import write_transaction
+from .database import commit, write_transaction
 from .models import Models, default_models
 from .notify import send_notifications
 from .receiver import HostHandler, Receiver
@@ -154,7 +154,7 @@ class PartnerStackStripe:
             stripe_account_id=stripe_account_id,
             livemode=state.settings.livemode if livemode is None else livemode,
         )
-        session = state.db.session
+        session = state.db.session()
         try:
             with write_transaction(session, state.settings.sqlite_busy_timeout):
                 customer, notifications = record_signup(
@@ -165,11 +165,10 @@ class PartnerStackStripe:
                     name=name,
                     match_email=state.settings.match_email,
                 )
-                session.commit()
+                commit(session)
         except Exception:
             session.rollback()
             raise
-        session.refresh(customer)  # loaded, so it stays readable after the session ends
         send_notifications(notifications)
         return customer
 

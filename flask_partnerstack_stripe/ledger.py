@@ -256,14 +256,16 @@ def refresh_payment(session: Session, models: Models, payment: Payment, customer
     )
 
 
-def delete_payment(session: Session, models: Models, payment: Payment) -> Any:
+def delete_payment(session: Session, models: Models, payment: Payment, customer: Any) -> Any:
     """Tombstone the payment's transaction; return it if it was standing, else None.
 
     When no transaction exists yet, a deleted one is written, so a success that
     arrives after its refund or failure finds the key taken and records nothing.
+    Either way it belongs to ``customer`` when that is known, as in natural order.
     """
     Transaction = models.Transaction
     now = utcnow()
+    customer_id = customer.id if customer is not None else None
     deleted = session.scalar(
         sa.update(Transaction)
         .where(
@@ -271,7 +273,11 @@ def delete_payment(session: Session, models: Models, payment: Payment) -> Any:
             Transaction.key == payment.key,
             Transaction.deleted_at.is_(None),
         )
-        .values(deleted_at=now, updated_at=now)
+        .values(
+            deleted_at=now,
+            updated_at=now,
+            customer_id=sa.func.coalesce(Transaction.customer_id, customer_id),
+        )
         .returning(Transaction)
         .execution_options(synchronize_session=False)
     )
@@ -281,6 +287,7 @@ def delete_payment(session: Session, models: Models, payment: Payment) -> Any:
             upsert(session, Transaction)
             .values(
                 key=payment.key,
+                customer_id=customer_id,
                 amount=payment.amount,
                 currency=payment.currency,
                 product_key=payment.product_key,

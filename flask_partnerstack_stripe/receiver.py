@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
-from .database import upsert, write_transaction
+from .database import commit, upsert, write_transaction
 from .models import FAILED, IGNORED, PROCESSED, Models, account_scope, utcnow
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -111,7 +111,7 @@ class Receiver:
         try:
             with write_transaction(session, self.settings.sqlite_busy_timeout):
                 outcome = self._store_and_apply(session, event, payload, stripe_account_id)
-                session.commit()
+                commit(session)
         except Exception as error:
             session.rollback()
             self._record_failure(session, event, payload, stripe_account_id, error)

@@ -257,8 +257,12 @@ def _record(context: EventContext, payment: Payment, obj: dict[str, Any]) -> Non
 
 
 def _delete(context: EventContext, payment: Payment) -> None:
-    ledger.lock(context.session, _payment_lock(payment))
-    deleted = ledger.delete_payment(context.session, context.models, payment)
+    session, models = context.session, context.models
+    ledger.lock(session, _payment_lock(payment), *ledger.party_lock_names(payment.party))
+    customer = ledger.find_customer(
+        session, models, payment.party, match_email=context.settings.match_email
+    )
+    deleted = ledger.delete_payment(session, models, payment, customer)
     if deleted is not None:
         context.notify(signals.transaction_deleted, transaction=deleted)
 

@@ -51,7 +51,7 @@ def webhook() -> ResponseReturnValue:
         return jsonify(error=str(error)), 400
 
     try:
-        outcome = state.receiver.receive(state.db.session, event, payload.decode("utf-8"))
+        outcome = state.receiver.receive(state.db.session(), event, payload.decode("utf-8"))
     except EventFailed as failure:
         send_notifications([(signals.event_failed, {"event": event, "error": failure.error})])
         return jsonify(

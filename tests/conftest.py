@@ -99,3 +99,10 @@ def rows(app: Flask, state: State) -> Any:
             return list(session.scalars(sa.select(model).filter_by(**filters).order_by(model.id)))
 
     return read
+
+
+@pytest.fixture(autouse=True)
+def _push_request_context() -> None:
+    """Replace pytest-flask's fixture of this name, which pushes one request context for
+    the whole test: every client request would then share its app context and its
+    ``db.session``. Here, as in production, each request gets its own."""

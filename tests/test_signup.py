@@ -1,0 +1,120 @@
+"""Server-side signup tracking and partner links (DESIGN section 2)."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from flask import jsonify
+
+from flask_partnerstack_stripe import decode_partner_key, signals, testing
+
+
+@pytest.mark.parametrize(
+    "encoded",
+    [
+        base64.b64encode(b"partner-\xfb\xff").decode(),  # standard, padded
+        base64.b64encode(b"partner-\xfb\xff").decode().rstrip("="),
+        base64.urlsafe_b64encode(b"partner-\xfb\xff").decode(),  # URL-safe, padded
+        base64.urlsafe_b64encode(b"partner-\xfb\xff").decode().rstrip("="),
+    ],
+)
+def test_decode_partner_key_accepts_both_alphabets_with_or_without_padding(encoded):
+    with pytest.raises(ValueError):
+        decode_partner_key(encoded)  # those bytes are not UTF-8
+    text = "pk_ünïcode-42/+?"
+    for alphabet in (base64.b64encode, base64.urlsafe_b64encode):
+        value = alphabet(text.encode()).decode()
+        assert decode_partner_key(value) == text
+        assert decode_partner_key(value.rstrip("=")) == text
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "   ", "a", "abc!", "####", "YWJj=ZGVm", "AA==", "\u00e9\u00e9\u00e9\u00e9", "A" * 2000],
+)
+def test_decode_partner_key_refuses_anything_else(value):
+    with pytest.raises(ValueError):
+        decode_partner_key(value)
+
+
+def test_decode_partner_key_known_value():
+    assert decode_partner_key("cGFydG5lcl8x") == "partner_1"
+    assert decode_partner_key("cGFydG5lcl8x==") == "partner_1"
+
+
+@pytest.fixture
+def signup_app(app, state):
+    @app.route("/")
+    def landing():
+        return "welcome"
+
+    @app.post("/signup")
+    def signup():
+        customer = state.extension.create_customer("user-1", "new@example.com", name="New")
+        return jsonify(partner=customer.partner_key)
+
+    return app
+
+
+def test_partner_link_sets_a_signed_cookie_used_at_signup(signup_app, client, rows, models):
+    response = client.get("/?ps_partner_key=" + base64.b64encode(b"partner-a").decode())
+    cookie = response.headers["Set-Cookie"]
+    assert cookie.startswith("ps_partner_key=")
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Max-Age=7776000" in cookie
+    assert "partner-a" not in cookie.split(";")[0].split(".")[0] or "." in cookie  # signed
+    # Last click wins.
+    client.get("/?ps_partner_key=" + base64.urlsafe_b64encode(b"partner-b").decode().rstrip("="))
+    with testing.record_signals(signals.customer_created) as sent:
+        assert client.post("/signup").json == {"partner": "partner-b"}
+    [customer] = rows(models.Customer)
+    assert (customer.customer_key, customer.email, customer.partner_key) == (
+        "user-1",
+        "new@example.com",
+        "partner-b",
+    )
+    assert sent[0].kwargs["customer"].customer_key == "user-1"
+    assert sent[0].kwargs["event"] is None
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_REFERRAL_COOKIE_DAYS": 7}])
+def test_cookie_lifetime_is_configurable(signup_app, client):
+    response = client.get("/?ps_partner_key=cGFydG5lcl8x")
+    assert "Max-Age=604800" in response.headers["Set-Cookie"]
+
+
+def test_tampered_or_invalid_referral_is_ignored(signup_app, client, rows, models):
+    assert "Set-Cookie" not in client.get("/?ps_partner_key=not*base64").headers
+    client.set_cookie("ps_partner_key", "partner-evil")
+    assert client.post("/signup").json == {"partner": None}
+
+
+def test_signup_never_moves_an_attribution(app, client, rows, models, state):
+    with app.app_context():
+        state.extension.create_customer("user-1", "a@example.com", partner_key="first")
+        again = state.extension.create_customer("user-1", "a@example.com", partner_key="second")
+        assert again.partner_key == "first"
+    assert len(rows(models.Customer)) == 1
+
+
+def test_signup_customer_takes_the_mode_of_the_api_key(database_url):
+    from .apphost import create_app
+
+    for key, expected in (("sk_live_abc", True), ("sk_test_abc", False), (None, False)):
+        app = create_app(database_url, PARTNERSTACK_STRIPE_API_KEY=key)
+        assert app.extensions["partnerstack_stripe"].settings.livemode is expected
+    app = create_app(database_url, PARTNERSTACK_STRIPE_LIVEMODE=True)
+    assert app.extensions["partnerstack_stripe"].settings.livemode is True
+
+
+def test_create_customer_checks_its_arguments(app, state):
+    with app.app_context():
+        with pytest.raises(ValueError, match="customer_key"):
+            state.extension.create_customer("", "a@example.com")
+        with pytest.raises(ValueError, match="email"):
+            state.extension.create_customer("user-1", "not-an-email")
+
+
+def test_create_customer_outside_an_app_context_says_what_is_wrong(state):
+    with pytest.raises(RuntimeError, match="application context"):
+        state.extension.create_customer("user-1", "a@example.com")
