@@ -43,21 +43,23 @@ def post_raw(client, body: str):
 
 
 # Each whole event fixture, posted alone, and what it must do.
+CH0 = "ch_000000000000000000000000"
+RUBY = "stripe-ruby-mock/"
 EVENTS = [
-    ("stripe-ruby-mock/customer.created.json", "ignored", None),
-    ("stripe-ruby-mock/customer.updated.json", "ignored", None),
-    ("stripe-ruby-mock/customer.deleted.json", "ignored", None),
-    ("stripe-ruby-mock/charge.succeeded.json", "processed", ("ch_000000000000000000000000", 2000, False)),
-    ("stripe-ruby-mock/charge.captured.json", "processed", ("ch_000000000000000000000000", 100, False)),
-    ("stripe-ruby-mock/charge.updated.json", "processed", ("ch_00000000000000", 1000, False)),
-    ("stripe-ruby-mock/charge.refunded.json", "processed", ("ch_000000000000000000000000", 100, True)),
-    ("stripe-ruby-mock/charge.failed.json", "processed", ("ch_000000000000000000000000", 2000, True)),
-    ("stripe-ruby-mock/charge.refund.updated.json", "ignored", None),
-    ("stripe-ruby-mock/invoice.payment_succeeded.json", "ignored", None),
-    ("stripe-ruby-mock/invoice.paid.json", "ignored", None),
-    ("stripe-ruby-mock/invoice.payment_failed.json", "ignored", None),
-    ("stripe-ruby-mock/payment_intent.succeeded.json", "ignored", None),
-    ("stripe-ruby-mock/account.application.deauthorized.json", "ignored", None),
+    (RUBY + "customer.created.json", "ignored", None),
+    (RUBY + "customer.updated.json", "ignored", None),
+    (RUBY + "customer.deleted.json", "ignored", None),
+    (RUBY + "charge.succeeded.json", "processed", (CH0, 2000, False)),
+    (RUBY + "charge.captured.json", "processed", (CH0, 100, False)),
+    (RUBY + "charge.updated.json", "processed", ("ch_00000000000000", 1000, False)),
+    (RUBY + "charge.refunded.json", "processed", (CH0, 100, True)),
+    (RUBY + "charge.failed.json", "processed", (CH0, 2000, True)),
+    (RUBY + "charge.refund.updated.json", "ignored", None),
+    (RUBY + "invoice.payment_succeeded.json", "ignored", None),
+    (RUBY + "invoice.paid.json", "ignored", None),
+    (RUBY + "invoice.payment_failed.json", "ignored", None),
+    (RUBY + "payment_intent.succeeded.json", "ignored", None),
+    (RUBY + "account.application.deauthorized.json", "ignored", None),
     ("dj-stripe/event_account_application_deauthorized.json", "processed", None),
 ]  # fmt: skip
 
@@ -88,17 +90,17 @@ def test_deauthorization_fixture_uninstalls_its_account(client, rows, models):
 
 def test_ruby_mock_story_with_fresh_event_ids(client, rows, models):
     """The customer-less charge is kept, then attached when its customer is created."""
-    succeeded = json.loads(raw("stripe-ruby-mock/charge.succeeded.json"))
+    succeeded = json.loads(raw(RUBY + "charge.succeeded.json"))
     succeeded["id"] = testing.new_id("evt")
     succeeded["data"]["object"]["customer"] = "cus_00000000000000"
     testing.post_event(client, succeeded)
-    customer = json.loads(raw("stripe-ruby-mock/customer.created.json"))
+    customer = json.loads(raw(RUBY + "customer.created.json"))
     customer["id"] = testing.new_id("evt")
     customer["data"]["object"]["metadata"] = {"customer_key": "u-1", "partner_key": "p-1"}
     testing.post_event(client, customer)
     [row] = rows(models.Transaction)
     assert row.customer_id == rows(models.Customer)[0].id
-    refunded = json.loads(raw("stripe-ruby-mock/charge.refunded.json"))
+    refunded = json.loads(raw(RUBY + "charge.refunded.json"))
     refunded["id"] = testing.new_id("evt")
     testing.post_event(client, refunded)
     assert rows(models.Transaction)[0].deleted_at is not None

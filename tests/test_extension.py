@@ -1,0 +1,242 @@
+"""The extension object: init_app, configuration, per-app state, the blueprint."""
+
+from __future__ import annotations
+
+import pytest
+from flask import Flask, url_for
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_partnerstack_stripe import (
+    ConfigurationError,
+    CustomerMixin,
+    Models,
+    PartnerStackStripe,
+    StripeAccountMixin,
+    TransactionMixin,
+    WebhookEventMixin,
+    testing,
+)
+from flask_partnerstack_stripe.extension import get_state
+
+from .apphost import SECRET
+
+
+def make_app(database_url: str = "sqlite://", **config) -> tuple[Flask, SQLAlchemy]:
+    app = Flask(__name__)
+    app.config.update(SQLALCHEMY_DATABASE_URI=database_url, **config)
+    db = SQLAlchemy()
+    db.init_app(app)
+    return app, db
+
+
+def test_app_factory_with_db_given_up_front():
+    db = SQLAlchemy()
+    partnerstack = PartnerStackStripe(db=db)
+    assert partnerstack.models.Customer.__tablename__ == "partnerstack_customer"
+    apps = []
+    for _ in range(2):  # several apps in one process, one extension object
+        app = Flask(__name__)
+        app.config["SQLALCHEMY_DATABASE_URI"] = "sqlite://"
+        db.init_app(app)
+        partnerstack.init_app(app, url_prefix="/ps")
+        apps.append(app)
+    assert get_state(apps[0]) is not get_state(apps[1])
+    assert get_state(apps[0]).models is get_state(apps[1]).models is partnerstack.models
+    for app in apps:
+        with app.test_request_context():
+            assert url_for("partnerstack_stripe.webhook") == "/ps/webhook"
+    assert "extension" not in vars(partnerstack) and "app" not in vars(partnerstack)
+
+
+def test_plain_form_uses_the_apps_flask_sqlalchemy():
+    app, db = make_app()
+    partnerstack = PartnerStackStripe(app)
+    assert get_state(app).db is db
+    assert partnerstack.models.Transaction.__table__.name == "partnerstack_transaction"
+    tables = {"partnerstack_customer", "partnerstack_transaction"}
+    assert tables <= set(db.metadata.tables)
+
+
+def test_missing_flask_sqlalchemy_is_explained():
+    app = Flask(__name__)
+    with pytest.raises(RuntimeError, match=r"needs Flask-SQLAlchemy.*db.init_app\(app\)"):
+        PartnerStackStripe(app)
+
+
+def test_db_not_set_up_on_the_app_is_explained():
+    app, _ = make_app()
+    with pytest.raises(RuntimeError, match="not set up on this app"):
+        PartnerStackStripe(app, db=SQLAlchemy())
+
+
+def test_second_init_app_is_refused_with_what_to_do():
+    app, db = make_app()
+    partnerstack = PartnerStackStripe(app)
+    with pytest.raises(RuntimeError, match=r"already set up on this app.*once"):
+        partnerstack.init_app(app)
+    with pytest.raises(RuntimeError, match="already set up"):
+        PartnerStackStripe(app, db=db)
+
+
+def test_state_without_init_app_says_so():
+    app, _ = make_app()
+    with pytest.raises(RuntimeError, match=r"forget partnerstack\.init_app"):
+        get_state(app)
+    with pytest.raises(RuntimeError, match="init_app"):
+        _ = PartnerStackStripe().models
+
+
+def test_defaults_are_filled_in_config():
+    app, _ = make_app()
+    PartnerStackStripe(app)
+    assert app.config["PARTNERSTACK_STRIPE_SIGNATURE_TOLERANCE"] == 300
+    assert app.config["PARTNERSTACK_STRIPE_MAX_BODY"] == 1048576
+    assert app.config["PARTNERSTACK_STRIPE_TRANSACTION_SOURCE"] == "charge"
+    assert app.config["PARTNERSTACK_STRIPE_REFUND_POLICY"] == "delete"
+    assert app.config["PARTNERSTACK_STRIPE_MATCH_EMAIL"] is True
+    assert app.config["PARTNERSTACK_STRIPE_URL_PREFIX"] == "/partnerstack"
+    assert app.config["PARTNERSTACK_STRIPE_REFERRAL_COOKIE_DAYS"] == 90
+    settings = get_state(app).settings
+    assert settings.webhook_secrets == () and settings.api_key is None
+
+
+def test_single_secret_string_is_accepted():
+    app, _ = make_app(PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=SECRET)
+    PartnerStackStripe(app)
+    assert get_state(app).settings.webhook_secrets == (SECRET,)
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("WEBHOOK_SECRETS", {"a": 1}),
+        ("WEBHOOK_SECRETS", ["whsec_ok", ""]),
+        ("WEBHOOK_SECRETS", [None]),
+        ("SIGNATURE_TOLERANCE", 0),
+        ("SIGNATURE_TOLERANCE", -5),
+        ("SIGNATURE_TOLERANCE", "300"),
+        ("MAX_BODY", 0),
+        ("TRANSACTION_SOURCE", "subscription"),
+        ("REFUND_POLICY", "ignore"),
+        ("MATCH_EMAIL", "yes"),
+        ("API_KEY", 42),
+        ("CLIENT_ID", ""),
+        ("URL_PREFIX", "partnerstack"),
+        ("REFERRAL_COOKIE_DAYS", 0),
+        ("STORE_IGNORED_EVENTS", None),
+        ("LIVEMODE", "live"),
+    ],
+)
+def test_bad_config_fails_at_init_app_naming_the_key(key, value):
+    app, _ = make_app(**{f"PARTNERSTACK_STRIPE_{key}": value})
+    with pytest.raises(ConfigurationError, match=f"PARTNERSTACK_STRIPE_{key}"):
+        PartnerStackStripe(app)
+
+
+def test_config_error_never_shows_a_secret():
+    app, _ = make_app(PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=["whsec_real_secret", ""])
+    with pytest.raises(ConfigurationError) as error:
+        PartnerStackStripe(app)
+    assert "whsec_real_secret" not in str(error.value)
+
+
+def test_url_prefix_from_config_and_from_the_host():
+    app, _ = make_app(PARTNERSTACK_STRIPE_URL_PREFIX="/hooks/stripe/")
+    PartnerStackStripe(app)
+    with app.test_request_context():
+        assert url_for("partnerstack_stripe.webhook") == "/hooks/stripe/webhook"
+
+    app, _ = make_app()
+    from flask_partnerstack_stripe.views import create_blueprint
+
+    PartnerStackStripe(app, register_blueprint=False)
+    assert "partnerstack_stripe" not in app.blueprints
+    app.register_blueprint(create_blueprint(app), url_prefix="/billing")
+    with app.test_request_context():
+        assert url_for("partnerstack_stripe.webhook") == "/billing/webhook"
+
+
+def test_custom_models_from_the_mixins(database_url):
+    db = SQLAlchemy()
+
+    class Partnered(CustomerMixin, db.Model):
+        __tablename__ = "partnered_customer"
+        plan = db.Column(db.String(20))
+
+    class Payment(TransactionMixin, db.Model):
+        __tablename__ = "partner_payment"
+        customer_model = "Partnered"
+        customer_table = "partnered_customer"
+
+    class Account(StripeAccountMixin, db.Model):
+        pass
+
+    class Event(WebhookEventMixin, db.Model):
+        pass
+
+    app = Flask(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url, PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[SECRET]
+    )
+    db.init_app(app)
+    models = Models(Partnered, Payment, Account, Event)
+    partnerstack = PartnerStackStripe(app, db=db, models=models)
+    assert partnerstack.models is models
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+    try:
+        client = app.test_client()
+        metadata = {"customer_key": "u1", "partner_key": "p1"}
+        testing.post_event(
+            client, testing.event("customer.created", testing.customer("cus_1", metadata=metadata))
+        )
+        testing.post_event(
+            client, testing.event("charge.succeeded", testing.charge("ch_1", customer="cus_1"))
+        )
+        with app.app_context():
+            payment = db.session.scalars(db.select(Payment)).one()
+            assert payment.customer.customer_key == "u1"
+            assert isinstance(payment.customer, Partnered)
+    finally:
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()
+
+
+def test_webhook_is_exempt_from_flask_wtf_csrf(database_url):
+    from flask_wtf.csrf import CSRFProtect
+
+    app, db = make_app(
+        database_url,
+        SECRET_KEY="k",
+        PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[SECRET],
+    )
+    CSRFProtect(app)
+
+    @app.post("/form")
+    def form():
+        return "ok"
+
+    PartnerStackStripe(app)
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+    try:
+        client = app.test_client()
+        assert client.post("/form").status_code == 400  # CSRF still guards the host
+        event = testing.event("balance.available", {"object": "balance"})
+        assert testing.post_event(client, event).status_code == 200
+    finally:
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()
+
+
+def test_handler_decorator_returns_the_function():
+    partnerstack = PartnerStackStripe()
+
+    def on_checkout(event):
+        return None
+
+    assert partnerstack.handler("checkout.session.completed")(on_checkout) is on_checkout

@@ -1,0 +1,224 @@
+"""Against a real multi-process server: concurrent duplicates and races end in one exact ledger."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flask_partnerstack_stripe import testing
+from flask_partnerstack_stripe.extension import get_state
+
+from .apphost import SECRET, create_app
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 4
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Server:
+    def __init__(self, port: int, log: Path) -> None:
+        self.port = port
+        self.log = log
+
+    def post(self, body: str | bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            connection.request("POST", "/partnerstack/webhook", body=body, headers=headers)
+            response = connection.getresponse()
+            return response.status, json.loads(response.read() or b"{}")
+        finally:
+            connection.close()
+
+    def post_event(self, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        payload = json.dumps(event)
+        return self.post(payload, {"Stripe-Signature": testing.sign(payload, SECRET)})
+
+    def log_text(self) -> str:
+        return self.log.read_text()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(app, database_url, tmp_path) -> Iterator[Server]:
+    """gunicorn with several worker processes serving the test host app on ``database_url``."""
+    port, log = free_port(), tmp_path / "gunicorn.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers",
+                str(WORKERS),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--graceful-timeout",
+                "5",
+                "tests.apphost:create_app()",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "DATABASE_URL": database_url},
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("gunicorn did not start:\n" + log.read_text())
+                time.sleep(0.1)
+        time.sleep(0.5)  # let every worker boot, so the first requests race for real
+        yield Server(port, log)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            process.kill()
+
+
+def all_at_once(calls: list[Any]) -> list[Any]:
+    """Run the calls in threads released by one barrier, so they hit the server together."""
+    barrier = threading.Barrier(len(calls))
+    results: list[Any] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        results[index] = calls[index]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def assert_clean_log(server: Server) -> None:
+    text = server.log_text()
+    for trouble in ("database is locked", "IntegrityError", "Traceback", "deadlock"):
+        assert trouble not in text, text
+
+
+def test_same_event_from_eight_clients_at_once(server, rows, models):
+    event = testing.event("charge.succeeded", testing.charge("ch_dup", amount=1234))
+    payload = json.dumps(event)
+    for _ in range(3):  # the same delivery, eight copies, three times over
+        headers = {"Stripe-Signature": testing.sign(payload, SECRET)}
+        results = all_at_once([lambda h=headers: server.post(payload, h)] * 8)
+        assert all(status == 200 for status, _ in results), results
+    statuses = Counter(body["status"] for status, body in results)
+    assert statuses["duplicate"] == 8
+    assert len(rows(models.WebhookEvent)) == 1
+    [transaction] = rows(models.Transaction)
+    assert transaction.amount == 1234
+    assert_clean_log(server)
+
+
+def test_first_round_of_duplicates_has_exactly_one_winner(server, rows, models):
+    for n in range(5):
+        payload = json.dumps(testing.event("balance.available", {"object": "balance", "n": n}))
+        headers = {"Stripe-Signature": testing.sign(payload, SECRET)}
+        results = all_at_once([lambda p=payload, h=headers: server.post(p, h)] * 8)
+        assert [status for status, _ in results] == [200] * 8
+        statuses = Counter(body["status"] for _, body in results)
+        assert statuses == {"ignored": 1, "duplicate": 7}, statuses
+    assert len(rows(models.WebhookEvent)) == 5
+    assert_clean_log(server)
+
+
+def test_customer_and_charge_racing_end_attached(server, rows, models):
+    """Customer and charge events for one customer, posted together (and twice) by 8 clients."""
+    customers = 6
+    for n in range(customers):
+        metadata = {"customer_key": f"user-{n}", "partner_key": f"partner-{n % 2}"}
+        customer = testing.event(
+            "customer.created", testing.customer(f"cus_{n}", metadata=metadata)
+        )
+        charges = [
+            testing.event("charge.succeeded", testing.charge(f"ch_{n}_{i}", customer=f"cus_{n}"))
+            for i in range(3)
+        ]
+        events = [customer, *charges] * 2
+        results = all_at_once([lambda e=e: server.post_event(e) for e in events])
+        assert all(status == 200 for status, _ in results), results
+    by_key = {c.customer_key: c for c in rows(models.Customer)}
+    assert len(by_key) == customers
+    transactions = rows(models.Transaction)
+    assert len(transactions) == customers * 3
+    for transaction in transactions:
+        n = transaction.key.split("_")[1]
+        assert transaction.customer_id == by_key[f"user-{n}"].id, transaction.key
+    assert_clean_log(server)
+
+
+def test_refunds_racing_successes_leave_exact_ledger(server, rows, models):
+    """Each charge's success and refund arrive together: every refunded charge ends deleted."""
+    events = []
+    for n in range(12):
+        charge = testing.charge(f"ch_r{n}", amount=100 + n)
+        events.append(testing.event("charge.succeeded", charge))
+        if n % 2 == 0:
+            refunded = testing.charge(f"ch_r{n}", amount=100 + n, amount_refunded=100 + n)
+            events.append(testing.event("charge.refunded", refunded))
+    results = all_at_once([lambda e=e: server.post_event(e) for e in events])
+    assert all(status == 200 for status, _ in results), results
+    ledger = {t.key: t.deleted_at is None for t in rows(models.Transaction)}
+    assert ledger == {f"ch_r{n}": n % 2 == 1 for n in range(12)}
+    assert_clean_log(server)
+
+
+def test_chunked_body_over_the_cap_is_413(server, rows, models):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    body = iter([b"{" + b" " * 600_000, b" " * 600_000 + b"}"])
+    connection.request(
+        "POST", "/partnerstack/webhook", body=body,
+        headers={"Stripe-Signature": "t=1,v1=00", "Transfer-Encoding": "chunked"},
+        encode_chunked=True,
+    )  # fmt: skip
+    assert connection.getresponse().status == 413
+    connection.close()
+    assert rows(models.WebhookEvent) == []
+
+
+def test_sqlite_write_lock_leaves_the_hosts_connections_alone(tmp_path):
+    app = create_app(f"sqlite:///{tmp_path / 'host.db'}")
+    db = get_state(app).db
+
+    def connection_settings() -> tuple[Any, ...]:
+        raw = db.engine.raw_connection()
+        try:
+            (timeout,) = raw.execute("PRAGMA busy_timeout").fetchone()
+            return raw.driver_connection.isolation_level, timeout
+        finally:
+            raw.close()
+
+    with app.app_context():
+        db.create_all()
+        before = connection_settings()
+        testing.post_event(app.test_client(), testing.event("charge.succeeded", testing.charge()))
+        assert connection_settings() == before
+        db.engine.dispose()
