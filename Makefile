@@ -1,0 +1,38 @@
+# Every target installs what it needs into .venv first: a fresh machine needs only Python.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo serve test lint bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## Play a partner program's story through the example app's real webhook URL.
+demo: $(STAMP)
+	$(BIN)/python -m example_app.demo
+
+## Run the example app on http://127.0.0.1:5000 (after `make demo` it has data to show).
+serve: $(STAMP)
+	$(BIN)/flask --app example_app db upgrade
+	$(BIN)/flask --app example_app run --port 5000
+
+## Lint, then the whole suite on SQLite and PostgreSQL (REQUIRE_POSTGRES=1 makes a
+## missing PostgreSQL an error instead of a loud skip).
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+clean:
+	rm -rf $(VENV) example_app/instance .pytest_cache .ruff_cache *.egg-info
