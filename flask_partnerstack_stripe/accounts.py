@@ -42,3 +42,70 @@ def uninstall(session: Session, models: Models, stripe_account_id: str, livemode
             .on_conflict_do_nothing()
         )
     return uninstalled
+
+
+def install(
+    session: Session,
+    models: Models,
+    stripe_account_id: str,
+    livemode: bool,
+    *,
+    scope: str | None = None,
+    access_token: str | None = None,
+    refresh_token: str | None = None,
+) -> Any:
+    """Store the account as installed in ``livemode`` (again, if it was uninstalled).
+
+    A reinstalled account keeps its settings, customers and transactions.
+    """
+    StripeAccount = models.StripeAccount
+    now = utcnow()
+    granted = {"scope": scope, "access_token": access_token, "refresh_token": refresh_token}
+    statement = upsert(session, StripeAccount).values(
+        stripe_account_id=stripe_account_id, livemode=livemode, installed_at=now, **granted
+    )
+    return session.scalar(
+        statement.on_conflict_do_update(
+            index_elements=[StripeAccount.stripe_account_id, StripeAccount.livemode],
+            set_={"installed_at": now, "uninstalled_at": None, **granted},
+        ).returning(StripeAccount),
+        execution_options={"populate_existing": True},
+    )
+
+
+def find_account(session: Session, models: Models, stripe_account_id: str, livemode: bool) -> Any:
+    StripeAccount = models.StripeAccount
+    return session.scalar(
+        sa.select(StripeAccount).where(
+            StripeAccount.stripe_account_id == stripe_account_id,
+            StripeAccount.livemode == livemode,
+        )
+    )
+
+
+def set_endpoint(
+    session: Session,
+    models: Models,
+    stripe_account_id: str,
+    livemode: bool,
+    endpoint_id: str,
+    signing_secret: str | None,
+) -> Any:
+    """Give the account (created if new) a manual webhook endpoint; replaces an older one."""
+    StripeAccount = models.StripeAccount
+    endpoint = {"endpoint_id": endpoint_id, "endpoint_secret": signing_secret}
+    statement = upsert(session, StripeAccount).values(
+        stripe_account_id=stripe_account_id, livemode=livemode, installed_at=utcnow(), **endpoint
+    )
+    return session.scalar(
+        statement.on_conflict_do_update(
+            index_elements=[StripeAccount.stripe_account_id, StripeAccount.livemode],
+            set_=endpoint,
+        ).returning(StripeAccount),
+        execution_options={"populate_existing": True},
+    )
+
+
+def find_endpoint(session: Session, models: Models, endpoint_id: str) -> Any:
+    StripeAccount = models.StripeAccount
+    return session.scalar(sa.select(StripeAccount).where(StripeAccount.endpoint_id == endpoint_id))

@@ -23,10 +23,15 @@ DEFAULTS: dict[str, Any] = {
     "STORE_IGNORED_EVENTS": True,
     "SQLITE_BUSY_TIMEOUT": 30,
     "LIVEMODE": None,
+    "TEST_API_KEY": None,
+    "INSTALL_METHOD": "connect",
+    "INSTALL_SCOPE": "read_write",
+    "INSTALL_REDIRECT": None,
 }
 
 TRANSACTION_SOURCES = ("charge", "invoice")
 REFUND_POLICIES = ("delete", "prorate")
+INSTALL_METHODS = ("connect", "stripe_app")
 
 
 class ConfigurationError(ValueError):
@@ -50,6 +55,17 @@ class Settings:
     store_ignored_events: bool
     sqlite_busy_timeout: float
     livemode: bool
+    test_api_key: str | None
+    install_method: str
+    install_scope: str
+    install_redirect: str | None
+
+    def api_key_for(self, livemode: bool) -> str | None:
+        """The platform's secret key for the mode, if one is configured."""
+        for key in (self.api_key, self.test_api_key):
+            if key is not None and _is_live_key(key) == livemode:
+                return key
+        return None
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -72,6 +88,12 @@ class Settings:
             store_ignored_events=_bool("STORE_IGNORED_EVENTS", get("STORE_IGNORED_EVENTS")),
             sqlite_busy_timeout=_positive_number("SQLITE_BUSY_TIMEOUT", get("SQLITE_BUSY_TIMEOUT")),
             livemode=_livemode(get("LIVEMODE"), get("API_KEY")),
+            test_api_key=_optional_str("TEST_API_KEY", get("TEST_API_KEY")),
+            install_method=_choice("INSTALL_METHOD", get("INSTALL_METHOD"), INSTALL_METHODS),
+            install_scope=_choice(
+                "INSTALL_SCOPE", get("INSTALL_SCOPE"), ("read_write", "read_only")
+            ),
+            install_redirect=_redirect(get("INSTALL_REDIRECT")),
         )
 
 
@@ -132,5 +154,27 @@ def _url_prefix(value: Any) -> str:
 def _livemode(value: Any, api_key: Any) -> bool:
     """The mode of customers recorded at signup: as set, else the API key's mode, else test."""
     if value is None:
-        return isinstance(api_key, str) and api_key.startswith(("sk_live_", "rk_live_"))
+        return isinstance(api_key, str) and _is_live_key(api_key)
     return _bool("LIVEMODE", value)
+
+
+def _is_live_key(key: str) -> bool:
+    return key.startswith(("sk_live_", "rk_live_"))
+
+
+def _redirect(value: Any) -> str | None:
+    """A local path or an endpoint name: never a URL to another site."""
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not value
+        or value.startswith("//")
+        or ":" in value
+        or "\\" in value
+    ):
+        raise ConfigurationError(
+            f"{PREFIX}INSTALL_REDIRECT must be a local path such as '/settings' or an "
+            f"endpoint name such as 'settings.stripe', got {value!r}"
+        )
+    return value

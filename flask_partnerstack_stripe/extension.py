@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from flask import Flask, current_app, has_request_context, request
 
+from . import accounts
 from .config import DEFAULTS, PREFIX, Settings
 from .database import commit, write_transaction
 from .models import Models, default_models
@@ -20,6 +22,8 @@ from .tracking import BUILTIN_HANDLERS
 EXTENSION_KEY = "partnerstack_stripe"
 
 F = TypeVar("F", bound=HostHandler)
+InstallGuard = Callable[[str, "str | None"], bool]
+G = TypeVar("G", bound=InstallGuard)
 
 
 @dataclass
@@ -57,6 +61,7 @@ class PartnerStackStripe:
         self._url_prefix = url_prefix
         self._register_blueprint = register_blueprint
         self._handlers: dict[str, list[HostHandler]] = {}
+        self._install_guard: InstallGuard | None = None
         if app is not None:
             self.init_app(app)
 
@@ -127,6 +132,59 @@ class PartnerStackStripe:
             return fn
 
         return register
+
+    def install_guard(self, guard: G) -> G:
+        """Register ``guard(action, stripe_account_id) -> bool``: who may connect accounts.
+
+        ``action`` is ``"install"`` or ``"uninstall"`` (with the account for uninstall).
+        Without a guard, install and uninstall answer 403.
+        """
+        self._install_guard = guard
+        return guard
+
+    def create_endpoint(
+        self,
+        stripe_account_id: str,
+        signing_secret: str | None,
+        *,
+        livemode: bool = False,
+    ) -> Any:
+        """Create (or replace) the manual webhook endpoint of a connected account.
+
+        Its URL is ``url_for("partnerstack_stripe.endpoint_webhook", endpoint_id=...)``;
+        events posted there are verified with ``signing_secret`` only and belong to
+        the account. The secret may be set later (Stripe shows it once the endpoint
+        exists) with :meth:`set_endpoint_secret`; until then its events are refused.
+        """
+        if not isinstance(stripe_account_id, str) or not stripe_account_id.startswith("acct_"):
+            raise ValueError("stripe_account_id must be a Stripe account id (acct_...).")
+        return self._write_endpoint(
+            stripe_account_id, livemode, secrets.token_urlsafe(24), signing_secret
+        )
+
+    def set_endpoint_secret(self, endpoint_id: str, signing_secret: str) -> Any:
+        """Set the signing secret Stripe gave for the endpoint ``endpoint_id``."""
+        state = get_state()
+        account = accounts.find_endpoint(state.db.session(), state.models, endpoint_id)
+        if account is None:
+            raise LookupError(f"No webhook endpoint {endpoint_id!r}.")
+        return self._write_endpoint(
+            account.stripe_account_id, account.livemode, endpoint_id, signing_secret
+        )
+
+    def _write_endpoint(
+        self, stripe_account_id: str, livemode: bool, endpoint_id: str, signing_secret: str | None
+    ) -> Any:
+        if signing_secret is not None and not signing_secret.startswith("whsec_"):
+            raise ValueError("A webhook signing secret starts with whsec_.")
+        state = get_state()
+        session = state.db.session()
+        with write_transaction(session, state.settings.sqlite_busy_timeout):
+            account = accounts.set_endpoint(
+                session, state.models, stripe_account_id, livemode, endpoint_id, signing_secret
+            )
+            commit(session)
+        return account
 
     def create_customer(
         self,

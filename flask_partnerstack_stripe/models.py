@@ -134,10 +134,10 @@ class StripeAccountMixin:
 
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
+        table = cls.__tablename__
         return (
-            sa.UniqueConstraint(
-                "stripe_account_id", "livemode", name=f"uq_{cls.__tablename__}_account"
-            ),
+            sa.UniqueConstraint("stripe_account_id", "livemode", name=f"uq_{table}_account"),
+            sa.UniqueConstraint("endpoint_id", name=f"uq_{table}_endpoint_id"),
         )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -147,6 +147,13 @@ class StripeAccountMixin:
     transaction_source: Mapped[str | None] = mapped_column(sa.String(16))
     installed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     uninstalled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    #: What the OAuth install granted. Tokens are secrets: never logged, never shown.
+    scope: Mapped[str | None] = mapped_column(sa.String(255))
+    access_token: Mapped[str | None] = mapped_column(sa.Text)
+    refresh_token: Mapped[str | None] = mapped_column(sa.Text)
+    #: A manual webhook endpoint: ``<prefix>/webhook/<endpoint_id>``, verified with its own secret.
+    endpoint_id: Mapped[str | None] = mapped_column(sa.String(64))
+    endpoint_secret: Mapped[str | None] = mapped_column(sa.String(255))
 
     def __repr__(self) -> str:
         mode = "live" if self.livemode else "test"

@@ -9,7 +9,7 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import signals
+from . import accounts, install, signals
 from .extension import get_state
 from .notify import send_notifications
 from .receiver import EventFailed
@@ -23,8 +23,14 @@ BLUEPRINT_NAME = "partnerstack_stripe"
 
 def create_blueprint(app: Flask) -> Blueprint:
     """A fresh blueprint for ``app``: blueprints hold per-app registrations, so never share one."""
-    blueprint = Blueprint(BLUEPRINT_NAME, __name__)
+    blueprint = Blueprint(BLUEPRINT_NAME, __name__, template_folder="templates")
     blueprint.add_url_rule("/webhook", "webhook", webhook, methods=["POST"])
+    blueprint.add_url_rule(
+        "/webhook/<endpoint_id>", "endpoint_webhook", endpoint_webhook, methods=["POST"]
+    )
+    blueprint.add_url_rule("/install", "install", install.install)
+    blueprint.add_url_rule("/install/callback", "install_callback", install.install_callback)
+    blueprint.add_url_rule("/uninstall", "uninstall", install.uninstall, methods=["POST"])
     blueprint.register_error_handler(HTTPException, _http_error)
     blueprint.after_app_request(_remember_referral)
 
@@ -32,10 +38,26 @@ def create_blueprint(app: Flask) -> Blueprint:
     if csrf is not None:
         # Stripe cannot send a CSRF token; the signature is what authenticates it.
         csrf.exempt(webhook)
+        csrf.exempt(endpoint_webhook)
     return blueprint
 
 
 def webhook() -> ResponseReturnValue:
+    """The endpoint for the app's own account and for Connect and Stripe App events."""
+    return _receive(get_state().settings.webhook_secrets, stripe_account_id=None)
+
+
+def endpoint_webhook(endpoint_id: str) -> ResponseReturnValue:
+    """A manual endpoint: one connected account, verified with that endpoint's secret only."""
+    state = get_state()
+    account = accounts.find_endpoint(state.db.session(), state.models, endpoint_id)
+    if account is None:
+        return jsonify(error="There is no webhook endpoint at this URL."), 404
+    secrets = (account.endpoint_secret,) if account.endpoint_secret else ()
+    return _receive(secrets, stripe_account_id=account.stripe_account_id)
+
+
+def _receive(secrets: tuple[str, ...], stripe_account_id: str | None) -> ResponseReturnValue:
     """Verify, store, apply, commit, signal, answer."""
     state = get_state()
     payload = _read_body(state.settings.max_body)
@@ -43,7 +65,7 @@ def webhook() -> ResponseReturnValue:
         event = verify_event(
             payload,
             request.headers.get("Stripe-Signature"),
-            state.settings.webhook_secrets,
+            secrets,
             state.settings.signature_tolerance,
         )
     except InvalidEvent as error:
@@ -51,7 +73,12 @@ def webhook() -> ResponseReturnValue:
         return jsonify(error=str(error)), 400
 
     try:
-        outcome = state.receiver.receive(state.db.session(), event, payload.decode("utf-8"))
+        outcome = state.receiver.receive(
+            state.db.session(),
+            event,
+            payload.decode("utf-8"),
+            stripe_account_id=stripe_account_id,
+        )
     except EventFailed as failure:
         send_notifications([(signals.event_failed, {"event": event, "error": failure.error})])
         return jsonify(

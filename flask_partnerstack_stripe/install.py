@@ -1,0 +1,194 @@
+"""Connecting Stripe accounts through OAuth: install, its callback, and uninstall.
+
+The host decides who may do this (``@partnerstack.install_guard``); without a guard
+every request is refused. The OAuth ``state`` lives in the user's session, is bound
+to the mode asked for, and is used once. Redirects go to configured places only,
+never to a URL taken from the request. Tokens are stored, never logged or shown.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import stripe
+from flask import abort, current_app, redirect, render_template, request, session, url_for
+from flask.typing import ResponseReturnValue
+
+from . import accounts, signals
+from .database import commit, write_transaction
+from .extension import State, get_state
+from .notify import send_notifications
+
+log = logging.getLogger("flask_partnerstack_stripe")
+
+STATE_KEY = "partnerstack_stripe_install"
+STRIPE_APP_AUTHORIZE_URL = "https://marketplace.stripe.com/oauth/v2/authorize"
+
+
+def _guard(state: State, action: str, stripe_account_id: str | None = None) -> None:
+    guard = state.extension._install_guard
+    if guard is None:
+        abort(
+            403,
+            "Installing and uninstalling Stripe accounts is off until the app registers "
+            "a guard with @partnerstack.install_guard.",
+        )
+    if not guard(action, stripe_account_id):
+        abort(403, "You are not allowed to connect or disconnect Stripe accounts.")
+
+
+def _mode(state: State) -> bool:
+    """The mode asked for (``?mode=test`` or ``live``), default live when a live key exists."""
+    mode = request.args.get("mode") or request.form.get("mode")
+    if mode not in (None, "test", "live"):
+        abort(400, "mode must be 'test' or 'live'.")
+    livemode = mode == "live" if mode else state.settings.api_key_for(True) is not None
+    if state.settings.api_key_for(livemode) is None:
+        name = "live" if livemode else "test"
+        abort(400, f"No Stripe secret key is configured for {name} mode.")
+    return livemode
+
+
+def install() -> ResponseReturnValue:
+    """Send the user to Stripe to authorize the app, with a one-time state."""
+    state = get_state()
+    _guard(state, "install")
+    if state.settings.client_id is None:
+        abort(400, "PARTNERSTACK_STRIPE_CLIENT_ID is not configured.")
+    livemode = _mode(state)
+    nonce = secrets.token_urlsafe(32)
+    session[STATE_KEY] = {"state": nonce, "livemode": livemode}
+    params = {
+        "client_id": state.settings.client_id,
+        "redirect_uri": url_for(".install_callback", _external=True),
+        "state": nonce,
+    }
+    if state.settings.install_method == "stripe_app":
+        return redirect(f"{STRIPE_APP_AUTHORIZE_URL}?{urlencode(params)}")
+    authorize_url = stripe.OAuth.authorize_url(
+        scope=state.settings.install_scope,
+        **params,  # type: ignore[arg-type]
+    )
+    return redirect(authorize_url)
+
+
+def install_callback() -> ResponseReturnValue:
+    """Check the state, exchange the code, store the account, say so."""
+    state = get_state()
+    _guard(state, "install")
+    expected = session.pop(STATE_KEY, None)
+    given = request.args.get("state", "")
+    if not isinstance(expected, dict) or not hmac.compare_digest(
+        str(expected.get("state", "")), given
+    ):
+        return _page("Installation not completed", "This install link is invalid, expired "
+                     "or was already used. Start the installation again.", 400)  # fmt: skip
+    if request.args.get("error"):
+        return _page("Installation cancelled", "Stripe reports that access was not "
+                     "granted. Nothing was installed.", 400)  # fmt: skip
+    code = request.args.get("code")
+    if not code:
+        return _page("Installation not completed", "Stripe sent no authorization code.", 400)
+
+    livemode = bool(expected.get("livemode"))
+    try:
+        token = stripe.OAuth.token(
+            api_key=state.settings.api_key_for(livemode),
+            grant_type="authorization_code",
+            code=code,
+        )
+    except stripe.StripeError as error:
+        log.warning("Stripe refused the OAuth code exchange: %s", type(error).__name__)
+        return _page("Installation not completed", "Stripe did not accept the "
+                     "authorization. Start the installation again.", 400)  # fmt: skip
+
+    db_session = state.db.session()
+    with write_transaction(db_session, state.settings.sqlite_busy_timeout):
+        account = accounts.install(
+            db_session,
+            state.models,
+            str(token["stripe_user_id"]),
+            bool(token.get("livemode", livemode)),
+            scope=token.get("scope"),
+            access_token=token.get("access_token"),
+            refresh_token=token.get("refresh_token"),
+        )
+        commit(db_session)
+    send_notifications([(signals.account_installed, {"account": account})])
+    if state.settings.install_redirect:
+        return redirect(_local_url(state.settings.install_redirect))
+    mode = "live" if account.livemode else "test"
+    return _page(
+        "App installed",
+        f"The app is installed for the Stripe account {account.stripe_account_id} in {mode} mode.",
+        200,
+    )
+
+
+def uninstall() -> ResponseReturnValue:
+    """Deauthorize the account at Stripe and mark it uninstalled (POST, same-site only)."""
+    state = get_state()
+    stripe_account_id = request.form.get("stripe_account_id", "")
+    if not stripe_account_id.startswith("acct_"):
+        abort(400, "stripe_account_id must be a Stripe account id (acct_...).")
+    _guard(state, "uninstall", stripe_account_id)
+    _require_same_site()
+    livemode = _mode(state)
+
+    db_session = state.db.session()
+    account = accounts.find_account(db_session, state.models, stripe_account_id, livemode)
+    if account is None:
+        abort(404, "That Stripe account is not connected in this mode.")
+    if account.uninstalled_at is None:
+        try:
+            stripe.OAuth.deauthorize(
+                api_key=state.settings.api_key_for(livemode),
+                client_id=state.settings.client_id,  # type: ignore[typeddict-item]
+                stripe_user_id=stripe_account_id,
+            )
+        except stripe.InvalidRequestError:
+            # Already disconnected on Stripe's side: end in the same state.
+            log.info("Stripe says %s was already deauthorized", stripe_account_id)
+        except stripe.StripeError as error:
+            log.warning("Deauthorizing %s failed: %s", stripe_account_id, type(error).__name__)
+            abort(502, "Stripe could not be reached to disconnect the account; try again.")
+    with write_transaction(db_session, state.settings.sqlite_busy_timeout):
+        uninstalled = accounts.uninstall(db_session, state.models, stripe_account_id, livemode)
+        commit(db_session)
+    if uninstalled is not None:
+        send_notifications([(signals.account_uninstalled, {"account": uninstalled, "event": None})])
+    if state.settings.install_redirect:
+        return redirect(_local_url(state.settings.install_redirect))
+    mode = "live" if livemode else "test"
+    return _page(
+        "App uninstalled",
+        f"The app is uninstalled from the Stripe account {stripe_account_id} in {mode} mode.",
+        200,
+    )
+
+
+def _require_same_site() -> None:
+    """Refuse cross-site posts: Flask-WTF's token when the app uses it, else the Origin."""
+    if "csrf" in current_app.extensions:
+        return  # CSRFProtect checked this post's token before the view ran
+    origin = request.headers.get("Origin") or request.headers.get("Referer")
+    expected = urlsplit(request.host_url)
+    if origin:
+        given = urlsplit(origin)
+        if (given.scheme, given.netloc) == (expected.scheme, expected.netloc):
+            return
+    elif request.headers.get("Sec-Fetch-Site") == "same-origin":
+        return
+    abort(403, "Uninstall must be posted from this site.")
+
+
+def _local_url(target: str) -> str:
+    return target if target.startswith("/") else url_for(target)
+
+
+def _page(title: str, message: str, status: int) -> Any:
+    return render_template("partnerstack_stripe/message.html", title=title, message=message), status
