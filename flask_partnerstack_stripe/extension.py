@@ -117,8 +117,10 @@ class PartnerStackStripe:
             )
 
         from .cli import partnerstack_cli
+        from .install import redact_stripe_logs
 
         app.cli.add_command(partnerstack_cli)
+        redact_stripe_logs()
 
     def handler(self, event_type: str) -> Callable[[F], F]:
         """Register ``fn(event)`` to run for ``event_type`` inside the event's transaction.
@@ -159,7 +161,7 @@ class PartnerStackStripe:
         if not isinstance(stripe_account_id, str) or not stripe_account_id.startswith("acct_"):
             raise ValueError("stripe_account_id must be a Stripe account id (acct_...).")
         return self._write_endpoint(
-            stripe_account_id, livemode, secrets.token_urlsafe(24), signing_secret
+            stripe_account_id, livemode, secrets.token_hex(20), signing_secret
         )
 
     def set_endpoint_secret(self, endpoint_id: str, signing_secret: str) -> Any:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
 from typing import Any
 from urllib.parse import urlencode, urlsplit
@@ -26,6 +27,32 @@ from .notify import send_notifications
 log = logging.getLogger("flask_partnerstack_stripe")
 
 STATE_KEY = "partnerstack_stripe_install"
+_TOKEN_FIELD = re.compile(r'("(?:access_token|refresh_token)"\s*:\s*")[^"]*')
+_SECRET_KEY = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9]+")
+
+
+class RedactTokens(logging.Filter):
+    """Mask OAuth tokens and secret keys in the ``stripe`` package's debug log.
+
+    stripe-python logs every API response body at DEBUG; for the OAuth token
+    exchange that body holds the connected account's tokens.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SECRET_KEY.sub(r"\1[redacted]", _TOKEN_FIELD.sub(r"\1[redacted]", message))
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def redact_stripe_logs() -> None:
+    """Add :class:`RedactTokens` to the ``stripe`` logger, once per process."""
+    stripe_log = logging.getLogger("stripe")
+    if not any(isinstance(f, RedactTokens) for f in stripe_log.filters):
+        stripe_log.addFilter(RedactTokens())
+
+
 STRIPE_APP_AUTHORIZE_URL = "https://marketplace.stripe.com/oauth/v2/authorize"
 
 
@@ -100,7 +127,7 @@ def install_callback() -> ResponseReturnValue:
             api_key=state.settings.api_key_for(livemode),
             grant_type="authorization_code",
             code=code,
-        )
+        ).to_dict()
     except stripe.StripeError as error:
         log.warning("Stripe refused the OAuth code exchange: %s", type(error).__name__)
         return _page("Installation not completed", "Stripe did not accept the "

@@ -239,6 +239,7 @@ class FakeRequest:
     """One call the code under test made to the Stripe API."""
 
     method: str
+    host: str
     path: str
     params: dict[str, list[str]]
     headers: dict[str, str]
@@ -272,7 +273,9 @@ class FakeStripeAPI(stripe.HTTPClient):
         query = parts.query if method.lower() == "get" else (post_data or "")
         if isinstance(query, bytes):
             query = query.decode()
-        request = FakeRequest(method.upper(), parts.path, parse_qs(query), dict(headers or {}))
+        request = FakeRequest(
+            method.upper(), parts.netloc, parts.path, parse_qs(query), dict(headers or {})
+        )
         self.requests.append(request)
         reply = self.replies.get((request.method, request.path))
         if reply is None:

@@ -1,16 +1,17 @@
 """partner tracking and commissions
 
-Revision ID: a81e2998289d
+Revision ID: cf125813c679
 Revises:
-Create Date: 2026-11-28 10:11:50.863096
+Create Date: 2026-11-28 10:19:04.323011
 
 """
 
-import sqlalchemy as sa
 from alembic import op
+import sqlalchemy as sa
+
 
 # revision identifiers, used by Alembic.
-revision = "a81e2998289d"
+revision = "cf125813c679"
 down_revision = None
 branch_labels = None
 depends_on = None
@@ -56,7 +57,13 @@ def upgrade():
         sa.Column("transaction_source", sa.String(length=16), nullable=True),
         sa.Column("installed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("uninstalled_at", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("scope", sa.String(length=255), nullable=True),
+        sa.Column("access_token", sa.Text(), nullable=True),
+        sa.Column("refresh_token", sa.Text(), nullable=True),
+        sa.Column("endpoint_id", sa.String(length=64), nullable=True),
+        sa.Column("endpoint_secret", sa.String(length=255), nullable=True),
         sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("endpoint_id", name="uq_partnerstack_stripe_account_endpoint_id"),
         sa.UniqueConstraint(
             "stripe_account_id", "livemode", name="uq_partnerstack_stripe_account_account"
         ),
