@@ -6,9 +6,8 @@ Create Date: 2026-11-28 10:19:04.323011
 
 """
 
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 # revision identifiers, used by Alembic.
 revision = "cf125813c679"
