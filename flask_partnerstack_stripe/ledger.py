@@ -198,12 +198,13 @@ class Payment:
     product_key: str | None
 
 
-def record_payment(session: Session, models: Models, payment: Payment, customer: Any) -> Any:
-    """Insert the payment's transaction; return it if new, else None."""
-    Transaction = models.Transaction
+def _insert_payment(
+    session: Session, models: Models, payment: Payment, customer: Any, **extra: Any
+) -> Any:
+    """``INSERT`` the payment's row unless its (account, key) is taken."""
     party = payment.party
-    return session.scalar(
-        upsert(session, Transaction)
+    return (
+        upsert(session, models.Transaction)
         .values(
             key=payment.key,
             customer_id=customer.id if customer is not None else None,
@@ -216,10 +217,16 @@ def record_payment(session: Session, models: Models, payment: Payment, customer:
             stripe_customer_id=party.stripe_customer_id,
             customer_key=party.customer_key,
             customer_email=party.email,
+            **extra,
         )
         .on_conflict_do_nothing(index_elements=["account_scope", "key"])
-        .returning(Transaction)
     )
+
+
+def record_payment(session: Session, models: Models, payment: Payment, customer: Any) -> Any:
+    """Insert the payment's transaction; return it if new, else None."""
+    statement = _insert_payment(session, models, payment, customer)
+    return session.scalar(statement.returning(models.Transaction))
 
 
 def refresh_payment(session: Session, models: Models, payment: Payment, customer: Any) -> Any:
@@ -282,23 +289,5 @@ def delete_payment(session: Session, models: Models, payment: Payment, customer:
         .execution_options(synchronize_session=False)
     )
     if deleted is None:
-        party = payment.party
-        session.execute(
-            upsert(session, Transaction)
-            .values(
-                key=payment.key,
-                customer_id=customer_id,
-                amount=payment.amount,
-                currency=payment.currency,
-                product_key=payment.product_key,
-                stripe_account_id=party.stripe_account_id,
-                account_scope=party.scope,
-                livemode=party.livemode,
-                stripe_customer_id=party.stripe_customer_id,
-                customer_key=party.customer_key,
-                customer_email=party.email,
-                deleted_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["account_scope", "key"])
-        )
+        session.execute(_insert_payment(session, models, payment, customer, deleted_at=now))
     return deleted
