@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import click
 import sqlalchemy as sa
+import stripe
 from flask import current_app, url_for
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts
+from . import accounts, signals
+from .backfill import backfill
 from .database import commit, write_transaction
 from .extension import get_state
+from .models import utcnow
+from .notify import send_notifications
+from .receiver import EventFailed
+from .scenarios import send_test_event
 
 partnerstack_cli = AppGroup("partnerstack", help="Stripe payment tracking for partners.")
 
@@ -122,3 +130,190 @@ def delete_endpoint(endpoint_id: str) -> None:
         account.endpoint_secret = None
         commit(session)
     click.echo(f"Deleted endpoint {endpoint_id} of {account.stripe_account_id}.")
+
+
+# --- operations --------------------------------------------------------------------------
+
+
+@partnerstack_cli.command("replay")
+@click.argument("event_ids", nargs=-1)
+@click.option("--failed", is_flag=True, help="Every event stored as failed.")
+@click.option("--ignored", is_flag=True, help="Every event stored as ignored.")
+@click.option("--type", "event_type", help="Only events of this type.")
+@with_appcontext
+def replay(event_ids: tuple[str, ...], failed: bool, ignored: bool, event_type: str | None) -> None:
+    """Apply stored events again: failed ones, ignored ones, or EVENT_IDS.
+
+    Idempotent: an event that was processed stays processed and changes nothing.
+    """
+    state = get_state()
+    WebhookEvent = state.models.WebhookEvent
+    query = sa.select(WebhookEvent).order_by(WebhookEvent.id)
+    statuses = [s for s, wanted in (("failed", failed), ("ignored", ignored)) if wanted]
+    if not (event_ids or statuses or event_type):
+        raise click.UsageError("Say what to replay: EVENT_IDS, --failed, --ignored or --type.")
+    if event_ids:
+        query = query.where(WebhookEvent.stripe_event_id.in_(event_ids))
+    if statuses:
+        query = query.where(WebhookEvent.status.in_(statuses))
+    if event_type:
+        query = query.where(WebhookEvent.type == event_type)
+    stored = [(row.stripe_event_id, row.type, row.payload, row.stripe_account_id)
+              for row in state.db.session.scalars(query)]  # fmt: skip
+    state.db.session.rollback()
+    if not stored:
+        click.echo("No stored events match.")
+    counts: dict[str, int] = {}
+    for event_id, kind, payload, stripe_account_id in stored:
+        result = _replay_one(state, payload, stripe_account_id)
+        counts[result.split(" ")[0]] = counts.get(result.split(" ")[0], 0) + 1
+        click.echo(f"{event_id} {kind}: {result}")
+    if stored:
+        click.echo(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
+    if counts.get("failed"):
+        raise SystemExit(1)
+
+
+def _replay_one(state: Any, payload: str | None, stripe_account_id: str | None) -> str:
+    if payload is None:
+        return "skipped (its payload was not kept)"
+    event = json.loads(payload)
+    try:
+        outcome = state.receiver.receive(
+            state.db.session(), event, payload, stripe_account_id=stripe_account_id, replay=True
+        )
+    except EventFailed as failure:
+        send_notifications([(signals.event_failed, {"event": event, "error": failure.error})])
+        return f"failed ({type(failure.error).__name__}: {failure.error})"
+    send_notifications(outcome.notifications)
+    return outcome.status + (f" ({outcome.reason})" if outcome.reason else "")
+
+
+@partnerstack_cli.command("prune")
+@click.option("--older-than", "days", type=click.IntRange(min=1),
+              help="Days to keep (default: PARTNERSTACK_STRIPE_EVENT_RETENTION_DAYS).")  # fmt: skip
+@with_appcontext
+def prune(days: int | None) -> None:
+    """Delete stored events older than the retention, except failed ones (still to replay)."""
+    state = get_state()
+    days = days or state.settings.event_retention_days
+    WebhookEvent = state.models.WebhookEvent
+    cutoff = utcnow() - timedelta(days=days)
+    session = state.db.session()
+    with write_transaction(session, state.settings.sqlite_busy_timeout):
+        deleted = session.execute(
+            sa.delete(WebhookEvent).where(
+                WebhookEvent.received_at < cutoff, WebhookEvent.status != "failed"
+            )
+        ).rowcount
+        commit(session)
+    click.echo(f"Deleted {deleted} stored events older than {days} days (failed ones are kept).")
+
+
+@partnerstack_cli.command("backfill")
+@click.option("--since", required=True, type=click.DateTime(["%Y-%m-%d", "%Y-%m-%dT%H:%M:%S"]),
+              help="Read objects created since this date (UTC).")  # fmt: skip
+@click.option("--account", help="A connected account (acct_...) instead of the platform's own.")
+@with_appcontext
+def backfill_command(since: datetime, account: str | None) -> None:
+    """Recover missed webhooks from the Stripe API, through the same tracking rules."""
+    state = get_state()
+    timestamp = int(since.replace(tzinfo=timezone.utc).timestamp())
+    seen = 0
+
+    def progress(event_type: str, result: str) -> None:
+        nonlocal seen
+        seen += 1
+        click.echo(f"\r  {seen} objects read ({event_type}: {result})".ljust(72), nl=False)
+
+    def waiting(attempt: int) -> None:
+        click.echo(f"\n  Stripe rate limit: waiting, then resuming (retry {attempt})")
+
+    try:
+        counts = backfill(state, since=timestamp, stripe_account_id=account,
+                          on_object=progress, on_retry=waiting)  # fmt: skip
+    except RuntimeError as error:
+        raise click.ClickException(str(error)) from None
+    except stripe.StripeError as error:
+        raise click.ClickException(f"Stripe API error: {error.user_message or error}") from None
+    click.echo()
+    click.echo(
+        f"Backfill done: {counts['created']} created, {counts['updated']} updated, "
+        f"{counts['unchanged']} unchanged."
+    )
+
+
+@partnerstack_cli.command("check")
+@click.option("--base-url", help="The app's public URL, to print full route URLs.")
+@with_appcontext
+def check(base_url: str | None) -> None:
+    """Say what is configured, what is missing, whether the tables exist, and recent events."""
+    state = get_state()
+    settings = state.settings
+    problems: list[str] = []
+
+    click.echo("Configuration")
+    secrets = ", ".join(mask(s) for s in settings.webhook_secrets) or "(none)"
+    click.echo(f"  webhook secrets    {secrets}")
+    if not settings.webhook_secrets:
+        problems.append("PARTNERSTACK_STRIPE_WEBHOOK_SECRETS is empty: every webhook gets 400.")
+    click.echo(
+        f"  API key            {mask(settings.api_key)}   test key {mask(settings.test_api_key)}"
+    )
+    click.echo(f"  client id          {settings.client_id or '(not set: install is off)'}")
+    click.echo(
+        f"  transactions from  {settings.transaction_source}s, refunds {settings.refund_policy}"
+    )
+    click.echo(f"  match by email     {settings.match_email}")
+    if not current_app.secret_key:
+        problems.append("SECRET_KEY is not set: referral cookies and install state need it.")
+
+    click.echo("Tables")
+    engine = state.db.engine
+    existing = set(sa.inspect(engine).get_table_names())
+    for model in state.models:
+        present = model.__tablename__ in existing
+        click.echo(f"  {model.__tablename__:<32}{'present' if present else 'MISSING'}")
+        if not present:
+            problems.append(f"Table {model.__tablename__} is missing: run `flask db upgrade`.")
+
+    click.echo("Routes")
+    with current_app.test_request_context(base_url=base_url or "http://localhost"):
+        for endpoint in ("webhook", "install", "install_callback", "uninstall"):
+            name = f"partnerstack_stripe.{endpoint}"
+            if name in current_app.view_functions:
+                url = url_for(name, _external=True)
+                click.echo(
+                    f"  {endpoint:<18}{url if base_url else url.removeprefix('http://localhost')}"
+                )
+
+    if state.models.WebhookEvent.__tablename__ in existing:
+        WebhookEvent = state.models.WebhookEvent
+        session = state.db.session
+        last = session.scalar(sa.select(WebhookEvent).order_by(WebhookEvent.id.desc()).limit(1))
+        failures = session.scalar(
+            sa.select(sa.func.count()).where(
+                WebhookEvent.status == "failed",
+                WebhookEvent.received_at > utcnow() - timedelta(days=1),
+            )
+        )
+        latest = "(none yet)"
+        if last is not None:
+            latest = f"{last.stripe_event_id} {last.type} {last.status} at {last.received_at}"
+        click.echo("Events")
+        click.echo(f"  last received      {latest}")
+        click.echo(f"  failed, last day   {failures}")
+        if failures:
+            problems.append(
+                f"{failures} events failed in the last day: `flask partnerstack replay --failed`."
+            )
+
+    if problems:
+        click.echo("Missing")
+        for problem in problems:
+            click.echo(f"  - {problem}")
+        raise SystemExit(1)
+    click.echo("Everything a production install needs is in place.")
+
+
+partnerstack_cli.add_command(send_test_event)

@@ -27,6 +27,7 @@ DEFAULTS: dict[str, Any] = {
     "INSTALL_METHOD": "connect",
     "INSTALL_SCOPE": "read_write",
     "INSTALL_REDIRECT": None,
+    "EVENT_RETENTION_DAYS": 90,
 }
 
 TRANSACTION_SOURCES = ("charge", "invoice")
@@ -59,6 +60,7 @@ class Settings:
     install_method: str
     install_scope: str
     install_redirect: str | None
+    event_retention_days: int
 
     def api_key_for(self, livemode: bool) -> str | None:
         """The platform's secret key for the mode, if one is configured."""
@@ -94,6 +96,7 @@ class Settings:
                 "INSTALL_SCOPE", get("INSTALL_SCOPE"), ("read_write", "read_only")
             ),
             install_redirect=_redirect(get("INSTALL_REDIRECT")),
+            event_retention_days=_positive_int("EVENT_RETENTION_DAYS", get("EVENT_RETENTION_DAYS")),
         )
 
 

@@ -105,12 +105,20 @@ class Receiver:
         payload: str,
         *,
         stripe_account_id: str | None = None,
+        replay: bool = False,
     ) -> Outcome:
-        """Store ``event`` once, apply it, commit. Raise :class:`EventFailed` if applying raised."""
+        """Store ``event`` once, apply it, commit. Raise :class:`EventFailed` if applying raised.
+
+        ``replay`` also takes over a copy stored as ignored (say, an unmatched refund
+        once an API key is configured); a processed copy is never applied twice.
+        """
         stripe_account_id = stripe_account_id or event.get("account")
         try:
             with write_transaction(session, self.settings.sqlite_busy_timeout):
-                outcome = self._store_and_apply(session, event, payload, stripe_account_id)
+                if self._claim(session, event, payload, stripe_account_id, replay=replay):
+                    outcome = self._apply(session, event, stripe_account_id, stored=True)
+                else:
+                    outcome = Outcome(DUPLICATE)
                 commit(session)
         except Exception as error:
             session.rollback()
@@ -118,11 +126,25 @@ class Receiver:
             raise EventFailed(event["id"], error) from error
         return outcome
 
-    def _store_and_apply(
-        self, session: Session, event: dict[str, Any], payload: str, stripe_account_id: str | None
+    def apply_unstored(
+        self, session: Session, event: dict[str, Any], *, stripe_account_id: str | None = None
     ) -> Outcome:
-        if not self._claim(session, event, payload, stripe_account_id):
-            return Outcome(DUPLICATE)
+        """Apply an event built from the API's current state (backfill), without storing it.
+
+        The tracking rules are idempotent, so applying the same state again changes nothing.
+        """
+        try:
+            with write_transaction(session, self.settings.sqlite_busy_timeout):
+                outcome = self._apply(session, event, stripe_account_id, stored=False)
+                commit(session)
+        except Exception:
+            session.rollback()
+            raise
+        return outcome
+
+    def _apply(
+        self, session: Session, event: dict[str, Any], stripe_account_id: str | None, stored: bool
+    ) -> Outcome:
         context = EventContext(session, self.models, self.settings, event, stripe_account_id)
         context.ignored = self._reason_to_ignore(context)
         if context.ignored is None:
@@ -130,18 +152,28 @@ class Receiver:
                 handler(context)
             for host_handler in self.host_handlers.get(event["type"], ()):
                 host_handler(event)
+        # The event_* signals speak of stored webhook events only.
         if context.ignored is not None:
+            if not stored:
+                return Outcome(IGNORED, context.ignored)
             self._mark_ignored(session, event["id"], context.ignored, context.keep)
             return Outcome(
                 IGNORED,
                 context.ignored,
                 [(signals.event_ignored, {"event": event, "reason": context.ignored})],
             )
-        context.notifications.append((signals.event_processed, {"event": event}))
+        if stored:
+            context.notifications.append((signals.event_processed, {"event": event}))
         return Outcome(PROCESSED, notifications=context.notifications)
 
     def _claim(
-        self, session: Session, event: dict[str, Any], payload: str, stripe_account_id: str | None
+        self,
+        session: Session,
+        event: dict[str, Any],
+        payload: str,
+        stripe_account_id: str | None,
+        *,
+        replay: bool,
     ) -> bool:
         """Insert the event, or take over a failed copy of it; False for a duplicate.
 
@@ -164,7 +196,7 @@ class Receiver:
         statement = statement.on_conflict_do_update(
             index_elements=[WebhookEvent.stripe_event_id],
             set_={"status": PROCESSED, "error": None, "processed_at": now},
-            where=WebhookEvent.status == FAILED,
+            where=WebhookEvent.status != PROCESSED if replay else WebhookEvent.status == FAILED,
         ).returning(WebhookEvent.id)
         return session.execute(statement).first() is not None
 

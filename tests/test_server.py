@@ -4,16 +4,8 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 from collections import Counter
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,82 +14,9 @@ from flask_partnerstack_stripe import testing
 from flask_partnerstack_stripe.extension import get_state
 
 from .apphost import SECRET, create_app
+from .conftest import Server
 
 pytestmark = pytest.mark.slow
-
-WORKERS = 4
-ROOT = Path(__file__).resolve().parents[1]
-
-
-class Server:
-    def __init__(self, port: int, log: Path) -> None:
-        self.port = port
-        self.log = log
-
-    def post(self, body: str | bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        try:
-            connection.request("POST", "/partnerstack/webhook", body=body, headers=headers)
-            response = connection.getresponse()
-            return response.status, json.loads(response.read() or b"{}")
-        finally:
-            connection.close()
-
-    def post_event(self, event: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        payload = json.dumps(event)
-        return self.post(payload, {"Stripe-Signature": testing.sign(payload, SECRET)})
-
-    def log_text(self) -> str:
-        return self.log.read_text()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-@pytest.fixture
-def server(app, database_url, tmp_path) -> Iterator[Server]:
-    """gunicorn with several worker processes serving the test host app on ``database_url``."""
-    port, log = free_port(), tmp_path / "gunicorn.log"
-    with log.open("w") as output:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--workers",
-                str(WORKERS),
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--graceful-timeout",
-                "5",
-                "tests.apphost:create_app()",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": database_url},
-            stdout=output,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("gunicorn did not start:\n" + log.read_text())
-                time.sleep(0.1)
-        time.sleep(0.5)  # let every worker boot, so the first requests race for real
-        yield Server(port, log)
-    finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:  # pragma: no cover
-            process.kill()
 
 
 def all_at_once(calls: list[Any]) -> list[Any]:

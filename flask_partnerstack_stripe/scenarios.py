@@ -1,0 +1,212 @@
+"""``flask partnerstack send-test-event``: signed test events, and the state they leave."""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import sqlalchemy as sa
+from flask import current_app
+from flask.cli import with_appcontext
+
+from . import testing
+from .extension import get_state
+
+EVENT_TYPES = (
+    "customer.created",
+    "customer.updated",
+    "customer.deleted",
+    "charge.succeeded",
+    "charge.captured",
+    "charge.updated",
+    "charge.refunded",
+    "charge.failed",
+    "invoice.payment_succeeded",
+    "account.application.deauthorized",
+)
+
+
+@dataclass
+class TestEvent:
+    """What a test event is about; unset ids are derived, so calls can refer to each other."""
+
+    customer_key: str | None = None
+    partner_key: str | None = None
+    email: str | None = None
+    amount: int = 1000
+    currency: str = "usd"
+    product_key: str | None = None
+    account: str | None = None
+    livemode: bool = False
+    stripe_customer: str | None = None
+    charge: str | None = None
+    invoice: str | None = None
+
+    @property
+    def stripe_customer_id(self) -> str:
+        if self.stripe_customer:
+            return self.stripe_customer
+        base = re.sub(r"[^A-Za-z0-9]", "", self.customer_key or self.email or "") or "customer"
+        return f"cus_test_{base}"
+
+    def metadata(self, *names: str) -> dict[str, str]:
+        values = {name: getattr(self, name) for name in names}
+        return {name: value for name, value in values.items() if value}
+
+    def build(self, event_type: str) -> dict[str, Any]:
+        """A realistic event of ``event_type`` about this customer and payment."""
+        envelope = {"livemode": self.livemode, "account": self.account}
+        if event_type.startswith("customer."):
+            obj = testing.customer(
+                self.stripe_customer_id,
+                email=self.email,
+                metadata=self.metadata("customer_key", "partner_key"),
+                livemode=self.livemode,
+            )
+        elif event_type.startswith("charge."):
+            gone = {
+                "charge.refunded": {"amount_refunded": self.amount},
+                "charge.failed": {"status": "failed", "captured": False},
+            }.get(event_type, {})
+            obj = testing.charge(
+                self.charge or testing.new_id("ch"),
+                customer=self.stripe_customer_id
+                if (self.customer_key or self.stripe_customer)
+                else None,
+                amount=self.amount,
+                currency=self.currency,
+                email=self.email,
+                metadata=self.metadata("product_key", "customer_key", "partner_key"),
+                invoice=self.invoice,
+                livemode=self.livemode,
+                **gone,  # type: ignore[arg-type]
+            )
+        elif event_type == "invoice.payment_succeeded":
+            obj = testing.invoice(
+                self.invoice or testing.new_id("in"),
+                customer=self.stripe_customer_id,
+                subtotal=self.amount,
+                currency=self.currency,
+                email=self.email,
+                metadata=self.metadata("product_key"),
+                livemode=self.livemode,
+            )
+        elif event_type == "account.application.deauthorized":
+            obj = {"id": "ca_test", "object": "application", "name": None}
+        else:  # pragma: no cover - click's Choice keeps other types out
+            raise ValueError(event_type)
+        return testing.event(event_type, obj, **envelope)  # type: ignore[arg-type]
+
+
+def deliver(event: dict[str, Any], url: str | None) -> tuple[int, dict[str, Any]]:
+    """Sign ``event`` with the app's first secret and post it: to ``url``, or in-process."""
+    secrets = get_state().settings.webhook_secrets
+    if not secrets:
+        raise click.ClickException("Set PARTNERSTACK_STRIPE_WEBHOOK_SECRETS to sign test events.")
+    if url is None:
+        response = testing.post_event(current_app.test_client(), event, secret=secrets[0])
+        return response.status_code, response.get_json(silent=True) or {}
+    payload = json.dumps(event)
+    request = urllib.request.Request(
+        url,
+        data=payload.encode(),
+        headers={"Stripe-Signature": testing.sign(payload, secrets[0]),
+                 "Content-Type": "application/json"},
+    )  # fmt: skip
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return int(response.status), json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+    except urllib.error.URLError as error:
+        raise click.ClickException(f"Could not reach {url}: {error.reason}") from None
+
+
+def show_state(story: TestEvent, charge_id: str | None) -> None:
+    """Print the customer and transaction the story is about, as stored now."""
+    state = get_state()
+    session = state.db.session
+    session.expire_all()
+    Customer, Transaction = state.models.Customer, state.models.Transaction
+    names = [Customer.stripe_customer_id == story.stripe_customer_id]
+    if story.customer_key:
+        names.append(Customer.customer_key == story.customer_key)
+    customers = session.scalars(sa.select(Customer).where(sa.or_(*names))).all()
+    transactions = []
+    if charge_id:
+        transactions = session.scalars(
+            sa.select(Transaction).where(Transaction.key == charge_id)
+        ).all()
+    partners = {c.id: c.partner_key for c in customers}
+    rows = [("", "key", "partner", "amount", "product", "state")]
+    rows += [("customer", c.customer_key, c.partner_key or "-", "", "",
+              f"{c.stripe_customer_id or 'unlinked'} {c.email or ''}".strip())
+             for c in customers]  # fmt: skip
+    for t in transactions:
+        partner = partners.get(t.customer_id) or ("?" if t.customer_id else "-")
+        standing = "standing" if t.customer_id else "standing, customer unknown yet"
+        rows.append(("transaction", t.key, partner, f"{t.amount / 100:.2f} {t.currency.upper()}",
+                     t.product_key or "-", "deleted" if t.deleted_at else standing))  # fmt: skip
+    if len(rows) == 1:
+        click.echo("    (nothing recorded)")
+        return
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        click.echo(
+            "    "
+            + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def run_step(story: TestEvent, event_type: str, url: str | None) -> None:
+    event = story.build(event_type)
+    status, answer = deliver(event, url)
+    reason = f" ({answer['reason']})" if answer.get("reason") else ""
+    verdict = answer.get("status") or answer.get("error") or ""
+    click.echo(f"{event_type} {event['id']} -> HTTP {status} {verdict}{reason}")
+    obj = event["data"]["object"]
+    show_state(story, obj.get("id") if obj.get("object") in ("charge", "invoice") else story.charge)
+
+
+def play_seed(story: TestEvent, url: str | None) -> None:
+    """PartnerStack's documented story: a customer with keys, then one charge's whole life."""
+    story.customer_key = story.customer_key or "seed-customer"
+    story.partner_key = story.partner_key or "seed-partner"
+    story.charge = story.charge or testing.new_id("ch")
+    for event_type in ("customer.created", "charge.succeeded", "charge.captured",
+                       "charge.updated", "charge.refunded"):  # fmt: skip
+        run_step(story, event_type, url)
+
+
+@click.command("send-test-event")
+@click.argument("event_type", required=False, type=click.Choice(EVENT_TYPES))
+@click.option("--scenario", type=click.Choice(["seed"]), help="Play a whole story instead.")
+@click.option("--customer-key")
+@click.option("--partner-key")
+@click.option("--email")
+@click.option("--amount", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="In minor units (cents).")  # fmt: skip
+@click.option("--currency", default="usd", show_default=True)
+@click.option("--product-key")
+@click.option("--account", help="A connected account id (acct_...).")
+@click.option("--live", is_flag=True, help="A live-mode event (default: test mode).")
+@click.option("--stripe-customer", help="The Stripe customer id (default: from the key).")
+@click.option("--charge", "charge_id", help="The charge id, to refund or update a charge.")
+@click.option("--invoice", help="The invoice id.")
+@click.option("--url", help="Post to this running webhook URL instead of applying in-process.")
+@with_appcontext
+def send_test_event(event_type: str | None, scenario: str | None, url: str | None,
+                    live: bool, charge_id: str | None, **fields: Any) -> None:  # fmt: skip
+    """Sign a realistic test event as Stripe would, deliver it, and show what was recorded."""
+    story = TestEvent(livemode=live, charge=charge_id, **fields)
+    if scenario == "seed":
+        play_seed(story, url)
+    elif event_type is not None:
+        run_step(story, event_type, url)
+    else:
+        raise click.UsageError("Give an EVENT_TYPE or --scenario seed.")
