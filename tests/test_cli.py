@@ -1,0 +1,244 @@
+"""``flask partnerstack ...``: send-test-event, replay, prune, backfill, check."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from flask_partnerstack_stripe import testing
+from flask_partnerstack_stripe.models import utcnow
+from flask_partnerstack_stripe.scenarios import EVENT_TYPES
+
+from .apphost import create_app
+
+
+def run(app, *args: str):
+    result = app.test_cli_runner().invoke(args=["partnerstack", *args])
+    return result
+
+
+# --- send-test-event -----------------------------------------------------------------
+
+
+def test_send_test_event_records_and_shows_the_customer(app, rows, models):
+    result = run(app, "send-test-event", "customer.created", "--customer-key", "user-7",
+                 "--partner-key", "partner-x", "--email", "seven@example.com")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "HTTP 200 processed" in result.output
+    assert "user-7" in result.output and "partner-x" in result.output
+    [customer] = rows(models.Customer)
+    assert (customer.customer_key, customer.partner_key, customer.email) == (
+        "user-7",
+        "partner-x",
+        "seven@example.com",
+    )
+    charge = run(app, "send-test-event", "charge.succeeded", "--customer-key", "user-7",
+                 "--amount", "4200", "--currency", "eur", "--product-key", "team")  # fmt: skip
+    assert "42.00 EUR" in charge.output and "team" in charge.output
+    [transaction] = rows(models.Transaction)
+    assert (transaction.amount, transaction.currency, transaction.customer_id) == (
+        4200,
+        "eur",
+        customer.id,
+    )
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES)
+def test_send_test_event_knows_every_type_we_handle(app, event_type):
+    result = run(app, "send-test-event", event_type, "--customer-key", "u1",
+                 "--partner-key", "p1", "--account", "acct_test_1")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "HTTP 200" in result.output
+
+
+def test_seed_scenario_shows_the_state_after_each_step(app, rows, models):
+    result = run(app, "send-test-event", "--scenario", "seed", "--amount", "2500")
+    assert result.exit_code == 0, result.output
+    steps = [line for line in result.output.splitlines() if "-> HTTP 200" in line]
+    assert [line.split()[0] for line in steps] == [
+        "customer.created",
+        "charge.succeeded",
+        "charge.captured",
+        "charge.updated",
+        "charge.refunded",
+    ]
+    assert result.output.count("25.00 USD") == 4
+    assert result.output.rstrip().endswith("deleted")
+    [transaction] = rows(models.Transaction)
+    assert transaction.deleted_at is not None
+
+
+def test_send_test_event_to_a_running_app(app, server, rows, models):
+    # The command runs with the server's own configuration, so it reads the same database.
+    url = f"http://127.0.0.1:{server.port}/partnerstack/webhook"
+    result = run(app, "send-test-event", "charge.succeeded", "--amount", "777", "--url", url)
+    assert result.exit_code == 0, result.output
+    assert "HTTP 200 processed" in result.output
+    assert [t.amount for t in rows(models.Transaction)] == [777]
+
+
+def test_send_test_event_needs_a_secret(database_url):
+    app = create_app(database_url, PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[])
+    result = run(app, "send-test-event", "customer.created")
+    assert result.exit_code != 0 and "PARTNERSTACK_STRIPE_WEBHOOK_SECRETS" in result.output
+
+
+# --- replay and prune ----------------------------------------------------------------
+
+
+def test_replay_failed_events_is_idempotent(app, client, state, rows, models):
+    broken = {"on": True}
+
+    @state.extension.handler("checkout.session.completed")
+    def sometimes_broken(event):
+        if broken["on"]:
+            raise RuntimeError("not today")
+
+    events = [testing.event("checkout.session.completed", {"id": f"cs_{n}"}) for n in range(3)]
+    for event in events:
+        assert testing.post_event(client, event).status_code == 500
+    broken["on"] = False
+    result = run(app, "replay", "--failed")
+    assert result.exit_code == 0, result.output
+    assert result.output.count(": processed") == 3 and "3 processed" in result.output
+    assert {e.status for e in rows(models.WebhookEvent)} == {"processed"}
+    again = run(app, "replay", events[0]["id"])
+    assert "duplicate" in again.output
+    assert "No stored events match" in run(app, "replay", "--failed").output
+
+
+def test_replay_reports_a_failure_and_exits_non_zero(app, client, state):
+    state.extension.handler("checkout.session.completed")(lambda event: 1 / 0)
+    event = testing.event("checkout.session.completed", {"id": "cs_1"})
+    testing.post_event(client, event)
+    result = run(app, "replay", "--type", "checkout.session.completed")
+    assert result.exit_code == 1
+    assert "failed (ZeroDivisionError" in result.output
+
+
+def test_prune_keeps_failed_and_recent_events(app, client, state, rows, models):
+    state.extension.handler("checkout.session.completed")(lambda event: 1 / 0)
+    old_ok = testing.event("balance.available", {"object": "balance"})
+    old_failed = testing.event("checkout.session.completed", {"id": "cs_1"})
+    recent = testing.event("balance.available", {"object": "balance"})
+    for event in (old_ok, old_failed, recent):
+        testing.post_event(client, event)
+    with app.app_context():
+        WebhookEvent = models.WebhookEvent
+        state.db.session.execute(
+            sa.update(WebhookEvent)
+            .where(WebhookEvent.stripe_event_id.in_([old_ok["id"], old_failed["id"]]))
+            .values(received_at=utcnow() - timedelta(days=100))
+        )
+        state.db.session.commit()
+    result = run(app, "prune")
+    assert "Deleted 1 stored events older than 90 days" in result.output
+    assert {e.stripe_event_id for e in rows(models.WebhookEvent)} == {
+        old_failed["id"],
+        recent["id"],
+    }
+
+
+# --- backfill ------------------------------------------------------------------------
+
+
+def stripe_list(objects: list[dict[str, Any]], url: str, page_size: int = 2):
+    """A fake list endpoint that pages like Stripe's (``starting_after``, ``has_more``)."""
+
+    def reply(request):
+        start = 0
+        if "starting_after" in request.params:
+            ids = [o["id"] for o in objects]
+            start = ids.index(request.params["starting_after"][0]) + 1
+        page = objects[start : start + page_size]
+        more = start + page_size < len(objects)
+        return {"object": "list", "url": url, "has_more": more, "data": page}
+
+    return reply
+
+
+def rate_limited_once(inner):
+    calls = {"n": 0}
+
+    def reply(request):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second page: Stripe says slow down
+            return {"error": {"type": "invalid_request_error", "code": "rate_limit",
+                              "message": "Too many requests"}}, 429  # fmt: skip
+        return inner(request)
+
+    return reply
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_API_KEY": "sk_test_backfill"}])
+def test_backfill_pages_retries_and_is_idempotent(app, client, rows, models):
+    customers = [
+        testing.customer(f"cus_{n}", metadata={"customer_key": f"user-{n}", "partner_key": "p"})
+        for n in range(5)
+    ]
+    charges = [testing.charge(f"ch_{n}", customer=f"cus_{n % 5}", amount=100 * (n + 1))
+               for n in range(7)]  # fmt: skip
+    charges[6] = testing.charge("ch_6", customer="cus_1", amount=700, amount_refunded=700)
+    # A webhook already recorded one charge: backfill must not count it again.
+    testing.post_event(client, testing.event("charge.succeeded", charges[0]))
+
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/customers", stripe_list(customers, "/v1/customers"))
+        api.reply("GET", "/v1/charges", rate_limited_once(stripe_list(charges, "/v1/charges")))
+        first = run(app, "backfill", "--since", "2026-01-01")
+        assert first.exit_code == 0, first.output
+        assert "rate limit" in first.output
+        # 5 customers and ch_1..ch_5 are new; ch_0 was recorded by its webhook, and the
+        # refunded ch_6 never stood.
+        assert "Backfill done: 10 created, 0 updated, 2 unchanged." in first.output
+        customer_requests = [r for r in api.requests if r.path == "/v1/customers"]
+        assert len(customer_requests) == 3  # 5 customers, 2 a page
+        assert customer_requests[0].params["created[gte]"] == ["1767225600"]
+        assert customer_requests[0].headers["Authorization"] == "Bearer sk_test_backfill"
+
+        second = run(app, "backfill", "--since", "2026-01-01")
+        assert "Backfill done: 0 created, 0 updated, 12 unchanged." in second.output
+
+    standing = {t.key: t.amount for t in rows(models.Transaction) if t.deleted_at is None}
+    assert standing == {f"ch_{n}": 100 * (n + 1) for n in range(6)}
+    assert len(rows(models.Customer)) == 5
+    assert all(t.customer_id is not None for t in rows(models.Transaction))
+
+
+def test_backfill_needs_an_api_key(app):
+    result = run(app, "backfill", "--since", "2026-01-01")
+    assert result.exit_code != 0 and "PARTNERSTACK_STRIPE_API_KEY" in result.output
+
+
+# --- check ---------------------------------------------------------------------------
+
+
+def test_check_passes_on_a_complete_install(app):
+    result = run(app, "check", "--base-url", "https://shop.example")
+    assert result.exit_code == 0, result.output
+    assert "https://shop.example/partnerstack/webhook" in result.output
+    assert "whsec_…" in result.output and "present" in result.output
+    assert "whsec_test_7a1c9e1d0b5f4e2a" not in result.output
+
+
+def test_check_fails_on_missing_secrets_tables_and_failures(database_url, app, state):
+    state.extension.handler("checkout.session.completed")(lambda event: 1 / 0)
+    # Not pytest-flask's client: it keeps the last request's app context pushed, and
+    # `flask` commands run in whatever app context is current.
+    event = testing.event("checkout.session.completed", {"id": "cs_1"})
+    testing.post_event(app.test_client(), event)
+    result = run(app, "check")
+    assert result.exit_code == 1 and "1 events failed in the last day" in result.output
+
+    bare = create_app(database_url, PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[])
+    with bare.app_context():
+        bare.extensions["partnerstack_stripe"].db.drop_all()
+    result = run(bare, "check")
+    with bare.app_context():
+        bare.extensions["partnerstack_stripe"].db.engine.dispose()
+    assert result.exit_code == 1
+    assert "WEBHOOK_SECRETS is empty" in result.output
+    assert "MISSING" in result.output and "flask db upgrade" in result.output
