@@ -44,6 +44,7 @@ class PartnerRow:
     partner_key: str
     customers: list[Any] = field(default_factory=list)
     transactions: list[Any] = field(default_factory=list)
+    customer_keys: dict[int, str] = field(default_factory=dict)
     revenue: dict[str, int] = field(default_factory=dict)
     commission: dict[str, int] = field(default_factory=dict)
 
@@ -65,6 +66,8 @@ def partner_report() -> list[PartnerRow]:
         key = (customer.partner_key if customer else None) or "(no partner)"
         row = report.setdefault(key, PartnerRow(key))
         row.transactions.append(transaction)
+        if customer is not None:
+            row.customer_keys[customer.id] = customer.customer_key
         if transaction.deleted_at is None:
             currency = transaction.currency
             row.revenue[currency] = row.revenue.get(currency, 0) + transaction.amount
