@@ -237,6 +237,13 @@ def main() -> int:
                 time.sleep(0.1)
         print(f"Example app started at {base}\n")
         play(Site(base))
+        print("\nThe CLI's seed scenario (PartnerStack's documented story), over the same URL:")
+        print("  flask partnerstack send-test-event --scenario seed --url .../partnerstack/webhook")
+        webhook = base + "/partnerstack/webhook"
+        seed = [*FLASK, "partnerstack", "send-test-event", "--scenario", "seed",
+                "--product-key", "team", "--amount", "4900", "--url", webhook]  # fmt: skip
+        output = subprocess.run(seed, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+        print("\n".join("  " + line for line in output.stdout.splitlines()))
     finally:
         server.terminate()
         server.wait(timeout=10)

@@ -64,7 +64,7 @@ def page(chromium, tmp_path):
 def test_partner_page_shows_the_demo_partners_totals_and_chart(demo_site, page, tmp_path):
     page.goto(demo_site + "/partners")
     rows = page.locator("#partners tbody tr")
-    assert rows.count() == 3
+    assert rows.count() == 4  # alice, bob, carol, and the seed scenario's partner
     alice = page.locator('tr[data-partner="partner-alice"]')
     assert alice.locator("td.revenue").inner_text() == "148.00 USD"
     assert alice.locator("td.commission").inner_text() == "41.95 USD"
