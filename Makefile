@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo serve test lint bench install clean
+.PHONY: demo serve test lint fuzz bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+## Many more fuzzing examples than `make test` runs, with a fresh random seed each time.
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=5000 FUZZ_RANDOM=1 $(BIN)/pytest tests/test_fuzz.py -p no:cacheprovider
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

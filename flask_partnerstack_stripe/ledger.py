@@ -36,16 +36,24 @@ class Party:
 
 def normal_email(value: Any) -> str | None:
     """Emails are matched (and stored) trimmed and lowercased."""
-    if not isinstance(value, str) or "@" not in value:
-        return None
-    return value.strip().lower()[:320] or None
+    email = text(value, 320)
+    return email.lower() if email is not None and "@" in email else None
 
 
 def text(value: Any, limit: int = 255) -> str | None:
-    """A string field from Stripe, or None for anything that is not a non-empty string."""
-    if isinstance(value, str) and value.strip():
-        return value.strip()[:limit]
-    return None
+    """A string field from Stripe as the database can store it, or None.
+
+    Anything that is not a string, is blank, or holds what no database column takes
+    (NUL, lone surrogates) is treated as absent rather than failing the event.
+    """
+    if not isinstance(value, str) or "\x00" in value:
+        return None
+    value = value.strip()[:limit]
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return value or None
 
 
 def lock(session: Session, *names: str | None) -> None:

@@ -8,6 +8,7 @@ tree costs far more than the check and nothing here needs it.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -77,6 +78,9 @@ def _timestamp(signature_header: str) -> int:
     raise InvalidEvent("Signature verification failed: no timestamp.")  # pragma: no cover
 
 
+#: Stripe ids and event types: printable ASCII without spaces, as the database stores them.
+_TOKEN = re.compile(r"[\x21-\x7e]{1,255}")
+
 _EVENT_FIELDS: dict[str, type | tuple[type, ...]] = {
     "id": str,
     "type": str,
@@ -97,10 +101,12 @@ def check_event_shape(event: Any) -> None:
         wrong_bool = expected is int and isinstance(value, bool)
         if not isinstance(value, expected) or wrong_bool or value in ("", None):
             raise InvalidEvent(f'The event field "{field}" is missing or has the wrong type.')
-    if len(event["id"]) > 255 or len(event["type"]) > 255:
-        raise InvalidEvent('The event "id" or "type" is too long.')
+    if not _TOKEN.fullmatch(event["id"]) or not _TOKEN.fullmatch(event["type"]):
+        raise InvalidEvent('The event "id" or "type" is not a Stripe identifier.')
+    if not 0 <= event["created"] < 2**53:
+        raise InvalidEvent('The event field "created" is not a timestamp.')
     if not isinstance(event["data"].get("object"), dict):
         raise InvalidEvent('The event field "data.object" is missing or is not an object.')
     account = event.get("account")
-    if account is not None and (not isinstance(account, str) or not account or len(account) > 255):
+    if account is not None and not (isinstance(account, str) and _TOKEN.fullmatch(account)):
         raise InvalidEvent('The event field "account" must be a Stripe account id.')
