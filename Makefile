@@ -30,6 +30,10 @@ test: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
+## The benchmark: ours against the bare minimum, in-process and over HTTP, with targets.
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
+
 ## Many more fuzzing examples than `make test` runs, with a fresh random seed each time.
 fuzz: $(STAMP)
 	FUZZ_EXAMPLES=5000 FUZZ_RANDOM=1 $(BIN)/pytest tests/test_fuzz.py -p no:cacheprovider

@@ -174,24 +174,26 @@ def attach_orphans(session: Session, models: Models, customer: Any, *, match_ema
     """Give ``customer`` the transactions recorded before it was known; the standing ones."""
     Transaction = models.Transaction
     names = [
-        Transaction.stripe_customer_id == customer.stripe_customer_id
-        if customer.stripe_customer_id
-        else None,
-        Transaction.customer_key == customer.customer_key,
-        Transaction.customer_email == customer.email if match_email and customer.email else None,
+        (Transaction.stripe_customer_id, customer.stripe_customer_id),
+        (Transaction.customer_key, customer.customer_key),
+        (Transaction.customer_email, customer.email if match_email else None),
     ]
-    attached = session.scalars(
-        sa.update(Transaction)
-        .where(
-            Transaction.customer_id.is_(None),
-            Transaction.account_scope == customer.account_scope,
-            Transaction.livemode == customer.livemode,
-            sa.or_(*(name for name in names if name is not None)),
-        )
-        .values(customer_id=customer.id, updated_at=utcnow())
-        .returning(Transaction)
-        .execution_options(synchronize_session=False)
-    ).all()
+    attached = []
+    # One statement per name rather than one OR: each then reads its own index.
+    for column, value in names:
+        if value:
+            attached += session.scalars(
+                sa.update(Transaction)
+                .where(
+                    column == value,
+                    Transaction.account_scope == customer.account_scope,
+                    Transaction.customer_id.is_(None),
+                    Transaction.livemode == customer.livemode,
+                )
+                .values(customer_id=customer.id, updated_at=utcnow())
+                .returning(Transaction)
+                .execution_options(synchronize_session=False)
+            ).all()
     return [transaction for transaction in attached if transaction.deleted_at is None]
 
 

@@ -87,10 +87,14 @@ class TransactionMixin:
     @declared_attr.directive
     def __table_args__(cls) -> tuple[Any, ...]:
         table = cls.__tablename__
+        # One index per way a payment names its customer, so attaching the payments
+        # of a newly known customer reads a few rows, not the table.
         return (
             sa.UniqueConstraint("account_scope", "key", name=f"uq_{table}_key"),
             sa.Index(f"ix_{table}_customer_id", "customer_id"),
-            sa.Index(f"ix_{table}_stripe_customer", "account_scope", "stripe_customer_id"),
+            sa.Index(f"ix_{table}_stripe_customer_id", "stripe_customer_id", "account_scope"),
+            sa.Index(f"ix_{table}_customer_key", "customer_key", "account_scope"),
+            sa.Index(f"ix_{table}_customer_email", "customer_email", "account_scope"),
         )
 
     id: Mapped[int] = mapped_column(primary_key=True)

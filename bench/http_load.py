@@ -1,0 +1,162 @@
+"""Over HTTP: gunicorn with 1 and 4 workers, and a load generator in other processes."""
+
+from __future__ import annotations
+
+import http.client
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .workload import BARE, OURS, Mix, create_app, reset_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _post(port: int, path: str, body: bytes, headers: dict[str, str]) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("POST", path, body=body, headers=headers)
+        response = connection.getresponse()
+        response.read()
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}")
+    finally:
+        connection.close()
+
+
+def _client(args: tuple[int, str, str, float, float, float, int]) -> tuple[int, list[float]]:
+    """One load-generator process: closed loop (rate 0) or open loop at ``rate`` ev/s."""
+    port, path, prefix, start, duration, rate, count = args
+    deliveries = Mix(prefix=prefix, seed=hash(prefix) % 1000).batch(count)
+    while time.time() < start:
+        time.sleep(0.001)
+    done, latencies = 0, []
+    for index, (body, headers) in enumerate(deliveries):
+        scheduled = start + index / rate if rate else time.time()
+        if scheduled > start + duration:
+            break
+        if rate:
+            delay = scheduled - time.time()
+            if delay > 0:
+                time.sleep(delay)
+        _post(port, path, body, headers)
+        latencies.append(time.time() - scheduled)
+        done += 1
+        if time.time() > start + duration:
+            break
+    return done, latencies
+
+
+def load(
+    port: int, path: str, clients: int, duration: float, rate: float = 0.0
+) -> tuple[float, list[float]]:
+    """Events/s and latencies of ``clients`` processes posting to ``path`` for ``duration`` s."""
+    start = time.time() + 1.5
+    per_client = int((rate / clients) * duration + 10) if rate else 20_000
+    jobs = [
+        (
+            port,
+            path,
+            f"h{os.getpid()}-{time.monotonic_ns()}-{n}",
+            start,
+            duration,
+            rate / clients,
+            per_client,
+        )
+        for n in range(clients)
+    ]
+    with multiprocessing.get_context("fork").Pool(clients) as pool:
+        results = pool.map(_client, jobs)
+    done = sum(count for count, _ in results)
+    elapsed = max(duration, max(time.time() - start, 0.001)) if not rate else duration
+    return done / elapsed, sorted(lat for _, lats in results for lat in lats)
+
+
+def _percentile(values: list[float], fraction: float) -> float:
+    return values[min(len(values) - 1, int(fraction * len(values)))] if values else float("nan")
+
+
+def run(name: str, url: str, workdir: Path, *, quick: bool, target: Callable[..., None]) -> None:
+    duration = 3.0 if quick else 6.0
+    for workers in (1, 4):
+        app = create_app(url)
+        reset_tables(app)
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()
+        port = _free_port()
+        log = (workdir / f"gunicorn-{name}-{workers}.log").open("w")
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "--workers",
+                str(workers),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--backlog",
+                "2048",
+                "bench.workload:create_app()",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "BENCH_DATABASE_URL": url},
+            stdout=log,
+            stderr=log,
+        )
+        try:
+            _wait_for(port)
+            clients = 2 * workers + 2
+            rates: dict[str, list[float]] = {OURS: [], BARE: []}
+            for path in (OURS, BARE, OURS, BARE):  # alternating
+                rates[path].append(load(port, path, clients, duration)[0])
+            ours, bare = (sum(rates[p]) / len(rates[p]) for p in (OURS, BARE))
+            print(
+                f"  http {name:<12} {workers} worker(s)  ours {ours:7.0f} ev/s   bare minimum "
+                f"{bare:7.0f} ev/s   ratio {ours / bare:.2f}",
+                flush=True,
+            )
+            target(
+                f"http {name}, {workers} worker(s): ours >= 0.75x bare minimum",
+                ours / bare >= 0.75,
+                f"{ours / bare:.2f}x",
+            )
+            _, latencies = load(port, OURS, clients, duration, rate=ours / 2)
+            p50, p99 = _percentile(latencies, 0.5) * 1000, _percentile(latencies, 0.99) * 1000
+            target(
+                f"http {name}, {workers} worker(s): p99 < 50 ms at half the peak rate "
+                f"({ours / 2:.0f} ev/s)",
+                p99 < 50,
+                f"p50 {p50:.1f} ms, p99 {p99:.1f} ms",
+            )
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+            log.close()
+        text = (workdir / f"gunicorn-{name}-{workers}.log").read_text()
+        if "Traceback" in text or "database is locked" in text:
+            print(f"  !!! errors in the server log:\n{text[-2000:]}")
+
+
+def _wait_for(port: int) -> Any:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(0.5)
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("gunicorn did not start")
