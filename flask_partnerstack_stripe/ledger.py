@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .database import upsert
+from .database import prepared, upsert
 from .models import Models, account_scope, utcnow
 
 
@@ -62,11 +63,9 @@ def lock(session: Session, *names: str | None) -> None:
         return  # SQLite: BEGIN IMMEDIATE already lets one writer in at a time.
     keys = sorted({_lock_key(name) for name in names if name})  # one order: no deadlocks
     if keys:
-        session.execute(
-            sa.select(*(sa.func.pg_advisory_xact_lock(key) for key in keys)).select_from(
-                sa.text("(SELECT 1) AS one")
-            )
-        )
+        # SELECT list items are evaluated in order, so the locks are taken in key order.
+        locks = ", ".join(["pg_advisory_xact_lock(%s)"] * len(keys))
+        session.connection().exec_driver_sql(f"SELECT {locks}", tuple(keys))
 
 
 def _lock_key(name: str) -> int:
@@ -86,32 +85,40 @@ def party_lock_names(party: Party) -> list[str | None]:
 
 def find_customer(session: Session, models: Models, party: Party, *, match_email: bool) -> Any:
     """The known customer ``party`` names: by customer key, then Stripe id, then email."""
-    Customer = models.Customer
-    in_scope = (Customer.account_scope == party.scope, Customer.livemode == party.livemode)
     routes = [
-        (Customer.customer_key, party.customer_key),
-        (Customer.stripe_customer_id, party.stripe_customer_id),
-        (Customer.email, party.email if match_email else None),
+        ("customer_key", party.customer_key),
+        ("stripe_customer_id", party.stripe_customer_id),
+        ("email", party.email if match_email else None),
     ]
     for column, value in routes:
         if value:
-            found = session.scalar(
-                sa.select(Customer).where(*in_scope, column == value).order_by(Customer.id).limit(1)
-            )
+            found = _customer_by(session, models, column, party, value)
             if found is not None:
                 return found
     return None
 
 
 def find_customer_by_stripe_id(session: Session, models: Models, party: Party) -> Any:
+    return _customer_by(session, models, "stripe_customer_id", party, party.stripe_customer_id)
+
+
+def _customer_by(session: Session, models: Models, column: str, party: Party, value: Any) -> Any:
     Customer = models.Customer
-    return session.scalar(
-        sa.select(Customer).where(
-            Customer.account_scope == party.scope,
-            Customer.livemode == party.livemode,
-            Customer.stripe_customer_id == party.stripe_customer_id,
-        )
+    statement = prepared(
+        (Customer, "find", column),
+        lambda: (
+            sa.select(Customer)
+            .where(
+                Customer.account_scope == sa.bindparam("scope"),
+                Customer.livemode == sa.bindparam("livemode"),
+                getattr(Customer, column) == sa.bindparam("value"),
+            )
+            .order_by(Customer.id)
+            .limit(1)
+        ),
     )
+    values = {"scope": party.scope, "livemode": party.livemode, "value": value}
+    return session.scalar(statement, values)
 
 
 def create_customer(
@@ -130,21 +137,32 @@ def create_customer(
     """
     Customer = models.Customer
     assert party.customer_key, "a customer is created only with a customer key"
-    values = {
-        "customer_key": party.customer_key,
-        "email": party.email,
-        "name": name,
-        "partner_key": partner_key,
-        "stripe_customer_id": party.stripe_customer_id,
-        "stripe_account_id": party.stripe_account_id,
-        "account_scope": party.scope,
-        "livemode": party.livemode,
-        "stripe_event_created": event_created,
-    }
     if party.stripe_customer_id:
         unlink_stripe_id(session, models, party)
+    statement = prepared(
+        (Customer, "create", _dialect(session)),
+        lambda: (
+            upsert(session, Customer)
+            .values({name: sa.bindparam(name) for name in _CUSTOMER_FIELDS})
+            .on_conflict_do_nothing()
+            .returning(Customer)
+        ),
+    )
     created = session.scalar(
-        upsert(session, Customer).values(**values).on_conflict_do_nothing().returning(Customer)
+        statement,
+        {
+            "customer_key": party.customer_key,
+            "email": party.email,
+            "name": name,
+            "partner_key": partner_key,
+            "stripe_customer_id": party.stripe_customer_id,
+            "stripe_account_id": party.stripe_account_id,
+            "account_scope": party.scope,
+            "livemode": party.livemode,
+            "stripe_event_created": event_created,
+            "created_at": utcnow(),
+            "updated_at": utcnow(),
+        },
     )
     if created is not None:
         return created, True
@@ -154,19 +172,41 @@ def create_customer(
     return existing, False
 
 
+_CUSTOMER_FIELDS = (
+    "customer_key", "email", "name", "partner_key", "stripe_customer_id", "stripe_account_id",
+    "account_scope", "livemode", "stripe_event_created", "created_at", "updated_at",
+)  # fmt: skip
+
+
+def _dialect(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
 def unlink_stripe_id(session: Session, models: Models, party: Party, keep: Any = None) -> None:
     """Free ``party``'s Stripe customer id from every other customer (it is unique)."""
     Customer = models.Customer
+    statement = prepared(
+        (Customer, "unlink"),
+        lambda: (
+            sa.update(Customer)
+            .where(
+                Customer.account_scope == sa.bindparam("b_scope"),
+                Customer.livemode == sa.bindparam("b_livemode"),
+                Customer.stripe_customer_id == sa.bindparam("b_stripe_customer_id"),
+                Customer.id != sa.bindparam("b_keep"),
+            )
+            .values(stripe_customer_id=None)
+            .execution_options(synchronize_session=False)
+        ),
+    )
     session.execute(
-        sa.update(Customer)
-        .where(
-            Customer.account_scope == party.scope,
-            Customer.livemode == party.livemode,
-            Customer.stripe_customer_id == party.stripe_customer_id,
-            Customer.id != (keep.id if keep is not None else -1),
-        )
-        .values(stripe_customer_id=None)
-        .execution_options(synchronize_session=False)
+        statement,
+        {
+            "b_scope": party.scope,
+            "b_livemode": party.livemode,
+            "b_stripe_customer_id": party.stripe_customer_id,
+            "b_keep": keep.id if keep is not None else -1,
+        },
     )
 
 
@@ -174,26 +214,40 @@ def attach_orphans(session: Session, models: Models, customer: Any, *, match_ema
     """Give ``customer`` the transactions recorded before it was known; the standing ones."""
     Transaction = models.Transaction
     names = [
-        (Transaction.stripe_customer_id, customer.stripe_customer_id),
-        (Transaction.customer_key, customer.customer_key),
-        (Transaction.customer_email, customer.email if match_email else None),
+        ("stripe_customer_id", customer.stripe_customer_id),
+        ("customer_key", customer.customer_key),
+        ("customer_email", customer.email if match_email else None),
     ]
     attached = []
     # One statement per name rather than one OR: each then reads its own index.
     for column, value in names:
-        if value:
-            attached += session.scalars(
+        if not value:
+            continue
+        statement = prepared(
+            (Transaction, "attach", column),
+            lambda column=column: (
                 sa.update(Transaction)
                 .where(
-                    column == value,
-                    Transaction.account_scope == customer.account_scope,
+                    getattr(Transaction, column) == sa.bindparam("b_value"),
+                    Transaction.account_scope == sa.bindparam("b_scope"),
                     Transaction.customer_id.is_(None),
-                    Transaction.livemode == customer.livemode,
+                    Transaction.livemode == sa.bindparam("b_livemode"),
                 )
-                .values(customer_id=customer.id, updated_at=utcnow())
+                .values(customer_id=sa.bindparam("b_customer_id"), updated_at=sa.bindparam("b_now"))
                 .returning(Transaction)
                 .execution_options(synchronize_session=False)
-            ).all()
+            ),
+        )
+        attached += session.scalars(
+            statement,
+            {
+                "b_value": value,
+                "b_scope": customer.account_scope,
+                "b_livemode": customer.livemode,
+                "b_customer_id": customer.id,
+                "b_now": utcnow(),
+            },
+        ).all()
     return [transaction for transaction in attached if transaction.deleted_at is None]
 
 
@@ -208,35 +262,56 @@ class Payment:
     product_key: str | None
 
 
+_PAYMENT_FIELDS = (
+    "key", "customer_id", "amount", "currency", "product_key", "stripe_account_id",
+    "account_scope", "livemode", "stripe_customer_id", "customer_key", "customer_email",
+    "created_at", "updated_at", "deleted_at",
+)  # fmt: skip
+
+
 def _insert_payment(
-    session: Session, models: Models, payment: Payment, customer: Any, **extra: Any
+    session: Session,
+    models: Models,
+    payment: Payment,
+    customer: Any,
+    deleted_at: datetime | None = None,
 ) -> Any:
-    """``INSERT`` the payment's row unless its (account, key) is taken."""
-    party = payment.party
-    return (
-        upsert(session, models.Transaction)
-        .values(
-            key=payment.key,
-            customer_id=customer.id if customer is not None else None,
-            amount=payment.amount,
-            currency=payment.currency,
-            product_key=payment.product_key,
-            stripe_account_id=party.stripe_account_id,
-            account_scope=party.scope,
-            livemode=party.livemode,
-            stripe_customer_id=party.stripe_customer_id,
-            customer_key=party.customer_key,
-            customer_email=party.email,
-            **extra,
-        )
-        .on_conflict_do_nothing(index_elements=["account_scope", "key"])
+    """``INSERT`` the payment's row unless its (account, key) is taken; the new row or None."""
+    Transaction = models.Transaction
+    statement = prepared(
+        (Transaction, "insert", _dialect(session)),
+        lambda: (
+            upsert(session, Transaction)
+            .values({name: sa.bindparam(name) for name in _PAYMENT_FIELDS})
+            .on_conflict_do_nothing(index_elements=["account_scope", "key"])
+            .returning(Transaction)
+        ),
+    )
+    party, now = payment.party, utcnow()
+    return session.scalar(
+        statement,
+        {
+            "key": payment.key,
+            "customer_id": customer.id if customer is not None else None,
+            "amount": payment.amount,
+            "currency": payment.currency,
+            "product_key": payment.product_key,
+            "stripe_account_id": party.stripe_account_id,
+            "account_scope": party.scope,
+            "livemode": party.livemode,
+            "stripe_customer_id": party.stripe_customer_id,
+            "customer_key": party.customer_key,
+            "customer_email": party.email,
+            "created_at": now,
+            "updated_at": now,
+            "deleted_at": deleted_at,
+        },
     )
 
 
 def record_payment(session: Session, models: Models, payment: Payment, customer: Any) -> Any:
     """Insert the payment's transaction; return it if new, else None."""
-    statement = _insert_payment(session, models, payment, customer)
-    return session.scalar(statement.returning(models.Transaction))
+    return _insert_payment(session, models, payment, customer)
 
 
 def refresh_payment(session: Session, models: Models, payment: Payment, customer: Any) -> Any:
@@ -246,28 +321,49 @@ def refresh_payment(session: Session, models: Models, payment: Payment, customer
     older event arriving late cannot raise it again. A deleted one stays deleted.
     """
     Transaction = models.Transaction
-    changes = [Transaction.amount > payment.amount]
-    values: dict[str, Any] = {
-        "amount": sa.func.least(Transaction.amount, payment.amount)
-        if session.get_bind().dialect.name == "postgresql"
-        else sa.func.min(Transaction.amount, payment.amount),
-        "updated_at": utcnow(),
-    }
-    if customer is not None:
-        changes.append(Transaction.customer_id.is_(None))
-        values["customer_id"] = sa.func.coalesce(Transaction.customer_id, customer.id)
-    if payment.product_key:
-        changes.append(Transaction.product_key.is_distinct_from(payment.product_key))
-        values["product_key"] = payment.product_key
+    statement = prepared(
+        (Transaction, "refresh", _dialect(session)),
+        lambda: _refresh_statement(session, Transaction),
+    )
     return session.scalar(
+        statement,
+        {
+            "b_scope": payment.party.scope,
+            "b_key": payment.key,
+            "b_amount": payment.amount,
+            "b_customer_id": customer.id if customer is not None else None,
+            "b_product_key": payment.product_key,
+            "b_now": utcnow(),
+        },
+    )
+
+
+def _refresh_statement(session: Session, Transaction: Any) -> Any:
+    # Typed, since PostgreSQL cannot guess the type of a parameter tested for NULL.
+    amount = sa.bindparam("b_amount", type_=sa.BigInteger)
+    customer_id = sa.bindparam("b_customer_id", type_=sa.Integer)
+    product_key = sa.bindparam("b_product_key", type_=sa.String)
+    lower = sa.func.least if _dialect(session) == "postgresql" else sa.func.min
+    return (
         sa.update(Transaction)
         .where(
-            Transaction.account_scope == payment.party.scope,
-            Transaction.key == payment.key,
+            Transaction.account_scope == sa.bindparam("b_scope"),
+            Transaction.key == sa.bindparam("b_key"),
             Transaction.deleted_at.is_(None),
-            sa.or_(*changes),
+            sa.or_(
+                Transaction.amount > amount,
+                sa.and_(Transaction.customer_id.is_(None), customer_id.is_not(None)),
+                sa.and_(
+                    product_key.is_not(None), Transaction.product_key.is_distinct_from(product_key)
+                ),
+            ),
         )
-        .values(**values)
+        .values(
+            amount=lower(Transaction.amount, amount),
+            customer_id=sa.func.coalesce(Transaction.customer_id, customer_id),
+            product_key=sa.func.coalesce(product_key, Transaction.product_key),
+            updated_at=sa.bindparam("b_now"),
+        )
         .returning(Transaction)
         .execution_options(synchronize_session=False)
     )
@@ -281,23 +377,36 @@ def delete_payment(session: Session, models: Models, payment: Payment, customer:
     Either way it belongs to ``customer`` when that is known, as in natural order.
     """
     Transaction = models.Transaction
+    statement = prepared(
+        (Transaction, "delete"),
+        lambda: (
+            sa.update(Transaction)
+            .where(
+                Transaction.account_scope == sa.bindparam("b_scope"),
+                Transaction.key == sa.bindparam("b_key"),
+                Transaction.deleted_at.is_(None),
+            )
+            .values(
+                deleted_at=sa.bindparam("b_now"),
+                updated_at=sa.bindparam("b_now"),
+                customer_id=sa.func.coalesce(
+                    Transaction.customer_id, sa.bindparam("b_customer_id")
+                ),
+            )
+            .returning(Transaction)
+            .execution_options(synchronize_session=False)
+        ),
+    )
     now = utcnow()
-    customer_id = customer.id if customer is not None else None
     deleted = session.scalar(
-        sa.update(Transaction)
-        .where(
-            Transaction.account_scope == payment.party.scope,
-            Transaction.key == payment.key,
-            Transaction.deleted_at.is_(None),
-        )
-        .values(
-            deleted_at=now,
-            updated_at=now,
-            customer_id=sa.func.coalesce(Transaction.customer_id, customer_id),
-        )
-        .returning(Transaction)
-        .execution_options(synchronize_session=False)
+        statement,
+        {
+            "b_scope": payment.party.scope,
+            "b_key": payment.key,
+            "b_now": now,
+            "b_customer_id": customer.id if customer is not None else None,
+        },
     )
     if deleted is None:
-        session.execute(_insert_payment(session, models, payment, customer, deleted_at=now))
+        _insert_payment(session, models, payment, customer, deleted_at=now)
     return deleted

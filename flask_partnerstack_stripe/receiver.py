@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
-from .database import commit, upsert, write_transaction
+from .database import commit, prepared, upsert, write_transaction
 from .models import FAILED, IGNORED, PROCESSED, Models, account_scope, utcnow
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -181,24 +181,41 @@ class Receiver:
         unique event id decides. The row is written as processed already, which
         only becomes visible when the event's effects commit with it.
         """
-        WebhookEvent = self.models.WebhookEvent
-        now = utcnow()
-        statement = upsert(session, WebhookEvent).values(
-            stripe_event_id=event["id"],
-            type=event["type"],
-            stripe_account_id=stripe_account_id,
-            livemode=event["livemode"],
+        connection = session.connection()
+        table = self.models.WebhookEvent.__table__
+        statement = prepared(
+            (table, "claim", connection.dialect.name, replay),
+            lambda: self._claim_statement(session, table, replay),
+        )
+        values = {
+            "stripe_event_id": event["id"],
+            "type": event["type"],
+            "stripe_account_id": stripe_account_id,
+            "livemode": event["livemode"],
+            "payload": payload,
+            "now": utcnow(),
+        }
+        return connection.execute(statement, values).first() is not None
+
+    @staticmethod
+    def _claim_statement(session: Session, table: Any, replay: bool) -> Any:
+        now = sa.bindparam("now")
+        statement = upsert(session, table).values(
+            stripe_event_id=sa.bindparam("stripe_event_id"),
+            type=sa.bindparam("type"),
+            stripe_account_id=sa.bindparam("stripe_account_id"),
+            livemode=sa.bindparam("livemode"),
             status=PROCESSED,
-            payload=payload,
+            payload=sa.bindparam("payload"),
             received_at=now,
             processed_at=now,
         )
-        statement = statement.on_conflict_do_update(
-            index_elements=[WebhookEvent.stripe_event_id],
+        takeover = table.c.status != PROCESSED if replay else table.c.status == FAILED
+        return statement.on_conflict_do_update(
+            index_elements=[table.c.stripe_event_id],
             set_={"status": PROCESSED, "error": None, "processed_at": now},
-            where=WebhookEvent.status != PROCESSED if replay else WebhookEvent.status == FAILED,
-        ).returning(WebhookEvent.id)
-        return session.execute(statement).first() is not None
+            where=takeover,
+        ).returning(table.c.id)
 
     def _reason_to_ignore(self, context: EventContext) -> str | None:
         event_type = context.event["type"]
