@@ -141,11 +141,11 @@ def create_customer(
         unlink_stripe_id(session, models, party)
     statement = prepared(
         (Customer, "create", _dialect(session)),
-        lambda: (
-            upsert(session, Customer)
+        lambda: _loading(
+            Customer,
+            upsert(session, Customer.__table__)
             .values({name: sa.bindparam(name) for name in _CUSTOMER_FIELDS})
-            .on_conflict_do_nothing()
-            .returning(Customer)
+            .on_conflict_do_nothing(),
         ),
     )
     created = session.scalar(
@@ -176,6 +176,14 @@ _CUSTOMER_FIELDS = (
     "customer_key", "email", "name", "partner_key", "stripe_customer_id", "stripe_account_id",
     "account_scope", "livemode", "stripe_event_created", "created_at", "updated_at",
 )  # fmt: skip
+
+
+def _loading(model: Any, statement: Any) -> Any:
+    """A Core ``INSERT … RETURNING`` that loads ``model`` objects from the rows it returns.
+
+    Cheaper than an ORM-enabled INSERT, which goes through bulk persistence.
+    """
+    return sa.select(model).from_statement(statement.returning(*model.__table__.columns))
 
 
 def _dialect(session: Session) -> str:
@@ -280,11 +288,11 @@ def _insert_payment(
     Transaction = models.Transaction
     statement = prepared(
         (Transaction, "insert", _dialect(session)),
-        lambda: (
-            upsert(session, Transaction)
+        lambda: _loading(
+            Transaction,
+            upsert(session, Transaction.__table__)
             .values({name: sa.bindparam(name) for name in _PAYMENT_FIELDS})
-            .on_conflict_do_nothing(index_elements=["account_scope", "key"])
-            .returning(Transaction)
+            .on_conflict_do_nothing(index_elements=["account_scope", "key"]),
         ),
     )
     party, now = payment.party, utcnow()
