@@ -83,8 +83,14 @@ def party_lock_names(party: Party) -> list[str | None]:
     ]
 
 
-def find_customer(session: Session, models: Models, party: Party, *, match_email: bool) -> Any:
-    """The known customer ``party`` names: by customer key, then Stripe id, then email."""
+def find_customer(
+    session: Session, models: Models, party: Party, *, match_email: bool, load: bool = True
+) -> Any:
+    """The known customer ``party`` names: by customer key, then Stripe id, then email.
+
+    ``load=False`` reads only its ``id`` and ``stripe_customer_id``, without the ORM:
+    recording a payment needs no more.
+    """
     routes = [
         ("customer_key", party.customer_key),
         ("stripe_customer_id", party.stripe_customer_id),
@@ -92,7 +98,7 @@ def find_customer(session: Session, models: Models, party: Party, *, match_email
     ]
     for column, value in routes:
         if value:
-            found = _customer_by(session, models, column, party, value)
+            found = _customer_by(session, models, column, party, value, load=load)
             if found is not None:
                 return found
     return None
@@ -102,23 +108,28 @@ def find_customer_by_stripe_id(session: Session, models: Models, party: Party) -
     return _customer_by(session, models, "stripe_customer_id", party, party.stripe_customer_id)
 
 
-def _customer_by(session: Session, models: Models, column: str, party: Party, value: Any) -> Any:
-    Customer = models.Customer
+def _customer_by(
+    session: Session, models: Models, column: str, party: Party, value: Any, *, load: bool = True
+) -> Any:
+    table = models.Customer.__table__
+    selected = (models.Customer,) if load else (table.c.id, table.c.stripe_customer_id)
     statement = prepared(
-        (Customer, "find", column),
+        (table, "find", column, load),
         lambda: (
-            sa.select(Customer)
+            sa.select(*selected)
             .where(
-                Customer.account_scope == sa.bindparam("scope"),
-                Customer.livemode == sa.bindparam("livemode"),
-                getattr(Customer, column) == sa.bindparam("value"),
+                table.c.account_scope == sa.bindparam("scope"),
+                table.c.livemode == sa.bindparam("livemode"),
+                table.c[column] == sa.bindparam("value"),
             )
-            .order_by(Customer.id)
+            .order_by(table.c.id)
             .limit(1)
         ),
     )
     values = {"scope": party.scope, "livemode": party.livemode, "value": value}
-    return session.scalar(statement, values)
+    if load:
+        return session.scalar(statement, values)
+    return session.connection().execute(statement, values).first()
 
 
 def create_customer(
@@ -281,7 +292,7 @@ def _insert_payment(
     session: Session,
     models: Models,
     payment: Payment,
-    customer: Any,
+    customer_id: int | None,
     deleted_at: datetime | None = None,
 ) -> Any:
     """``INSERT`` the payment's row unless its (account, key) is taken; the new row or None."""
@@ -300,7 +311,7 @@ def _insert_payment(
         statement,
         {
             "key": payment.key,
-            "customer_id": customer.id if customer is not None else None,
+            "customer_id": customer_id,
             "amount": payment.amount,
             "currency": payment.currency,
             "product_key": payment.product_key,
@@ -317,12 +328,16 @@ def _insert_payment(
     )
 
 
-def record_payment(session: Session, models: Models, payment: Payment, customer: Any) -> Any:
+def record_payment(
+    session: Session, models: Models, payment: Payment, customer_id: int | None
+) -> Any:
     """Insert the payment's transaction; return it if new, else None."""
-    return _insert_payment(session, models, payment, customer)
+    return _insert_payment(session, models, payment, customer_id)
 
 
-def refresh_payment(session: Session, models: Models, payment: Payment, customer: Any) -> Any:
+def refresh_payment(
+    session: Session, models: Models, payment: Payment, customer_id: int | None
+) -> Any:
     """Bring a standing transaction up to date; return it if anything changed, else None.
 
     The amount only ever goes down (a partial refund under ``prorate``), so an
@@ -339,7 +354,7 @@ def refresh_payment(session: Session, models: Models, payment: Payment, customer
             "b_scope": payment.party.scope,
             "b_key": payment.key,
             "b_amount": payment.amount,
-            "b_customer_id": customer.id if customer is not None else None,
+            "b_customer_id": customer_id,
             "b_product_key": payment.product_key,
             "b_now": utcnow(),
         },
@@ -377,12 +392,14 @@ def _refresh_statement(session: Session, Transaction: Any) -> Any:
     )
 
 
-def delete_payment(session: Session, models: Models, payment: Payment, customer: Any) -> Any:
+def delete_payment(
+    session: Session, models: Models, payment: Payment, customer_id: int | None
+) -> Any:
     """Tombstone the payment's transaction; return it if it was standing, else None.
 
     When no transaction exists yet, a deleted one is written, so a success that
     arrives after its refund or failure finds the key taken and records nothing.
-    Either way it belongs to ``customer`` when that is known, as in natural order.
+    Either way it belongs to the customer when that is known, as in natural order.
     """
     Transaction = models.Transaction
     statement = prepared(
@@ -412,9 +429,9 @@ def delete_payment(session: Session, models: Models, payment: Payment, customer:
             "b_scope": payment.party.scope,
             "b_key": payment.key,
             "b_now": now,
-            "b_customer_id": customer.id if customer is not None else None,
+            "b_customer_id": customer_id,
         },
     )
     if deleted is None:
-        _insert_payment(session, models, payment, customer, deleted_at=now)
+        _insert_payment(session, models, payment, customer_id, deleted_at=now)
     return deleted

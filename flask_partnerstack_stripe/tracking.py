@@ -227,31 +227,34 @@ def _record(context: EventContext, payment: Payment, obj: dict[str, Any]) -> Non
     session, models = context.session, context.models
     party = payment.party
     ledger.lock(session, _payment_lock(payment), *ledger.party_lock_names(party))
-    customer = ledger.find_customer(
-        session, models, party, match_email=context.settings.match_email
+    found = ledger.find_customer(
+        session, models, party, match_email=context.settings.match_email, load=False
     )
+    customer_id = found.id if found is not None else None
     partner_key = text(metadata(obj).get("partner_key"))
-    if customer is None and party.customer_key and partner_key:
+    if found is None and party.customer_key and partner_key:
         # The e-commerce case: no signup tracking, the charge names customer and partner.
         customer, created = ledger.create_customer(
             session, models, party, partner_key=partner_key, name=text(obj.get("name"))
         )
+        customer_id = customer.id
         if created:
             context.notify(signals.customer_created, customer=customer)
             _attach_orphans(context, customer)
-    elif customer is not None and party.stripe_customer_id and not customer.stripe_customer_id:
+    elif found is not None and party.stripe_customer_id and not found.stripe_customer_id:
         # Found by key or email: the charge tells us its Stripe id too.
+        customer = session.get(models.Customer, found.id)
         ledger.unlink_stripe_id(session, models, party, keep=customer)
         customer.stripe_customer_id = party.stripe_customer_id
         session.flush()
         context.notify(signals.customer_updated, customer=customer)
         _attach_orphans(context, customer)
 
-    recorded = ledger.record_payment(session, models, payment, customer)
+    recorded = ledger.record_payment(session, models, payment, customer_id)
     if recorded is not None:
         context.notify(signals.transaction_recorded, transaction=recorded)
         return
-    updated = ledger.refresh_payment(session, models, payment, customer)
+    updated = ledger.refresh_payment(session, models, payment, customer_id)
     if updated is not None:
         context.notify(signals.transaction_updated, transaction=updated)
 
@@ -259,10 +262,11 @@ def _record(context: EventContext, payment: Payment, obj: dict[str, Any]) -> Non
 def _delete(context: EventContext, payment: Payment) -> None:
     session, models = context.session, context.models
     ledger.lock(session, _payment_lock(payment), *ledger.party_lock_names(payment.party))
-    customer = ledger.find_customer(
-        session, models, payment.party, match_email=context.settings.match_email
+    found = ledger.find_customer(
+        session, models, payment.party, match_email=context.settings.match_email, load=False
     )
-    deleted = ledger.delete_payment(session, models, payment, customer)
+    customer_id = found.id if found is not None else None
+    deleted = ledger.delete_payment(session, models, payment, customer_id)
     if deleted is not None:
         context.notify(signals.transaction_deleted, transaction=deleted)
 
