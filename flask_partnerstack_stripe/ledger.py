@@ -57,15 +57,20 @@ def text(value: Any, limit: int = 255) -> str | None:
     return value or None
 
 
-def lock(session: Session, *names: str | None) -> None:
-    """Serialize, until commit, the transactions that name any of ``names`` (PostgreSQL)."""
+def lock(session: Session, *names: str | None) -> bool:
+    """Serialize, until commit, the transactions that name any of ``names`` (PostgreSQL).
+
+    False when there is nothing to lock: SQLite's BEGIN IMMEDIATE already lets one
+    writer in at a time.
+    """
     if session.get_bind().dialect.name != "postgresql":
-        return  # SQLite: BEGIN IMMEDIATE already lets one writer in at a time.
+        return False
     keys = sorted({_lock_key(name) for name in names if name})  # one order: no deadlocks
     if keys:
         # SELECT list items are evaluated in order, so the locks are taken in key order.
         locks = ", ".join(["pg_advisory_xact_lock(%s)"] * len(keys))
         session.connection().exec_driver_sql(f"SELECT {locks}", tuple(keys))
+    return True
 
 
 def _lock_key(name: str) -> int:
@@ -293,7 +298,6 @@ def _insert_payment(
     models: Models,
     payment: Payment,
     customer_id: int | None,
-    deleted_at: datetime | None = None,
 ) -> Any:
     """``INSERT`` the payment's row unless its (account, key) is taken; the new row or None."""
     Transaction = models.Transaction
@@ -306,26 +310,31 @@ def _insert_payment(
             .on_conflict_do_nothing(index_elements=["account_scope", "key"]),
         ),
     )
-    party, now = payment.party, utcnow()
     return session.scalar(
-        statement,
-        {
-            "key": payment.key,
-            "customer_id": customer_id,
-            "amount": payment.amount,
-            "currency": payment.currency,
-            "product_key": payment.product_key,
-            "stripe_account_id": party.stripe_account_id,
-            "account_scope": party.scope,
-            "livemode": party.livemode,
-            "stripe_customer_id": party.stripe_customer_id,
-            "customer_key": party.customer_key,
-            "customer_email": party.email,
-            "created_at": now,
-            "updated_at": now,
-            "deleted_at": deleted_at,
-        },
+        statement, _payment_values(payment, customer_id, utcnow(), deleted_at=None)
     )
+
+
+def _payment_values(
+    payment: Payment, customer_id: int | None, now: datetime, deleted_at: datetime | None
+) -> dict[str, Any]:
+    party = payment.party
+    return {
+        "key": payment.key,
+        "customer_id": customer_id,
+        "amount": payment.amount,
+        "currency": payment.currency,
+        "product_key": payment.product_key,
+        "stripe_account_id": party.stripe_account_id,
+        "account_scope": party.scope,
+        "livemode": party.livemode,
+        "stripe_customer_id": party.stripe_customer_id,
+        "customer_key": party.customer_key,
+        "customer_email": party.email,
+        "created_at": now,
+        "updated_at": now,
+        "deleted_at": deleted_at,
+    }
 
 
 def record_payment(
@@ -433,5 +442,43 @@ def delete_payment(
         },
     )
     if deleted is None:
-        _insert_payment(session, models, payment, customer_id, deleted_at=now)
+        deleted = _write_tombstone(session, models, payment, customer_id, now)
     return deleted
+
+
+def _write_tombstone(
+    session: Session, models: Models, payment: Payment, customer_id: int | None, now: datetime
+) -> Any:
+    """Insert a deleted row, or delete the row a concurrent success just committed.
+
+    The upsert waits for that success's transaction, so no lock is needed for a refund
+    and a success to meet in the right state. Returns the row only if it had stood
+    (its ``created_at`` is not ours).
+    """
+    Transaction = models.Transaction
+    table = Transaction.__table__
+
+    def build() -> Any:
+        statement = upsert(session, table).values(
+            {name: sa.bindparam(name) for name in _PAYMENT_FIELDS}
+        )
+        return _loading(
+            Transaction,
+            statement.on_conflict_do_update(
+                index_elements=[table.c.account_scope, table.c.key],
+                set_={
+                    "deleted_at": statement.excluded.deleted_at,
+                    "updated_at": statement.excluded.updated_at,
+                    "customer_id": sa.func.coalesce(
+                        table.c.customer_id, statement.excluded.customer_id
+                    ),
+                },
+                where=table.c.deleted_at.is_(None),
+            ),
+        )
+
+    statement = prepared((Transaction, "tombstone", _dialect(session)), build)
+    row = session.scalar(statement, _payment_values(payment, customer_id, now, deleted_at=now))
+    if row is None or row.created_at.replace(tzinfo=None) == now.replace(tzinfo=None):
+        return None
+    return row

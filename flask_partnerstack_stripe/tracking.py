@@ -226,10 +226,7 @@ def invoice_paid(context: EventContext) -> None:
 def _record(context: EventContext, payment: Payment, obj: dict[str, Any]) -> None:
     session, models = context.session, context.models
     party = payment.party
-    ledger.lock(session, _payment_lock(payment), *ledger.party_lock_names(party))
-    found = ledger.find_customer(
-        session, models, party, match_email=context.settings.match_email, load=False
-    )
+    found = _find_payer(context, party)
     customer_id = found.id if found is not None else None
     partner_key = text(metadata(obj).get("partner_key"))
     if found is None and party.customer_key and partner_key:
@@ -261,18 +258,26 @@ def _record(context: EventContext, payment: Payment, obj: dict[str, Any]) -> Non
 
 def _delete(context: EventContext, payment: Payment) -> None:
     session, models = context.session, context.models
-    ledger.lock(session, _payment_lock(payment), *ledger.party_lock_names(payment.party))
-    found = ledger.find_customer(
-        session, models, payment.party, match_email=context.settings.match_email, load=False
-    )
+    found = _find_payer(context, payment.party)
     customer_id = found.id if found is not None else None
     deleted = ledger.delete_payment(session, models, payment, customer_id)
     if deleted is not None:
         context.notify(signals.transaction_deleted, transaction=deleted)
 
 
-def _payment_lock(payment: Payment) -> str:
-    return f"{payment.party.scope}|txn:{payment.key}"
+def _find_payer(context: EventContext, party: Party) -> Any:
+    """The id and Stripe id of the customer a payment names, if known.
+
+    When none is known yet, the payment is about to be kept without a customer. The
+    customer may be being created at this very moment: take the locks a customer
+    event takes and look again, so that one of the two sees the other.
+    """
+    session, models = context.session, context.models
+    match_email = context.settings.match_email
+    found = ledger.find_customer(session, models, party, match_email=match_email, load=False)
+    if found is None and ledger.lock(session, *ledger.party_lock_names(party)):
+        found = ledger.find_customer(session, models, party, match_email=match_email, load=False)
+    return found
 
 
 # --- accounts --------------------------------------------------------------------------

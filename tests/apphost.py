@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 from flask import Flask
@@ -23,8 +25,22 @@ def create_app(database_url: str | None = None, **config: Any) -> Flask:
     app.config.update(config)
     db = SQLAlchemy()
     db.init_app(app)
-    PartnerStackStripe(app)
+    partnerstack = PartnerStackStripe(app)
+    if os.environ.get("PARTNERSTACK_TEST_HANG_FILE"):
+        add_hanging_handler(partnerstack, os.environ["PARTNERSTACK_TEST_HANG_FILE"])
     if os.environ.get("PARTNERSTACK_TEST_CREATE_TABLES"):
         with app.app_context():
             db.create_all()
     return app
+
+
+def add_hanging_handler(partnerstack: PartnerStackStripe, hang_file: str) -> None:
+    """For the fault tests: while ``hang_file`` exists, a ``checkout.session.completed``
+    handler writes its worker's pid there and hangs, mid-transaction, to be killed."""
+
+    @partnerstack.handler("checkout.session.completed")
+    def hang(event: dict[str, Any]) -> None:
+        path = Path(hang_file)
+        if path.exists():
+            path.write_text(str(os.getpid()))
+            time.sleep(60)

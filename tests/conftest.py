@@ -152,7 +152,19 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def server(app, database_url, tmp_path) -> Iterator[Server]:
+def server_env() -> dict[str, str]:
+    """Extra environment for the ``server`` fixture's workers; override it in a module."""
+    return {}
+
+
+@pytest.fixture
+def server_database_url(database_url: str) -> str:
+    """The database URL the server's workers use; a module may route it through a proxy."""
+    return database_url
+
+
+@pytest.fixture
+def server(app, server_database_url, server_env, tmp_path) -> Iterator[Server]:
     """gunicorn with several worker processes serving the test host app on ``database_url``."""
     port, log = free_port(), tmp_path / "gunicorn.log"
     with log.open("w") as output:
@@ -170,7 +182,7 @@ def server(app, database_url, tmp_path) -> Iterator[Server]:
                 "tests.apphost:create_app()",
             ],
             cwd=ROOT,
-            env={**os.environ, "DATABASE_URL": database_url},
+            env={**os.environ, **server_env, "DATABASE_URL": server_database_url},
             stdout=output,
             stderr=subprocess.STDOUT,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -141,3 +142,51 @@ def test_sqlite_write_lock_leaves_the_hosts_connections_alone(tmp_path):
         testing.post_event(app.test_client(), testing.event("charge.succeeded", testing.charge()))
         assert connection_settings() == before
         db.engine.dispose()
+
+
+def test_every_event_of_one_charge_at_once(server, rows, models):
+    """Customer, success, capture, update and refund of one charge, all together, twice over."""
+    for n in range(6):
+        metadata = {"customer_key": f"user-{n}", "partner_key": "partner-1"}
+        cus, ch = f"cus_e{n}", f"ch_e{n}"
+        events = [
+            testing.event("customer.created", testing.customer(cus, metadata=metadata)),
+            testing.event("charge.succeeded", testing.charge(ch, customer=cus, captured=False)),
+            testing.event("charge.captured", testing.charge(ch, customer=cus)),
+            testing.event("charge.updated", testing.charge(ch, customer=cus)),
+            testing.event(
+                "charge.refunded", testing.charge(ch, customer=cus, amount_refunded=1000)
+            ),
+        ]
+        results = all_at_once([lambda e=e: server.post_event(e) for e in events * 2])
+        assert all(status == 200 for status, _ in results), results
+    customers = {c.stripe_customer_id: c.id for c in rows(models.Customer)}
+    for transaction in rows(models.Transaction):
+        assert transaction.deleted_at is not None
+        assert transaction.customer_id == customers[transaction.key.replace("ch_", "cus_")]
+    assert len(rows(models.Transaction)) == 6
+    assert_clean_log(server)
+
+
+def test_burst_of_ten_times_the_steady_rate(server, rows, models):
+    """A steady trickle, then ten times as fast from eight clients: no 5xx, an exact ledger."""
+
+    def story(n: int) -> list[dict]:
+        charge = testing.charge(f"ch_b{n}", amount=100 + n)
+        events = [testing.event("charge.succeeded", charge)]
+        if n % 3 == 0:
+            refunded = testing.charge(f"ch_b{n}", amount=100 + n, amount_refunded=100 + n)
+            events.append(testing.event("charge.refunded", refunded))
+        return events
+
+    steady = [event for n in range(20) for event in story(n)]
+    for event in steady:  # about 20 events a second
+        assert server.post_event(event)[0] == 200
+        time.sleep(0.05)
+    burst = [event for n in range(20, 220) for event in story(n)]
+    chunks = [burst[i::8] for i in range(8)]
+    results = all_at_once([lambda c=c: [server.post_event(e)[0] for e in c] for c in chunks])
+    assert all(status == 200 for statuses in results for status in statuses)
+    ledger = {t.key: t.deleted_at is None for t in rows(models.Transaction)}
+    assert ledger == {f"ch_b{n}": n % 3 != 0 for n in range(220)}
+    assert_clean_log(server)
