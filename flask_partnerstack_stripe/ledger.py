@@ -93,48 +93,51 @@ def find_customer(
 ) -> Any:
     """The known customer ``party`` names: by customer key, then Stripe id, then email.
 
+    One query: each way of naming reads its own index, and the best match wins.
     ``load=False`` reads only its ``id`` and ``stripe_customer_id``, without the ORM:
     recording a payment needs no more.
     """
-    routes = [
-        ("customer_key", party.customer_key),
-        ("stripe_customer_id", party.stripe_customer_id),
-        ("email", party.email if match_email else None),
-    ]
-    for column, value in routes:
-        if value:
-            found = _customer_by(session, models, column, party, value, load=load)
-            if found is not None:
-                return found
-    return None
-
-
-def find_customer_by_stripe_id(session: Session, models: Models, party: Party) -> Any:
-    return _customer_by(session, models, "stripe_customer_id", party, party.stripe_customer_id)
-
-
-def _customer_by(
-    session: Session, models: Models, column: str, party: Party, value: Any, *, load: bool = True
-) -> Any:
-    table = models.Customer.__table__
-    selected = (models.Customer,) if load else (table.c.id, table.c.stripe_customer_id)
-    statement = prepared(
-        (table, "find", column, load),
-        lambda: (
-            sa.select(*selected)
-            .where(
-                table.c.account_scope == sa.bindparam("scope"),
-                table.c.livemode == sa.bindparam("livemode"),
-                table.c[column] == sa.bindparam("value"),
-            )
-            .order_by(table.c.id)
-            .limit(1)
-        ),
+    routes = tuple(
+        (column, value)
+        for column, value in (
+            ("customer_key", party.customer_key),
+            ("stripe_customer_id", party.stripe_customer_id),
+            ("email", party.email if match_email else None),
+        )
+        if value
     )
-    values = {"scope": party.scope, "livemode": party.livemode, "value": value}
+    if not routes:
+        return None
+    table = models.Customer.__table__
+    names = tuple(column for column, _ in routes)
+    statement = prepared(
+        (table, "find", names, load),
+        lambda: _find_statement(models.Customer, table, names, load),
+    )
+    values = {"scope": party.scope, "livemode": party.livemode, **dict(routes)}
     if load:
         return session.scalar(statement, values)
     return session.connection().execute(statement, values).first()
+
+
+def _find_statement(Customer: Any, table: Any, names: tuple[str, ...], load: bool) -> Any:
+    in_scope = (
+        table.c.account_scope == sa.bindparam("scope"),
+        table.c.livemode == sa.bindparam("livemode"),
+    )
+    # Whole conjunctions in the OR, so that each branch can use its index.
+    matches = [sa.and_(*in_scope, table.c[name] == sa.bindparam(name)) for name in names]
+    rank = sa.case(
+        *((table.c[name] == sa.bindparam(name), n) for n, name in enumerate(names)),
+        else_=len(names),
+    )
+    selected = (Customer,) if load else (table.c.id, table.c.stripe_customer_id)
+    return sa.select(*selected).where(sa.or_(*matches)).order_by(rank, table.c.id).limit(1)
+
+
+def find_customer_by_stripe_id(session: Session, models: Models, party: Party) -> Any:
+    only_stripe_id = Party(party.stripe_account_id, party.livemode, party.stripe_customer_id)
+    return find_customer(session, models, only_stripe_id, match_email=False)
 
 
 def create_customer(
@@ -153,8 +156,8 @@ def create_customer(
     """
     Customer = models.Customer
     assert party.customer_key, "a customer is created only with a customer key"
-    if party.stripe_customer_id:
-        unlink_stripe_id(session, models, party)
+    # No other customer holds the Stripe id: looking the customer up found none by it
+    # first. One linked meanwhile by another worker makes this INSERT do nothing.
     statement = prepared(
         (Customer, "create", _dialect(session)),
         lambda: _loading(
