@@ -240,42 +240,63 @@ def unlink_stripe_id(session: Session, models: Models, party: Party, keep: Any =
 def attach_orphans(session: Session, models: Models, customer: Any, *, match_email: bool) -> list:
     """Give ``customer`` the transactions recorded before it was known; the standing ones."""
     Transaction = models.Transaction
+    table = Transaction.__table__
     names = [
         ("stripe_customer_id", customer.stripe_customer_id),
         ("customer_key", customer.customer_key),
         ("customer_email", customer.email if match_email else None),
     ]
-    attached = []
-    # One statement per name rather than one OR: each then reads its own index.
-    for column, value in names:
-        if not value:
-            continue
+    connection = session.connection()
+    values = {name: value for name, value in names if value}
+    # Each way of naming must read its own index. PostgreSQL combines the indexes of an
+    # OR (a bitmap OR); SQLite does not for an UPDATE, so there it is one per name.
+    # Core, returning ids: usually there is nothing to attach, and that should cost little.
+    if _dialect(session) == "postgresql":
+        batches = [values]
+    else:
+        batches = [{name: value} for name, value in values.items()]
+    attached: list[int] = []
+    for batch in batches:
+        columns = tuple(batch)
         statement = prepared(
-            (Transaction, "attach", column),
-            lambda column=column: (
-                sa.update(Transaction)
-                .where(
-                    getattr(Transaction, column) == sa.bindparam("b_value"),
-                    Transaction.account_scope == sa.bindparam("b_scope"),
-                    Transaction.customer_id.is_(None),
-                    Transaction.livemode == sa.bindparam("b_livemode"),
-                )
-                .values(customer_id=sa.bindparam("b_customer_id"), updated_at=sa.bindparam("b_now"))
-                .returning(Transaction)
-                .execution_options(synchronize_session=False)
-            ),
+            (table, "attach", columns), lambda columns=columns: _attach_statement(table, columns)
         )
-        attached += session.scalars(
+        rows = connection.execute(
             statement,
             {
-                "b_value": value,
+                **{f"b_{name}": value for name, value in batch.items()},
                 "b_scope": customer.account_scope,
                 "b_livemode": customer.livemode,
                 "b_customer_id": customer.id,
                 "b_now": utcnow(),
             },
-        ).all()
-    return [transaction for transaction in attached if transaction.deleted_at is None]
+        )
+        attached += [row.id for row in rows if row.deleted_at is None]
+    if not attached:
+        return []
+    return list(
+        session.scalars(
+            sa.select(Transaction)
+            .where(Transaction.id.in_(attached))
+            .order_by(Transaction.id)
+            .execution_options(populate_existing=True)
+        )
+    )
+
+
+def _attach_statement(table: Any, columns: tuple[str, ...]) -> Any:
+    in_scope = table.c.account_scope == sa.bindparam("b_scope")
+    named = [sa.and_(table.c[name] == sa.bindparam(f"b_{name}"), in_scope) for name in columns]
+    return (
+        sa.update(table)
+        .where(
+            sa.or_(*named),
+            table.c.customer_id.is_(None),
+            table.c.livemode == sa.bindparam("b_livemode"),
+        )
+        .values(customer_id=sa.bindparam("b_customer_id"), updated_at=sa.bindparam("b_now"))
+        .returning(table.c.id, table.c.deleted_at)
+    )
 
 
 @dataclass(frozen=True)
