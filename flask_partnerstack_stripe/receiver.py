@@ -7,6 +7,7 @@ the replay command and the testing helpers all share one code path.
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -92,11 +93,18 @@ BuiltinHandler = Callable[[EventContext], None]
 class Receiver:
     """Dispatches events to built-in tracking handlers and the host's own handlers."""
 
+    #: How many settled event ids each process remembers.
+    SETTLED_MEMORY = 10_000
+
     def __init__(self, models: Models, settings: Settings) -> None:
         self.models = models
         self.settings = settings
         self.builtin_handlers: dict[str, list[BuiltinHandler]] = defaultdict(list)
         self.host_handlers: dict[str, list[HostHandler]] = defaultdict(list)
+        # Ids this process saw committed as processed or ignored. Those outcomes are
+        # final, so Stripe's redeliveries of them are answered without the database.
+        self._settled: dict[str, None] = {}
+        self._settled_lock = threading.Lock()
 
     def receive(
         self,
@@ -112,19 +120,28 @@ class Receiver:
         ``replay`` also takes over a copy stored as ignored (say, an unmatched refund
         once an API key is configured); a processed copy is never applied twice.
         """
+        if not replay and event["id"] in self._settled:
+            return Outcome(DUPLICATE)
         stripe_account_id = stripe_account_id or event.get("account")
         try:
             with write_transaction(session, self.settings.sqlite_busy_timeout):
                 if self._claim(session, event, payload, stripe_account_id, replay=replay):
                     outcome = self._apply(session, event, stripe_account_id, stored=True)
                 else:
-                    outcome = Outcome(DUPLICATE)
+                    outcome = Outcome(DUPLICATE)  # processed or ignored: never failed
                 commit(session)
         except Exception as error:
             session.rollback()
             self._record_failure(session, event, payload, stripe_account_id, error)
             raise EventFailed(event["id"], error) from error
+        self._remember_settled(event["id"])
         return outcome
+
+    def _remember_settled(self, event_id: str) -> None:
+        with self._settled_lock:
+            self._settled[event_id] = None
+            if len(self._settled) > self.SETTLED_MEMORY:
+                del self._settled[next(iter(self._settled))]
 
     def apply_unstored(
         self, session: Session, event: dict[str, Any], *, stripe_account_id: str | None = None
