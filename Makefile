@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo serve test lint fuzz bench install clean
+.PHONY: demo serve test lint fuzz burst bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ test: $(STAMP)
 ## The benchmark: ours against the bare minimum, in-process and over HTTP, with targets.
 bench: $(STAMP)
 	$(BIN)/python -m bench.run
+
+## The concurrency suite's burst at 10x the steady rate, for a full minute.
+burst: $(STAMP)
+	BURST_SECONDS=60 $(BIN)/pytest tests/test_server.py -k burst -p no:cacheprovider
 
 ## Many more fuzzing examples than `make test` runs, with a fresh random seed each time.
 fuzz: $(STAMP)
