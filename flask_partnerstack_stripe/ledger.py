@@ -317,13 +317,10 @@ _PAYMENT_FIELDS = (
 )  # fmt: skip
 
 
-def _insert_payment(
-    session: Session,
-    models: Models,
-    payment: Payment,
-    customer_id: int | None,
+def record_payment(
+    session: Session, models: Models, payment: Payment, customer_id: int | None
 ) -> Any:
-    """``INSERT`` the payment's row unless its (account, key) is taken; the new row or None."""
+    """Insert the payment's transaction unless its (account, key) is taken; the new row or None."""
     Transaction = models.Transaction
     statement = prepared(
         (Transaction, "insert", _dialect(session)),
@@ -359,13 +356,6 @@ def _payment_values(
         "updated_at": now,
         "deleted_at": deleted_at,
     }
-
-
-def record_payment(
-    session: Session, models: Models, payment: Payment, customer_id: int | None
-) -> Any:
-    """Insert the payment's transaction; return it if new, else None."""
-    return _insert_payment(session, models, payment, customer_id)
 
 
 def refresh_payment(
