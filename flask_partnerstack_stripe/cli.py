@@ -14,7 +14,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import accounts, signals
 from .backfill import backfill
-from .database import commit, write_transaction
+from .database import unit_of_work
 from .extension import get_state
 from .models import utcnow
 from .notify import send_notifications
@@ -122,13 +122,12 @@ def delete_endpoint(endpoint_id: str) -> None:
     """Remove ENDPOINT_ID: its URL answers 404 from now on."""
     state = get_state()
     session = state.db.session()
-    with write_transaction(session, state.settings.sqlite_busy_timeout):
+    with unit_of_work(session, state.settings.sqlite_busy_timeout):
         account = accounts.find_endpoint(session, state.models, endpoint_id)
         if account is None:
             raise click.ClickException(f"No webhook endpoint {endpoint_id!r}.")
         account.endpoint_id = None
         account.endpoint_secret = None
-        commit(session)
     click.echo(f"Deleted endpoint {endpoint_id} of {account.stripe_account_id}.")
 
 
@@ -200,13 +199,12 @@ def prune(days: int | None) -> None:
     WebhookEvent = state.models.WebhookEvent
     cutoff = utcnow() - timedelta(days=days)
     session = state.db.session()
-    with write_transaction(session, state.settings.sqlite_busy_timeout):
+    with unit_of_work(session, state.settings.sqlite_busy_timeout):
         deleted = session.execute(
             sa.delete(WebhookEvent).where(
                 WebhookEvent.received_at < cutoff, WebhookEvent.status != "failed"
             )
         ).rowcount
-        commit(session)
     click.echo(f"Deleted {deleted} stored events older than {days} days (failed ones are kept).")
 
 

@@ -54,6 +54,19 @@ def write_transaction(session: Session, busy_timeout: float) -> Iterator[None]:
         driver.execute(f"PRAGMA busy_timeout = {timeout_ms}")  # type: ignore[union-attr]
 
 
+@contextmanager
+def unit_of_work(session: Session, busy_timeout: float) -> Iterator[None]:
+    """One writing transaction: the write lock up front, a commit that keeps loaded
+    objects loaded when the block ends, a rollback when it raises."""
+    try:
+        with write_transaction(session, busy_timeout):
+            yield
+            commit(session)
+    except BaseException:
+        session.rollback()
+        raise
+
+
 def commit(session: Session) -> None:
     """Commit, keeping loaded objects loaded.
 

@@ -11,7 +11,7 @@ from flask import Flask, current_app, has_request_context, request
 
 from . import accounts
 from .config import DEFAULTS, PREFIX, Settings
-from .database import commit, write_transaction
+from .database import unit_of_work
 from .models import Models, default_models
 from .notify import send_notifications
 from .receiver import HostHandler, Receiver
@@ -181,11 +181,10 @@ class PartnerStackStripe:
             raise ValueError("A webhook signing secret starts with whsec_.")
         state = get_state()
         session = state.db.session()
-        with write_transaction(session, state.settings.sqlite_busy_timeout):
+        with unit_of_work(session, state.settings.sqlite_busy_timeout):
             account = accounts.set_endpoint(
                 session, state.models, stripe_account_id, livemode, endpoint_id, signing_secret
             )
-            commit(session)
         return account
 
     def create_customer(
@@ -215,20 +214,15 @@ class PartnerStackStripe:
             livemode=state.settings.livemode if livemode is None else livemode,
         )
         session = state.db.session()
-        try:
-            with write_transaction(session, state.settings.sqlite_busy_timeout):
-                customer, notifications = record_signup(
-                    session,
-                    state.models,
-                    party,
-                    partner_key=partner_key,
-                    name=name,
-                    match_email=state.settings.match_email,
-                )
-                commit(session)
-        except Exception:
-            session.rollback()
-            raise
+        with unit_of_work(session, state.settings.sqlite_busy_timeout):
+            customer, notifications = record_signup(
+                session,
+                state.models,
+                party,
+                partner_key=partner_key,
+                name=name,
+                match_email=state.settings.match_email,
+            )
         send_notifications(notifications)
         return customer
 

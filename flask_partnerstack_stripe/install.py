@@ -20,7 +20,7 @@ from flask import abort, current_app, redirect, render_template, request, sessio
 from flask.typing import ResponseReturnValue
 
 from . import accounts, signals
-from .database import commit, write_transaction
+from .database import unit_of_work
 from .extension import State, get_state
 from .notify import send_notifications
 
@@ -134,7 +134,7 @@ def install_callback() -> ResponseReturnValue:
                      "authorization. Start the installation again.", 400)  # fmt: skip
 
     db_session = state.db.session()
-    with write_transaction(db_session, state.settings.sqlite_busy_timeout):
+    with unit_of_work(db_session, state.settings.sqlite_busy_timeout):
         account = accounts.install(
             db_session,
             state.models,
@@ -144,7 +144,6 @@ def install_callback() -> ResponseReturnValue:
             access_token=token.get("access_token"),
             refresh_token=token.get("refresh_token"),
         )
-        commit(db_session)
     send_notifications([(signals.account_installed, {"account": account})])
     if state.settings.install_redirect:
         return redirect(_local_url(state.settings.install_redirect))
@@ -183,9 +182,8 @@ def uninstall() -> ResponseReturnValue:
         except stripe.StripeError as error:
             log.warning("Deauthorizing %s failed: %s", stripe_account_id, type(error).__name__)
             abort(502, "Stripe could not be reached to disconnect the account; try again.")
-    with write_transaction(db_session, state.settings.sqlite_busy_timeout):
+    with unit_of_work(db_session, state.settings.sqlite_busy_timeout):
         uninstalled = accounts.uninstall(db_session, state.models, stripe_account_id, livemode)
-        commit(db_session)
     if uninstalled is not None:
         send_notifications([(signals.account_uninstalled, {"account": uninstalled, "event": None})])
     if state.settings.install_redirect:

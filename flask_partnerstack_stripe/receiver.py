@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
-from .database import commit, prepared, upsert, write_transaction
+from .database import prepared, unit_of_work, upsert
 from .models import FAILED, IGNORED, PROCESSED, Models, account_scope, utcnow
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -124,14 +124,12 @@ class Receiver:
             return Outcome(DUPLICATE)
         stripe_account_id = stripe_account_id or event.get("account")
         try:
-            with write_transaction(session, self.settings.sqlite_busy_timeout):
+            with unit_of_work(session, self.settings.sqlite_busy_timeout):
                 if self._claim(session, event, payload, stripe_account_id, replay=replay):
                     outcome = self._apply(session, event, stripe_account_id, stored=True)
                 else:
                     outcome = Outcome(DUPLICATE)  # processed or ignored: never failed
-                commit(session)
         except Exception as error:
-            session.rollback()
             self._record_failure(session, event, payload, stripe_account_id, error)
             raise EventFailed(event["id"], error) from error
         self._remember_settled(event["id"])
@@ -150,13 +148,8 @@ class Receiver:
 
         The tracking rules are idempotent, so applying the same state again changes nothing.
         """
-        try:
-            with write_transaction(session, self.settings.sqlite_busy_timeout):
-                outcome = self._apply(session, event, stripe_account_id, stored=False)
-                commit(session)
-        except Exception:
-            session.rollback()
-            raise
+        with unit_of_work(session, self.settings.sqlite_busy_timeout):
+            outcome = self._apply(session, event, stripe_account_id, stored=False)
         return outcome
 
     def _apply(
@@ -296,9 +289,7 @@ class Receiver:
             )
         )
         try:
-            with write_transaction(session, self.settings.sqlite_busy_timeout):
+            with unit_of_work(session, self.settings.sqlite_busy_timeout):
                 session.execute(statement)
-                session.commit()
         except Exception:
-            session.rollback()
             log.exception("Could not record the failure of Stripe event %s", event["id"])

@@ -10,7 +10,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import accounts, install, signals
-from .extension import get_state
+from .extension import State, get_state
 from .notify import send_notifications
 from .receiver import EventFailed
 from .referral import remember_referral
@@ -44,7 +44,8 @@ def create_blueprint(app: Flask) -> Blueprint:
 
 def webhook() -> ResponseReturnValue:
     """The endpoint for the app's own account and for Connect and Stripe App events."""
-    return _receive(get_state().settings.webhook_secrets, stripe_account_id=None)
+    state = get_state()
+    return _receive(state, state.settings.webhook_secrets, stripe_account_id=None)
 
 
 def endpoint_webhook(endpoint_id: str) -> ResponseReturnValue:
@@ -54,12 +55,13 @@ def endpoint_webhook(endpoint_id: str) -> ResponseReturnValue:
     if account is None:
         return jsonify(error="There is no webhook endpoint at this URL."), 404
     secrets = (account.endpoint_secret,) if account.endpoint_secret else ()
-    return _receive(secrets, stripe_account_id=account.stripe_account_id)
+    return _receive(state, secrets, stripe_account_id=account.stripe_account_id)
 
 
-def _receive(secrets: tuple[str, ...], stripe_account_id: str | None) -> ResponseReturnValue:
+def _receive(
+    state: State, secrets: tuple[str, ...], stripe_account_id: str | None
+) -> ResponseReturnValue:
     """Verify, store, apply, commit, signal, answer."""
-    state = get_state()
     payload = _read_body(state.settings.max_body)
     try:
         event = verify_event(
