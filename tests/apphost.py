@@ -28,9 +28,6 @@ def create_app(database_url: str | None = None, **config: Any) -> Flask:
     partnerstack = PartnerStackStripe(app)
     if os.environ.get("PARTNERSTACK_TEST_HANG_FILE"):
         add_hanging_handler(partnerstack, os.environ["PARTNERSTACK_TEST_HANG_FILE"])
-    if os.environ.get("PARTNERSTACK_TEST_CREATE_TABLES"):
-        with app.app_context():
-            db.create_all()
     return app
 
 

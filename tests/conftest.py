@@ -3,13 +3,13 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -17,47 +17,96 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
 
 from flask_partnerstack_stripe import testing
 from flask_partnerstack_stripe.extension import State, get_state
 
 from .apphost import SECRET, create_app
 
-POSTGRES_URL = os.environ.get(
+#: The PostgreSQL server to test against. Each test session creates a database of its
+#: own there (and drops it at the end), so two runs at once never share tables.
+POSTGRES_SERVER_URL = os.environ.get(
     "PARTNERSTACK_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
 )
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
 
 
-@cache
+class SessionDatabases:
+    """Databases this test session created on a server, each under a name of its own."""
+
+    def __init__(self) -> None:
+        self.created: dict[str, str] = {}  # server URL -> this session's database URL
+        self.problems: dict[str, str] = {}
+
+    def url(self, server_url: str) -> str:
+        """A fresh database on ``server_url``'s server for this session; raises if unreachable."""
+        if server_url in self.problems:
+            raise ConnectionError(self.problems[server_url])
+        if server_url not in self.created:
+            name = f"pst_{os.getpid()}_{secrets.token_hex(4)}"
+            try:
+                self._run(server_url, f'CREATE DATABASE "{name}"')
+            except Exception as error:
+                self.problems[server_url] = (
+                    f"{sa.make_url(server_url).render_as_string(hide_password=True)} is "
+                    f"unreachable ({type(error).__name__})"
+                )
+                raise ConnectionError(self.problems[server_url]) from None
+            self.created[server_url] = (
+                sa.make_url(server_url).set(database=name).render_as_string(hide_password=False)
+            )
+        return self.created[server_url]
+
+    def drop_all(self) -> None:
+        for server_url, url in self.created.items():
+            name = sa.make_url(url).database
+            self._run(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        self.created.clear()
+
+    @staticmethod
+    def _run(server_url: str, statement: str) -> None:
+        engine = sa.create_engine(server_url, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        try:
+            with engine.connect() as connection:
+                connection.execute(sa.text(statement))
+        finally:
+            engine.dispose()
+
+
+SESSION_DATABASES = SessionDatabases()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    SESSION_DATABASES.drop_all()
+
+
 def postgres_problem() -> str | None:
     """Why PostgreSQL cannot be used, or None when it can."""
     try:
-        engine = sa.create_engine(POSTGRES_URL)
-        with engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
-        engine.dispose()
-    except Exception as error:
-        return f"PostgreSQL at {POSTGRES_URL} is unreachable ({type(error).__name__})"
+        SESSION_DATABASES.url(POSTGRES_SERVER_URL)
+    except ConnectionError as error:
+        return str(error)
     return None
 
 
 def pytest_report_header() -> list[str]:
     problem = postgres_problem()
     if problem is None:
-        return [f"PostgreSQL tests: {POSTGRES_URL}"]
+        return [f"PostgreSQL tests: {SESSION_DATABASES.url(POSTGRES_SERVER_URL)}"]
     if REQUIRE_POSTGRES:
         return [f"PostgreSQL REQUIRED but {problem}: its tests will fail"]
     return [f"!!! {problem}: PostgreSQL tests are SKIPPED (REQUIRE_POSTGRES=1 makes this fatal)"]
 
 
 def use_postgres() -> str:
+    """This session's own PostgreSQL database (created on first use), or skip/fail."""
     problem = postgres_problem()
     if problem is not None:
         if REQUIRE_POSTGRES:
             pytest.fail(f"REQUIRE_POSTGRES=1 but {problem}")
         pytest.skip(problem)
-    return POSTGRES_URL
+    return SESSION_DATABASES.url(POSTGRES_SERVER_URL)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
