@@ -14,7 +14,6 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import accounts, signals
 from .backfill import backfill
-from .database import unit_of_work
 from .extension import get_state
 from .models import utcnow
 from .notify import send_notifications
@@ -122,7 +121,7 @@ def delete_endpoint(endpoint_id: str) -> None:
     """Remove ENDPOINT_ID: its URL answers 404 from now on."""
     state = get_state()
     session = state.db.session()
-    with unit_of_work(session, state.settings.sqlite_busy_timeout):
+    with state.unit_of_work(session):
         account = accounts.find_endpoint(session, state.models, endpoint_id)
         if account is None:
             raise click.ClickException(f"No webhook endpoint {endpoint_id!r}.")
@@ -199,7 +198,7 @@ def prune(days: int | None) -> None:
     WebhookEvent = state.models.WebhookEvent
     cutoff = utcnow() - timedelta(days=days)
     session = state.db.session()
-    with unit_of_work(session, state.settings.sqlite_busy_timeout):
+    with state.unit_of_work(session):
         deleted = session.execute(
             sa.delete(WebhookEvent).where(
                 WebhookEvent.received_at < cutoff, WebhookEvent.status != "failed"

@@ -1,13 +1,19 @@
-"""The few database-specific pieces: upserts and taking SQLite's write lock up front."""
+"""The few database-specific pieces: upserts, and one writing transaction done right on each."""
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
+from sqlalchemy.pool import StaticPool
+
+log = logging.getLogger("flask_partnerstack_stripe")
 
 _INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
 
@@ -23,52 +29,80 @@ def upsert(session: Session, model: Any) -> Any:
         ) from None
 
 
-@contextmanager
-def write_transaction(session: Session, busy_timeout: float) -> Iterator[None]:
-    """Make the session's next transaction take SQLite's write lock when it begins.
+class UnitOfWork:
+    """The app's writing transactions: ``with unit_of_work(session): ...`` (one per app).
 
-    With SQLite's default deferred transactions, two workers can both read and
-    then both try to write: one of them gets "database is locked" at once, the
-    busy timeout notwithstanding. ``BEGIN IMMEDIATE`` takes the lock first and
-    waits for it. Only the connection this session holds is changed, and only
-    until the block ends, so the host's other connections keep their settings.
-    PostgreSQL needs nothing here: its row locks and ``ON CONFLICT`` do the work.
+    A block is one transaction: the write lock taken when it begins, a commit that
+    keeps loaded objects loaded, a rollback when the work raises. When the block
+    ends normally, the work has committed; an error raised by something that runs
+    after the commit (a host's ``after_commit`` hook, say) is logged, not raised,
+    because the committed work stands. The block raises only when nothing committed.
     """
-    connection = session.connection()
-    if connection.dialect.name != "sqlite":
-        yield
-        return
-    driver = connection.connection.driver_connection
-    isolation = driver.isolation_level  # type: ignore[union-attr]
-    (timeout_ms,) = driver.execute("PRAGMA busy_timeout").fetchone()  # type: ignore[union-attr]
-    driver.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")  # type: ignore[union-attr]
-    # isolation_level None means the host runs its own BEGINs: leave those alone
-    # (and setting None back would commit).
-    if isolation is not None:
-        driver.isolation_level = "IMMEDIATE"  # type: ignore[union-attr]
-    try:
-        yield
-    finally:
-        if isolation is not None:
-            driver.isolation_level = isolation  # type: ignore[union-attr]
-        driver.execute(f"PRAGMA busy_timeout = {timeout_ms}")  # type: ignore[union-attr]
 
+    def __init__(self, busy_timeout: float) -> None:
+        self.busy_timeout = busy_timeout
+        # In-memory SQLite is one connection that every thread shares (Flask-SQLAlchemy
+        # gives it a StaticPool): transactions on it must take turns, from before the
+        # connection is checked out. Reentrant, for a host handler that writes through
+        # the extension inside an event's transaction.
+        self._shared_connection = threading.RLock()
 
-@contextmanager
-def unit_of_work(session: Session, busy_timeout: float) -> Iterator[None]:
-    """One writing transaction: the write lock up front, a commit that keeps loaded
-    objects loaded when the block ends, a rollback when it raises."""
-    try:
-        with write_transaction(session, busy_timeout):
+    @contextmanager
+    def __call__(self, session: Session) -> Iterator[None]:
+        if isinstance(session.get_bind().pool, StaticPool):
+            with self._shared_connection, self._transaction(session):
+                yield
+        else:
+            with self._transaction(session):
+                yield
+
+    @contextmanager
+    def _transaction(self, session: Session) -> Iterator[None]:
+        try:
+            connection = session.connection()
+            if connection.dialect.name == "sqlite":
+                _begin_immediate(connection, self.busy_timeout)
             yield
-            commit(session)
-    except BaseException:
-        session.rollback()
-        raise
+            _commit(session, connection)
+        except BaseException:
+            session.rollback()
+            raise
 
 
-def commit(session: Session) -> None:
-    """Commit, keeping loaded objects loaded.
+def _begin_immediate(connection: Connection, busy_timeout: float) -> None:
+    """Start the transaction with SQLite's write lock, waiting up to ``busy_timeout`` for it.
+
+    pysqlite begins a transaction only before the first write, so two workers could
+    both read and then both try to write: one of them would get "database is locked"
+    at once, whatever the busy timeout. ``BEGIN IMMEDIATE`` takes the lock before the
+    first read of the event's work and waits for it.
+
+    This is SQLAlchemy's pysqlite recipe (emit our own ``BEGIN``), scoped to our own
+    transactions: the statement goes to the connection this session has checked out,
+    right after it began, and the busy timeout is set for the wait and put back before
+    anything else runs. Nothing is changed on the connection beyond that, so nothing
+    needs undoing after the commit hands it back to the pool, and the host's other
+    transactions keep pysqlite's behaviour (or their own recipe).
+    """
+    driver: Any = connection.connection.driver_connection
+    if driver.in_transaction:
+        # Someone already began: the host wrote in this transaction before calling us
+        # (it holds the lock), or it runs its own BEGINs (its choice of lock stands).
+        return
+    (previous_ms,) = driver.execute("PRAGMA busy_timeout").fetchone()
+    wanted_ms = int(busy_timeout * 1000)
+    if previous_ms == wanted_ms:
+        driver.execute("BEGIN IMMEDIATE")
+        return
+    driver.execute(f"PRAGMA busy_timeout = {wanted_ms}")
+    try:
+        driver.execute("BEGIN IMMEDIATE")
+    finally:
+        driver.execute(f"PRAGMA busy_timeout = {int(previous_ms)}")
+
+
+def _commit(session: Session, connection: Connection) -> None:
+    """Commit, keeping loaded objects loaded; raise only if the commit did not happen.
 
     The signals sent right after carry these objects; expiring them would make
     every receiver that reads an attribute query the row again (or fail, once
@@ -78,6 +112,15 @@ def commit(session: Session) -> None:
     session.expire_on_commit = False
     try:
         session.commit()
+    except Exception:
+        # The connection forgets its transaction only once the database committed it;
+        # a COMMIT that failed leaves it there, to be rolled back.
+        if connection.get_transaction() is not None:
+            raise
+        log.exception("The work committed, then something that runs after a commit raised")
+        transaction = session.get_transaction()
+        if transaction is not None:  # the commit stopped before handing the connection back
+            transaction.close()
     finally:
         session.expire_on_commit = expire_on_commit
 

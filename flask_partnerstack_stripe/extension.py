@@ -11,7 +11,7 @@ from flask import Flask, current_app, has_request_context, request
 
 from . import accounts
 from .config import DEFAULTS, PREFIX, Settings
-from .database import unit_of_work
+from .database import UnitOfWork
 from .models import Models, default_models
 from .notify import send_notifications
 from .receiver import HostHandler, Receiver
@@ -35,6 +35,8 @@ class State:
     db: Any
     models: Models
     receiver: Receiver
+    #: ``with unit_of_work(session):`` one writing transaction (database.UnitOfWork).
+    unit_of_work: UnitOfWork
 
 
 class PartnerStackStripe:
@@ -100,12 +102,15 @@ class PartnerStackStripe:
         elif self._models is None:
             self._models = default_models(db)
 
-        receiver = Receiver(self._models, settings)
+        unit_of_work = UnitOfWork(settings.sqlite_busy_timeout)
+        receiver = Receiver(self._models, settings, unit_of_work)
         for event_type, handler in BUILTIN_HANDLERS.items():
             receiver.builtin_handlers[event_type].append(handler)
         # The receiver shares the handler lists, so handlers added later still count.
         receiver.host_handlers = self._handlers  # type: ignore[assignment]
-        app.extensions[EXTENSION_KEY] = State(self, settings, db, self._models, receiver)
+        app.extensions[EXTENSION_KEY] = State(
+            self, settings, db, self._models, receiver, unit_of_work
+        )
 
         if register_blueprint if register_blueprint is not None else self._register_blueprint:
             from .views import create_blueprint
@@ -181,7 +186,7 @@ class PartnerStackStripe:
             raise ValueError("A webhook signing secret starts with whsec_.")
         state = get_state()
         session = state.db.session()
-        with unit_of_work(session, state.settings.sqlite_busy_timeout):
+        with state.unit_of_work(session):
             account = accounts.set_endpoint(
                 session, state.models, stripe_account_id, livemode, endpoint_id, signing_secret
             )
@@ -214,7 +219,7 @@ class PartnerStackStripe:
             livemode=state.settings.livemode if livemode is None else livemode,
         )
         session = state.db.session()
-        with unit_of_work(session, state.settings.sqlite_busy_timeout):
+        with state.unit_of_work(session):
             customer, notifications = record_signup(
                 session,
                 state.models,

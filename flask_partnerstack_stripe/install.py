@@ -20,7 +20,6 @@ from flask import abort, current_app, redirect, render_template, request, sessio
 from flask.typing import ResponseReturnValue
 
 from . import accounts, signals
-from .database import unit_of_work
 from .extension import State, get_state
 from .notify import send_notifications
 
@@ -134,7 +133,7 @@ def install_callback() -> ResponseReturnValue:
                      "authorization. Start the installation again.", 400)  # fmt: skip
 
     db_session = state.db.session()
-    with unit_of_work(db_session, state.settings.sqlite_busy_timeout):
+    with state.unit_of_work(db_session):
         account = accounts.install(
             db_session,
             state.models,
@@ -182,7 +181,7 @@ def uninstall() -> ResponseReturnValue:
         except stripe.StripeError as error:
             log.warning("Deauthorizing %s failed: %s", stripe_account_id, type(error).__name__)
             abort(502, "Stripe could not be reached to disconnect the account; try again.")
-    with unit_of_work(db_session, state.settings.sqlite_busy_timeout):
+    with state.unit_of_work(db_session):
         uninstalled = accounts.uninstall(db_session, state.models, stripe_account_id, livemode)
     if uninstalled is not None:
         send_notifications([(signals.account_uninstalled, {"account": uninstalled, "event": None})])

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
-from .database import prepared, unit_of_work, upsert
+from .database import UnitOfWork, prepared, upsert
 from .models import FAILED, IGNORED, PROCESSED, Models, account_scope, utcnow
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -32,10 +32,12 @@ HostHandler = Callable[[dict[str, Any]], Any]
 class EventFailed(Exception):
     """Applying an event raised; it was rolled back and stored as ``failed``."""
 
-    def __init__(self, event_id: str, error: BaseException) -> None:
+    def __init__(self, event_id: str, error: BaseException, *, recorded: bool) -> None:
         super().__init__(f"Event {event_id} failed: {type(error).__name__}")
         self.event_id = event_id
         self.error = error
+        #: False when even storing the failure failed (the database is down, say).
+        self.recorded = recorded
 
 
 @dataclass
@@ -96,9 +98,10 @@ class Receiver:
     #: How many settled event ids each process remembers.
     SETTLED_MEMORY = 10_000
 
-    def __init__(self, models: Models, settings: Settings) -> None:
+    def __init__(self, models: Models, settings: Settings, unit_of_work: UnitOfWork) -> None:
         self.models = models
         self.settings = settings
+        self.unit_of_work = unit_of_work
         self.builtin_handlers: dict[str, list[BuiltinHandler]] = defaultdict(list)
         self.host_handlers: dict[str, list[HostHandler]] = defaultdict(list)
         # Ids this process saw committed as processed or ignored. Those outcomes are
@@ -124,14 +127,15 @@ class Receiver:
             return Outcome(DUPLICATE)
         stripe_account_id = stripe_account_id or event.get("account")
         try:
-            with unit_of_work(session, self.settings.sqlite_busy_timeout):
+            with self.unit_of_work(session):
                 if self._claim(session, event, payload, stripe_account_id, replay=replay):
                     outcome = self._apply(session, event, stripe_account_id, stored=True)
                 else:
                     outcome = Outcome(DUPLICATE)  # processed or ignored: never failed
         except Exception as error:
-            self._record_failure(session, event, payload, stripe_account_id, error)
-            raise EventFailed(event["id"], error) from error
+            # unit_of_work raises only when nothing committed.
+            recorded = self._record_failure(session, event, payload, stripe_account_id, error)
+            raise EventFailed(event["id"], error, recorded=recorded) from error
         self._remember_settled(event["id"])
         return outcome
 
@@ -148,7 +152,7 @@ class Receiver:
 
         The tracking rules are idempotent, so applying the same state again changes nothing.
         """
-        with unit_of_work(session, self.settings.sqlite_busy_timeout):
+        with self.unit_of_work(session):
             outcome = self._apply(session, event, stripe_account_id, stored=False)
         return outcome
 
@@ -261,8 +265,11 @@ class Receiver:
         payload: str,
         stripe_account_id: str | None,
         error: BaseException,
-    ) -> None:
-        """Store the event as failed, in a transaction of its own, so it can be replayed."""
+    ) -> bool:
+        """Store the event as failed, in a transaction of its own, so it can be replayed.
+
+        False if that failed too.
+        """
         log.error(
             "Applying Stripe event %s (%s) failed: %s: %s",
             event["id"], event["type"], type(error).__name__, error,
@@ -289,7 +296,9 @@ class Receiver:
             )
         )
         try:
-            with unit_of_work(session, self.settings.sqlite_busy_timeout):
+            with self.unit_of_work(session):
                 session.execute(statement)
         except Exception:
             log.exception("Could not record the failure of Stripe event %s", event["id"])
+            return False
+        return True

@@ -83,10 +83,17 @@ def _receive(
         )
     except EventFailed as failure:
         send_notifications([(signals.event_failed, {"event": event, "error": failure.error})])
-        return jsonify(
-            error="The event could not be applied. It is stored as failed and will be "
-            "applied again when Stripe redelivers it or when it is replayed."
-        ), 500
+        if failure.recorded:
+            message = (
+                "The event could not be applied. It is stored as failed and will be "
+                "applied again when Stripe redelivers it or when it is replayed."
+            )
+        else:
+            message = (
+                "The event could not be applied, and its failure could not be stored "
+                "either; nothing was recorded. It will be applied when Stripe redelivers it."
+            )
+        return jsonify(error=message), 500
 
     send_notifications(outcome.notifications)
     body: dict[str, Any] = {"status": outcome.status, "event": event["id"]}

@@ -1,0 +1,168 @@
+"""Every pool and thread model, in-process: a committed event answers 200 and sends its signals.
+
+DESIGN section 3, "Every server and pool" and "A 500 means nothing committed". The
+threaded cases run the app in several threads at once through Flask's test client,
+which is how a threaded server (``flask run``, gunicorn gthread) calls it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.pool import NullPool, QueuePool
+
+from flask_partnerstack_stripe import signals, testing
+from flask_partnerstack_stripe.extension import get_state
+
+from .apphost import create_app
+
+
+def charges(count: int, prefix: str = "ch_p") -> list[dict[str, Any]]:
+    return [
+        testing.event("charge.succeeded", testing.charge(f"{prefix}{n}", amount=100 + n))
+        for n in range(count)
+    ]
+
+
+def post_in_threads(app: Flask, events: list[dict[str, Any]], threads: int) -> list[int]:
+    """Post ``events`` from ``threads`` threads released together; the status codes."""
+    barrier = threading.Barrier(threads)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def run(share: list[dict[str, Any]]) -> None:
+        client = app.test_client()
+        barrier.wait()
+        for event in share:
+            status = testing.post_event(client, event).status_code
+            with lock:
+                statuses.append(status)
+
+    workers = [threading.Thread(target=run, args=(events[n::threads],)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    return statuses
+
+
+def ledger(app: Flask) -> dict[str, int]:
+    state = get_state(app)
+    with app.app_context():
+        Transaction = state.models.Transaction
+        with state.db.engine.connect() as connection:
+            rows = connection.execute(sa.select(Transaction.key, Transaction.amount)).all()
+    return dict(rows)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def pooled_app(request: pytest.FixtureRequest, database_url: str) -> Any:
+    """The test host on ``database_url`` with the engine options given by ``indirect``."""
+    app = create_app(database_url, SQLALCHEMY_ENGINE_OPTIONS=request.param)
+    db = get_state(app).db
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.drop_all()
+        db.engine.dispose()
+
+
+@pytest.mark.parametrize("pooled_app", [{"poolclass": NullPool}], indirect=True)
+def test_null_pool_single_request_answers_200_and_signals(pooled_app):
+    """NullPool closes a connection as soon as it is handed back: nothing may touch it then."""
+    event = charges(1)[0]
+    with testing.record_signals(signals.transaction_recorded) as sent:
+        response = testing.post_event(pooled_app.test_client(), event)
+    assert response.status_code == 200, response.json
+    assert response.json["status"] == "processed"
+    assert [s.kwargs["transaction"].key for s in sent] == ["ch_p0"]
+    assert ledger(pooled_app) == {"ch_p0": 100}
+
+
+@pytest.mark.parametrize(
+    "pooled_app",
+    [
+        {"poolclass": NullPool},
+        {"poolclass": QueuePool, "pool_size": 1, "max_overflow": 0, "pool_timeout": 60},
+        {"poolclass": QueuePool, "pool_size": 2, "max_overflow": 4},
+    ],
+    ids=["null-pool", "queue-pool-1", "queue-pool-overflow"],
+    indirect=True,
+)
+def test_threads_on_any_pool_record_every_event_once(pooled_app):
+    """Eight threads, forty events and their redeliveries: every one 200, every signal once."""
+    events = charges(40)
+    with testing.record_signals(signals.transaction_recorded) as sent:
+        statuses = post_in_threads(pooled_app, events + events, threads=8)
+    assert Counter(statuses) == {200: 80}
+    assert Counter(s.kwargs["transaction"].key for s in sent) == {f"ch_p{n}": 1 for n in range(40)}
+    assert ledger(pooled_app) == {f"ch_p{n}": 100 + n for n in range(40)}
+
+
+@pytest.fixture
+def memory_app() -> Any:
+    """In-memory SQLite: Flask-SQLAlchemy shares one connection between every thread."""
+    app = create_app("sqlite://")
+    db = get_state(app).db
+    with app.app_context():
+        db.create_all()
+    yield app
+    with app.app_context():
+        db.session.remove()
+        db.engine.dispose()
+
+
+def test_in_memory_sqlite_under_threads(memory_app):
+    events = charges(30, prefix="ch_m")
+    with testing.record_signals(signals.transaction_recorded) as sent:
+        statuses = post_in_threads(memory_app, events + events, threads=6)
+    assert Counter(statuses) == {200: 60}
+    assert len(sent) == 30
+    assert ledger(memory_app) == {f"ch_m{n}": 100 + n for n in range(30)}
+
+
+def test_failure_after_the_commit_answers_200_and_signals(app, client, rows, models, state):
+    """A host's after-commit hook raising (the commit stands) changes neither answer nor signals."""
+
+    def fail_after_commit(session: Any) -> None:
+        raise RuntimeError("a post-commit hook of the host failed")
+
+    sa.event.listen(state.db.session, "after_commit", fail_after_commit)
+    try:
+        with testing.record_signals(signals.transaction_recorded, signals.event_failed) as sent:
+            response = testing.post_event(client, charges(1)[0])
+            again = testing.post_event(client, testing.event("balance.available", {}))
+    finally:
+        sa.event.remove(state.db.session, "after_commit", fail_after_commit)
+    assert response.status_code == 200, response.json
+    assert response.json["status"] == "processed"
+    assert again.status_code == 200
+    assert [s.signal for s in sent] == [signals.transaction_recorded]
+    assert [t.key for t in rows(models.Transaction)] == ["ch_p0"]
+    assert {e.status for e in rows(models.WebhookEvent)} == {"processed", "ignored"}
+
+
+def test_a_500_says_what_is_true_when_the_failure_could_not_be_stored(app, client, rows, models):
+    """The database refuses every transaction: the 500 does not claim the event was stored."""
+    state = get_state(app)
+
+    def refuse_transactions(session: Any, *args: Any) -> None:
+        raise RuntimeError("the database refuses transactions")
+
+    sa.event.listen(state.db.session, "after_begin", refuse_transactions)
+    try:
+        response = testing.post_event(client, charges(1)[0])
+    finally:
+        sa.event.remove(state.db.session, "after_begin", refuse_transactions)
+    assert response.status_code == 500
+    assert "could not be stored" in response.json["error"]
+    assert "stored as failed" not in response.json["error"]
+    assert rows(models.WebhookEvent) == []
