@@ -24,11 +24,11 @@ serve: $(STAMP)
 	$(BIN)/flask --app example_app run --port 5000
 
 ## Lint, then the whole suite on SQLite and PostgreSQL (REQUIRE_POSTGRES=1 makes a
-## missing PostgreSQL an error instead of a loud skip).
+## missing PostgreSQL an error instead of a loud skip), in two xdist workers.
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 ## The benchmark: ours against the bare minimum, in-process and over HTTP, with targets.
 bench: $(STAMP)

@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from blinker import NamedSignal
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
-from flask_partnerstack_stripe import PartnerStackStripe
+from flask_partnerstack_stripe import PartnerStackStripe, signals
 
 SECRET = "whsec_test_7a1c9e1d0b5f4e2a"
 
@@ -26,9 +27,48 @@ def create_app(database_url: str | None = None, **config: Any) -> Flask:
     db = SQLAlchemy()
     db.init_app(app)
     partnerstack = PartnerStackStripe(app)
+    if os.environ.get("PARTNERSTACK_TEST_SIGNAL_LOG"):
+        log_signals(app, os.environ["PARTNERSTACK_TEST_SIGNAL_LOG"])
     if os.environ.get("PARTNERSTACK_TEST_HANG_FILE"):
         add_hanging_handler(partnerstack, os.environ["PARTNERSTACK_TEST_HANG_FILE"])
     return app
+
+
+def log_signals(app: Flask, path: str) -> None:
+    """For the server tests: append one line per data signal this app sends to ``path``.
+
+    ``transaction-recorded ch_1 12`` (the transaction's key and customer id), or
+    ``customer-created user-1``. One ``write`` to a file opened for appending, so
+    lines from several workers and threads never mix.
+    """
+
+    def append(line: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (line + "\n").encode())
+        finally:
+            os.close(fd)
+
+    def on_transaction(signal: NamedSignal) -> None:
+        def receive(sender: Flask, transaction: Any, **extra: Any) -> None:
+            append(f"{signal.name} {transaction.key} {transaction.customer_id}")
+
+        signal.connect(receive, sender=app, weak=False)
+
+    def on_customer(signal: NamedSignal) -> None:
+        def receive(sender: Flask, customer: Any, **extra: Any) -> None:
+            append(f"{signal.name} {customer.customer_key}")
+
+        signal.connect(receive, sender=app, weak=False)
+
+    for transaction_signal in (
+        signals.transaction_recorded,
+        signals.transaction_updated,
+        signals.transaction_deleted,
+    ):
+        on_transaction(transaction_signal)
+    for customer_signal in (signals.customer_created, signals.customer_updated):
+        on_customer(customer_signal)
 
 
 def add_hanging_handler(partnerstack: PartnerStackStripe, hang_file: str) -> None:

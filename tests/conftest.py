@@ -166,16 +166,31 @@ def _push_request_context() -> None:
     ``db.session``. Here, as in production, each request gets its own."""
 
 
-# --- a real multi-process server ------------------------------------------------------
+# --- a real server ---------------------------------------------------------------------
 
-WORKERS = 4
 ROOT = Path(__file__).resolve().parents[1]
+
+#: How each server model is started, as users run them: gunicorn's sync workers
+#: (processes), gunicorn's gthread workers (processes with threads), and ``flask run``
+#: (Werkzeug's development server, threaded by default).
+SERVER_COMMANDS: dict[str, list[str]] = {
+    "gunicorn-sync": [
+        "-m", "gunicorn", "--workers", "4", "--graceful-timeout", "5",
+        "--bind", "127.0.0.1:{port}", "tests.apphost:create_app()",
+    ],
+    "gunicorn-gthread": [
+        "-m", "gunicorn", "--workers", "2", "--worker-class", "gthread", "--threads", "8",
+        "--graceful-timeout", "5", "--bind", "127.0.0.1:{port}", "tests.apphost:create_app()",
+    ],
+    "flask-run": ["-m", "flask", "--app", "tests.apphost", "run", "--port", "{port}"],
+}  # fmt: skip
 
 
 class Server:
-    def __init__(self, port: int, log: Path) -> None:
+    def __init__(self, port: int, log: Path, signal_log: Path) -> None:
         self.port = port
         self.log = log
+        self.signal_log = signal_log
 
     def post(self, body: str | bytes, headers: dict[str, str]) -> tuple[int, dict[str, Any]]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
@@ -192,6 +207,12 @@ class Server:
 
     def log_text(self) -> str:
         return self.log.read_text()
+
+    def signals(self) -> list[tuple[str, ...]]:
+        """The data signals the server's receivers got, one tuple of words each (apphost)."""
+        if not self.signal_log.exists():
+            return []
+        return [tuple(line.split(" ")) for line in self.signal_log.read_text().splitlines()]
 
 
 def free_port() -> int:
@@ -213,25 +234,30 @@ def server_database_url(database_url: str) -> str:
 
 
 @pytest.fixture
-def server(app, server_database_url, server_env, tmp_path) -> Iterator[Server]:
-    """gunicorn with several worker processes serving the test host app on ``database_url``."""
-    port, log = free_port(), tmp_path / "gunicorn.log"
+def server_kind() -> str:
+    """Which of ``SERVER_COMMANDS`` the ``server`` fixture starts; a module may parametrize it."""
+    return "gunicorn-sync"
+
+
+@pytest.fixture
+def server(app, server_kind, server_database_url, server_env, tmp_path) -> Iterator[Server]:
+    """A real server (``server_kind``) serving the test host app on ``database_url``.
+
+    The ``app`` fixture has created the tables; the server's workers never do.
+    """
+    port, log, signal_log = free_port(), tmp_path / "server.log", tmp_path / "signals.log"
+    command = [part.format(port=port) for part in SERVER_COMMANDS[server_kind]]
+    env = {
+        **os.environ,
+        **server_env,
+        "DATABASE_URL": server_database_url,
+        "PARTNERSTACK_TEST_SIGNAL_LOG": str(signal_log),
+    }
     with log.open("w") as output:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "--workers",
-                str(WORKERS),
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--graceful-timeout",
-                "5",
-                "tests.apphost:create_app()",
-            ],
+            [sys.executable, *command],
             cwd=ROOT,
-            env={**os.environ, **server_env, "DATABASE_URL": server_database_url},
+            env=env,
             stdout=output,
             stderr=subprocess.STDOUT,
         )
@@ -243,13 +269,14 @@ def server(app, server_database_url, server_env, tmp_path) -> Iterator[Server]:
                 break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("gunicorn did not start:\n" + log.read_text())
+                    pytest.fail(f"{server_kind} did not start:\n" + log.read_text())
                 time.sleep(0.1)
         time.sleep(0.5)  # let every worker boot, so the first requests race for real
-        yield Server(port, log)
+        yield Server(port, log, signal_log)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=15)
         except subprocess.TimeoutExpired:  # pragma: no cover
             process.kill()
+            process.wait()

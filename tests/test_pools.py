@@ -166,3 +166,23 @@ def test_a_500_says_what_is_true_when_the_failure_could_not_be_stored(app, clien
     assert "could not be stored" in response.json["error"]
     assert "stored as failed" not in response.json["error"]
     assert rows(models.WebhookEvent) == []
+
+
+def test_sqlite_write_lock_leaves_the_hosts_connections_alone(tmp_path):
+    app = create_app(f"sqlite:///{tmp_path / 'host.db'}")
+    db = get_state(app).db
+
+    def connection_settings() -> tuple[Any, ...]:
+        raw = db.engine.raw_connection()
+        try:
+            (timeout,) = raw.execute("PRAGMA busy_timeout").fetchone()
+            return raw.driver_connection.isolation_level, timeout
+        finally:
+            raw.close()
+
+    with app.app_context():
+        db.create_all()
+        before = connection_settings()
+        testing.post_event(app.test_client(), testing.event("charge.succeeded", testing.charge()))
+        assert connection_settings() == before
+        db.engine.dispose()
