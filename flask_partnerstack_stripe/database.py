@@ -29,6 +29,11 @@ def upsert(session: Session, model: Any) -> Any:
         ) from None
 
 
+#: ``session.info`` keys: a transaction of ours is open; signals nested calls deferred.
+_OPEN_UNIT = "partnerstack_stripe.open_unit"
+_DEFERRED = "partnerstack_stripe.deferred_notifications"
+
+
 class UnitOfWork:
     """The app's writing transactions: ``with unit_of_work(session): ...`` (one per app).
 
@@ -49,12 +54,38 @@ class UnitOfWork:
 
     @contextmanager
     def __call__(self, session: Session) -> Iterator[None]:
-        if isinstance(session.get_bind().pool, StaticPool):
-            with self._shared_connection, self._transaction(session):
-                yield
-        else:
-            with self._transaction(session):
-                yield
+        if session.info.get(_OPEN_UNIT):
+            # Already inside one of our transactions (a host handler that calls
+            # create_customer, say): join it, so the event's work commits or rolls
+            # back as one, and an early commit can never mark the event processed.
+            yield
+            return
+        session.info[_OPEN_UNIT] = True
+        try:
+            if isinstance(session.get_bind().pool, StaticPool):
+                with self._shared_connection, self._transaction(session):
+                    yield
+            else:
+                with self._transaction(session):
+                    yield
+        finally:
+            session.info.pop(_OPEN_UNIT, None)
+
+    @staticmethod
+    def defer(session: Session, notifications: list[Any]) -> bool:
+        """Keep ``notifications`` for the open transaction's owner to send after its commit.
+
+        False when no transaction of ours is open: the caller committed and sends them.
+        """
+        if not session.info.get(_OPEN_UNIT):
+            return False
+        session.info.setdefault(_DEFERRED, []).extend(notifications)
+        return True
+
+    @staticmethod
+    def take_deferred(session: Session) -> list[Any]:
+        """The notifications nested calls deferred (to send once committed, or to drop)."""
+        return session.info.pop(_DEFERRED, [])  # type: ignore[no-any-return]
 
     @contextmanager
     def _transaction(self, session: Session) -> Iterator[None]:

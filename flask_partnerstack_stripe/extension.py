@@ -207,7 +207,9 @@ class PartnerStackStripe:
         The partner comes from ``partner_key``, or else from the referral cookie set
         when the visitor arrived with ``?ps_partner_key=``. A customer that exists
         already is filled in, never re-attributed. Commits, then sends
-        ``customer_created`` (or ``customer_updated``); returns the customer.
+        ``customer_created`` (or ``customer_updated``); returns the customer. Called
+        from a host handler, it is part of the event's transaction instead: it commits
+        (or rolls back) with the event, and its signal is sent after that commit.
         """
         state = get_state()
         if partner_key is None and has_request_context():
@@ -228,7 +230,10 @@ class PartnerStackStripe:
                 name=name,
                 match_email=state.settings.match_email,
             )
-        send_notifications(notifications)
+        # Called from a host handler, this joined the event's transaction: its signals
+        # go out with the event's, after that commit.
+        if not state.unit_of_work.defer(session, notifications):
+            send_notifications(notifications)
         return customer
 
     def _bind_db(self, app: Flask, db: Any) -> Any:

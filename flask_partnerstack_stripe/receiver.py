@@ -134,8 +134,10 @@ class Receiver:
                     outcome = Outcome(DUPLICATE)  # processed or ignored: never failed
         except Exception as error:
             # unit_of_work raises only when nothing committed.
+            self.unit_of_work.take_deferred(session)
             recorded = self._record_failure(session, event, payload, stripe_account_id, error)
             raise EventFailed(event["id"], error, recorded=recorded) from error
+        outcome.notifications += self.unit_of_work.take_deferred(session)
         self._remember_settled(event["id"])
         return outcome
 

@@ -186,3 +186,28 @@ def test_sqlite_write_lock_leaves_the_hosts_connections_alone(tmp_path):
         testing.post_event(app.test_client(), testing.event("charge.succeeded", testing.charge()))
         assert connection_settings() == before
         db.engine.dispose()
+
+
+def test_create_customer_inside_a_handler_joins_the_event(app, client, rows, models, state):
+    """A handler that signs a customer up, then fails: nothing of the event stays, and its
+    redelivery runs the handler again (an inner commit must not mark the event processed)."""
+    failing = {"on": True}
+
+    @state.extension.handler("checkout.session.completed")
+    def sign_up(event: dict[str, Any]) -> None:
+        state.extension.create_customer("user-cs", "cs@example.com", partner_key="partner-cs")
+        if failing["on"]:
+            raise RuntimeError("the CRM is down")
+
+    event = testing.event("checkout.session.completed", {"id": "cs_join"})
+    with testing.record_signals(signals.customer_created, signals.event_processed) as sent:
+        assert testing.post_event(client, event).status_code == 500
+        assert rows(models.Customer) == []
+        assert [e.status for e in rows(models.WebhookEvent)] == ["failed"]
+        assert sent == []
+        failing["on"] = False
+        response = testing.post_event(client, event)
+    assert response.json["status"] == "processed"
+    [customer] = rows(models.Customer)
+    assert customer.partner_key == "partner-cs"
+    assert [s.signal for s in sent] == [signals.event_processed, signals.customer_created]
