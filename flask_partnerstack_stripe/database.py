@@ -62,7 +62,7 @@ class UnitOfWork:
             return
         session.info[_OPEN_UNIT] = True
         try:
-            if isinstance(session.get_bind().pool, StaticPool):
+            if isinstance(session.get_bind().engine.pool, StaticPool):
                 with self._shared_connection, self._transaction(session):
                     yield
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 
 pytest_plugins = ["pytester"]
@@ -68,3 +70,32 @@ def test_host_suite_uses_the_plugin_fixtures(pytester):
     pytester.makepyfile(test_host=textwrap.dedent(HOST_TEST))
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=2)
+
+
+def test_loading_the_plugin_imports_no_framework():
+    """pytest loads the plugin in every run of every project that has the package installed."""
+    code = (
+        "import sys, flask_partnerstack_stripe.pytest_plugin\n"
+        "heavy = sorted(m for m in ('flask', 'stripe', 'sqlalchemy', 'flask_sqlalchemy',"
+        " 'werkzeug', 'blinker') if m in sys.modules)\n"
+        "print(heavy)\n"
+        "from flask_partnerstack_stripe import PartnerStackStripe, signals\n"
+        "print(PartnerStackStripe.__name__, signals.transaction_recorded.name)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert result.stdout.splitlines() == ["[]", "PartnerStackStripe transaction-recorded"]
+
+
+def test_stripe_events_without_pytest_flask_says_what_to_install(pytester):
+    pytester.makepyfile(
+        test_host="""
+        def test_needs_client(stripe_events):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:flask")
+    result.assert_outcomes(errors=1)
+    # (fnmatch reads [...] as a character class: ? stands for the brackets)
+    result.stdout.fnmatch_lines(["*pip install 'flask-partnerstack-stripe?testing?'*"])
