@@ -16,7 +16,7 @@ from .models import Models, default_models
 from .notify import send_notifications
 from .receiver import HostHandler, Receiver
 from .referral import referred_partner_key
-from .signup import record_signup, signup_party
+from .signup import record_signup, signup_details, signup_party
 from .tracking import BUILTIN_HANDLERS
 
 EXTENSION_KEY = "partnerstack_stripe"
@@ -203,16 +203,21 @@ class PartnerStackStripe:
         when the visitor arrived with ``?ps_partner_key=``. A customer that exists
         already is filled in, never re-attributed. Commits, then sends
         ``customer_created`` (or ``customer_updated``); returns the customer.
+
+        Every argument is checked before anything is written: a wrong type, a control
+        character, a blank key or a value longer than its column (500 characters for
+        keys and names, 320 for the email) raises :class:`ValueError` naming it.
         """
         state = get_state()
-        if partner_key is None and has_request_context():
-            partner_key = referred_partner_key(request)
         party = signup_party(
             customer_key,
             email,
             stripe_account_id=stripe_account_id,
             livemode=state.settings.livemode if livemode is None else livemode,
         )
+        partner_key, name = signup_details(partner_key, name)
+        if partner_key is None and has_request_context():
+            partner_key = referred_partner_key(request)
         session = state.db.session()
         with unit_of_work(session, state.settings.sqlite_busy_timeout):
             customer, notifications = record_signup(

@@ -51,10 +51,12 @@ class CustomerMixin:
         )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    customer_key: Mapped[str] = mapped_column(sa.String(255))
+    #: Metadata values (Stripe allows 500 characters), Stripe ids (255), emails (320):
+    #: stored whole; a longer value is refused, never cut (see ``values.py``).
+    customer_key: Mapped[str] = mapped_column(sa.String(500))
     email: Mapped[str | None] = mapped_column(sa.String(320))
-    name: Mapped[str | None] = mapped_column(sa.String(255))
-    partner_key: Mapped[str | None] = mapped_column(sa.String(255))
+    name: Mapped[str | None] = mapped_column(sa.String(500))
+    partner_key: Mapped[str | None] = mapped_column(sa.String(500))
     stripe_customer_id: Mapped[str | None] = mapped_column(sa.String(255))
     stripe_account_id: Mapped[str | None] = mapped_column(sa.String(255))
     account_scope: Mapped[str] = mapped_column(sa.String(255), default="")
@@ -110,13 +112,13 @@ class TransactionMixin:
 
     amount: Mapped[int] = mapped_column(sa.BigInteger)
     currency: Mapped[str] = mapped_column(sa.String(3))
-    product_key: Mapped[str | None] = mapped_column(sa.String(255))
+    product_key: Mapped[str | None] = mapped_column(sa.String(500))
     stripe_account_id: Mapped[str | None] = mapped_column(sa.String(255))
     account_scope: Mapped[str] = mapped_column(sa.String(255), default="")
     livemode: Mapped[bool] = mapped_column(default=False)
     #: How the customer was named on the payment, kept to attach it once the customer is known.
     stripe_customer_id: Mapped[str | None] = mapped_column(sa.String(255))
-    customer_key: Mapped[str | None] = mapped_column(sa.String(255))
+    customer_key: Mapped[str | None] = mapped_column(sa.String(500))
     customer_email: Mapped[str | None] = mapped_column(sa.String(320))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
