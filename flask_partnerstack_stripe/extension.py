@@ -12,7 +12,7 @@ from flask import Flask, current_app, has_request_context, request
 from . import accounts
 from .config import DEFAULTS, PREFIX, Settings
 from .database import unit_of_work
-from .models import Models, default_models
+from .models import Models, complete_models, default_models
 from .notify import send_notifications
 from .receiver import HostHandler, Receiver
 from .referral import referred_partner_key
@@ -58,6 +58,8 @@ class PartnerStackStripe:
         self._models = _as_models(models) if models is not None else None
         if self._models is None and db is not None:
             self._models = default_models(db)
+        elif self._models is not None and db is not None:
+            self._models = complete_models(self._models, db)
         self._url_prefix = url_prefix
         self._register_blueprint = register_blueprint
         self._handlers: dict[str, list[HostHandler]] = {}
@@ -99,6 +101,7 @@ class PartnerStackStripe:
             self._models = _as_models(models)
         elif self._models is None:
             self._models = default_models(db)
+        self._models = complete_models(self._models, db)
 
         receiver = Receiver(self._models, settings)
         for event_type, handler in BUILTIN_HANDLERS.items():
@@ -272,4 +275,10 @@ def _as_models(models: Models | Mapping[str, Any]) -> Models:
         return models
     if isinstance(models, Mapping):
         return Models(**models)
-    return Models(models.Customer, models.Transaction, models.StripeAccount, models.WebhookEvent)
+    return Models(
+        models.Customer,
+        models.Transaction,
+        models.StripeAccount,
+        models.WebhookEvent,
+        InstallState=getattr(models, "InstallState", None),
+    )
