@@ -18,6 +18,7 @@ from .receiver import HostHandler, Receiver
 from .referral import referred_partner_key
 from .signup import record_signup, signup_details, signup_party
 from .tracking import BUILTIN_HANDLERS
+from .values import ID_LENGTH, STRIPE_ID, argument
 
 EXTENSION_KEY = "partnerstack_stripe"
 
@@ -161,7 +162,11 @@ class PartnerStackStripe:
         the account. The secret may be set later (Stripe shows it once the endpoint
         exists) with :meth:`set_endpoint_secret`; until then its events are refused.
         """
-        if not isinstance(stripe_account_id, str) or not stripe_account_id.startswith("acct_"):
+        if not (
+            isinstance(stripe_account_id, str)
+            and stripe_account_id.startswith("acct_")
+            and STRIPE_ID.fullmatch(stripe_account_id)
+        ):
             raise ValueError("stripe_account_id must be a Stripe account id (acct_...).")
         return self._write_endpoint(
             stripe_account_id, livemode, secrets.token_hex(20), signing_secret
@@ -180,6 +185,7 @@ class PartnerStackStripe:
     def _write_endpoint(
         self, stripe_account_id: str, livemode: bool, endpoint_id: str, signing_secret: str | None
     ) -> Any:
+        signing_secret = argument("signing_secret", signing_secret, ID_LENGTH)
         if signing_secret is not None and not signing_secret.startswith("whsec_"):
             raise ValueError("A webhook signing secret starts with whsec_.")
         state = get_state()

@@ -350,3 +350,24 @@ def test_install_redirect_that_a_browser_reads_off_site_is_refused(database_url,
 def test_local_install_redirects_are_accepted(database_url, target):
     app = create_app(database_url, PARTNERSTACK_STRIPE_INSTALL_REDIRECT=target)
     assert app.extensions["partnerstack_stripe"].settings.install_redirect == target
+
+
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        (("acct_\x00", "whsec_1"), "stripe_account_id"),
+        (("acct_" + "1" * 251, "whsec_1"), "stripe_account_id"),
+        (("acct_1", "whsec_\x00"), "signing_secret"),
+        (("acct_1", "whsec_" + "1" * 250), "signing_secret"),
+    ],
+)
+def test_create_endpoint_refuses_what_cannot_be_stored(app, state, rows, models, arguments, named):
+    with app.app_context(), pytest.raises(ValueError, match=named) as raised:
+        state.extension.create_endpoint(*arguments)
+    assert arguments[1] not in str(raised.value)
+    assert rows(models.StripeAccount) == []
+
+
+def test_set_endpoint_secret_for_an_impossible_id_is_unknown(app, state):
+    with app.app_context(), pytest.raises(LookupError):
+        state.extension.set_endpoint_secret("abc\x00", "whsec_1")
