@@ -89,7 +89,10 @@ def amount(value: Any, *, field: str = "amount") -> int | None:
 def argument(
     name: str, value: Any, limit: int, *, optional: bool = True, email: bool = False
 ) -> str | None:
-    """A string argument of a Python API call, checked; :class:`ValueError` names ``name``."""
+    """A string argument of a Python API call, checked; :class:`ValueError` names ``name``.
+
+    A blank optional argument (an empty form field) is None.
+    """
     if value is None:
         if optional:
             return None
@@ -102,11 +105,13 @@ def argument(
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError(f"{name} must be valid Unicode text (no lone surrogates).") from None
-    checked = normal_email(value, field=name) if email else value.strip()
-    if email and checked is None:
-        raise ValueError(f"{name} must be an email address.")
-    if not checked:
+    if not value.strip():
+        if optional:
+            return None  # a form's empty field: absent, as in Stripe's objects
         raise ValueError(f"{name} must not be blank.")
+    checked = normal_email(value, field=name) if email else value.strip()
+    if checked is None:
+        raise ValueError(f"{name} must be an email address.")
     if len(checked) > limit:
         raise ValueError(f"{name} is longer than {limit} characters.")
     return checked

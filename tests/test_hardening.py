@@ -371,3 +371,10 @@ def test_create_endpoint_refuses_what_cannot_be_stored(app, state, rows, models,
 def test_set_endpoint_secret_for_an_impossible_id_is_unknown(app, state):
     with app.app_context(), pytest.raises(LookupError):
         state.extension.set_endpoint_secret("abc\x00", "whsec_1")
+
+
+def test_create_customer_takes_empty_optional_fields_as_absent(app, state, rows, models):
+    with app.app_context():
+        state.extension.create_customer("u1", "", partner_key="", name=" ")
+    [customer] = rows(models.Customer)
+    assert (customer.email, customer.partner_key, customer.name) == (None, None, None)
