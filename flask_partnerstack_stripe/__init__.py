@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .extension import PartnerStackStripe
     from .models import (
         CustomerMixin,
+        InstallStateMixin,
         Models,
         StripeAccountMixin,
         TransactionMixin,
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 _EXPORTS = {
     "ConfigurationError": ".config",
     "CustomerMixin": ".models",
+    "InstallStateMixin": ".models",
     "Models": ".models",
     "PartnerStackStripe": ".extension",
     "StripeAccountMixin": ".models",
@@ -40,6 +42,7 @@ _EXPORTS = {
 __all__ = [
     "ConfigurationError",
     "CustomerMixin",
+    "InstallStateMixin",
     "Models",
     "PartnerStackStripe",
     "StripeAccountMixin",

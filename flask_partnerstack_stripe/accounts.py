@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import sqlalchemy as sa
@@ -9,6 +10,9 @@ from sqlalchemy.orm import Session
 
 from .database import upsert
 from .models import Models, utcnow
+
+#: Printable ASCII, as long as the column: what ``create_endpoint`` makes (40 hex digits).
+ENDPOINT_ID = re.compile(r"[\x21-\x7e]{1,64}")
 
 
 def uninstall(session: Session, models: Models, stripe_account_id: str, livemode: bool) -> Any:
@@ -106,6 +110,14 @@ def set_endpoint(
     )
 
 
-def find_endpoint(session: Session, models: Models, endpoint_id: str) -> Any:
+def find_endpoint(session: Session, models: Models, endpoint_id: Any) -> Any:
+    """The account whose manual endpoint is ``endpoint_id``, or None.
+
+    An id ``create_endpoint`` could not have made (NUL, non-ASCII, too long) is
+    unknown without asking the database, which may refuse to compare it at all
+    (PostgreSQL and NUL).
+    """
+    if not isinstance(endpoint_id, str) or not ENDPOINT_ID.fullmatch(endpoint_id):
+        return None
     StripeAccount = models.StripeAccount
     return session.scalar(sa.select(StripeAccount).where(StripeAccount.endpoint_id == endpoint_id))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -166,15 +167,20 @@ def _is_live_key(key: str) -> bool:
 
 
 def _redirect(value: Any) -> str | None:
-    """A local path or an endpoint name: never a URL to another site."""
+    """A local path or an endpoint name: never a URL to another site.
+
+    Browsers drop tabs and newlines anywhere in a URL, trim spaces and control
+    characters at its ends, and read ``\\`` as ``/``: so ``"/\\t/evil.example"`` goes
+    to ``//evil.example``. Any of those, a scheme (``:``) or a leading ``//`` is refused.
+    """
     if value is None:
         return None
     if (
         not isinstance(value, str)
         or not value
+        or value != value.strip()
+        or re.search(r"[\x00-\x1f\x7f\\:]", value)
         or value.startswith("//")
-        or ":" in value
-        or "\\" in value
     ):
         raise ConfigurationError(
             f"{PREFIX}INSTALL_REDIRECT must be a local path such as '/settings' or an "

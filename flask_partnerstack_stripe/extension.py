@@ -12,12 +12,13 @@ from flask import Flask, current_app, has_request_context, request
 from . import accounts
 from .config import DEFAULTS, PREFIX, Settings
 from .database import UnitOfWork
-from .models import Models, default_models
+from .models import Models, complete_models, default_models
 from .notify import send_notifications
 from .receiver import HostHandler, Receiver
 from .referral import referred_partner_key
-from .signup import record_signup, signup_party
+from .signup import record_signup, signup_details, signup_party
 from .tracking import BUILTIN_HANDLERS
+from .values import ID_LENGTH, STRIPE_ID, argument
 
 EXTENSION_KEY = "partnerstack_stripe"
 
@@ -60,6 +61,8 @@ class PartnerStackStripe:
         self._models = _as_models(models) if models is not None else None
         if self._models is None and db is not None:
             self._models = default_models(db)
+        elif self._models is not None and db is not None:
+            self._models = complete_models(self._models, db)
         self._url_prefix = url_prefix
         self._register_blueprint = register_blueprint
         self._handlers: dict[str, list[HostHandler]] = {}
@@ -101,6 +104,7 @@ class PartnerStackStripe:
             self._models = _as_models(models)
         elif self._models is None:
             self._models = default_models(db)
+        self._models = complete_models(self._models, db)
 
         unit_of_work = UnitOfWork(settings.sqlite_busy_timeout)
         receiver = Receiver(self._models, settings, unit_of_work)
@@ -163,7 +167,11 @@ class PartnerStackStripe:
         the account. The secret may be set later (Stripe shows it once the endpoint
         exists) with :meth:`set_endpoint_secret`; until then its events are refused.
         """
-        if not isinstance(stripe_account_id, str) or not stripe_account_id.startswith("acct_"):
+        if not (
+            isinstance(stripe_account_id, str)
+            and stripe_account_id.startswith("acct_")
+            and STRIPE_ID.fullmatch(stripe_account_id)
+        ):
             raise ValueError("stripe_account_id must be a Stripe account id (acct_...).")
         return self._write_endpoint(
             stripe_account_id, livemode, secrets.token_hex(20), signing_secret
@@ -182,6 +190,7 @@ class PartnerStackStripe:
     def _write_endpoint(
         self, stripe_account_id: str, livemode: bool, endpoint_id: str, signing_secret: str | None
     ) -> Any:
+        signing_secret = argument("signing_secret", signing_secret, ID_LENGTH)
         if signing_secret is not None and not signing_secret.startswith("whsec_"):
             raise ValueError("A webhook signing secret starts with whsec_.")
         state = get_state()
@@ -210,16 +219,21 @@ class PartnerStackStripe:
         ``customer_created`` (or ``customer_updated``); returns the customer. Called
         from a host handler, it is part of the event's transaction instead: it commits
         (or rolls back) with the event, and its signal is sent after that commit.
+
+        Every argument is checked before anything is written: a wrong type, a control
+        character, a blank key or a value longer than its column (500 characters for
+        keys and names, 320 for the email) raises :class:`ValueError` naming it.
         """
         state = get_state()
-        if partner_key is None and has_request_context():
-            partner_key = referred_partner_key(request)
         party = signup_party(
             customer_key,
             email,
             stripe_account_id=stripe_account_id,
             livemode=state.settings.livemode if livemode is None else livemode,
         )
+        partner_key, name = signup_details(partner_key, name)
+        if partner_key is None and has_request_context():
+            partner_key = referred_partner_key(request)
         session = state.db.session()
         with state.unit_of_work(session):
             customer, notifications = record_signup(
@@ -277,4 +291,10 @@ def _as_models(models: Models | Mapping[str, Any]) -> Models:
         return models
     if isinstance(models, Mapping):
         return Models(**models)
-    return Models(models.Customer, models.Transaction, models.StripeAccount, models.WebhookEvent)
+    return Models(
+        models.Customer,
+        models.Transaction,
+        models.StripeAccount,
+        models.WebhookEvent,
+        InstallState=getattr(models, "InstallState", None),
+    )

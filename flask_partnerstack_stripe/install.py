@@ -1,31 +1,40 @@
 """Connecting Stripe accounts through OAuth: install, its callback, and uninstall.
 
 The host decides who may do this (``@partnerstack.install_guard``); without a guard
-every request is refused. The OAuth ``state`` lives in the user's session, is bound
-to the mode asked for, and is used once. Redirects go to configured places only,
-never to a URL taken from the request. Tokens are stored, never logged or shown.
+every request is refused. The OAuth ``state`` lives in the user's session (so the
+callback comes from the browser that started) and in the database, bound to the
+mode asked for; the callback deletes the row, so a replayed session cookie cannot
+use it twice. Redirects go to configured places only, never to a URL taken from
+the request. Tokens are stored, never logged, printed or shown (see ``oauth.py``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import re
 import secrets
+from datetime import timedelta
 from typing import Any
 from urllib.parse import urlencode, urlsplit
 
+import sqlalchemy as sa
 import stripe
 from flask import abort, current_app, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
-from . import accounts, signals
+from . import accounts, oauth, signals
 from .extension import State, get_state
+from .models import utcnow
 from .notify import send_notifications
+from .values import STRIPE_ID
 
 log = logging.getLogger("flask_partnerstack_stripe")
 
 STATE_KEY = "partnerstack_stripe_install"
+#: How long an install link may take to come back from Stripe.
+STATE_LIFETIME = timedelta(minutes=15)
 _TOKEN_FIELD = re.compile(r'("(?:access_token|refresh_token)"\s*:\s*")[^"]*')
 _SECRET_KEY = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9]+")
 
@@ -87,6 +96,7 @@ def install() -> ResponseReturnValue:
         abort(400, "PARTNERSTACK_STRIPE_CLIENT_ID is not configured.")
     livemode = _mode(state)
     nonce = secrets.token_urlsafe(32)
+    _issue_state(state, nonce, livemode)
     session[STATE_KEY] = {"state": nonce, "livemode": livemode}
     params = {
         "client_id": state.settings.client_id,
@@ -108,9 +118,13 @@ def install_callback() -> ResponseReturnValue:
     _guard(state, "install")
     expected = session.pop(STATE_KEY, None)
     given = request.args.get("state", "")
-    if not isinstance(expected, dict) or not hmac.compare_digest(
-        str(expected.get("state", "")), given
-    ):
+    # Bytes, so a state with non-ASCII characters is just wrong (compare_digest
+    # refuses non-ASCII str); then the server-side copy, used up here, once.
+    same_browser = isinstance(expected, dict) and hmac.compare_digest(
+        str(expected.get("state", "")).encode(), given.encode("utf-8", "replace")
+    )
+    livemode = _use_state(state, given) if same_browser else None
+    if livemode is None:
         return _page("Installation not completed", "This install link is invalid, expired "
                      "or was already used. Start the installation again.", 400)  # fmt: skip
     if request.args.get("error"):
@@ -120,13 +134,8 @@ def install_callback() -> ResponseReturnValue:
     if not code:
         return _page("Installation not completed", "Stripe sent no authorization code.", 400)
 
-    livemode = bool(expected.get("livemode"))
     try:
-        token = stripe.OAuth.token(
-            api_key=state.settings.api_key_for(livemode),
-            grant_type="authorization_code",
-            code=code,
-        ).to_dict()
+        token = oauth.token(state.settings.api_key_for(livemode) or "", code)
     except stripe.StripeError as error:
         log.warning("Stripe refused the OAuth code exchange: %s", type(error).__name__)
         return _page("Installation not completed", "Stripe did not accept the "
@@ -154,11 +163,55 @@ def install_callback() -> ResponseReturnValue:
     )
 
 
+def _state_hash(nonce: str) -> str:
+    return hashlib.sha256(nonce.encode("utf-8", "replace")).hexdigest()
+
+
+def _issue_state(state: State, nonce: str, livemode: bool) -> None:
+    """Keep the state server-side until it is used or expires.
+
+    States nobody came back with would pile up: the expired ones are deleted here,
+    where rows are written, so the table stays as small as the installs in flight.
+    """
+    InstallState = state.models.InstallState
+    now = utcnow()
+    db_session = state.db.session()
+    with state.unit_of_work(db_session):
+        db_session.execute(sa.delete(InstallState).where(InstallState.expires_at < now))
+        db_session.execute(
+            sa.insert(InstallState).values(
+                state_hash=_state_hash(nonce),
+                livemode=livemode,
+                created_at=now,
+                expires_at=now + STATE_LIFETIME,
+            )
+        )
+
+
+def _use_state(state: State, nonce: str) -> bool | None:
+    """Delete the unexpired state ``nonce``; its mode, or None if it was not there.
+
+    One statement: of two callbacks racing with the same state, one deletes the row.
+    """
+    InstallState = state.models.InstallState
+    db_session = state.db.session()
+    with state.unit_of_work(db_session):
+        row = db_session.execute(
+            sa.delete(InstallState)
+            .where(
+                InstallState.state_hash == _state_hash(nonce),
+                InstallState.expires_at > utcnow(),
+            )
+            .returning(InstallState.livemode)
+        ).first()
+    return None if row is None else bool(row.livemode)
+
+
 def uninstall() -> ResponseReturnValue:
     """Deauthorize the account at Stripe and mark it uninstalled (POST, same-site only)."""
     state = get_state()
     stripe_account_id = request.form.get("stripe_account_id", "")
-    if not stripe_account_id.startswith("acct_"):
+    if not (stripe_account_id.startswith("acct_") and STRIPE_ID.fullmatch(stripe_account_id)):
         abort(400, "stripe_account_id must be a Stripe account id (acct_...).")
     _guard(state, "uninstall", stripe_account_id)
     _require_same_site()
@@ -170,12 +223,15 @@ def uninstall() -> ResponseReturnValue:
         abort(404, "That Stripe account is not connected in this mode.")
     if account.uninstalled_at is None:
         try:
-            stripe.OAuth.deauthorize(
-                api_key=state.settings.api_key_for(livemode),
-                client_id=state.settings.client_id,  # type: ignore[typeddict-item]
-                stripe_user_id=stripe_account_id,
+            oauth.deauthorize(
+                state.settings.api_key_for(livemode) or "",
+                state.settings.client_id or "",
+                stripe_account_id,
             )
-        except stripe.InvalidRequestError:
+        except oauth.OAuthFailed as error:
+            if not oauth.is_not_connected(error):
+                log.warning("Deauthorizing %s failed: %s", stripe_account_id, error)
+                abort(502, "Stripe could not disconnect the account; try again.")
             # Already disconnected on Stripe's side: end in the same state.
             log.info("Stripe says %s was already deauthorized", stripe_account_id)
         except stripe.StripeError as error:

@@ -12,8 +12,8 @@ from typing import Any
 
 import stripe
 
-from .ledger import text
 from .receiver import EventContext
+from .values import text
 
 log = logging.getLogger("flask_partnerstack_stripe")
 

@@ -35,28 +35,6 @@ class Party:
         return account_scope(self.stripe_account_id)
 
 
-def normal_email(value: Any) -> str | None:
-    """Emails are matched (and stored) trimmed and lowercased."""
-    email = text(value, 320)
-    return email.lower() if email is not None and "@" in email else None
-
-
-def text(value: Any, limit: int = 255) -> str | None:
-    """A string field from Stripe as the database can store it, or None.
-
-    Anything that is not a string, is blank, or holds what no database column takes
-    (NUL, lone surrogates) is treated as absent rather than failing the event.
-    """
-    if not isinstance(value, str) or "\x00" in value:
-        return None
-    value = value.strip()[:limit]
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return None
-    return value or None
-
-
 def lock(session: Session, *names: str | None) -> bool:
     """Serialize, until commit, the transactions that name any of ``names`` (PostgreSQL).
 

@@ -51,10 +51,12 @@ class CustomerMixin:
         )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    customer_key: Mapped[str] = mapped_column(sa.String(255))
+    #: Metadata values (Stripe allows 500 characters), Stripe ids (255), emails (320):
+    #: stored whole; a longer value is refused, never cut (see ``values.py``).
+    customer_key: Mapped[str] = mapped_column(sa.String(500))
     email: Mapped[str | None] = mapped_column(sa.String(320))
-    name: Mapped[str | None] = mapped_column(sa.String(255))
-    partner_key: Mapped[str | None] = mapped_column(sa.String(255))
+    name: Mapped[str | None] = mapped_column(sa.String(500))
+    partner_key: Mapped[str | None] = mapped_column(sa.String(500))
     stripe_customer_id: Mapped[str | None] = mapped_column(sa.String(255))
     stripe_account_id: Mapped[str | None] = mapped_column(sa.String(255))
     account_scope: Mapped[str] = mapped_column(sa.String(255), default="")
@@ -110,13 +112,13 @@ class TransactionMixin:
 
     amount: Mapped[int] = mapped_column(sa.BigInteger)
     currency: Mapped[str] = mapped_column(sa.String(3))
-    product_key: Mapped[str | None] = mapped_column(sa.String(255))
+    product_key: Mapped[str | None] = mapped_column(sa.String(500))
     stripe_account_id: Mapped[str | None] = mapped_column(sa.String(255))
     account_scope: Mapped[str] = mapped_column(sa.String(255), default="")
     livemode: Mapped[bool] = mapped_column(default=False)
     #: How the customer was named on the payment, kept to attach it once the customer is known.
     stripe_customer_id: Mapped[str | None] = mapped_column(sa.String(255))
-    customer_key: Mapped[str | None] = mapped_column(sa.String(255))
+    customer_key: Mapped[str | None] = mapped_column(sa.String(500))
     customer_email: Mapped[str | None] = mapped_column(sa.String(320))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
@@ -196,13 +198,50 @@ class WebhookEventMixin:
         return f"<WebhookEvent {self.stripe_event_id} {self.type} {self.status}>"
 
 
+class InstallStateMixin:
+    """An OAuth ``state`` handed out by the install view, until it is used or expires.
+    Table ``partnerstack_install_state``.
+
+    The browser's session holds the state too, but a client-side session cookie can
+    be replayed; deleting this row when the callback uses the state is what makes it
+    single-use. Only a SHA-256 digest of the state is stored.
+    """
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return "partnerstack_install_state"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        table = cls.__tablename__
+        return (
+            sa.UniqueConstraint("state_hash", name=f"uq_{table}_state_hash"),
+            sa.Index(f"ix_{table}_expires_at", "expires_at"),
+        )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    state_hash: Mapped[str] = mapped_column(sa.String(64))
+    livemode: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
+
+    def __repr__(self) -> str:
+        return f"<InstallState expires={self.expires_at}>"
+
+
 class Models(NamedTuple):
-    """The four model classes the extension works with."""
+    """The model classes the extension works with.
+
+    Models added after the first four are keyword fields with a default: a host's
+    ``Models(Customer, Transaction, StripeAccount, WebhookEvent)`` gets the default
+    class for each of them, built on its ``db`` (see :func:`complete_models`).
+    """
 
     Customer: Any
     Transaction: Any
     StripeAccount: Any
     WebhookEvent: Any
+    InstallState: Any = None
 
 
 # One set of default models per ``SQLAlchemy`` object: declaring a table twice on
@@ -231,5 +270,26 @@ def default_models(db: Any) -> Models:
             PartnerStackTransaction,
             PartnerStackStripeAccount,
             PartnerStackWebhookEvent,
+            InstallState=_default_install_state(db),
         )
     return _default_models[db]
+
+
+_default_install_states: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def _default_install_state(db: Any) -> Any:
+    if db not in _default_install_states:
+
+        class PartnerStackInstallState(InstallStateMixin, db.Model):  # type: ignore[name-defined,misc]
+            pass
+
+        _default_install_states[db] = PartnerStackInstallState
+    return _default_install_states[db]
+
+
+def complete_models(models: Models, db: Any) -> Models:
+    """``models`` with the default class, on ``db``, for each later model the host left out."""
+    if models.InstallState is None:
+        models = models._replace(InstallState=_default_install_state(db))
+    return models

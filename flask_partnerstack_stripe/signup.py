@@ -8,7 +8,8 @@ from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
 from . import ledger, signals
-from .ledger import Party, normal_email, text
+from .ledger import Party
+from .values import EMAIL_LENGTH, METADATA_LENGTH, NAME_LENGTH, STRIPE_ID, argument
 
 Notifications = list[tuple[NamedSignal, dict[str, Any]]]
 
@@ -49,17 +50,32 @@ def record_signup(
     return customer, notifications
 
 
-def signup_party(
-    customer_key: Any, email: Any, *, stripe_account_id: str | None, livemode: bool
-) -> Party:
-    key = text(customer_key)
-    if key is None:
-        raise ValueError("customer_key must be a non-empty string.")
-    if email is not None and normal_email(email) is None:
-        raise ValueError(f"{email!r} is not an email address.")
+def signup_party(customer_key: Any, email: Any, *, stripe_account_id: Any, livemode: Any) -> Party:
+    """Who signed up, from ``create_customer``'s arguments, each checked where it enters.
+
+    A wrong type, a control character (NUL included), a blank or a value longer than
+    its column raises :class:`ValueError` naming the argument: nothing is ever cut.
+    """
+    key = argument("customer_key", customer_key, METADATA_LENGTH, optional=False)
+    if stripe_account_id is not None and not (
+        isinstance(stripe_account_id, str)
+        and stripe_account_id.startswith("acct_")
+        and STRIPE_ID.fullmatch(stripe_account_id)
+    ):
+        raise ValueError("stripe_account_id must be a Stripe account id (acct_...) or None.")
+    if not isinstance(livemode, bool):
+        raise ValueError(f"livemode must be True, False or None, got {livemode!r}.")
     return Party(
         stripe_account_id=stripe_account_id,
         livemode=livemode,
         customer_key=key,
-        email=normal_email(email),
+        email=argument("email", email, EMAIL_LENGTH, email=True),
+    )
+
+
+def signup_details(partner_key: Any, name: Any) -> tuple[str | None, str | None]:
+    """``create_customer``'s ``partner_key`` and ``name``, checked like :func:`signup_party`."""
+    return (
+        argument("partner_key", partner_key, METADATA_LENGTH),
+        argument("name", name, NAME_LENGTH),
     )

@@ -12,8 +12,16 @@ from typing import Any
 from . import ledger, signals
 from .accounts import uninstall
 from .invoices import invoice_of_charge
-from .ledger import Party, Payment, normal_email, text
+from .ledger import Party, Payment
 from .receiver import BuiltinHandler, EventContext
+from .values import (
+    METADATA_LENGTH,
+    NAME_LENGTH,
+    amount,
+    currency,
+    normal_email,
+    text,
+)
 
 
 def metadata(obj: dict[str, Any]) -> dict[str, Any]:
@@ -21,26 +29,41 @@ def metadata(obj: dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
+def _metadata_value(obj: dict[str, Any], name: str) -> str | None:
+    return text(metadata(obj).get(name), METADATA_LENGTH, field=f"metadata.{name}")
+
+
 def customer_key_of(obj: dict[str, Any]) -> str | None:
-    meta = metadata(obj)
-    return text(meta.get("customer_key")) or text(meta.get("customer_id"))
+    return _metadata_value(obj, "customer_key") or _metadata_value(obj, "customer_id")
+
+
+def partner_key_of(obj: dict[str, Any]) -> str | None:
+    return _metadata_value(obj, "partner_key")
+
+
+def name_of(obj: dict[str, Any]) -> str | None:
+    return text(obj.get("name"), NAME_LENGTH, field="name")
+
+
+def email_of(obj: dict[str, Any]) -> str | None:
+    """The first email the object gives: its own, billing, receipt, then invoice's customer."""
+    billing = obj.get("billing_details")
+    billing_email = billing.get("email") if isinstance(billing, dict) else None
+    return (
+        normal_email(obj.get("email"))
+        or normal_email(billing_email, field="billing_details.email")
+        or normal_email(obj.get("receipt_email"), field="receipt_email")
+        or normal_email(obj.get("customer_email"), field="customer_email")
+    )
 
 
 def party_of(context: EventContext, obj: dict[str, Any], stripe_customer_id: Any) -> Party:
-    billing = obj.get("billing_details")
-    billing_email = billing.get("email") if isinstance(billing, dict) else None
-    email = (
-        normal_email(obj.get("email"))
-        or normal_email(billing_email)
-        or normal_email(obj.get("receipt_email"))
-        or normal_email(obj.get("customer_email"))
-    )
     return Party(
         stripe_account_id=context.stripe_account_id,
         livemode=context.livemode,
-        stripe_customer_id=text(stripe_customer_id),
+        stripe_customer_id=text(stripe_customer_id, field="customer"),
         customer_key=customer_key_of(obj),
-        email=email,
+        email=email_of(obj),
     )
 
 
@@ -63,7 +86,7 @@ def customer_upserted(context: EventContext) -> None:
     ledger.lock(context.session, *ledger.party_lock_names(party))
     models, session = context.models, context.session
     match_email = context.settings.match_email
-    partner_key = text(metadata(obj).get("partner_key"))
+    partner_key = partner_key_of(obj)
     customer = ledger.find_customer(session, models, party, match_email=match_email)
 
     if customer is None:
@@ -77,7 +100,7 @@ def customer_upserted(context: EventContext) -> None:
             models,
             party,
             partner_key=partner_key,
-            name=text(obj.get("name")),
+            name=name_of(obj),
             event_created=context.event["created"],
         )
         if created:
@@ -103,7 +126,7 @@ def _sync_customer(
     wanted = {
         "stripe_customer_id": party.stripe_customer_id,
         "email": party.email,
-        "name": text(obj.get("name")),
+        "name": name_of(obj),
         "partner_key": partner_key if customer.partner_key is None else None,
     }
     changed = False
@@ -143,17 +166,14 @@ def customer_deleted(context: EventContext) -> None:
 # --- payments --------------------------------------------------------------------------
 
 
-def _refund_state(obj: dict[str, Any], amount: int) -> tuple[bool, int]:
-    """``(fully_refunded, amount_refunded)`` read from the object itself."""
-    refunded = obj.get("amount_refunded")
-    refunded = refunded if isinstance(refunded, int) and not isinstance(refunded, bool) else 0
-    return obj.get("refunded") is True or refunded >= amount > 0, max(refunded, 0)
+def _refund_state(obj: dict[str, Any], paid: int) -> tuple[bool, int]:
+    """``(fully_refunded, amount_refunded)`` read from the object itself.
 
-
-def _amount(value: Any) -> int | None:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62:
-        return value
-    return None
+    A refund of the whole amount or more is a full refund, whatever ``refunded``
+    says, so a prorated amount never goes below zero.
+    """
+    refunded = amount(obj.get("amount_refunded"), field="amount_refunded") or 0
+    return obj.get("refunded") is True or (refunded >= paid and refunded > 0), refunded
 
 
 def _payment(context: EventContext, key: str, party: Party, amount: int, obj: Any) -> Payment:
@@ -161,8 +181,8 @@ def _payment(context: EventContext, key: str, party: Party, amount: int, obj: An
         key=key,
         party=party,
         amount=amount,
-        currency=(text(obj.get("currency"), 3) or "").lower(),
-        product_key=text(metadata(obj).get("product_key")),
+        currency=currency(obj.get("currency")),
+        product_key=_metadata_value(obj, "product_key"),
     )
 
 
@@ -173,11 +193,11 @@ def charge_changed(context: EventContext) -> None:
     captured, not refunded) or is gone (failed, refunded), whatever the event type.
     """
     obj = context.object
-    key, amount = text(obj.get("id")), _amount(obj.get("amount"))
-    if key is None or amount is None:
+    key, paid = text(obj.get("id"), field="id"), amount(obj.get("amount"))
+    if key is None or paid is None:
         return context.ignore("The charge has no id or no valid amount.")
     party = party_of(context, obj, obj.get("customer"))
-    fully_refunded, amount_refunded = _refund_state(obj, amount)
+    fully_refunded, amount_refunded = _refund_state(obj, paid)
     failed = obj.get("status") == "failed" or context.event["type"] == "charge.failed"
     prorate = context.settings.refund_policy == "prorate"
     gone = failed or fully_refunded or (amount_refunded > 0 and not prorate)
@@ -192,9 +212,10 @@ def charge_changed(context: EventContext) -> None:
                 "(set PARTNERSTACK_STRIPE_API_KEY to look it up, then replay this event).",
                 keep=True,
             )
-        return _delete(context, _payment(context, invoice_id, party, amount, obj))
+        return _delete(context, _payment(context, invoice_id, party, paid, obj))
 
-    payment = _payment(context, key, party, amount - (amount_refunded if prorate else 0), obj)
+    standing = max(paid - amount_refunded, 0) if prorate else paid  # never below zero
+    payment = _payment(context, key, party, standing, obj)
     if gone:
         return _delete(context, payment)
     if not _is_settled(obj):
@@ -213,12 +234,12 @@ def invoice_paid(context: EventContext) -> None:
     obj = context.object
     if transaction_source(context) != "invoice":
         return context.ignore("Charge mode: payments are recorded from their charges.")
-    key, amount = text(obj.get("id")), _amount(obj.get("subtotal"))
-    if key is None or amount is None:
+    key, subtotal = text(obj.get("id"), field="id"), amount(obj.get("subtotal"), field="subtotal")
+    if key is None or subtotal is None:
         return context.ignore("The invoice has no id or no valid subtotal.")
     return _record(
         context,
-        _payment(context, key, party_of(context, obj, obj.get("customer")), amount, obj),
+        _payment(context, key, party_of(context, obj, obj.get("customer")), subtotal, obj),
         obj,
     )
 
@@ -228,11 +249,11 @@ def _record(context: EventContext, payment: Payment, obj: dict[str, Any]) -> Non
     party = payment.party
     found = _find_payer(context, party)
     customer_id = found.id if found is not None else None
-    partner_key = text(metadata(obj).get("partner_key"))
+    partner_key = partner_key_of(obj)
     if found is None and party.customer_key and partner_key:
         # The e-commerce case: no signup tracking, the charge names customer and partner.
         customer, created = ledger.create_customer(
-            session, models, party, partner_key=partner_key, name=text(obj.get("name"))
+            session, models, party, partner_key=partner_key, name=name_of(obj)
         )
         customer_id = customer.id
         if created:
@@ -307,3 +328,36 @@ BUILTIN_HANDLERS: dict[str, BuiltinHandler] = {
     "invoice.payment_succeeded": invoice_paid,
     "account.application.deauthorized": account_deauthorized,
 }
+
+
+def check_values(event: dict[str, Any]) -> None:
+    """Raise :class:`InvalidValue` if the tracking rules would store a value the event
+    cannot have come from Stripe with: a string longer than what Stripe sends (and the
+    column holds), an amount outside 0..2**63-1, a currency that is no ISO code.
+
+    Called on every verified event before it is stored, with the very readers the
+    rules use, so a value that passes here is stored whole, never cut.
+    """
+    if event["type"] not in BUILTIN_HANDLERS:
+        return
+    kind = event["type"].split(".", 1)[0]
+    if kind not in ("customer", "charge", "invoice"):
+        return
+    obj = event["data"]["object"]
+    text(obj.get("id"), field="data.object.id")
+    text(obj.get("customer"), field="customer")
+    email_of(obj)
+    customer_key_of(obj)
+    partner_key_of(obj)
+    name_of(obj)
+    if kind == "customer":
+        return
+    currency(obj.get("currency"))
+    _metadata_value(obj, "product_key")
+    if kind == "invoice":
+        amount(obj.get("subtotal"), field="subtotal")
+        return
+    _refund_state(obj, amount(obj.get("amount")) or 0)
+    for field in ("invoice", "payment_intent"):
+        value = obj.get(field)
+        text(value.get("id") if isinstance(value, dict) else value, field=field)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any
 
 import pytest
@@ -108,3 +109,145 @@ def test_fuzzed_events_never_get_a_5xx(app, rows, models, refund_policy):
 
     deliver()
     assert_consistent_ledger(rows, models)
+
+
+# --- what found issue 11: limits, case mapping, depth, headers, integer bounds ----------
+
+#: Characters whose case mapping changes the length or lands on ASCII: İ (lower: 2),
+#: ß and ﬃ (upper: 2 and 3), the Kelvin and Ångström signs (lower: ASCII k, å).
+CASE_TRAPS = "İßﬃ\u212a\u212bKkAa"
+near = st.sampled_from([1, 3, 254, 255, 256, 319, 320, 321, 499, 500, 501])
+
+
+@st.composite
+def long_text(draw: st.DrawFn) -> str:
+    return "".join(draw(st.lists(st.sampled_from(CASE_TRAPS), min_size=1, max_size=1))) * draw(near)
+
+
+def fuzz_settings(examples: int = EXAMPLES) -> Any:
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+        derandomize=os.environ.get("FUZZ_RANDOM") != "1",
+    )
+
+
+def test_values_near_every_column_limit_are_stored_whole_or_refused(app, rows, models):
+    client = app.test_client()
+    fields = ["customer_key", "partner_key", "product_key", "email", "name", "customer",
+              "currency"]  # fmt: skip
+
+    @fuzz_settings()
+    @given(field=st.sampled_from(fields), value=long_text(), suffix=st.sampled_from(["", "@x.co"]))
+    def deliver(field: str, value: str, suffix: str) -> None:
+        value += suffix
+        charge_id = testing.new_id("ch")
+        metadata = {"customer_key": testing.new_id("u"), "partner_key": "p"}
+        charge = testing.charge(charge_id, customer=testing.new_id("cus"), metadata=metadata)
+        if field in ("customer_key", "partner_key", "product_key"):
+            charge["metadata"][field] = value
+        elif field == "email":
+            charge["billing_details"]["email"] = charge["receipt_email"] = value
+        else:
+            charge[field] = value
+        response = testing.post_event(client, testing.event("charge.succeeded", charge))
+        assert response.status_code in (200, 400), response.get_data(as_text=True)
+        stored = rows(models.Transaction, key=charge_id)
+        if response.status_code == 400:
+            assert stored == [] and field.split("_")[0] in response.json["error"]
+            return
+        [transaction] = stored
+        customer = rows(models.Customer, id=transaction.customer_id)[0]
+        kept = {
+            "customer_key": transaction.customer_key,
+            "partner_key": customer.partner_key,
+            "product_key": transaction.product_key,
+            "email": transaction.customer_email,
+            "name": customer.name,
+            "customer": transaction.stripe_customer_id,
+            "currency": transaction.currency,
+        }[field]
+        if field == "email":
+            assert kept == (value.translate(ASCII_LOWER) if "@" in value else None)
+        elif field == "currency":
+            assert kept == value.lower() and len(kept) == 3
+        elif field != "name" or customer.name is not None:
+            assert kept == value  # whole, never cut
+
+    deliver()
+
+
+ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def test_nesting_depth_is_refused_past_the_limit_never_a_5xx(app):
+    client = app.test_client()
+
+    @fuzz_settings(min(EXAMPLES, 40))
+    @given(depth=st.integers(min_value=1, max_value=3000), kinds=st.lists(st.booleans()))
+    def deliver(depth: int, kinds: list[bool]) -> None:
+        opening = "".join("[" if (kinds or [True])[i % len(kinds or [True])] else '{"a":'
+                          for i in range(depth))  # fmt: skip
+        closing = "".join("]" if c == "[" else "}" for c in reversed(opening.replace('{"a":', "{")))
+        nested = opening + "1" + closing
+        event = testing.event("checkout.session.completed", {"id": "cs_1"})
+        payload = json.dumps(event)[:-1] + ', "nested": ' + nested + "}"
+        headers = {"Stripe-Signature": testing.sign(payload, SECRET)}
+        response = client.post("/partnerstack/webhook", data=payload, headers=headers)
+        assert response.status_code in (200, 400)
+        # The envelope is one level, "nested" starts the second.
+        assert (response.status_code == 400) == (depth + 1 > 64), depth
+
+    deliver()
+
+
+def test_repeated_signature_header_fields_never_get_a_5xx(app, rows, models):
+    client = app.test_client()
+
+    @fuzz_settings()
+    @given(data=st.data())
+    def deliver(data: st.DataObject) -> None:
+        event = testing.event("balance.available", {"object": "balance"})
+        payload = json.dumps(event)
+        now = int(time.time())
+        good = testing.sign(payload, SECRET, timestamp=now).split("v1=")[1]
+        items = st.sampled_from([f"t={now}", f"t={now + 10**5}", " t=abc", f"v1={good}",
+                                 "v1=00", "v0=1", "t=", "x", f"t = {now}", "t=1e9"])  # fmt: skip
+        header = ",".join(data.draw(st.lists(items, min_size=1, max_size=6)))
+        response = client.post(
+            "/partnerstack/webhook", data=payload, headers={"Stripe-Signature": header}
+        )
+        assert response.status_code in (200, 400), (header, response.status_code)
+        named_t = [i for i in header.split(",") if i.split("=")[0].strip() == "t"]
+        if response.status_code == 200:
+            assert named_t == [f"t={now}"] and f"v1={good}" in header.split(","), header
+
+    deliver()
+
+
+@pytest.mark.parametrize("refund_policy", ["delete", "prorate"])
+def test_amounts_at_the_integer_limits(app, rows, models, refund_policy):
+    app.extensions["partnerstack_stripe"].settings.__dict__["refund_policy"] = refund_policy
+    client = app.test_client()
+    limits = st.sampled_from([0, 1, 5, 2**31 - 1, 2**31, 2**53 + 1, 2**62, 2**63 - 1, 2**63,
+                              2**64, 2**70, -1, -(2**63)])  # fmt: skip
+
+    @fuzz_settings()
+    @given(paid=limits, refunded=limits, kind=st.sampled_from(["charge", "invoice"]))
+    def deliver(paid: int, refunded: int, kind: str) -> None:
+        key = testing.new_id(kind[:2])
+        if kind == "charge":
+            obj = {**testing.charge(key, customer="cus_f"), "amount": paid,
+                   "amount_refunded": refunded, "refunded": False}  # fmt: skip
+            event = testing.event("charge.refunded" if refunded else "charge.succeeded", obj)
+        else:
+            invoice = {**testing.invoice(key, customer="cus_f"), "subtotal": paid}
+            event = testing.event("invoice.payment_succeeded", invoice)
+        response = testing.post_event(client, event)
+        valid = 0 <= paid < 2**63 and (kind == "invoice" or 0 <= refunded < 2**63)
+        assert response.status_code == (200 if valid else 400), response.get_data(as_text=True)
+        for transaction in rows(models.Transaction, key=key):
+            assert 0 <= transaction.amount <= paid
+
+    deliver()

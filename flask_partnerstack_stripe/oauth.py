@@ -1,0 +1,80 @@
+"""Stripe's OAuth token exchange and deauthorization, kept out of stripe-python's debug output.
+
+With ``STRIPE_LOG=debug`` (or ``stripe.log = "debug"``) stripe-python *prints* every
+request and response body to stderr, besides logging it, and the token exchange's
+response holds the connected account's access and refresh tokens. No per-call option
+turns that off, and switching it off process-wide would change what other threads of
+the host see. So these two calls go straight to the ``stripe`` package's HTTP client
+(``stripe.default_http_client``, the seam its own requestor uses, with its retries
+and proxy): their bodies never reach stripe's log functions, whatever the environment.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import urlencode
+
+import stripe
+from stripe._http_client import new_default_http_client
+
+
+class OAuthFailed(stripe.StripeError):
+    """Stripe answered an OAuth call with an error; ``code`` is Stripe's error code only."""
+
+    def __init__(self, status: int, code: str | None) -> None:
+        super().__init__(f"Stripe refused the OAuth call ({status}, {code or 'no error code'}).")
+        self.status = status
+        self.code = code
+
+
+def token(api_key: str, code: str) -> dict[str, Any]:
+    """Exchange an authorization code for the connected account's tokens."""
+    return _post("/oauth/token", api_key, {"grant_type": "authorization_code", "code": code})
+
+
+def deauthorize(api_key: str, client_id: str, stripe_user_id: str) -> dict[str, Any]:
+    """Disconnect ``stripe_user_id`` from the platform ``client_id``."""
+    return _post(
+        "/oauth/deauthorize", api_key, {"client_id": client_id, "stripe_user_id": stripe_user_id}
+    )
+
+
+def is_not_connected(error: OAuthFailed) -> bool:
+    """True when Stripe says the account is not (or no longer) connected."""
+    return error.code in ("invalid_client", "invalid_request", "invalid_request_error")
+
+
+def _post(path: str, api_key: str, params: dict[str, str]) -> dict[str, Any]:
+    client = stripe.default_http_client or new_default_http_client(
+        verify_ssl_certs=stripe.verify_ssl_certs, proxy=stripe.proxy
+    )
+    headers = {
+        "Authorization": f"Bearer {api_key}",
+        "Content-Type": "application/x-www-form-urlencoded",
+        "User-Agent": "flask-partnerstack-stripe",
+    }
+    body, status, _ = client.request_with_retries(
+        "post",
+        stripe.connect_api_base + path,
+        headers,
+        urlencode(params),
+        max_network_retries=stripe.max_network_retries,
+    )
+    try:
+        data = json.loads(body)
+    except ValueError:
+        data = None
+    if not 200 <= status < 300 or not isinstance(data, dict):
+        raise OAuthFailed(status, _error_code(data))
+    return data
+
+
+def _error_code(data: Any) -> str | None:
+    """Stripe's error code: OAuth errors say ``"error": "invalid_grant"``; API errors nest it."""
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    if isinstance(error, dict):
+        error = error.get("code") or error.get("type")
+    return error if isinstance(error, str) else None

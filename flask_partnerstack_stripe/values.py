@@ -1,0 +1,117 @@
+"""What a value from Stripe, or from a host's call, must be before the database stores it.
+
+The limits are what Stripe can send, and the columns are that wide: a value is
+stored whole or refused, never cut, because a cut identifier can name somebody else.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+#: Stripe object ids (``cus_``, ``ch_``, ``in_``, ``acct_``, ``evt_`` ...).
+ID_LENGTH = 255
+#: Stripe metadata values: ``customer_key``, ``partner_key``, ``product_key``.
+METADATA_LENGTH = 500
+#: RFC 5321's longest address (64 + 1 + 255).
+EMAIL_LENGTH = 320
+NAME_LENGTH = 500
+#: Amounts are integers in minor units that a 64-bit signed column holds.
+MAX_AMOUNT = 2**63 - 1
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: Stripe ids and event types: printable ASCII without spaces.
+STRIPE_ID = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+class InvalidValue(ValueError):
+    """A value cannot be stored as it is; the message names the field, never a secret."""
+
+
+def text(value: Any, limit: int = ID_LENGTH, *, field: str = "value") -> str | None:
+    """A string field from Stripe, trimmed, or None when it is absent.
+
+    Anything that is not a string, is blank, or holds what no database column takes
+    (NUL, lone surrogates) is treated as absent rather than failing the event. A
+    string longer than ``limit`` raises :class:`InvalidValue`: it is never cut.
+    """
+    if not isinstance(value, str) or "\x00" in value:
+        return None
+    value = value.strip()
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    if len(value) > limit:
+        raise InvalidValue(f"{field} is longer than {limit} characters.")
+    return value or None
+
+
+def lower_ascii(value: str) -> str:
+    """``value`` with A-Z lowered and every other character as it was.
+
+    Unicode case mapping can change a string's length (``"İ".lower()`` is two
+    characters) and fold look-alikes onto ASCII (the Kelvin sign lowers to ``k``),
+    so an address that differs from another only by such a character stays distinct.
+    """
+    return value.translate(_ASCII_LOWER)
+
+
+def normal_email(value: Any, *, field: str = "email") -> str | None:
+    """An email as it is matched and stored: trimmed, A-Z lowered; None if it has no ``@``."""
+    if isinstance(value, str):
+        value = lower_ascii(value)
+    email = text(value, EMAIL_LENGTH, field=field)
+    return email if email is not None and "@" in email else None
+
+
+def currency(value: Any) -> str:
+    """An ISO currency code, lowered; ``""`` when absent. Anything else is invalid."""
+    code = text(value, field="currency")
+    if code is None:
+        return ""
+    code = lower_ascii(code)
+    if not re.fullmatch(r"[a-z]{3}", code):
+        raise InvalidValue("currency must be a three-letter ISO code.")
+    return code
+
+
+def amount(value: Any, *, field: str = "amount") -> int | None:
+    """An amount in minor units (0 to 2**63-1), or None when absent (missing or null)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
+        raise InvalidValue(f"{field} must be an integer from 0 to 2**63-1.")
+    return value
+
+
+def argument(
+    name: str, value: Any, limit: int, *, optional: bool = True, email: bool = False
+) -> str | None:
+    """A string argument of a Python API call, checked; :class:`ValueError` names ``name``.
+
+    A blank optional argument (an empty form field) is None.
+    """
+    if value is None:
+        if optional:
+            return None
+        raise ValueError(f"{name} must be a non-empty string, got None.")
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, got {type(value).__name__}.")
+    if _CONTROL.search(value):
+        raise ValueError(f"{name} must not contain NUL or other control characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{name} must be valid Unicode text (no lone surrogates).") from None
+    if not value.strip():
+        if optional:
+            return None  # a form's empty field: absent, as in Stripe's objects
+        raise ValueError(f"{name} must not be blank.")
+    checked = normal_email(value, field=name) if email else value.strip()
+    if checked is None:
+        raise ValueError(f"{name} must be an email address.")
+    if len(checked) > limit:
+        raise ValueError(f"{name} is longer than {limit} characters.")
+    return checked
