@@ -12,12 +12,12 @@ from flask import Flask, current_app, has_request_context, request
 from . import accounts
 from .config import DEFAULTS, PREFIX, Settings
 from .database import unit_of_work
-from .models import Models, default_models
+from .models import Models, default_models, with_defaults
 from .notify import send_notifications
 from .receiver import HostHandler, Receiver
 from .referral import referred_partner_key
+from .rules import BUILTIN_HANDLERS, LOOKUPS
 from .signup import record_signup, signup_party
-from .tracking import BUILTIN_HANDLERS
 
 EXTENSION_KEY = "partnerstack_stripe"
 
@@ -99,10 +99,12 @@ class PartnerStackStripe:
             self._models = _as_models(models)
         elif self._models is None:
             self._models = default_models(db)
+        self._models = with_defaults(self._models, db)
 
         receiver = Receiver(self._models, settings)
         for event_type, handler in BUILTIN_HANDLERS.items():
             receiver.builtin_handlers[event_type].append(handler)
+        receiver.lookups.update(LOOKUPS)
         # The receiver shares the handler lists, so handlers added later still count.
         receiver.host_handlers = self._handlers  # type: ignore[assignment]
         app.extensions[EXTENSION_KEY] = State(self, settings, db, self._models, receiver)
@@ -267,4 +269,10 @@ def _as_models(models: Models | Mapping[str, Any]) -> Models:
         return models
     if isinstance(models, Mapping):
         return Models(**models)
-    return Models(models.Customer, models.Transaction, models.StripeAccount, models.WebhookEvent)
+    return Models(
+        models.Customer,
+        models.Transaction,
+        models.StripeAccount,
+        models.WebhookEvent,
+        Refund=getattr(models, "Refund", None),
+    )

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .database import prepared, upsert
-from .models import Models, account_scope, utcnow
+from .models import REFUND_RANKS, REFUND_UNDONE, Models, account_scope, utcnow
 
 
 @dataclass(frozen=True)
@@ -305,9 +304,38 @@ class Payment:
 
     key: str
     party: Party
-    amount: int
     currency: str
-    product_key: str | None
+    product_key: str | None = None
+
+
+@dataclass(frozen=True)
+class RefundFact:
+    """One refund as an event shows it."""
+
+    refund_id: str
+    amount: int
+    status: str
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What one event says about a payment. Each fact only ever adds to what is known.
+
+    ``gross``: the settled amount (captured, or the invoice's), when the event shows the
+    payment settled. ``nominal``: the amount to show while it is not (a failed charge's).
+    ``refunded``: the refunded total the charge reports, its released remainder excluded.
+    """
+
+    gross: int | None = None
+    nominal: int = 0
+    refunded: int = 0
+    failed: bool = False
+    dispute_lost: bool = False
+    refunds: tuple[RefundFact, ...] = ()
+
+
+#: ``settle_payment``'s answer: which signal the change calls for, if any.
+RECORDED, UPDATED, DELETED = "recorded", "updated", "deleted"
 
 
 _PAYMENT_FIELDS = (
@@ -317,182 +345,172 @@ _PAYMENT_FIELDS = (
 )  # fmt: skip
 
 
-def record_payment(
-    session: Session, models: Models, payment: Payment, customer_id: int | None
-) -> Any:
-    """Insert the payment's transaction unless its (account, key) is taken; the new row or None."""
+def settle_payment(
+    session: Session,
+    models: Models,
+    payment: Payment,
+    customer_id: int | None,
+    facts: Facts,
+    *,
+    prorate: bool,
+) -> tuple[str | None, Any]:
+    """Add ``facts`` to the payment's transaction and derive where it stands.
+
+    The transaction's ``amount``, ``deleted_at`` and ``deleted_reason`` are a function
+    of everything known about the payment (its settled amount, the refunded total its
+    charge reported, its refunds by id, a failure, a lost dispute), and every fact only
+    accumulates (a maximum, an OR, a status that only moves forward), so the final
+    ledger depends on the set of events, never on their order.
+
+    Race-free: the row is inserted with ``ON CONFLICT DO NOTHING`` (a not-yet-standing
+    placeholder) and then read ``FOR UPDATE``, so the events of one payment apply one
+    after the other on PostgreSQL (SQLite lets one writer in at a time); refunds are
+    upserts on their unique id. Returns ``(RECORDED | UPDATED | DELETED | None, row)``.
+    """
     Transaction = models.Transaction
-    statement = prepared(
-        (Transaction, "insert", _dialect(session)),
-        lambda: _loading(
-            Transaction,
+    party = payment.party
+    now = utcnow()
+    insert = prepared(
+        (Transaction, "placeholder", _dialect(session)),
+        lambda: (
             upsert(session, Transaction.__table__)
             .values({name: sa.bindparam(name) for name in _PAYMENT_FIELDS})
-            .on_conflict_do_nothing(index_elements=["account_scope", "key"]),
+            .on_conflict_do_nothing(index_elements=["account_scope", "key"])
         ),
     )
-    return session.scalar(
-        statement, _payment_values(payment, customer_id, utcnow(), deleted_at=None)
-    )
-
-
-def _payment_values(
-    payment: Payment, customer_id: int | None, now: datetime, deleted_at: datetime | None
-) -> dict[str, Any]:
-    party = payment.party
-    return {
-        "key": payment.key,
-        "customer_id": customer_id,
-        "amount": payment.amount,
-        "currency": payment.currency,
-        "product_key": payment.product_key,
-        "stripe_account_id": party.stripe_account_id,
-        "account_scope": party.scope,
-        "livemode": party.livemode,
-        "stripe_customer_id": party.stripe_customer_id,
-        "customer_key": party.customer_key,
-        "customer_email": party.email,
-        "created_at": now,
-        "updated_at": now,
-        "deleted_at": deleted_at,
-    }
-
-
-def refresh_payment(
-    session: Session, models: Models, payment: Payment, customer_id: int | None
-) -> Any:
-    """Bring a standing transaction up to date; return it if anything changed, else None.
-
-    The amount only ever goes down (a partial refund under ``prorate``), so an
-    older event arriving late cannot raise it again. A deleted one stays deleted.
-    """
-    Transaction = models.Transaction
-    statement = prepared(
-        (Transaction, "refresh", _dialect(session)),
-        lambda: _refresh_statement(session, Transaction),
-    )
-    return session.scalar(
-        statement,
+    session.execute(
+        insert,
         {
-            "b_scope": payment.party.scope,
-            "b_key": payment.key,
-            "b_amount": payment.amount,
-            "b_customer_id": customer_id,
-            "b_product_key": payment.product_key,
-            "b_now": utcnow(),
+            "key": payment.key,
+            "customer_id": customer_id,
+            "amount": facts.gross if facts.gross is not None else facts.nominal,
+            "currency": payment.currency,
+            "product_key": payment.product_key,
+            "stripe_account_id": party.stripe_account_id,
+            "account_scope": party.scope,
+            "livemode": party.livemode,
+            "stripe_customer_id": party.stripe_customer_id,
+            "customer_key": party.customer_key,
+            "customer_email": party.email,
+            "created_at": now,
+            "updated_at": now,
+            "deleted_at": now,  # not standing until a settled amount is known
         },
     )
+    row = session.scalars(
+        sa.select(Transaction)
+        .where(Transaction.account_scope == party.scope, Transaction.key == payment.key)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    for refund in facts.refunds:
+        _record_refund(session, models, party.scope, payment.key, refund, now)
+    before = (row.deleted_at is None, row.amount, row.customer_id, row.product_key)
+
+    if row.gross_amount is None and facts.gross is not None:
+        row.gross_amount = facts.gross
+    row.charge_refunded = max(row.charge_refunded or 0, facts.refunded)
+    row.failed = bool(row.failed) or facts.failed
+    row.dispute_lost = bool(row.dispute_lost) or facts.dispute_lost
+    if row.customer_id is None:
+        row.customer_id = customer_id
+    if payment.product_key is not None:
+        row.product_key = payment.product_key
+    for field in ("stripe_customer_id", "customer_key"):
+        if getattr(row, field) is None:
+            setattr(row, field, getattr(party, field))
+    if row.customer_email is None:
+        row.customer_email = party.email
+    if not row.currency:
+        row.currency = payment.currency
+
+    refunded = max(row.charge_refunded - _refund_total(session, models, row, undone=True), 0)
+    refunded = max(refunded, _refund_total(session, models, row, undone=False))
+    if row.gross_amount is None:
+        amount, refunded_away = max(row.amount, facts.nominal), refunded > 0
+    elif prorate:
+        amount = max(row.gross_amount - refunded, 0)
+        refunded_away = refunded >= row.gross_amount
+    else:
+        amount, refunded_away = row.gross_amount, refunded > 0
+    reason = (
+        "dispute" if row.dispute_lost
+        else "failure" if row.failed
+        else "refund" if refunded_away
+        else None
+    )  # fmt: skip
+    stands = row.gross_amount is not None and reason is None
+    row.amount = amount
+    row.deleted_reason = None if stands else reason
+    if stands:
+        row.deleted_at = None
+    elif row.deleted_at is None:
+        row.deleted_at = now
+    after = (stands, row.amount, row.customer_id, row.product_key)
+    if after != before:
+        row.updated_at = now
+    session.flush()
+    if stands and not before[0]:
+        return RECORDED, row
+    if before[0] and not stands:
+        return DELETED, row
+    if stands and after != before:
+        return UPDATED, row
+    return None, row
 
 
-def _refresh_statement(session: Session, Transaction: Any) -> Any:
-    # Typed, since PostgreSQL cannot guess the type of a parameter tested for NULL.
-    amount = sa.bindparam("b_amount", type_=sa.BigInteger)
-    customer_id = sa.bindparam("b_customer_id", type_=sa.Integer)
-    product_key = sa.bindparam("b_product_key", type_=sa.String)
-    lower = sa.func.least if _dialect(session) == "postgresql" else sa.func.min
-    return (
-        sa.update(Transaction)
-        .where(
-            Transaction.account_scope == sa.bindparam("b_scope"),
-            Transaction.key == sa.bindparam("b_key"),
-            Transaction.deleted_at.is_(None),
-            sa.or_(
-                Transaction.amount > amount,
-                sa.and_(Transaction.customer_id.is_(None), customer_id.is_not(None)),
-                sa.and_(
-                    product_key.is_not(None), Transaction.product_key.is_distinct_from(product_key)
-                ),
-            ),
-        )
-        .values(
-            amount=lower(Transaction.amount, amount),
-            customer_id=sa.func.coalesce(Transaction.customer_id, customer_id),
-            product_key=sa.func.coalesce(product_key, Transaction.product_key),
-            updated_at=sa.bindparam("b_now"),
-        )
-        .returning(Transaction)
-        .execution_options(synchronize_session=False)
-    )
+_REFUND_FIELDS = (
+    "refund_id", "payment_key", "account_scope", "amount", "status", "status_rank",
+    "created_at", "updated_at",
+)  # fmt: skip
 
 
-def delete_payment(
-    session: Session, models: Models, payment: Payment, customer_id: int | None
-) -> Any:
-    """Tombstone the payment's transaction; return it if it was standing, else None.
-
-    When no transaction exists yet, a deleted one is written, so a success that
-    arrives after its refund or failure finds the key taken and records nothing.
-    Either way it belongs to the customer when that is known, as in natural order.
-    """
-    Transaction = models.Transaction
-    statement = prepared(
-        (Transaction, "delete"),
-        lambda: (
-            sa.update(Transaction)
-            .where(
-                Transaction.account_scope == sa.bindparam("b_scope"),
-                Transaction.key == sa.bindparam("b_key"),
-                Transaction.deleted_at.is_(None),
-            )
-            .values(
-                deleted_at=sa.bindparam("b_now"),
-                updated_at=sa.bindparam("b_now"),
-                customer_id=sa.func.coalesce(
-                    Transaction.customer_id, sa.bindparam("b_customer_id")
-                ),
-            )
-            .returning(Transaction)
-            .execution_options(synchronize_session=False)
-        ),
-    )
-    now = utcnow()
-    deleted = session.scalar(
-        statement,
-        {
-            "b_scope": payment.party.scope,
-            "b_key": payment.key,
-            "b_now": now,
-            "b_customer_id": customer_id,
-        },
-    )
-    if deleted is None:
-        deleted = _write_tombstone(session, models, payment, customer_id, now)
-    return deleted
-
-
-def _write_tombstone(
-    session: Session, models: Models, payment: Payment, customer_id: int | None, now: datetime
-) -> Any:
-    """Insert a deleted row, or delete the row a concurrent success just committed.
-
-    The upsert waits for that success's transaction, so no lock is needed for a refund
-    and a success to meet in the right state. Returns the row only if it had stood
-    (its ``created_at`` is not ours).
-    """
-    Transaction = models.Transaction
-    table = Transaction.__table__
+def _record_refund(
+    session: Session, models: Models, scope: str, payment_key: str, refund: RefundFact, now: Any
+) -> None:
+    """Upsert one refund by its id; its status only moves forward (``REFUND_RANKS``)."""
+    Refund = models.Refund
+    table = Refund.__table__
 
     def build() -> Any:
         statement = upsert(session, table).values(
-            {name: sa.bindparam(name) for name in _PAYMENT_FIELDS}
+            {name: sa.bindparam(name) for name in _REFUND_FIELDS}
         )
-        return _loading(
-            Transaction,
-            statement.on_conflict_do_update(
-                index_elements=[table.c.account_scope, table.c.key],
-                set_={
-                    "deleted_at": statement.excluded.deleted_at,
-                    "updated_at": statement.excluded.updated_at,
-                    "customer_id": sa.func.coalesce(
-                        table.c.customer_id, statement.excluded.customer_id
-                    ),
-                },
-                where=table.c.deleted_at.is_(None),
-            ),
+        return statement.on_conflict_do_update(
+            index_elements=[table.c.account_scope, table.c.refund_id],
+            set_={
+                "status": statement.excluded.status,
+                "status_rank": statement.excluded.status_rank,
+                "updated_at": statement.excluded.updated_at,
+            },
+            where=table.c.status_rank < statement.excluded.status_rank,
         )
 
-    statement = prepared((Transaction, "tombstone", _dialect(session)), build)
-    row = session.scalar(statement, _payment_values(payment, customer_id, now, deleted_at=now))
-    if row is None or row.created_at.replace(tzinfo=None) == now.replace(tzinfo=None):
-        return None
-    return row
+    statement = prepared((table, "refund", _dialect(session)), build)
+    session.execute(
+        statement,
+        {
+            "refund_id": refund.refund_id,
+            "payment_key": payment_key,
+            "account_scope": scope,
+            "amount": refund.amount,
+            "status": refund.status,
+            "status_rank": REFUND_RANKS.get(refund.status, 1),
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+
+
+def _refund_total(session: Session, models: Models, row: Any, *, undone: bool) -> int:
+    """The amount of the payment's known refunds that stand (or, ``undone``, that failed)."""
+    Refund = models.Refund
+    status = Refund.status.in_(REFUND_UNDONE)
+    total = session.scalar(
+        sa.select(sa.func.coalesce(sa.func.sum(Refund.amount), 0)).where(
+            Refund.account_scope == row.account_scope,
+            Refund.payment_key == row.key,
+            status if undone else sa.not_(status),
+        )
+    )
+    return int(total or 0)

@@ -123,9 +123,19 @@ class TransactionMixin:
         sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
     deleted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    #: Why it does not stand: ``"refund"``, ``"failure"`` or ``"dispute"`` (None while it stands).
+    deleted_reason: Mapped[str | None] = mapped_column(sa.String(16))
+    #: What Stripe said about the payment, in any order; ``amount`` and ``deleted_*`` follow
+    #: from these alone (see ``ledger.settle_payment``), so the order of events never matters.
+    #: The settled amount (captured, or the invoice's), None until a success shows it.
+    gross_amount: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: The highest refunded total a charge object reported (a released remainder excluded).
+    charge_refunded: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    failed: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    dispute_lost: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     def __repr__(self) -> str:
-        state = " deleted" if self.deleted_at else ""
+        state = f" deleted ({self.deleted_reason})" if self.deleted_at else ""
         return f"<Transaction {self.key!r} {self.amount} {self.currency}{state}>"
 
 
@@ -196,13 +206,64 @@ class WebhookEventMixin:
         return f"<WebhookEvent {self.stripe_event_id} {self.type} {self.status}>"
 
 
+class RefundMixin:
+    """One Stripe refund, as its events tell it. Table ``partnerstack_refund``.
+
+    Keyed by the refund id, so a refund seen through ``refund.*``, ``charge.refund.updated``
+    and a charge's own ``refunds`` list counts once. ``payment_key`` is the transaction's
+    ``key`` it lowers (the charge, or in invoice mode the charge's invoice). Its status
+    only moves forward (:data:`REFUND_RANKS`), so a late ``pending`` never undoes a failure.
+    """
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return "partnerstack_refund"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        table = cls.__tablename__
+        return (
+            sa.UniqueConstraint("account_scope", "refund_id", name=f"uq_{table}_refund_id"),
+            sa.Index(f"ix_{table}_payment_key", "payment_key", "account_scope"),
+        )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    refund_id: Mapped[str] = mapped_column(sa.String(255))
+    payment_key: Mapped[str] = mapped_column(sa.String(255))
+    account_scope: Mapped[str] = mapped_column(sa.String(255), default="")
+    amount: Mapped[int] = mapped_column(sa.BigInteger)
+    #: ``pending``, ``requires_action``, ``succeeded``, ``failed`` or ``canceled``.
+    status: Mapped[str] = mapped_column(sa.String(32))
+    status_rank: Mapped[int] = mapped_column(sa.SmallInteger)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    def __repr__(self) -> str:
+        return f"<Refund {self.refund_id} {self.amount} {self.status}>"
+
+
+#: How far along a refund status is; a status never goes back to a lower rank. A refund
+#: can fail after it succeeded (Stripe sends ``refund.failed`` then), never the reverse.
+REFUND_RANKS = {"pending": 1, "requires_action": 1, "succeeded": 2, "failed": 3, "canceled": 3}
+#: Refund statuses that give the money back to the payment.
+REFUND_UNDONE = ("failed", "canceled")
+
+
 class Models(NamedTuple):
-    """The four model classes the extension works with."""
+    """The model classes the extension works with.
+
+    Models added after the first four are keyword fields with a default (None: the
+    default class, built on the host's ``db``), so ``Models(Customer, Transaction,
+    StripeAccount, WebhookEvent)`` keeps working.
+    """
 
     Customer: Any
     Transaction: Any
     StripeAccount: Any
     WebhookEvent: Any
+    Refund: Any = None
 
 
 # One set of default models per ``SQLAlchemy`` object: declaring a table twice on
@@ -231,5 +292,27 @@ def default_models(db: Any) -> Models:
             PartnerStackTransaction,
             PartnerStackStripeAccount,
             PartnerStackWebhookEvent,
+            Refund=default_refund_model(db),
         )
     return _default_models[db]
+
+
+def with_defaults(models: Models, db: Any) -> Models:
+    """``models`` with the default class for each later model the host did not pass."""
+    if models.Refund is None:
+        models = models._replace(Refund=default_refund_model(db))
+    return models
+
+
+_default_refunds: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+
+
+def default_refund_model(db: Any) -> Any:
+    """The default ``Refund`` model on ``db``, one per ``db``."""
+    if db not in _default_refunds:
+
+        class PartnerStackRefund(RefundMixin, db.Model):  # type: ignore[name-defined,misc]
+            pass
+
+        _default_refunds[db] = PartnerStackRefund
+    return _default_refunds[db]
