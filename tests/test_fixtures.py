@@ -1,4 +1,4 @@
-"""Real Stripe payloads from public sources (tests/fixtures/stripe, see its SOURCES.md), as they are."""
+"""Real Stripe payloads from public sources (tests/fixtures/stripe, its SOURCES.md), as they are."""
 
 from __future__ import annotations
 
