@@ -407,6 +407,8 @@ def settle_payment(
         _record_refund(session, models, party.scope, payment.key, refund, now)
     before = (row.deleted_at is None, row.amount, row.customer_id, row.product_key)
 
+    if row.gross_amount is None and row.deleted_at is None:
+        row.gross_amount = row.amount  # stood before gross_amount existed: settled at its amount
     if row.gross_amount is None and facts.gross is not None:
         row.gross_amount = facts.gross
     row.charge_refunded = max(row.charge_refunded or 0, facts.refunded)
