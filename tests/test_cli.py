@@ -242,3 +242,52 @@ def test_check_fails_on_missing_secrets_tables_and_failures(database_url, app, s
     assert result.exit_code == 1
     assert "WEBHOOK_SECRETS is empty" in result.output
     assert "MISSING" in result.output and "flask db upgrade" in result.output
+
+
+def _endpoints(*endpoints: dict[str, Any]) -> dict[str, Any]:
+    """``GET /v1/webhook_endpoints`` as Stripe answers it (API reference, "List all webhook
+    endpoints": a list of WebhookEndpoint objects with url, enabled_events, api_version)."""
+    data = [
+        {"object": "webhook_endpoint", "status": "enabled", "api_version": None, **e}
+        for e in endpoints
+    ]
+    return {"object": "list", "url": "/v1/webhook_endpoints", "has_more": False, "data": data}
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_API_KEY": "sk_test_platform"}])
+def test_check_stripe_warns_about_the_endpoint_of_this_app(app):
+    other = {"id": "we_other", "url": "https://elsewhere.example/hook", "enabled_events": ["*"]}
+    only_invoices = {
+        "id": "we_1", "url": "https://shop.example/partnerstack/webhook",
+        "enabled_events": ["invoice.paid", "customer.created"], "api_version": "2026-07-29.dahlia",
+    }  # fmt: skip
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/webhook_endpoints", _endpoints(other, only_invoices))
+        result = run(app, "check", "--stripe")
+    assert result.exit_code == 1, result.output
+    assert "we_other" not in result.output
+    assert "does not send charge.succeeded, which charge mode needs" in result.output
+    assert "does not send charge.refunded or refund.created" in result.output
+    assert "sends invoice events, which charge mode does not record from" in result.output
+    assert "API version 2026-07-29.dahlia" in result.output
+    assert api.requests[0].headers["Authorization"] == "Bearer sk_test_platform"
+
+    complete = {
+        "id": "we_2", "url": "https://shop.example/partnerstack/webhook",
+        "enabled_events": [
+            "charge.succeeded", "charge.failed", "charge.refunded", "refund.failed",
+            "charge.dispute.closed", "customer.updated",
+        ],
+        "api_version": "2025-03-31.basil",
+    }  # fmt: skip
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/webhook_endpoints", _endpoints(other, complete))
+        result = run(app, "check", "--stripe")
+    assert result.exit_code == 0, result.output
+    assert "sends what charge mode needs" in result.output
+
+
+def test_check_stripe_without_an_api_key_says_so(app):
+    result = run(app, "check", "--stripe")
+    assert result.exit_code == 1
+    assert "--stripe needs PARTNERSTACK_STRIPE_API_KEY" in result.output
