@@ -64,11 +64,29 @@ def test_seed_scenario_shows_the_state_after_each_step(app, rows, models):
         "charge.captured",
         "charge.updated",
         "charge.refunded",
+        # A subscription renewal: declined, then Stripe's retry pays.
+        "charge.failed",
+        "invoice.payment_failed",
+        "charge.succeeded",
+        "invoice.paid",
+        # A dispute, lost.
+        "charge.succeeded",
+        "charge.dispute.created",
+        "charge.dispute.closed",
     ]
-    assert result.output.count("25.00 USD") == 4
-    assert result.output.rstrip().endswith("deleted")
-    [transaction] = rows(models.Transaction)
-    assert transaction.deleted_at is not None
+    assert "ignored (The dispute is needs_response" in result.output
+    assert result.output.rstrip().endswith("deleted (dispute)")
+    states = [(t.amount, t.deleted_reason) for t in rows(models.Transaction)]
+    assert states == [(2500, "refund"), (2500, "failure"), (2500, None), (2500, "dispute")]
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}])
+def test_seed_scenario_in_invoice_mode_records_the_retried_invoice(app, rows, models):
+    result = run(app, "send-test-event", "--scenario", "seed", "--amount", "2500")
+    assert result.exit_code == 0, result.output
+    assert "a retry may still pay the invoice" in result.output
+    [invoice] = [t for t in rows(models.Transaction) if t.key.startswith("in_")]
+    assert (invoice.amount, invoice.deleted_at) == (2500, None)
 
 
 def test_send_test_event_to_a_running_app(app, server, rows, models):
