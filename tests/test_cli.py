@@ -226,6 +226,32 @@ def test_backfill_pages_retries_and_is_idempotent(app, client, rows, models):
     assert all(t.customer_id is not None for t in rows(models.Transaction))
 
 
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PARTNERSTACK_STRIPE_API_KEY": "sk_test_backfill",
+      "PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}],
+)  # fmt: skip
+def test_backfill_in_invoice_mode_records_an_invoice_paid_after_a_failed_attempt(app, rows, models):
+    """Backfill reads charges before invoices: the failed first attempt must not stop the
+    invoice its retry paid from being recorded."""
+    version = testing.PRE_BASIL_API_VERSION
+    charges = [
+        testing.charge("ch_a", amount=2900, status="failed", captured=False, invoice="in_1",
+                       api_version=version),
+        testing.charge("ch_b", amount=2900, invoice="in_1", api_version=version),
+    ]  # fmt: skip
+    invoices = [testing.invoice("in_1", subtotal=2900, charge="ch_b", api_version=version)]
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/customers", stripe_list([], "/v1/customers"))
+        api.reply("GET", "/v1/charges", stripe_list(charges, "/v1/charges"))
+        api.reply("GET", "/v1/invoices", stripe_list(invoices, "/v1/invoices"))
+        result = run(app, "backfill", "--since", "2026-01-01")
+    assert result.exit_code == 0, result.output
+    assert [(t.key, t.amount, t.deleted_at) for t in rows(models.Transaction)] == [
+        ("in_1", 2900, None)
+    ]
+
+
 def test_backfill_needs_an_api_key(app):
     result = run(app, "backfill", "--since", "2026-01-01")
     assert result.exit_code != 0 and "PARTNERSTACK_STRIPE_API_KEY" in result.output
