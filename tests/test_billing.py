@@ -161,9 +161,9 @@ def test_a_payment_of_zero_records_nothing(client, rows, models, invoice):
 
 @pytest.mark.parametrize("app_config", [{}, PRORATE], ids=["delete", "prorate"])
 def test_partial_capture_records_the_captured_amount(client, rows, models, app_config):
-    """Authorized 5000, captured 3000: Stripe releases 2000 and counts it in
-    ``amount_refunded`` (API reference, "The Charge object": amount_captured, amount_refunded;
-    "Capture a payment": the rest of the authorization is released)."""
+    """Authorized 5000, captured 3000. API reference, "The Charge object": ``amount_captured``
+    "can be less than the amount attribute on the charge if a partial capture was made"; the
+    released 2000 shows in ``amount_refunded`` (as the issue describes Stripe's payloads)."""
     signup_customer(client)
     authorized = testing.charge("ch_1", customer="cus_A", amount=5000, captured=False)
     deliver(client, "charge.succeeded", authorized)
