@@ -12,7 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from .invoices import invoice_of_charge
-from .ledger import Facts, Party, Payment, text
+from .ledger import Party, text
+from .payments import Facts, Payment
 from .receiver import EventContext
 from .tracking import _unmatched, amount_of, refund_fact, settle, transaction_source
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import ledger, signals
+from . import ledger, payments, signals
 from .accounts import uninstall
 from .invoices import invoice_of_charge
-from .ledger import Facts, Party, Payment, RefundFact, normal_email, text
+from .ledger import Party, normal_email, text
+from .payments import Facts, Payment, RefundFact
 from .receiver import EventContext
 
 
@@ -330,14 +331,14 @@ def settle(
         _attach_orphans(context, customer)
 
     prorate = context.settings.refund_policy == "prorate"
-    change, row = ledger.settle_payment(
+    change, row = payments.settle_payment(
         session, models, payment, customer_id, facts, prorate=prorate
     )
-    if change == ledger.RECORDED:
+    if change == payments.RECORDED:
         context.notify(signals.transaction_recorded, transaction=row)
-    elif change == ledger.UPDATED:
+    elif change == payments.UPDATED:
         context.notify(signals.transaction_updated, transaction=row)
-    elif change == ledger.DELETED:
+    elif change == payments.DELETED:
         context.notify(signals.transaction_deleted, transaction=row)
 
 
