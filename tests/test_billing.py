@@ -550,3 +550,28 @@ def test_a_payments_events_at_once_end_like_one_at_a_time(app, rows, models):
         assert codes == [200] * len(steps), codes
         assert final_state(rows, models, n) == ("partner-1", True, True, 2500, True, None)
     assert len(rows(models.Refund)) == 6
+
+
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **API_KEY}])
+def test_a_failing_stripe_lookup_fails_the_event_for_stripe_to_retry(client, rows, models):
+    """The look-up happens before the transaction; when Stripe's API errs, nothing is
+    applied, the event is stored as failed (500, so Stripe retries) and applies later."""
+    signup_customer(client)
+    deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"))
+    event = testing.event(
+        "refund.created", testing.refund("re_1", charge="ch_1", payment_intent="pi_1")
+    )
+    with testing.fake_stripe_api() as api:
+        api.reply(
+            "GET",
+            "/v1/invoice_payments",
+            ({"error": {"type": "api_error", "message": "down"}}, 500),
+        )
+        assert testing.post_event(client, event).status_code == 500
+    [stored] = rows(models.WebhookEvent, type="refund.created")
+    assert stored.status == "failed"
+    assert ledger(rows, models) == {"in_1": (1000, True, None)}
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/invoice_payments", invoice_payments(("pi_1", "in_1")))
+        assert testing.post_event(client, event).json["status"] == "processed"
+    assert ledger(rows, models) == {"in_1": (1000, False, "refund")}
