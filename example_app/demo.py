@@ -179,8 +179,30 @@ def play(site: Site) -> None:
         ),
     )
     step(
-        "invoice.paid (no handler: stored and ignored)",
-        E("invoice.paid", {"id": "in_1", "object": "invoice"}),
+        "refund.created dana 30.00 (the refund object; deletes it)",
+        E("refund.created", testing.refund("re_dana_1", charge="ch_dana_1", amount=3000)),
+    )
+    step(
+        "refund.failed the same refund (gives the payment back)",
+        E(
+            "refund.failed",
+            testing.refund("re_dana_1", charge="ch_dana_1", amount=3000, status="failed"),
+        ),
+    )
+    step(
+        "charge.dispute.created erin 49.00 (it stands while open)",
+        E("charge.dispute.created", testing.dispute("dp_erin_1", charge="ch_erin_1", amount=4900)),
+    )
+    step(
+        "charge.dispute.closed erin 49.00 lost (deletes it)",
+        E(
+            "charge.dispute.closed",
+            testing.dispute("dp_erin_1", charge="ch_erin_1", amount=4900, status="lost"),
+        ),
+    )
+    step(
+        "invoice.paid (charge mode: payments come from charges)",
+        E("invoice.paid", testing.invoice("in_1", customer="cus_dana", subtotal=9900)),
     )
 
 
@@ -237,7 +259,10 @@ def main() -> int:
                 time.sleep(0.1)
         print(f"Example app started at {base}\n")
         play(Site(base))
-        print("\nThe CLI's seed scenario (PartnerStack's documented story), over the same URL:")
+        print(
+            "\nThe CLI's seed scenario (a charge's life, a subscription renewal retried after "
+            "a decline, a lost dispute), over the same URL:"
+        )
         print("  flask partnerstack send-test-event --scenario seed --url .../partnerstack/webhook")
         webhook = base + "/partnerstack/webhook"
         seed = [*FLASK, "partnerstack", "send-test-event", "--scenario", "seed",

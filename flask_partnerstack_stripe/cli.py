@@ -14,6 +14,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import accounts, signals
 from .backfill import backfill
+from .endpoints_check import endpoint_warnings
 from .extension import get_state
 from .models import utcnow
 from .notify import send_notifications
@@ -242,8 +243,12 @@ def backfill_command(since: datetime, account: str | None) -> None:
 
 @partnerstack_cli.command("check")
 @click.option("--base-url", help="The app's public URL, to print full route URLs.")
+@click.option(
+    "--stripe", "with_stripe", is_flag=True,
+    help="Also read the account's webhook endpoints from Stripe and check their events.",
+)  # fmt: skip
 @with_appcontext
-def check(base_url: str | None) -> None:
+def check(base_url: str | None, with_stripe: bool) -> None:
     """Say what is configured, what is missing, whether the tables exist, and recent events."""
     state = get_state()
     settings = state.settings
@@ -304,6 +309,19 @@ def check(base_url: str | None) -> None:
             problems.append(
                 f"{failures} events failed in the last day: `flask partnerstack replay --failed`."
             )
+
+    if with_stripe:
+        click.echo("Stripe webhook endpoints")
+        with current_app.test_request_context():
+            path = url_for("partnerstack_stripe.webhook")
+        warnings = endpoint_warnings(settings, path)
+        for warning in warnings:
+            click.echo(f"  ! {warning}")
+        if not warnings:
+            click.echo(
+                f"  the endpoint for {path} sends what {settings.transaction_source} mode needs"
+            )
+        problems += warnings
 
     if problems:
         click.echo("Missing")

@@ -16,6 +16,7 @@ DEFAULTS: dict[str, Any] = {
     "MAX_BODY": 1024 * 1024,
     "TRANSACTION_SOURCE": "charge",
     "REFUND_POLICY": "delete",
+    "INVOICE_AMOUNT": "subtotal",
     "MATCH_EMAIL": True,
     "API_KEY": None,
     "CLIENT_ID": None,
@@ -33,6 +34,8 @@ DEFAULTS: dict[str, Any] = {
 
 TRANSACTION_SOURCES = ("charge", "invoice")
 REFUND_POLICIES = ("delete", "prorate")
+#: The invoice field a transaction's amount comes from in invoice mode.
+INVOICE_AMOUNTS = ("subtotal", "total_excluding_tax", "amount_paid")
 INSTALL_METHODS = ("connect", "stripe_app")
 
 
@@ -49,6 +52,7 @@ class Settings:
     max_body: int
     transaction_source: str
     refund_policy: str
+    invoice_amount: str
     match_email: bool
     api_key: str | None
     client_id: str | None
@@ -83,6 +87,7 @@ class Settings:
                 "TRANSACTION_SOURCE", get("TRANSACTION_SOURCE"), TRANSACTION_SOURCES
             ),
             refund_policy=_choice("REFUND_POLICY", get("REFUND_POLICY"), REFUND_POLICIES),
+            invoice_amount=_choice("INVOICE_AMOUNT", get("INVOICE_AMOUNT"), INVOICE_AMOUNTS),
             match_email=_bool("MATCH_EMAIL", get("MATCH_EMAIL")),
             api_key=_optional_str("API_KEY", get("API_KEY")),
             client_id=_optional_str("CLIENT_ID", get("CLIENT_ID")),

@@ -16,8 +16,8 @@ from .models import Models, complete_models, default_models
 from .notify import send_notifications
 from .receiver import HostHandler, Receiver
 from .referral import referred_partner_key
+from .rules import BUILTIN_HANDLERS, LOOKUPS
 from .signup import record_signup, signup_details, signup_party
-from .tracking import BUILTIN_HANDLERS
 from .values import ID_LENGTH, STRIPE_ID, argument
 
 EXTENSION_KEY = "partnerstack_stripe"
@@ -110,6 +110,7 @@ class PartnerStackStripe:
         receiver = Receiver(self._models, settings, unit_of_work)
         for event_type, handler in BUILTIN_HANDLERS.items():
             receiver.builtin_handlers[event_type].append(handler)
+        receiver.lookups.update(LOOKUPS)
         # The receiver shares the handler lists, so handlers added later still count.
         receiver.host_handlers = self._handlers  # type: ignore[assignment]
         app.extensions[EXTENSION_KEY] = State(
@@ -291,10 +292,10 @@ def _as_models(models: Models | Mapping[str, Any]) -> Models:
         return models
     if isinstance(models, Mapping):
         return Models(**models)
+    # An object with the models as attributes (a module, say): the first four are
+    # required, later ones fall back to their default class.
+    first, later = Models._fields[:4], Models._fields[4:]
     return Models(
-        models.Customer,
-        models.Transaction,
-        models.StripeAccount,
-        models.WebhookEvent,
-        InstallState=getattr(models, "InstallState", None),
+        *(getattr(models, name) for name in first),
+        **{name: getattr(models, name, None) for name in later},
     )

@@ -1,8 +1,10 @@
 """Which invoice a charge paid, in payloads from before and after Stripe's basil API version.
 
 Before 2025-03-31.basil a charge names its invoice (``charge.invoice``). From basil
-on it does not; the link is an InvoicePayment, listed by the charge's payment
-intent through the Stripe API when the platform's key is configured.
+on it does not, and refund and dispute objects never do; the link is an
+InvoicePayment, listed by the payment intent through the Stripe API when the
+platform's key is configured. That call is made by :func:`look_up_invoice` before the
+event's database transaction begins, never while it holds locks.
 """
 
 from __future__ import annotations
@@ -12,32 +14,75 @@ from typing import Any
 
 import stripe
 
+from .config import Settings
+from .ledger import text
 from .receiver import EventContext
 from .values import text
 
 log = logging.getLogger("flask_partnerstack_stripe")
 
 
-def invoice_of_charge(context: EventContext, charge: dict[str, Any]) -> str | None:
-    """The id of the invoice ``charge`` paid, or None when it cannot be told."""
-    named = charge.get("invoice")
+def _named_invoice(obj: dict[str, Any]) -> str | None:
+    named = obj.get("invoice")
     if isinstance(named, dict):  # expanded
         named = named.get("id")
-    if text(named):
-        return text(named)
-    payment_intent = charge.get("payment_intent")
+    return text(named)
+
+
+def _payment_intent(obj: dict[str, Any]) -> str | None:
+    payment_intent = obj.get("payment_intent")
     if isinstance(payment_intent, dict):
         payment_intent = payment_intent.get("id")
-    api_key = context.settings.api_key
-    if api_key is None or text(payment_intent) is None:
+    return text(payment_intent)
+
+
+def _lookup_key(payment_intent: str) -> str:
+    return f"invoice_of:{payment_intent}"
+
+
+def invoice_of_charge(context: EventContext, obj: dict[str, Any]) -> str | None:
+    """The id of the invoice ``obj`` (a charge, refund or dispute) paid, or None.
+
+    From the object itself, else from the look-up :func:`look_up_invoice` made before
+    the transaction began.
+    """
+    named = _named_invoice(obj)
+    if named is not None:
+        return named
+    payment_intent = _payment_intent(obj)
+    if payment_intent is None:
         return None
+    return context.lookups.get(_lookup_key(payment_intent))  # type: ignore[no-any-return]
+
+
+def look_up_invoice(
+    settings: Settings, event: dict[str, Any], stripe_account_id: str | None
+) -> dict[str, Any]:
+    """Ask Stripe which invoice the event's payment intent paid, when the rules may need it.
+
+    Only when invoice mode may apply (the default source is ``invoice``, or the event
+    comes from a connected account, which may have chosen it), an API key is set, and
+    the object does not name its invoice itself. Runs outside any database transaction.
+    """
+    obj = event["data"]["object"]
+    api_key = settings.api_key
+    payment_intent = _payment_intent(obj) if isinstance(obj, dict) else None
+    if (
+        api_key is None
+        or payment_intent is None
+        or _named_invoice(obj) is not None
+        or (settings.transaction_source != "invoice" and stripe_account_id is None)
+        or (obj.get("object") == "dispute" and obj.get("status") != "lost")
+    ):
+        return {}
     payments = stripe.InvoicePayment.list(
-        payment={"type": "payment_intent", "payment_intent": text(payment_intent) or ""},
+        payment={"type": "payment_intent", "payment_intent": payment_intent},
         limit=1,
         api_key=api_key,
-        stripe_account=context.stripe_account_id,
+        stripe_account=stripe_account_id,
     )
     for payment in payments.data:
         invoice = getattr(payment, "invoice", None)
-        return text(invoice if isinstance(invoice, str) else getattr(invoice, "id", None))
-    return None
+        found = text(invoice if isinstance(invoice, str) else getattr(invoice, "id", None))
+        return {_lookup_key(payment_intent): found}
+    return {_lookup_key(payment_intent): None}

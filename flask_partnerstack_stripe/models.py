@@ -10,6 +10,7 @@ mirrored into ``account_scope``, which is ``""`` for the platform and never NULL
 
 from __future__ import annotations
 
+import types
 import weakref
 from datetime import datetime, timezone
 from typing import Any, ClassVar, NamedTuple
@@ -125,9 +126,19 @@ class TransactionMixin:
         sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
     deleted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    #: Why it does not stand: ``"refund"``, ``"failure"`` or ``"dispute"`` (None while it stands).
+    deleted_reason: Mapped[str | None] = mapped_column(sa.String(16))
+    #: What Stripe said about the payment, in any order; ``amount`` and ``deleted_*`` follow
+    #: from these alone (see ``ledger.settle_payment``), so the order of events never matters.
+    #: The settled amount (captured, or the invoice's), None until a success shows it.
+    gross_amount: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: The highest refunded total a charge object reported (a released remainder excluded).
+    charge_refunded: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    failed: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
+    dispute_lost: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
     def __repr__(self) -> str:
-        state = " deleted" if self.deleted_at else ""
+        state = f" deleted ({self.deleted_reason})" if self.deleted_at else ""
         return f"<Transaction {self.key!r} {self.amount} {self.currency}{state}>"
 
 
@@ -229,6 +240,51 @@ class InstallStateMixin:
         return f"<InstallState expires={self.expires_at}>"
 
 
+class RefundMixin:
+    """One Stripe refund, as its events tell it. Table ``partnerstack_refund``.
+
+    Keyed by the refund id, so a refund seen through ``refund.*``, ``charge.refund.updated``
+    and a charge's own ``refunds`` list counts once. ``payment_key`` is the transaction's
+    ``key`` it lowers (the charge, or in invoice mode the charge's invoice). Its status
+    only moves forward (:data:`REFUND_RANKS`), so a late ``pending`` never undoes a failure.
+    """
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return "partnerstack_refund"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        table = cls.__tablename__
+        return (
+            sa.UniqueConstraint("account_scope", "refund_id", name=f"uq_{table}_refund_id"),
+            sa.Index(f"ix_{table}_payment_key", "payment_key", "account_scope"),
+        )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    refund_id: Mapped[str] = mapped_column(sa.String(255))
+    payment_key: Mapped[str] = mapped_column(sa.String(255))
+    account_scope: Mapped[str] = mapped_column(sa.String(255), default="")
+    amount: Mapped[int] = mapped_column(sa.BigInteger)
+    #: ``pending``, ``requires_action``, ``succeeded``, ``failed`` or ``canceled``.
+    status: Mapped[str] = mapped_column(sa.String(32))
+    status_rank: Mapped[int] = mapped_column(sa.SmallInteger)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+
+    def __repr__(self) -> str:
+        return f"<Refund {self.refund_id} {self.amount} {self.status}>"
+
+
+#: How far along a refund status is; a status never goes back to a lower rank. A refund
+#: can fail after it succeeded (Stripe sends ``refund.failed`` then), never the reverse.
+REFUND_RANKS = {"pending": 1, "requires_action": 1, "succeeded": 2, "failed": 3, "canceled": 3}
+#: Refund statuses that give the money back to the payment.
+REFUND_UNDONE = ("failed", "canceled")
+
+
 class Models(NamedTuple):
     """The model classes the extension works with.
 
@@ -242,54 +298,48 @@ class Models(NamedTuple):
     StripeAccount: Any
     WebhookEvent: Any
     InstallState: Any = None
+    Refund: Any = None
 
+
+#: The mixin each default model is built from, by its field in :class:`Models`.
+MIXINS: dict[str, type] = {
+    "Customer": CustomerMixin,
+    "Transaction": TransactionMixin,
+    "StripeAccount": StripeAccountMixin,
+    "WebhookEvent": WebhookEventMixin,
+    "InstallState": InstallStateMixin,
+    "Refund": RefundMixin,
+}
 
 # One set of default models per ``SQLAlchemy`` object: declaring a table twice on
 # the same metadata is an error, and several extension objects may share one ``db``.
-_default_models: weakref.WeakKeyDictionary[Any, Models] = weakref.WeakKeyDictionary()
+_default_classes: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def default_model(db: Any, name: str) -> Any:
+    """The default model ``name`` (a field of :class:`Models`) on ``db.Model``, built once.
+
+    Its class is ``PartnerStack<name>``: ``TransactionMixin.customer_model`` names
+    ``PartnerStackCustomer``.
+    """
+    classes = _default_classes.setdefault(db, {})
+    if name not in classes:
+        classes[name] = types.new_class(
+            f"PartnerStack{name}",
+            (MIXINS[name], db.Model),
+            exec_body=lambda namespace: namespace.update(__module__=__name__),
+        )
+    return classes[name]
 
 
 def default_models(db: Any) -> Models:
     """The default models declared on ``db.Model`` (built once per ``db``)."""
-    if db not in _default_models:
-
-        class PartnerStackCustomer(CustomerMixin, db.Model):  # type: ignore[name-defined,misc]
-            pass
-
-        class PartnerStackTransaction(TransactionMixin, db.Model):  # type: ignore[name-defined,misc]
-            pass
-
-        class PartnerStackStripeAccount(StripeAccountMixin, db.Model):  # type: ignore[name-defined,misc]
-            pass
-
-        class PartnerStackWebhookEvent(WebhookEventMixin, db.Model):  # type: ignore[name-defined,misc]
-            pass
-
-        _default_models[db] = Models(
-            PartnerStackCustomer,
-            PartnerStackTransaction,
-            PartnerStackStripeAccount,
-            PartnerStackWebhookEvent,
-            InstallState=_default_install_state(db),
-        )
-    return _default_models[db]
-
-
-_default_install_states: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
-
-
-def _default_install_state(db: Any) -> Any:
-    if db not in _default_install_states:
-
-        class PartnerStackInstallState(InstallStateMixin, db.Model):  # type: ignore[name-defined,misc]
-            pass
-
-        _default_install_states[db] = PartnerStackInstallState
-    return _default_install_states[db]
+    return Models(**{name: default_model(db, name) for name in Models._fields})
 
 
 def complete_models(models: Models, db: Any) -> Models:
     """``models`` with the default class, on ``db``, for each later model the host left out."""
-    if models.InstallState is None:
-        models = models._replace(InstallState=_default_install_state(db))
-    return models
+    missing = {
+        name: default_model(db, name) for name in Models._fields if getattr(models, name) is None
+    }
+    return models._replace(**missing)

@@ -61,6 +61,8 @@ class EventContext:
     account: Any = None  # the StripeAccount row, when the event's account has one
     ignored: str | None = None
     keep: bool = False  # store the event even when ignored events are not stored
+    #: What the Stripe API answered before the transaction began (see ``Receiver.lookups``).
+    lookups: dict[str, Any] = field(default_factory=dict)
     notifications: list[tuple[NamedSignal, dict[str, Any]]] = field(default_factory=list)
 
     @property
@@ -90,6 +92,8 @@ class EventContext:
 
 
 BuiltinHandler = Callable[[EventContext], None]
+#: ``lookup(settings, event, stripe_account_id)``: Stripe API calls a rule will need.
+Lookup = Callable[[Settings, dict[str, Any], "str | None"], dict[str, Any]]
 
 
 class Receiver:
@@ -104,6 +108,8 @@ class Receiver:
         self.unit_of_work = unit_of_work
         self.builtin_handlers: dict[str, list[BuiltinHandler]] = defaultdict(list)
         self.host_handlers: dict[str, list[HostHandler]] = defaultdict(list)
+        #: Per event type, the Stripe API look-ups made before the transaction begins.
+        self.lookups: dict[str, Lookup] = {}
         # Ids this process saw committed as processed or ignored. Those outcomes are
         # final, so Stripe's redeliveries of them are answered without the database.
         self._settled: dict[str, None] = {}
@@ -127,9 +133,10 @@ class Receiver:
             return Outcome(DUPLICATE)
         stripe_account_id = stripe_account_id or event.get("account")
         try:
+            lookups = self._look_up(event, stripe_account_id)
             with self.unit_of_work(session):
                 if self._claim(session, event, payload, stripe_account_id, replay=replay):
-                    outcome = self._apply(session, event, stripe_account_id, stored=True)
+                    outcome = self._apply(session, event, stripe_account_id, True, lookups)
                 else:
                     outcome = Outcome(DUPLICATE)  # processed or ignored: never failed
         except Exception as error:
@@ -154,20 +161,37 @@ class Receiver:
 
         The tracking rules are idempotent, so applying the same state again changes nothing.
         """
+        lookups = self._look_up(event, stripe_account_id)
         with self.unit_of_work(session):
-            outcome = self._apply(session, event, stripe_account_id, stored=False)
+            outcome = self._apply(session, event, stripe_account_id, False, lookups)
         return outcome
 
+    def _look_up(self, event: dict[str, Any], stripe_account_id: str | None) -> dict[str, Any]:
+        """The pre-transaction step: every Stripe API call the rules need, before any lock."""
+        lookup = self.lookups.get(event["type"])
+        return lookup(self.settings, event, stripe_account_id) if lookup is not None else {}
+
     def _apply(
-        self, session: Session, event: dict[str, Any], stripe_account_id: str | None, stored: bool
+        self,
+        session: Session,
+        event: dict[str, Any],
+        stripe_account_id: str | None,
+        stored: bool,
+        lookups: dict[str, Any],
     ) -> Outcome:
         context = EventContext(session, self.models, self.settings, event, stripe_account_id)
+        context.lookups = lookups
         context.ignored = self._reason_to_ignore(context)
+        host_handlers = self.host_handlers.get(event["type"], ()) if context.ignored is None else ()
         if context.ignored is None:
             for handler in self.builtin_handlers.get(event["type"], ()):
                 handler(context)
-            for host_handler in self.host_handlers.get(event["type"], ()):
+            for host_handler in host_handlers:
                 host_handler(event)
+        if host_handlers:
+            # The host handled it: processed, and stored as such, so that no redelivery
+            # or replay runs its handlers again, whatever STORE_IGNORED_EVENTS says.
+            context.ignored = None
         # The event_* signals speak of stored webhook events only.
         if context.ignored is not None:
             if not stored:

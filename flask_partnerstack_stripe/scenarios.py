@@ -27,6 +27,13 @@ EVENT_TYPES = (
     "charge.refunded",
     "charge.failed",
     "invoice.payment_succeeded",
+    "invoice.paid",
+    "invoice.payment_failed",
+    "refund.created",
+    "refund.failed",
+    "charge.dispute.created",
+    "charge.dispute.closed",
+    "checkout.session.completed",
     "account.application.deauthorized",
 )
 
@@ -61,7 +68,15 @@ class TestEvent:
     def build(self, event_type: str) -> dict[str, Any]:
         """A realistic event of ``event_type`` about this customer and payment."""
         envelope = {"livemode": self.livemode, "account": self.account}
-        if event_type.startswith("customer."):
+        if event_type.startswith("charge.dispute."):
+            status = "lost" if event_type == "charge.dispute.closed" else "needs_response"
+            obj = testing.dispute(
+                charge=self.charge or testing.new_id("ch"),
+                amount=self.amount,
+                currency=self.currency,
+                status=status,
+            )
+        elif event_type.startswith("customer."):
             obj = testing.customer(
                 self.stripe_customer_id,
                 email=self.email,
@@ -86,7 +101,7 @@ class TestEvent:
                 livemode=self.livemode,
                 **gone,  # type: ignore[arg-type]
             )
-        elif event_type == "invoice.payment_succeeded":
+        elif event_type.startswith("invoice."):
             obj = testing.invoice(
                 self.invoice or testing.new_id("in"),
                 customer=self.stripe_customer_id,
@@ -94,6 +109,25 @@ class TestEvent:
                 currency=self.currency,
                 email=self.email,
                 metadata=self.metadata("product_key"),
+                status="open" if event_type == "invoice.payment_failed" else "paid",
+                livemode=self.livemode,
+            )
+        elif event_type.startswith("refund."):
+            status = "failed" if event_type == "refund.failed" else "succeeded"
+            obj = testing.refund(
+                charge=self.charge or testing.new_id("ch"),
+                amount=self.amount,
+                currency=self.currency,
+                status=status,
+            )
+        elif event_type == "checkout.session.completed":
+            obj = testing.checkout_session(
+                customer=self.stripe_customer_id,
+                client_reference_id=self.customer_key,
+                email=self.email,
+                metadata=self.metadata("partner_key"),
+                amount_total=self.amount,
+                currency=self.currency,
                 livemode=self.livemode,
             )
         elif event_type == "account.application.deauthorized":
@@ -127,8 +161,8 @@ def deliver(event: dict[str, Any], url: str | None) -> tuple[int, dict[str, Any]
         raise click.ClickException(f"Could not reach {url}: {error.reason}") from None
 
 
-def show_state(story: TestEvent, charge_id: str | None) -> None:
-    """Print the customer and transaction the story is about, as stored now."""
+def show_state(story: TestEvent, *keys: str | None) -> None:
+    """Print the customer and transactions the story is about, as stored now."""
     state = get_state()
     session = state.db.session
     session.expire_all()
@@ -137,10 +171,11 @@ def show_state(story: TestEvent, charge_id: str | None) -> None:
     if story.customer_key:
         names.append(Customer.customer_key == story.customer_key)
     customers = session.scalars(sa.select(Customer).where(sa.or_(*names))).all()
+    wanted = [key for key in keys if key]
     transactions = []
-    if charge_id:
+    if wanted:
         transactions = session.scalars(
-            sa.select(Transaction).where(Transaction.key == charge_id)
+            sa.select(Transaction).where(Transaction.key.in_(wanted)).order_by(Transaction.id)
         ).all()
     partners = {c.id: c.partner_key for c in customers}
     rows = [("", "key", "partner", "amount", "product", "state")]
@@ -151,7 +186,9 @@ def show_state(story: TestEvent, charge_id: str | None) -> None:
         partner = partners.get(t.customer_id) or ("?" if t.customer_id else "-")
         standing = "standing" if t.customer_id else "standing, customer unknown yet"
         rows.append(("transaction", t.key, partner, f"{t.amount / 100:.2f} {t.currency.upper()}",
-                     t.product_key or "-", "deleted" if t.deleted_at else standing))  # fmt: skip
+                     t.product_key or "-",
+                     f"deleted ({t.deleted_reason or 'never settled'})" if t.deleted_at
+                     else standing))  # fmt: skip
     if len(rows) == 1:
         click.echo("    (nothing recorded)")
         return
@@ -163,24 +200,43 @@ def show_state(story: TestEvent, charge_id: str | None) -> None:
         )
 
 
-def run_step(story: TestEvent, event_type: str, url: str | None) -> None:
+def run_step(story: TestEvent, event_type: str, url: str | None, *shown: str | None) -> None:
     event = story.build(event_type)
     status, answer = deliver(event, url)
     reason = f" ({answer['reason']})" if answer.get("reason") else ""
     verdict = answer.get("status") or answer.get("error") or ""
     click.echo(f"{event_type} {event['id']} -> HTTP {status} {verdict}{reason}")
     obj = event["data"]["object"]
-    show_state(story, obj.get("id") if obj.get("object") in ("charge", "invoice") else story.charge)
+    if not shown:
+        is_payment = obj.get("object") in ("charge", "invoice")
+        shown = (obj.get("id") if is_payment else story.charge or story.invoice,)
+    show_state(story, *shown)
 
 
 def play_seed(story: TestEvent, url: str | None) -> None:
-    """PartnerStack's documented story: a customer with keys, then one charge's whole life."""
+    """Three stories: PartnerStack's documented one (a customer with keys, then one
+    charge's whole life), a subscription renewal whose first attempt fails and whose
+    retry pays, and a payment lost to a dispute."""
     story.customer_key = story.customer_key or "seed-customer"
     story.partner_key = story.partner_key or "seed-partner"
     story.charge = story.charge or testing.new_id("ch")
+    click.echo("-- a charge's whole life")
     for event_type in ("customer.created", "charge.succeeded", "charge.captured",
                        "charge.updated", "charge.refunded"):  # fmt: skip
         run_step(story, event_type, url)
+
+    click.echo("-- a subscription renewal: the card is declined, Stripe's retry pays")
+    first, retry = testing.new_id("ch"), testing.new_id("ch")
+    story.invoice = testing.new_id("in")
+    for charge, event_type in ((first, "charge.failed"), (None, "invoice.payment_failed"),
+                               (retry, "charge.succeeded"), (None, "invoice.paid")):  # fmt: skip
+        story.charge = charge or story.charge
+        run_step(story, event_type, url, first, retry, story.invoice)
+
+    click.echo("-- a payment the customer disputes, and the merchant loses")
+    story.charge, story.invoice = testing.new_id("ch"), None
+    for event_type in ("charge.succeeded", "charge.dispute.created", "charge.dispute.closed"):
+        run_step(story, event_type, url, story.charge)
 
 
 @click.command("send-test-event")

@@ -40,13 +40,16 @@ __all__ = [
     "FakeStripeAPI",
     "SentSignal",
     "charge",
+    "checkout_session",
     "customer",
+    "dispute",
     "event",
     "fake_stripe_api",
     "invoice",
     "new_id",
     "post_event",
     "record_signals",
+    "refund",
     "sign",
 ]
 
@@ -125,18 +128,27 @@ def charge(
     status: str = "succeeded",
     captured: bool = True,
     amount_refunded: int = 0,
+    amount_captured: int | None = None,
     email: str | None = None,
     invoice: str | None = None,
     payment_intent: str | None = None,
     livemode: bool = False,
     api_version: str = API_VERSION,
 ) -> dict[str, Any]:
-    """A Stripe Charge object. Before basil it names its ``invoice``; from basil on it cannot."""
+    """A Stripe Charge object. Before basil it names its ``invoice``; from basil on it cannot.
+
+    ``amount_captured`` below ``amount`` is a partial capture: Stripe then releases the
+    rest and counts it in ``amount_refunded``, which this builder does too.
+    """
+    if amount_captured is None:
+        amount_captured = amount if captured else 0
+    elif captured:
+        amount_refunded += amount - amount_captured  # the released remainder
     obj: dict[str, Any] = {
         "id": id or new_id("ch"),
         "object": "charge",
         "amount": amount,
-        "amount_captured": amount if captured else 0,
+        "amount_captured": amount_captured,
         "amount_refunded": amount_refunded,
         "billing_details": {"email": email, "name": None},
         "captured": captured,
@@ -161,34 +173,177 @@ def invoice(
     *,
     customer: str | None = None,
     subtotal: int = 1000,
+    total_excluding_tax: int | None = None,
+    tax: int = 0,
     currency: str = "usd",
     metadata: dict[str, str] | None = None,
+    subscription: str | None = None,
+    subscription_metadata: dict[str, str] | None = None,
     charge: str | None = None,
     payment_intent: str | None = None,
     email: str | None = None,
+    status: str = "paid",
     livemode: bool = False,
     api_version: str = API_VERSION,
 ) -> dict[str, Any]:
-    """A paid Stripe Invoice object, with ``charge`` and ``payment_intent`` before basil."""
+    """A Stripe Invoice object (paid by default), in the shape of ``api_version``.
+
+    ``total_excluding_tax`` is the amount after discounts (``subtotal`` by default) and
+    ``tax`` is added to make ``total`` and ``amount_paid``. A subscription invoice
+    carries the subscription's metadata as Stripe copies it: under
+    ``parent.subscription_details`` from basil on, ``subscription_details`` before
+    (Stripe API reference, "The Invoice object"; basil changelog "Invoice parent").
+    Before basil the invoice also names its ``charge`` and ``payment_intent``.
+    """
+    after_discounts = subtotal if total_excluding_tax is None else total_excluding_tax
+    total = after_discounts + tax
+    paid = status == "paid"
     obj: dict[str, Any] = {
         "id": id or new_id("in"),
         "object": "invoice",
-        "amount_due": subtotal,
-        "amount_paid": subtotal,
+        "amount_due": total,
+        "amount_paid": total if paid else 0,
+        "amount_remaining": 0 if paid else total,
+        "billing_reason": "subscription_cycle"
+        if subscription or subscription_metadata
+        else "manual",
         "currency": currency,
         "customer": customer,
         "customer_email": email,
         "livemode": livemode,
         "metadata": metadata or {},
-        "status": "paid",
+        "status": status,
         "subtotal": subtotal,
-        "total": subtotal,
+        "total": total,
+        "total_excluding_tax": after_discounts,
     }
+    is_subscription = subscription is not None or subscription_metadata is not None
+    subscription = subscription or (new_id("sub") if is_subscription else None)
+    details = {"metadata": subscription_metadata or {}}
     if api_version < "2025-03-31":
         obj["charge"] = charge
         obj["payment_intent"] = payment_intent
-        obj["paid"] = True
+        obj["paid"] = paid
+        obj["subscription"] = subscription
+        obj["subscription_details"] = details if is_subscription else {"metadata": None}
+    else:
+        obj["parent"] = (
+            {
+                "type": "subscription_details",
+                "quote_details": None,
+                "subscription_details": {**details, "subscription": subscription},
+            }
+            if is_subscription
+            else None
+        )
     return obj
+
+
+def refund(
+    id: str | None = None,
+    *,
+    charge: str,
+    amount: int = 1000,
+    status: str = "succeeded",
+    currency: str = "usd",
+    payment_intent: str | None = None,
+) -> dict[str, Any]:
+    """A Stripe Refund object (the ``refund.*`` and ``charge.refund.updated`` events carry one).
+
+    Shape: Stripe API reference, "The Refund object" (and stripe/openapi fixtures3.json
+    ``refund``). ``status`` is ``pending``, ``requires_action``, ``succeeded``,
+    ``failed`` or ``canceled``; a failed one has a ``failure_reason``.
+    """
+    obj: dict[str, Any] = {
+        "id": id or new_id("re"),
+        "object": "refund",
+        "amount": amount,
+        "balance_transaction": None,
+        "charge": charge,
+        "created": int(time.time()),
+        "currency": currency,
+        "metadata": {},
+        "payment_intent": payment_intent,
+        "reason": None,
+        "status": status,
+    }
+    if status == "failed":
+        obj["failure_reason"] = "expired_or_canceled_card"
+    return obj
+
+
+def dispute(
+    id: str | None = None,
+    *,
+    charge: str,
+    amount: int = 1000,
+    status: str = "needs_response",
+    currency: str = "usd",
+    payment_intent: str | None = None,
+) -> dict[str, Any]:
+    """A Stripe Dispute object (``charge.dispute.*`` events carry one).
+
+    Shape: Stripe API reference, "The Dispute object" (and stripe/openapi fixtures3.json
+    ``dispute``). ``status`` is ``warning_needs_response``, ``warning_under_review``,
+    ``warning_closed``, ``needs_response``, ``under_review``, ``won`` or ``lost``.
+    """
+    return {
+        "id": id or new_id("dp"),
+        "object": "dispute",
+        "amount": amount,
+        "balance_transactions": [],
+        "charge": charge,
+        "created": int(time.time()),
+        "currency": currency,
+        "is_charge_refundable": False,
+        "livemode": False,
+        "metadata": {},
+        "payment_intent": payment_intent,
+        "reason": "fraudulent",
+        "status": status,
+    }
+
+
+def checkout_session(
+    id: str | None = None,
+    *,
+    customer: str | None = None,
+    client_reference_id: str | None = None,
+    email: str | None = None,
+    name: str | None = None,
+    metadata: dict[str, str] | None = None,
+    mode: str = "payment",
+    amount_total: int = 1000,
+    currency: str = "usd",
+    payment_link: str | None = None,
+    livemode: bool = False,
+) -> dict[str, Any]:
+    """A completed Stripe Checkout Session (``checkout.session.completed`` carries one).
+
+    Shape: Stripe API reference, "The Checkout Session object" (and stripe/openapi
+    fixtures3.json ``checkout.session``): the buyer's email is in
+    ``customer_details.email``; ``customer`` is None for a guest payment.
+    """
+    return {
+        "id": id or new_id("cs_test"),
+        "object": "checkout.session",
+        "amount_subtotal": amount_total,
+        "amount_total": amount_total,
+        "client_reference_id": client_reference_id,
+        "created": int(time.time()),
+        "currency": currency,
+        "customer": customer,
+        "customer_details": {"email": email, "name": name, "phone": None, "address": None},
+        "customer_email": None,
+        "livemode": livemode,
+        "metadata": metadata or {},
+        "mode": mode,
+        "payment_intent": new_id("pi") if mode == "payment" else None,
+        "payment_link": payment_link,
+        "payment_status": "paid",
+        "status": "complete",
+        "subscription": new_id("sub") if mode == "subscription" else None,
+    }
 
 
 def sign(payload: str, secret: str, *, timestamp: int | None = None) -> str:

@@ -9,19 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import ledger, signals
+from . import ledger, payments, signals
 from .accounts import uninstall
 from .invoices import invoice_of_charge
-from .ledger import Party, Payment
-from .receiver import BuiltinHandler, EventContext
-from .values import (
-    METADATA_LENGTH,
-    NAME_LENGTH,
-    amount,
-    currency,
-    normal_email,
-    text,
-)
+from .ledger import Party, normal_email, text
+from .payments import Facts, Payment, RefundFact
+from .receiver import EventContext
 
 
 def metadata(obj: dict[str, Any]) -> dict[str, Any]:
@@ -29,41 +22,26 @@ def metadata(obj: dict[str, Any]) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _metadata_value(obj: dict[str, Any], name: str) -> str | None:
-    return text(metadata(obj).get(name), METADATA_LENGTH, field=f"metadata.{name}")
-
-
 def customer_key_of(obj: dict[str, Any]) -> str | None:
-    return _metadata_value(obj, "customer_key") or _metadata_value(obj, "customer_id")
-
-
-def partner_key_of(obj: dict[str, Any]) -> str | None:
-    return _metadata_value(obj, "partner_key")
-
-
-def name_of(obj: dict[str, Any]) -> str | None:
-    return text(obj.get("name"), NAME_LENGTH, field="name")
-
-
-def email_of(obj: dict[str, Any]) -> str | None:
-    """The first email the object gives: its own, billing, receipt, then invoice's customer."""
-    billing = obj.get("billing_details")
-    billing_email = billing.get("email") if isinstance(billing, dict) else None
-    return (
-        normal_email(obj.get("email"))
-        or normal_email(billing_email, field="billing_details.email")
-        or normal_email(obj.get("receipt_email"), field="receipt_email")
-        or normal_email(obj.get("customer_email"), field="customer_email")
-    )
+    meta = metadata(obj)
+    return text(meta.get("customer_key")) or text(meta.get("customer_id"))
 
 
 def party_of(context: EventContext, obj: dict[str, Any], stripe_customer_id: Any) -> Party:
+    billing = obj.get("billing_details")
+    billing_email = billing.get("email") if isinstance(billing, dict) else None
+    email = (
+        normal_email(obj.get("email"))
+        or normal_email(billing_email)
+        or normal_email(obj.get("receipt_email"))
+        or normal_email(obj.get("customer_email"))
+    )
     return Party(
         stripe_account_id=context.stripe_account_id,
         livemode=context.livemode,
-        stripe_customer_id=text(stripe_customer_id, field="customer"),
+        stripe_customer_id=text(stripe_customer_id),
         customer_key=customer_key_of(obj),
-        email=email_of(obj),
+        email=email,
     )
 
 
@@ -86,7 +64,7 @@ def customer_upserted(context: EventContext) -> None:
     ledger.lock(context.session, *ledger.party_lock_names(party))
     models, session = context.models, context.session
     match_email = context.settings.match_email
-    partner_key = partner_key_of(obj)
+    partner_key = text(metadata(obj).get("partner_key"))
     customer = ledger.find_customer(session, models, party, match_email=match_email)
 
     if customer is None:
@@ -100,7 +78,7 @@ def customer_upserted(context: EventContext) -> None:
             models,
             party,
             partner_key=partner_key,
-            name=name_of(obj),
+            name=text(obj.get("name")),
             event_created=context.event["created"],
         )
         if created:
@@ -126,7 +104,7 @@ def _sync_customer(
     wanted = {
         "stripe_customer_id": party.stripe_customer_id,
         "email": party.email,
-        "name": name_of(obj),
+        "name": text(obj.get("name")),
         "partner_key": partner_key if customer.partner_key is None else None,
     }
     changed = False
@@ -165,62 +143,107 @@ def customer_deleted(context: EventContext) -> None:
 
 # --- payments --------------------------------------------------------------------------
 
+ZERO_AMOUNT = "zero amount: a payment of 0 (a trial, a 100% coupon) earns nothing"
 
-def _refund_state(obj: dict[str, Any], paid: int) -> tuple[bool, int]:
-    """``(fully_refunded, amount_refunded)`` read from the object itself.
 
-    A refund of the whole amount or more is a full refund, whatever ``refunded``
-    says, so a prorated amount never goes below zero.
+def amount_of(value: Any) -> int | None:
+    """An amount in minor units as Stripe sends it: a non-negative integer, else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62:
+        return value
+    return None
+
+
+def refunds_listed(obj: dict[str, Any]) -> tuple[RefundFact, ...]:
+    """The refunds a charge lists itself (API versions before 2022-11-15 include them)."""
+    listing = obj.get("refunds")
+    data = listing.get("data") if isinstance(listing, dict) else None
+    facts = (refund_fact(refund) for refund in data if isinstance(refund, dict)) if data else ()
+    return tuple(fact for fact in facts if fact is not None)
+
+
+def refund_fact(refund: dict[str, Any], status: str | None = None) -> RefundFact | None:
+    refund_id, amount = text(refund.get("id")), amount_of(refund.get("amount"))
+    status = status or text(refund.get("status")) or "succeeded"
+    if refund_id is None or amount is None:
+        return None
+    return RefundFact(refund_id, amount, status)
+
+
+def charge_facts(context: EventContext, obj: dict[str, Any], amount: int) -> Facts:
+    """What a charge object says: settled amount (``amount_captured``), refunds, failure.
+
+    A partial capture releases the rest of the authorization, which Stripe counts in
+    ``amount_refunded``: that remainder (``amount - amount_captured``) is not a refund.
     """
-    refunded = amount(obj.get("amount_refunded"), field="amount_refunded") or 0
-    return obj.get("refunded") is True or (refunded >= paid and refunded > 0), refunded
+    captured = amount_of(obj.get("amount_captured"))
+    settled = _is_settled(obj)
+    gross = (captured if captured is not None and captured > 0 else amount) if settled else None
+    released = amount - captured if captured is not None and captured <= amount else 0
+    if not settled and obj.get("captured") is False:
+        released = amount  # an authorization canceled before capture: nothing was paid
+    refunded = max((amount_of(obj.get("amount_refunded")) or 0) - released, 0)
+    if obj.get("refunded") is True and gross is not None:
+        refunded = max(refunded, gross)
+    return Facts(
+        gross=gross,
+        nominal=amount,
+        refunded=refunded,
+        failed=obj.get("status") == "failed" or context.event["type"] == "charge.failed",
+        refunds=refunds_listed(obj),
+    )
 
 
-def _payment(context: EventContext, key: str, party: Party, amount: int, obj: Any) -> Payment:
+def _payment(context: EventContext, key: str, party: Party, obj: Any, meta: Any = None) -> Payment:
     return Payment(
         key=key,
         party=party,
-        amount=amount,
-        currency=currency(obj.get("currency")),
-        product_key=_metadata_value(obj, "product_key"),
+        currency=(text(obj.get("currency"), 3) or "").lower(),
+        product_key=text((meta if meta is not None else metadata(obj)).get("product_key")),
     )
 
 
 def charge_changed(context: EventContext) -> None:
     """``charge.succeeded`` / ``.captured`` / ``.updated`` / ``.refunded`` / ``.failed``.
 
-    One rule for all five: the charge object says whether it stands (succeeded,
-    captured, not refunded) or is gone (failed, refunded), whatever the event type.
+    One rule for all five: the charge object says whether it settled, how much was
+    captured and refunded, and whether it failed, whatever the event type.
     """
     obj = context.object
-    key, paid = text(obj.get("id"), field="id"), amount(obj.get("amount"))
-    if key is None or paid is None:
+    key, amount = text(obj.get("id")), amount_of(obj.get("amount"))
+    if key is None or amount is None:
         return context.ignore("The charge has no id or no valid amount.")
     party = party_of(context, obj, obj.get("customer"))
-    fully_refunded, amount_refunded = _refund_state(obj, paid)
-    failed = obj.get("status") == "failed" or context.event["type"] == "charge.failed"
-    prorate = context.settings.refund_policy == "prorate"
-    gone = failed or fully_refunded or (amount_refunded > 0 and not prorate)
+    facts = charge_facts(context, obj, amount)
 
     if transaction_source(context) == "invoice":
-        if not gone:
+        # Invoice mode: the invoice records; its charges only bring refunds. A failed
+        # attempt deletes nothing, since a retry may still pay the invoice.
+        if facts.refunded == 0 and not facts.refunds:
+            if facts.failed:
+                return context.ignore(
+                    "Invoice mode: a failed payment attempt deletes nothing (a retry may "
+                    "still pay the invoice)."
+                )
             return context.ignore("Invoice mode: charges are recorded through their invoice.")
         invoice_id = invoice_of_charge(context, obj)
         if invoice_id is None:
-            return context.ignore(
-                f"Unmatched refund: the charge {key} could not be linked to an invoice "
-                "(set PARTNERSTACK_STRIPE_API_KEY to look it up, then replay this event).",
-                keep=True,
-            )
-        return _delete(context, _payment(context, invoice_id, party, paid, obj))
+            return _unmatched(context, key)
+        refund_only = Facts(nominal=amount, refunded=facts.refunded, refunds=facts.refunds)
+        return settle(context, _payment(context, invoice_id, party, obj, {}), refund_only)
 
-    standing = max(paid - amount_refunded, 0) if prorate else paid  # never below zero
-    payment = _payment(context, key, party, standing, obj)
-    if gone:
-        return _delete(context, payment)
-    if not _is_settled(obj):
+    if facts.gross == 0:
+        return context.ignore(ZERO_AMOUNT)
+    if facts.gross is None and not (facts.failed or facts.refunded or facts.refunds):
         return context.ignore("The charge has not succeeded and been captured yet.")
-    return _record(context, payment, obj)
+    return settle(context, _payment(context, key, party, obj), facts, creates=obj)
+
+
+def _unmatched(context: EventContext, charge_id: str) -> None:
+    return context.ignore(
+        f"Unmatched refund: the charge {charge_id} could not be linked to an invoice "
+        "(set PARTNERSTACK_STRIPE_API_KEY to look it up, then replay this event).",
+        keep=True,
+    )
 
 
 def _is_settled(charge: dict[str, Any]) -> bool:
@@ -229,38 +252,77 @@ def _is_settled(charge: dict[str, Any]) -> bool:
     return status == "succeeded" and charge.get("captured", True) is True
 
 
+def invoice_metadata(invoice: dict[str, Any]) -> dict[str, Any]:
+    """The invoice's metadata, each key filled from its subscription's when missing.
+
+    Stripe copies the subscription's metadata onto its invoices: under
+    ``parent.subscription_details.metadata`` from 2025-03-31.basil on, under
+    ``subscription_details.metadata`` before.
+    """
+    parent = invoice.get("parent")
+    sources = [
+        metadata(invoice),
+        metadata(_dict(_dict(parent).get("subscription_details"))),
+        metadata(_dict(invoice.get("subscription_details"))),
+    ]
+    merged: dict[str, Any] = {}
+    for source in reversed(sources):
+        merged.update({name: value for name, value in source.items() if text(value)})
+    return merged
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def invoice_paid(context: EventContext) -> None:
-    """``invoice.payment_succeeded``: record the invoice (invoice mode only)."""
+    """``invoice.payment_succeeded`` / ``invoice.paid``: record the invoice (invoice mode only)."""
     obj = context.object
     if transaction_source(context) != "invoice":
         return context.ignore("Charge mode: payments are recorded from their charges.")
-    key, subtotal = text(obj.get("id"), field="id"), amount(obj.get("subtotal"), field="subtotal")
-    if key is None or subtotal is None:
-        return context.ignore("The invoice has no id or no valid subtotal.")
-    return _record(
-        context,
-        _payment(context, key, party_of(context, obj, obj.get("customer")), subtotal, obj),
-        obj,
+    field = context.settings.invoice_amount
+    key, amount = text(obj.get("id")), amount_of(obj.get(field))
+    if key is None or amount is None:
+        return context.ignore(f"The invoice has no id or no valid {field}.")
+    if amount == 0 or amount_of(obj.get("total")) == 0:
+        return context.ignore(ZERO_AMOUNT)
+    obj = {**obj, "metadata": invoice_metadata(obj)}
+    party = party_of(context, obj, obj.get("customer"))
+    facts = Facts(gross=amount, nominal=amount)
+    return settle(context, _payment(context, key, party, obj), facts, creates=obj)
+
+
+def invoice_failed(context: EventContext) -> None:
+    """``invoice.payment_failed``: an attempt failed; Stripe retries, so nothing is deleted."""
+    return context.ignore(
+        "A failed payment attempt deletes nothing: a retry may still pay the invoice."
     )
 
 
-def _record(context: EventContext, payment: Payment, obj: dict[str, Any]) -> None:
+def settle(
+    context: EventContext, payment: Payment, facts: Facts, creates: dict[str, Any] | None = None
+) -> None:
+    """Add ``facts`` to the payment's transaction and send the signal the change calls for.
+
+    ``creates``: the charge or invoice object whose metadata may create the customer
+    (the e-commerce case); refund and dispute objects name no customer.
+    """
     session, models = context.session, context.models
     party = payment.party
     found = _find_payer(context, party)
     customer_id = found.id if found is not None else None
-    partner_key = partner_key_of(obj)
-    if found is None and party.customer_key and partner_key:
+    partner_key = text(metadata(creates).get("partner_key")) if creates is not None else None
+    if creates is not None and found is None and party.customer_key and partner_key:
         # The e-commerce case: no signup tracking, the charge names customer and partner.
         customer, created = ledger.create_customer(
-            session, models, party, partner_key=partner_key, name=name_of(obj)
+            session, models, party, partner_key=partner_key, name=text(creates.get("name"))
         )
         customer_id = customer.id
         if created:
             context.notify(signals.customer_created, customer=customer)
             _attach_orphans(context, customer)
     elif found is not None and party.stripe_customer_id and not found.stripe_customer_id:
-        # Found by key or email: the charge tells us its Stripe id too.
+        # Found by key or email: the payment tells us its Stripe id too.
         customer = session.get(models.Customer, found.id)
         ledger.unlink_stripe_id(session, models, party, keep=customer)
         customer.stripe_customer_id = party.stripe_customer_id
@@ -268,22 +330,16 @@ def _record(context: EventContext, payment: Payment, obj: dict[str, Any]) -> Non
         context.notify(signals.customer_updated, customer=customer)
         _attach_orphans(context, customer)
 
-    recorded = ledger.record_payment(session, models, payment, customer_id)
-    if recorded is not None:
-        context.notify(signals.transaction_recorded, transaction=recorded)
-        return
-    updated = ledger.refresh_payment(session, models, payment, customer_id)
-    if updated is not None:
-        context.notify(signals.transaction_updated, transaction=updated)
-
-
-def _delete(context: EventContext, payment: Payment) -> None:
-    session, models = context.session, context.models
-    found = _find_payer(context, payment.party)
-    customer_id = found.id if found is not None else None
-    deleted = ledger.delete_payment(session, models, payment, customer_id)
-    if deleted is not None:
-        context.notify(signals.transaction_deleted, transaction=deleted)
+    prorate = context.settings.refund_policy == "prorate"
+    change, row = payments.settle_payment(
+        session, models, payment, customer_id, facts, prorate=prorate
+    )
+    if change == payments.RECORDED:
+        context.notify(signals.transaction_recorded, transaction=row)
+    elif change == payments.UPDATED:
+        context.notify(signals.transaction_updated, transaction=row)
+    elif change == payments.DELETED:
+        context.notify(signals.transaction_deleted, transaction=row)
 
 
 def _find_payer(context: EventContext, party: Party) -> Any:
@@ -293,6 +349,8 @@ def _find_payer(context: EventContext, party: Party) -> Any:
     customer may be being created at this very moment: take the locks a customer
     event takes and look again, so that one of the two sees the other.
     """
+    if not (party.stripe_customer_id or party.customer_key or party.email):
+        return None  # a refund or dispute names nobody: its transaction knows the customer
     session, models = context.session, context.models
     match_email = context.settings.match_email
     found = ledger.find_customer(session, models, party, match_email=match_email, load=False)
@@ -314,50 +372,3 @@ def account_deauthorized(context: EventContext) -> None:
     if account is not None:
         context.notify(signals.account_uninstalled, account=account)
     return None
-
-
-BUILTIN_HANDLERS: dict[str, BuiltinHandler] = {
-    "customer.created": customer_upserted,
-    "customer.updated": customer_upserted,
-    "customer.deleted": customer_deleted,
-    "charge.succeeded": charge_changed,
-    "charge.captured": charge_changed,
-    "charge.updated": charge_changed,
-    "charge.refunded": charge_changed,
-    "charge.failed": charge_changed,
-    "invoice.payment_succeeded": invoice_paid,
-    "account.application.deauthorized": account_deauthorized,
-}
-
-
-def check_values(event: dict[str, Any]) -> None:
-    """Raise :class:`InvalidValue` if the tracking rules would store a value the event
-    cannot have come from Stripe with: a string longer than what Stripe sends (and the
-    column holds), an amount outside 0..2**63-1, a currency that is no ISO code.
-
-    Called on every verified event before it is stored, with the very readers the
-    rules use, so a value that passes here is stored whole, never cut.
-    """
-    if event["type"] not in BUILTIN_HANDLERS:
-        return
-    kind = event["type"].split(".", 1)[0]
-    if kind not in ("customer", "charge", "invoice"):
-        return
-    obj = event["data"]["object"]
-    text(obj.get("id"), field="data.object.id")
-    text(obj.get("customer"), field="customer")
-    email_of(obj)
-    customer_key_of(obj)
-    partner_key_of(obj)
-    name_of(obj)
-    if kind == "customer":
-        return
-    currency(obj.get("currency"))
-    _metadata_value(obj, "product_key")
-    if kind == "invoice":
-        amount(obj.get("subtotal"), field="subtotal")
-        return
-    _refund_state(obj, amount(obj.get("amount")) or 0)
-    for field in ("invoice", "payment_intent"):
-        value = obj.get(field)
-        text(value.get("id") if isinstance(value, dict) else value, field=field)

@@ -64,11 +64,29 @@ def test_seed_scenario_shows_the_state_after_each_step(app, rows, models):
         "charge.captured",
         "charge.updated",
         "charge.refunded",
+        # A subscription renewal: declined, then Stripe's retry pays.
+        "charge.failed",
+        "invoice.payment_failed",
+        "charge.succeeded",
+        "invoice.paid",
+        # A dispute, lost.
+        "charge.succeeded",
+        "charge.dispute.created",
+        "charge.dispute.closed",
     ]
-    assert result.output.count("25.00 USD") == 4
-    assert result.output.rstrip().endswith("deleted")
-    [transaction] = rows(models.Transaction)
-    assert transaction.deleted_at is not None
+    assert "ignored (The dispute is needs_response" in result.output
+    assert result.output.rstrip().endswith("deleted (dispute)")
+    states = [(t.amount, t.deleted_reason) for t in rows(models.Transaction)]
+    assert states == [(2500, "refund"), (2500, "failure"), (2500, None), (2500, "dispute")]
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}])
+def test_seed_scenario_in_invoice_mode_records_the_retried_invoice(app, rows, models):
+    result = run(app, "send-test-event", "--scenario", "seed", "--amount", "2500")
+    assert result.exit_code == 0, result.output
+    assert "a retry may still pay the invoice" in result.output
+    [invoice] = [t for t in rows(models.Transaction) if t.key.startswith("in_")]
+    assert (invoice.amount, invoice.deleted_at) == (2500, None)
 
 
 def test_send_test_event_to_a_running_app(app, server, rows, models):
@@ -208,6 +226,32 @@ def test_backfill_pages_retries_and_is_idempotent(app, client, rows, models):
     assert all(t.customer_id is not None for t in rows(models.Transaction))
 
 
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PARTNERSTACK_STRIPE_API_KEY": "sk_test_backfill",
+      "PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}],
+)  # fmt: skip
+def test_backfill_in_invoice_mode_records_an_invoice_paid_after_a_failed_attempt(app, rows, models):
+    """Backfill reads charges before invoices: the failed first attempt must not stop the
+    invoice its retry paid from being recorded."""
+    version = testing.PRE_BASIL_API_VERSION
+    charges = [
+        testing.charge("ch_a", amount=2900, status="failed", captured=False, invoice="in_1",
+                       api_version=version),
+        testing.charge("ch_b", amount=2900, invoice="in_1", api_version=version),
+    ]  # fmt: skip
+    invoices = [testing.invoice("in_1", subtotal=2900, charge="ch_b", api_version=version)]
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/customers", stripe_list([], "/v1/customers"))
+        api.reply("GET", "/v1/charges", stripe_list(charges, "/v1/charges"))
+        api.reply("GET", "/v1/invoices", stripe_list(invoices, "/v1/invoices"))
+        result = run(app, "backfill", "--since", "2026-01-01")
+    assert result.exit_code == 0, result.output
+    assert [(t.key, t.amount, t.deleted_at) for t in rows(models.Transaction)] == [
+        ("in_1", 2900, None)
+    ]
+
+
 def test_backfill_needs_an_api_key(app):
     result = run(app, "backfill", "--since", "2026-01-01")
     assert result.exit_code != 0 and "PARTNERSTACK_STRIPE_API_KEY" in result.output
@@ -242,3 +286,52 @@ def test_check_fails_on_missing_secrets_tables_and_failures(database_url, app, s
     assert result.exit_code == 1
     assert "WEBHOOK_SECRETS is empty" in result.output
     assert "MISSING" in result.output and "flask db upgrade" in result.output
+
+
+def _endpoints(*endpoints: dict[str, Any]) -> dict[str, Any]:
+    """``GET /v1/webhook_endpoints`` as Stripe answers it (API reference, "List all webhook
+    endpoints": a list of WebhookEndpoint objects with url, enabled_events, api_version)."""
+    data = [
+        {"object": "webhook_endpoint", "status": "enabled", "api_version": None, **e}
+        for e in endpoints
+    ]
+    return {"object": "list", "url": "/v1/webhook_endpoints", "has_more": False, "data": data}
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_API_KEY": "sk_test_platform"}])
+def test_check_stripe_warns_about_the_endpoint_of_this_app(app):
+    other = {"id": "we_other", "url": "https://elsewhere.example/hook", "enabled_events": ["*"]}
+    only_invoices = {
+        "id": "we_1", "url": "https://shop.example/partnerstack/webhook",
+        "enabled_events": ["invoice.paid", "customer.created"], "api_version": "2026-07-29.dahlia",
+    }  # fmt: skip
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/webhook_endpoints", _endpoints(other, only_invoices))
+        result = run(app, "check", "--stripe")
+    assert result.exit_code == 1, result.output
+    assert "we_other" not in result.output
+    assert "does not send charge.succeeded, which charge mode needs" in result.output
+    assert "does not send charge.refunded or refund.created" in result.output
+    assert "sends invoice events, which charge mode does not record from" in result.output
+    assert "API version 2026-07-29.dahlia" in result.output
+    assert api.requests[0].headers["Authorization"] == "Bearer sk_test_platform"
+
+    complete = {
+        "id": "we_2", "url": "https://shop.example/partnerstack/webhook",
+        "enabled_events": [
+            "charge.succeeded", "charge.failed", "charge.refunded", "refund.failed",
+            "charge.dispute.closed", "customer.updated",
+        ],
+        "api_version": "2025-03-31.basil",
+    }  # fmt: skip
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/webhook_endpoints", _endpoints(other, complete))
+        result = run(app, "check", "--stripe")
+    assert result.exit_code == 0, result.output
+    assert "sends what charge mode needs" in result.output
+
+
+def test_check_stripe_without_an_api_key_says_so(app):
+    result = run(app, "check", "--stripe")
+    assert result.exit_code == 1
+    assert "--stripe needs PARTNERSTACK_STRIPE_API_KEY" in result.output

@@ -181,9 +181,10 @@ def test_custom_models_from_the_mixins(database_url):
     db.init_app(app)
     models = Models(Partnered, Payment, Account, Event)
     partnerstack = PartnerStackStripe(app, db=db, models=models)
-    # The host's four classes; models added later (InstallState) get their default class.
+    # The host's four classes; models added later get their default class.
     assert partnerstack.models[:4] == models[:4]
     assert partnerstack.models.InstallState.__tablename__ == "partnerstack_install_state"
+    assert partnerstack.models.Refund.__tablename__ == "partnerstack_refund"
     with app.app_context():
         db.drop_all()
         db.create_all()

@@ -1,10 +1,9 @@
-"""Real Stripe payloads from public sources (../shared/stripe-fixtures), used as they are."""
+"""Real Stripe payloads from public sources (tests/fixtures/stripe, its SOURCES.md), as they are."""
 
 from __future__ import annotations
 
 import copy
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,18 +11,8 @@ import pytest
 
 from flask_partnerstack_stripe import testing
 
-FIXTURES = Path(
-    os.environ.get(
-        "PARTNERSTACK_STRIPE_FIXTURES",
-        Path(__file__).resolve().parents[2] / "shared" / "stripe-fixtures",
-    )
-)
-
-if not FIXTURES.is_dir():  # pragma: no cover - only outside the project's workspace
-    pytest.skip(
-        f"!!! Stripe fixtures not found at {FIXTURES} (set PARTNERSTACK_STRIPE_FIXTURES)",
-        allow_module_level=True,
-    )
+#: The repository's own copy, so that a clone alone runs every test.
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stripe"
 
 
 def raw(name: str) -> str:
@@ -54,7 +43,7 @@ EVENTS = [
     (RUBY + "charge.updated.json", "processed", ("ch_00000000000000", 1000, False)),
     (RUBY + "charge.refunded.json", "processed", (CH0, 100, True)),
     (RUBY + "charge.failed.json", "processed", (CH0, 2000, True)),
-    (RUBY + "charge.refund.updated.json", "ignored", None),
+    (RUBY + "charge.refund.updated.json", "processed", (CH0, 100, True)),
     (RUBY + "invoice.payment_succeeded.json", "ignored", None),
     (RUBY + "invoice.paid.json", "ignored", None),
     (RUBY + "invoice.payment_failed.json", "ignored", None),
@@ -172,3 +161,64 @@ def test_openapi_charges_of_both_eras(client, rows, models):
         # Stripe's example charge is authorized but not captured: nothing is recorded yet.
         assert answer.json["status"] == "ignored", era
     assert rows(models.Transaction) == []
+
+
+# --- the billing flows of DESIGN 4a, with the real payloads that exist ----------------------
+
+
+def fresh(name: str) -> dict[str, Any]:
+    """A whole-event fixture with a fresh event id (stripe-ruby-mock's ids are all zeros)."""
+    event = json.loads(raw(name))
+    event["id"] = testing.new_id("evt")
+    return event  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}])
+def test_ruby_mock_invoice_events_in_invoice_mode(client, rows, models):
+    """stripe-ruby-mock's invoice.paid and invoice.payment_succeeded are the same invoice:
+    one transaction; its invoice.payment_failed deletes nothing."""
+    for name in ("invoice.payment_failed", "invoice.paid", "invoice.payment_succeeded"):
+        answer = testing.post_event(client, fresh(RUBY + name + ".json")).json
+        assert answer["status"] == ("ignored" if name == "invoice.payment_failed" else "processed")
+    [row] = rows(models.Transaction)
+    assert (row.key, row.amount, row.deleted_at) == ("in_000000000000000000000000", 2000, None)
+
+
+def test_ruby_mock_refund_object_counts_once_with_charge_refunded(client, rows, models):
+    """The real charge.refund.updated (a Refund of 100 on ch_0) and charge.refunded (the
+    same charge, amount_refunded 100, its refund listed) delete the charge once."""
+    for name in ("charge.captured", "charge.refund.updated", "charge.refunded"):
+        testing.post_event(client, fresh(RUBY + name + ".json"))
+    [row] = rows(models.Transaction)
+    assert (row.amount, row.deleted_reason) == (100, "refund")
+    assert [(r.refund_id, r.amount) for r in rows(models.Refund)] == [
+        ("re_000000000000000000000000", 100)
+    ]
+
+
+@pytest.mark.parametrize("era", ["acacia_2025-02-14", "basil_2025-03-25", "current_2026-07-29"])
+def test_openapi_dispute_refund_and_checkout_session(client, rows, models, era):
+    """Stripe's own example Dispute, Refund and Checkout Session objects, as they are, then
+    with the status that matters."""
+    resources = json.loads(raw(f"stripe-openapi/{era}/fixtures3.json"))["resources"]
+    charge = copy.deepcopy(resources["charge"])
+    charge.update(captured=True, amount_captured=charge["amount"], status="succeeded")
+    testing.post_event(client, testing.event("charge.succeeded", charge))
+    dispute = resources["dispute"]
+    assert dispute["charge"] == charge["id"]
+    opened = testing.post_event(client, testing.event("charge.dispute.created", dispute))
+    assert opened.json["status"] == "ignored"
+    assert [t.deleted_at for t in rows(models.Transaction)] == [None]
+    refund = resources["refund"]  # succeeded, 100 of the charge
+    testing.post_event(client, testing.event("refund.created", refund))
+    failed = {**refund, "status": "failed"}
+    testing.post_event(client, testing.event("refund.failed", failed))
+    assert [t.deleted_at for t in rows(models.Transaction)] == [None]
+    lost = {**dispute, "status": "lost"}
+    testing.post_event(client, testing.event("charge.dispute.closed", lost))
+    assert [t.deleted_reason for t in rows(models.Transaction)] == ["dispute"]
+    # The example session names no customer key, partner or Stripe customer: nothing to link.
+    session = resources["checkout.session"]
+    answer = testing.post_event(client, testing.event("checkout.session.completed", session))
+    assert answer.json["status"] == "ignored"
+    assert rows(models.Customer) == []

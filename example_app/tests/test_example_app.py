@@ -68,7 +68,10 @@ def test_make_demo_plays_the_story_and_prints_the_partner_table(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert any(line.split() == ["partner-alice", "2", "2", "148.00", "41.95"] for line in lines)
-    assert any(line.split() == ["partner-bob", "1", "1", "49.00", "12.25"] for line in lines)
+    # Erin's 49.00 was lost to a dispute; Dana's failed refund gave her 99.00 back.
+    assert any(line.split() == ["partner-bob", "1", "0", "0.00", "0.00"] for line in lines)
+    assert any(line.split() == ["seed-partner", "1", "1", "49.00", "12.25"] for line in lines)
+    assert "deleted (dispute)" in result.stdout and "deleted (failure)" in result.stdout
     assert any(line.split() == ["partner-carol", "1", "1", "25.00", "5.00"] for line in lines)
     assert "duplicate" in result.stdout and "make serve" in result.stdout
     assert "HTTP 5" not in result.stdout

@@ -1,0 +1,93 @@
+"""``checkout.session.completed``: Checkout and Payment Links name the customer and partner.
+
+A session's ``client_reference_id`` and ``metadata`` never reach its charge or invoice,
+so the session itself links its Stripe customer to the host's customer; its payments
+then follow by Stripe customer id (or by email, for guest sessions).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import ledger, signals
+from .ledger import Party, normal_email, text
+from .receiver import EventContext
+from .referral import decode_partner_key
+from .tracking import _attach_orphans, _dict, metadata
+
+#: A ``client_reference_id`` of this form carries a ``ps_partner_key`` value (Payment Links).
+PARTNER_REFERENCE = "ps_"
+
+
+def checkout_completed(context: EventContext) -> None:
+    """Find or create the session's customer, link its Stripe id, attribute its partner.
+
+    ``client_reference_id`` (else ``metadata.customer_key``) is the customer key and
+    ``metadata.partner_key`` the partner. A ``client_reference_id`` of the form
+    ``ps_<ps_partner_key value>`` names the partner instead, for a customer keyed by
+    the session's email: a Payment Link carries no metadata from the host.
+    """
+    obj = context.object
+    details = _dict(obj.get("customer_details"))
+    email = normal_email(details.get("email")) or normal_email(obj.get("customer_email"))
+    meta = metadata(obj)
+    reference = text(obj.get("client_reference_id"))
+    customer_key = text(meta.get("customer_key")) or text(meta.get("customer_id"))
+    partner_key = text(meta.get("partner_key"))
+    if reference is not None and reference.startswith(PARTNER_REFERENCE):
+        try:
+            partner_key = partner_key or decode_partner_key(reference[len(PARTNER_REFERENCE) :])
+        except ValueError:
+            return context.ignore(
+                f"The session's client_reference_id {reference!r} is not ps_ followed by a "
+                "ps_partner_key value."
+            )
+        customer_key = customer_key or email
+    elif reference is not None:
+        customer_key = reference
+    party = Party(
+        stripe_account_id=context.stripe_account_id,
+        livemode=context.livemode,
+        stripe_customer_id=text(obj.get("customer")),
+        customer_key=customer_key,
+        email=email,
+    )
+    if not (party.customer_key or party.stripe_customer_id):
+        return context.ignore("The session names no customer key and no Stripe customer.")
+    session, models = context.session, context.models
+    ledger.lock(session, *ledger.party_lock_names(party))
+    match_email = context.settings.match_email
+    customer = ledger.find_customer(session, models, party, match_email=match_email)
+    if customer is None:
+        if not (party.customer_key and partner_key):
+            return context.ignore(
+                "The session matches no known customer and names no customer key and "
+                "partner key to create one."
+            )
+        customer, created = ledger.create_customer(
+            session, models, party, partner_key=partner_key, name=text(details.get("name"))
+        )
+        if created:
+            context.notify(signals.customer_created, customer=customer)
+            _attach_orphans(context, customer)
+            return None
+    if not _link(context, customer, party, partner_key, text(details.get("name"))):
+        return context.ignore("The session's customer is already linked and attributed.")
+    context.notify(signals.customer_updated, customer=customer)
+    _attach_orphans(context, customer)
+    return None
+
+
+def _link(context: EventContext, customer: Any, party: Party, partner_key: Any, name: Any) -> bool:
+    """Fill in what the customer lacks; a Stripe id or partner already set is kept."""
+    changed = False
+    if party.stripe_customer_id and customer.stripe_customer_id is None:
+        ledger.unlink_stripe_id(context.session, context.models, party, keep=customer)
+        customer.stripe_customer_id = party.stripe_customer_id
+        changed = True
+    for field, value in (("partner_key", partner_key), ("email", party.email), ("name", name)):
+        if value is not None and getattr(customer, field) is None:
+            setattr(customer, field, value)
+            changed = True
+    context.session.flush()
+    return changed

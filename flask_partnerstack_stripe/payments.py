@@ -1,0 +1,325 @@
+"""The payment ledger: each transaction follows from everything Stripe said about its payment.
+
+A payment's events each add facts (its settled amount, the refunded total its charge
+reported, its refunds by id, a failure, a lost dispute); facts only accumulate (a
+maximum, an OR, a refund status that only moves forward), and the transaction's
+``amount``, ``deleted_at`` and ``deleted_reason`` are computed from all of them. So the
+final ledger depends on the set of events, never on their order.
+
+Race-free: a new payment is one ``INSERT … ON CONFLICT DO NOTHING RETURNING``; a known one
+is read ``FOR UPDATE``, so the events of one payment apply one after the other on
+PostgreSQL (SQLite lets one writer in at a time); refunds are upserts on their unique id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .database import prepared, upsert
+from .ledger import Party, _dialect, _loading
+from .models import REFUND_RANKS, REFUND_UNDONE, Models, utcnow
+
+
+@dataclass(frozen=True)
+class Payment:
+    """A payment as the ledger sees it: one Stripe charge or invoice."""
+
+    key: str
+    party: Party
+    currency: str
+    product_key: str | None = None
+
+
+@dataclass(frozen=True)
+class RefundFact:
+    """One refund as an event shows it."""
+
+    refund_id: str
+    amount: int
+    status: str
+
+    @property
+    def undone(self) -> bool:
+        return self.status in REFUND_UNDONE
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What one event says about a payment. Each fact only ever adds to what is known.
+
+    ``gross``: the settled amount (captured, or the invoice's), when the event shows the
+    payment settled. ``nominal``: the amount to show while it is not (a failed charge's).
+    ``refunded``: the refunded total the charge reports, its released remainder excluded.
+    """
+
+    gross: int | None = None
+    nominal: int = 0
+    refunded: int = 0
+    failed: bool = False
+    dispute_lost: bool = False
+    refunds: tuple[RefundFact, ...] = ()
+
+
+#: ``settle_payment``'s answer: which signal the change calls for, if any.
+RECORDED, UPDATED, DELETED = "recorded", "updated", "deleted"
+
+
+@dataclass(frozen=True)
+class Standing:
+    """Where a payment's transaction stands, computed from its facts."""
+
+    amount: int
+    stands: bool
+    reason: str | None
+
+
+def derive(
+    *,
+    gross: int | None,
+    shown: int,
+    charge_refunded: int,
+    failed: bool,
+    dispute_lost: bool,
+    refunds_standing: int,
+    refunds_undone: int,
+    prorate: bool,
+) -> Standing:
+    """The transaction's amount and state from a payment's facts.
+
+    The refunded total is the higher of what the charge reported (less the refunds known
+    to have failed or been canceled since) and the sum of the refunds known to stand: each
+    refund counts once, whichever events told of it. A lost dispute, then a failure, then
+    a refund is the reason it does not stand; until a settled amount is known it does not
+    stand either (``shown`` is then what to show).
+    """
+    refunded = max(charge_refunded - refunds_undone, refunds_standing, 0)
+    if gross is None:
+        amount, refunded_away = shown, refunded > 0
+    elif prorate:
+        amount, refunded_away = max(gross - refunded, 0), refunded >= gross
+    else:
+        amount, refunded_away = gross, refunded > 0
+    reason = (
+        "dispute" if dispute_lost
+        else "failure" if failed
+        else "refund" if refunded_away
+        else None
+    )  # fmt: skip
+    return Standing(amount, gross is not None and reason is None, reason)
+
+
+_INSERT_FIELDS = (
+    "key", "customer_id", "amount", "currency", "product_key", "stripe_account_id",
+    "account_scope", "livemode", "stripe_customer_id", "customer_key", "customer_email",
+    "created_at", "updated_at", "deleted_at", "deleted_reason", "gross_amount",
+    "charge_refunded", "failed", "dispute_lost",
+)  # fmt: skip
+
+
+def settle_payment(
+    session: Session,
+    models: Models,
+    payment: Payment,
+    customer_id: int | None,
+    facts: Facts,
+    *,
+    prorate: bool,
+) -> tuple[str | None, Any]:
+    """Add ``facts`` to the payment's transaction; ``(RECORDED | UPDATED | DELETED | None, row)``.
+
+    A payment seen for the first time is inserted already computed (one statement); a
+    known one is locked, merged and computed again.
+    """
+    now = utcnow()
+    new = derive(
+        gross=facts.gross,
+        shown=facts.gross if facts.gross is not None else facts.nominal,
+        charge_refunded=facts.refunded,
+        failed=facts.failed,
+        dispute_lost=facts.dispute_lost,
+        refunds_standing=sum(r.amount for r in facts.refunds if not r.undone),
+        refunds_undone=sum(r.amount for r in facts.refunds if r.undone),
+        prorate=prorate,
+    )
+    row = _insert(session, models, payment, customer_id, facts, new, now)
+    if row is not None:
+        for refund in facts.refunds:
+            _record_refund(session, models, payment, refund, now)
+        return (RECORDED if new.stands else None), row
+    return _update(session, models, payment, customer_id, facts, now, prorate=prorate)
+
+
+def _insert(
+    session: Session,
+    models: Models,
+    payment: Payment,
+    customer_id: int | None,
+    facts: Facts,
+    new: Standing,
+    now: datetime,
+) -> Any:
+    """The new transaction, or None when the payment already has one."""
+    Transaction = models.Transaction
+    statement = prepared(
+        (Transaction, "settle-insert", _dialect(session)),
+        lambda: _loading(
+            Transaction,
+            upsert(session, Transaction.__table__)
+            .values({name: sa.bindparam(name) for name in _INSERT_FIELDS})
+            .on_conflict_do_nothing(index_elements=["account_scope", "key"]),
+        ),
+    )
+    party = payment.party
+    return session.scalar(
+        statement,
+        {
+            "key": payment.key,
+            "customer_id": customer_id,
+            "amount": new.amount,
+            "currency": payment.currency,
+            "product_key": payment.product_key,
+            "stripe_account_id": party.stripe_account_id,
+            "account_scope": party.scope,
+            "livemode": party.livemode,
+            "stripe_customer_id": party.stripe_customer_id,
+            "customer_key": party.customer_key,
+            "customer_email": party.email,
+            "created_at": now,
+            "updated_at": now,
+            "deleted_at": None if new.stands else now,
+            "deleted_reason": new.reason,
+            "gross_amount": facts.gross,
+            "charge_refunded": facts.refunded,
+            "failed": facts.failed,
+            "dispute_lost": facts.dispute_lost,
+        },
+    )
+
+
+def _update(
+    session: Session,
+    models: Models,
+    payment: Payment,
+    customer_id: int | None,
+    facts: Facts,
+    now: datetime,
+    *,
+    prorate: bool,
+) -> tuple[str | None, Any]:
+    Transaction = models.Transaction
+    party = payment.party
+    row = session.scalars(
+        sa.select(Transaction)
+        .where(Transaction.account_scope == party.scope, Transaction.key == payment.key)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one()
+    for refund in facts.refunds:
+        _record_refund(session, models, payment, refund, now)
+    before = (row.deleted_at is None, row.amount, row.customer_id, row.product_key)
+
+    if row.gross_amount is None and row.deleted_at is None:
+        row.gross_amount = row.amount  # stood before gross_amount existed: settled at its amount
+    if row.gross_amount is None and facts.gross is not None:
+        row.gross_amount = facts.gross
+    row.charge_refunded = max(row.charge_refunded or 0, facts.refunded)
+    row.failed = bool(row.failed) or facts.failed
+    row.dispute_lost = bool(row.dispute_lost) or facts.dispute_lost
+    if row.customer_id is None:
+        row.customer_id = customer_id
+    if payment.product_key is not None:
+        row.product_key = payment.product_key
+    for field in ("stripe_customer_id", "customer_key"):
+        if getattr(row, field) is None:
+            setattr(row, field, getattr(party, field))
+    if row.customer_email is None:
+        row.customer_email = party.email
+
+    standing, undone = _refund_totals(session, models, row)
+    new = derive(
+        gross=row.gross_amount,
+        shown=max(row.amount, facts.nominal),
+        charge_refunded=row.charge_refunded,
+        failed=row.failed,
+        dispute_lost=row.dispute_lost,
+        refunds_standing=standing,
+        refunds_undone=undone,
+        prorate=prorate,
+    )
+    row.amount = new.amount
+    row.deleted_reason = new.reason
+    if new.stands:
+        row.deleted_at = None
+    elif row.deleted_at is None:
+        row.deleted_at = now
+    after = (new.stands, row.amount, row.customer_id, row.product_key)
+    if after != before:
+        row.updated_at = now
+    session.flush()
+    if new.stands and not before[0]:
+        return RECORDED, row
+    if before[0] and not new.stands:
+        return DELETED, row
+    if new.stands and after != before:
+        return UPDATED, row
+    return None, row
+
+
+_REFUND_FIELDS = (
+    "refund_id", "payment_key", "account_scope", "amount", "status", "status_rank",
+    "created_at", "updated_at",
+)  # fmt: skip
+
+
+def _record_refund(
+    session: Session, models: Models, payment: Payment, refund: RefundFact, now: datetime
+) -> None:
+    """Upsert one refund by its id; its status only moves forward (``REFUND_RANKS``)."""
+    table = models.Refund.__table__
+
+    def build() -> Any:
+        statement = upsert(session, table).values(
+            {name: sa.bindparam(name) for name in _REFUND_FIELDS}
+        )
+        return statement.on_conflict_do_update(
+            index_elements=[table.c.account_scope, table.c.refund_id],
+            set_={
+                "status": statement.excluded.status,
+                "status_rank": statement.excluded.status_rank,
+                "updated_at": statement.excluded.updated_at,
+            },
+            where=table.c.status_rank < statement.excluded.status_rank,
+        )
+
+    statement = prepared((table, "refund", _dialect(session)), build)
+    session.execute(
+        statement,
+        {
+            "refund_id": refund.refund_id,
+            "payment_key": payment.key,
+            "account_scope": payment.party.scope,
+            "amount": refund.amount,
+            "status": refund.status,
+            "status_rank": REFUND_RANKS.get(refund.status, 1),
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+
+
+def _refund_totals(session: Session, models: Models, row: Any) -> tuple[int, int]:
+    """The amounts of the payment's known refunds that stand, and that were undone."""
+    Refund = models.Refund
+    undone = Refund.status.in_(REFUND_UNDONE)
+    standing, failed = session.execute(
+        sa.select(
+            sa.func.coalesce(sa.func.sum(sa.case((undone, 0), else_=Refund.amount)), 0),
+            sa.func.coalesce(sa.func.sum(sa.case((undone, Refund.amount), else_=0)), 0),
+        ).where(Refund.account_scope == row.account_scope, Refund.payment_key == row.key)
+    ).one()
+    return int(standing), int(failed)

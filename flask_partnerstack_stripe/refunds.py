@@ -1,0 +1,71 @@
+"""Refund objects and disputes: what they take from a payment, and what they give back.
+
+``refund.created`` / ``refund.updated`` / ``refund.failed`` and ``charge.refund.updated``
+carry one Refund; each is kept by its id (``ledger.settle_payment``), so an endpoint that
+also sends ``charge.refunded`` counts it once, and one that fails or is canceled gives
+back what it took. ``charge.dispute.*`` carry a Dispute: only one closed as ``lost``
+takes the payment away.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .invoices import invoice_of_charge
+from .ledger import Party, text
+from .payments import Facts, Payment
+from .receiver import EventContext
+from .tracking import _unmatched, amount_of, refund_fact, settle, transaction_source
+
+
+def _charge_id(obj: dict[str, Any]) -> str | None:
+    charge = obj.get("charge")
+    if isinstance(charge, dict):  # expanded
+        charge = charge.get("id")
+    return text(charge)
+
+
+def _payment_key(context: EventContext, obj: dict[str, Any], charge_id: str) -> str | None:
+    """The transaction the object's charge belongs to: the charge, or its invoice."""
+    if transaction_source(context) == "invoice":
+        return invoice_of_charge(context, obj)
+    return charge_id
+
+
+def _payment(context: EventContext, key: str, obj: dict[str, Any]) -> Payment:
+    # Refunds and disputes name no customer: the transaction already knows it, or will.
+    party = Party(stripe_account_id=context.stripe_account_id, livemode=context.livemode)
+    return Payment(key=key, party=party, currency=(text(obj.get("currency"), 3) or "").lower())
+
+
+def refund_changed(context: EventContext) -> None:
+    """``refund.created`` / ``.updated`` / ``.failed``, ``charge.refund.updated``."""
+    obj = context.object
+    charge_id = _charge_id(obj)
+    failed = "failed" if context.event["type"] == "refund.failed" else None
+    status = text(obj.get("status"))
+    fact = refund_fact(obj, failed if status not in ("failed", "canceled") else status)
+    if fact is None or charge_id is None:
+        return context.ignore("The refund has no id, no valid amount or no charge.")
+    key = _payment_key(context, obj, charge_id)
+    if key is None:
+        return _unmatched(context, charge_id)
+    facts = Facts(nominal=fact.amount, refunds=(fact,))
+    return settle(context, _payment(context, key, obj), facts)
+
+
+def dispute_changed(context: EventContext) -> None:
+    """``charge.dispute.created`` / ``.updated`` / ``.closed``: only a lost dispute deletes."""
+    obj = context.object
+    charge_id, status = _charge_id(obj), text(obj.get("status"))
+    if charge_id is None:
+        return context.ignore("The dispute names no charge.")
+    if status != "lost":
+        return context.ignore(
+            f"The dispute is {status or 'open'}: the transaction stands unless it is lost."
+        )
+    key = _payment_key(context, obj, charge_id)
+    if key is None:
+        return _unmatched(context, charge_id)
+    facts = Facts(nominal=amount_of(obj.get("amount")) or 0, dispute_lost=True)
+    return settle(context, _payment(context, key, obj), facts)
