@@ -1,7 +1,7 @@
 """billing flows: refunds, deleted_reason and payment facts
 
 Revision ID: 1b9a1225b98a
-Revises: fcc3b3612076
+Revises: 060352c29c6e
 Create Date: 2026-11-28 17:47:42.409938
 
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '1b9a1225b98a'
-down_revision = 'fcc3b3612076'
+down_revision = '060352c29c6e'
 branch_labels = None
 depends_on = None
 
