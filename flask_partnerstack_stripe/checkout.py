@@ -7,16 +7,52 @@ then follow by Stripe customer id (or by email, for guest sessions).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from . import ledger, signals
-from .ledger import Party, normal_email, text
+from .ledger import Party
 from .receiver import EventContext
 from .referral import decode_partner_key
-from .tracking import _attach_orphans, _dict, metadata
+from .tracking import _attach_orphans, customer_key_of, name_of, partner_key_of
+from .values import CLIENT_REFERENCE_LENGTH, mapping, normal_email, object_id, text
 
 #: A ``client_reference_id`` of this form carries a ``ps_partner_key`` value (Payment Links).
 PARTNER_REFERENCE = "ps_"
+
+
+@dataclass(frozen=True)
+class SessionValues:
+    """What the rule reads from a Checkout Session, each value through its reader."""
+
+    email: str | None
+    reference: str | None
+    customer_key: str | None
+    partner_key: str | None
+    stripe_customer_id: str | None
+    name: str | None
+
+
+def session_values(obj: dict[str, Any]) -> SessionValues:
+    details = mapping(obj.get("customer_details"))
+    return SessionValues(
+        email=(
+            normal_email(details.get("email"), field="customer_details.email")
+            or normal_email(obj.get("customer_email"), field="customer_email")
+        ),
+        reference=text(
+            obj.get("client_reference_id"), CLIENT_REFERENCE_LENGTH, field="client_reference_id"
+        ),
+        customer_key=customer_key_of(obj),
+        partner_key=partner_key_of(obj),
+        stripe_customer_id=object_id(obj.get("customer"), field="customer"),
+        name=name_of(details),
+    )
+
+
+def check_session(obj: dict[str, Any], event_type: str) -> None:
+    """The values ``checkout.session.completed`` reads (see ``rules.check_values``)."""
+    session_values(obj)
 
 
 def checkout_completed(context: EventContext) -> None:
@@ -27,13 +63,9 @@ def checkout_completed(context: EventContext) -> None:
     ``ps_<ps_partner_key value>`` names the partner instead, for a customer keyed by
     the session's email: a Payment Link carries no metadata from the host.
     """
-    obj = context.object
-    details = _dict(obj.get("customer_details"))
-    email = normal_email(details.get("email")) or normal_email(obj.get("customer_email"))
-    meta = metadata(obj)
-    reference = text(obj.get("client_reference_id"))
-    customer_key = text(meta.get("customer_key")) or text(meta.get("customer_id"))
-    partner_key = text(meta.get("partner_key"))
+    values = session_values(context.object)
+    email, reference = values.email, values.reference
+    customer_key, partner_key = values.customer_key, values.partner_key
     if reference is not None and reference.startswith(PARTNER_REFERENCE):
         try:
             partner_key = partner_key or decode_partner_key(reference[len(PARTNER_REFERENCE) :])
@@ -48,7 +80,7 @@ def checkout_completed(context: EventContext) -> None:
     party = Party(
         stripe_account_id=context.stripe_account_id,
         livemode=context.livemode,
-        stripe_customer_id=text(obj.get("customer")),
+        stripe_customer_id=values.stripe_customer_id,
         customer_key=customer_key,
         email=email,
     )
@@ -65,13 +97,13 @@ def checkout_completed(context: EventContext) -> None:
                 "partner key to create one."
             )
         customer, created = ledger.create_customer(
-            session, models, party, partner_key=partner_key, name=text(details.get("name"))
+            session, models, party, partner_key=partner_key, name=values.name
         )
         if created:
             context.notify(signals.customer_created, customer=customer)
             _attach_orphans(context, customer)
             return None
-    if not _link(context, customer, party, partner_key, text(details.get("name"))):
+    if not _link(context, customer, party, partner_key, values.name):
         return context.ignore("The session's customer is already linked and attributed.")
     context.notify(signals.customer_updated, customer=customer)
     _attach_orphans(context, customer)

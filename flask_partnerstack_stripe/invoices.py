@@ -15,25 +15,19 @@ from typing import Any
 import stripe
 
 from .config import Settings
-from .ledger import text
 from .receiver import EventContext
-from .values import text
+from .values import object_id
 
 log = logging.getLogger("flask_partnerstack_stripe")
 
 
-def _named_invoice(obj: dict[str, Any]) -> str | None:
-    named = obj.get("invoice")
-    if isinstance(named, dict):  # expanded
-        named = named.get("id")
-    return text(named)
+def named_invoice(obj: dict[str, Any]) -> str | None:
+    """The invoice a charge names itself (before basil), expanded or not."""
+    return object_id(obj.get("invoice"), field="invoice")
 
 
-def _payment_intent(obj: dict[str, Any]) -> str | None:
-    payment_intent = obj.get("payment_intent")
-    if isinstance(payment_intent, dict):
-        payment_intent = payment_intent.get("id")
-    return text(payment_intent)
+def payment_intent_of(obj: dict[str, Any]) -> str | None:
+    return object_id(obj.get("payment_intent"), field="payment_intent")
 
 
 def _lookup_key(payment_intent: str) -> str:
@@ -46,10 +40,10 @@ def invoice_of_charge(context: EventContext, obj: dict[str, Any]) -> str | None:
     From the object itself, else from the look-up :func:`look_up_invoice` made before
     the transaction began.
     """
-    named = _named_invoice(obj)
+    named = named_invoice(obj)
     if named is not None:
         return named
-    payment_intent = _payment_intent(obj)
+    payment_intent = payment_intent_of(obj)
     if payment_intent is None:
         return None
     return context.lookups.get(_lookup_key(payment_intent))  # type: ignore[no-any-return]
@@ -66,11 +60,11 @@ def look_up_invoice(
     """
     obj = event["data"]["object"]
     api_key = settings.api_key
-    payment_intent = _payment_intent(obj) if isinstance(obj, dict) else None
+    payment_intent = payment_intent_of(obj) if isinstance(obj, dict) else None
     if (
         api_key is None
         or payment_intent is None
-        or _named_invoice(obj) is not None
+        or named_invoice(obj) is not None
         or (settings.transaction_source != "invoice" and stripe_account_id is None)
         or (obj.get("object") == "dispute" and obj.get("status") != "lost")
     ):
@@ -83,6 +77,8 @@ def look_up_invoice(
     )
     for payment in payments.data:
         invoice = getattr(payment, "invoice", None)
-        found = text(invoice if isinstance(invoice, str) else getattr(invoice, "id", None))
+        found = object_id(
+            invoice if isinstance(invoice, str) else getattr(invoice, "id", None), field="invoice"
+        )
         return {_lookup_key(payment_intent): found}
     return {_lookup_key(payment_intent): None}

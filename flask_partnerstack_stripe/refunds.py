@@ -11,18 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from .invoices import invoice_of_charge
-from .ledger import Party, text
+from .invoices import invoice_of_charge, named_invoice, payment_intent_of
+from .ledger import Party
 from .payments import Facts, Payment
 from .receiver import EventContext
-from .tracking import _unmatched, amount_of, refund_fact, settle, transaction_source
+from .tracking import _unmatched, refund_fact, settle, transaction_source
+from .values import STATUS_LENGTH, amount, currency, object_id, text
 
 
 def _charge_id(obj: dict[str, Any]) -> str | None:
-    charge = obj.get("charge")
-    if isinstance(charge, dict):  # expanded
-        charge = charge.get("id")
-    return text(charge)
+    return object_id(obj.get("charge"), field="charge")
+
+
+def _status(obj: dict[str, Any]) -> str | None:
+    return text(obj.get("status"), STATUS_LENGTH, field="status")
 
 
 def _payment_key(context: EventContext, obj: dict[str, Any], charge_id: str) -> str | None:
@@ -35,7 +37,7 @@ def _payment_key(context: EventContext, obj: dict[str, Any], charge_id: str) -> 
 def _payment(context: EventContext, key: str, obj: dict[str, Any]) -> Payment:
     # Refunds and disputes name no customer: the transaction already knows it, or will.
     party = Party(stripe_account_id=context.stripe_account_id, livemode=context.livemode)
-    return Payment(key=key, party=party, currency=(text(obj.get("currency"), 3) or "").lower())
+    return Payment(key=key, party=party, currency=currency(obj.get("currency")))
 
 
 def refund_changed(context: EventContext) -> None:
@@ -43,7 +45,7 @@ def refund_changed(context: EventContext) -> None:
     obj = context.object
     charge_id = _charge_id(obj)
     failed = "failed" if context.event["type"] == "refund.failed" else None
-    status = text(obj.get("status"))
+    status = _status(obj)
     fact = refund_fact(obj, failed if status not in ("failed", "canceled") else status)
     if fact is None or charge_id is None:
         return context.ignore("The refund has no id, no valid amount or no charge.")
@@ -57,7 +59,7 @@ def refund_changed(context: EventContext) -> None:
 def dispute_changed(context: EventContext) -> None:
     """``charge.dispute.created`` / ``.updated`` / ``.closed``: only a lost dispute deletes."""
     obj = context.object
-    charge_id, status = _charge_id(obj), text(obj.get("status"))
+    charge_id, status = _charge_id(obj), _status(obj)
     if charge_id is None:
         return context.ignore("The dispute names no charge.")
     if status != "lost":
@@ -67,5 +69,28 @@ def dispute_changed(context: EventContext) -> None:
     key = _payment_key(context, obj, charge_id)
     if key is None:
         return _unmatched(context, charge_id)
-    facts = Facts(nominal=amount_of(obj.get("amount")) or 0, dispute_lost=True)
+    facts = Facts(nominal=amount(obj.get("amount")) or 0, dispute_lost=True)
     return settle(context, _payment(context, key, obj), facts)
+
+
+# --- values (see ``rules.check_values``) -------------------------------------------------
+
+
+def _check_common(obj: dict[str, Any]) -> None:
+    _charge_id(obj)
+    _status(obj)
+    currency(obj.get("currency"))
+    named_invoice(obj)
+    payment_intent_of(obj)
+
+
+def check_refund(obj: dict[str, Any], event_type: str) -> None:
+    """A refund: its id, amount and status, its charge, invoice and payment intent."""
+    _check_common(obj)
+    refund_fact(obj)
+
+
+def check_dispute(obj: dict[str, Any], event_type: str) -> None:
+    """A dispute: its amount and status, its charge, invoice and payment intent."""
+    _check_common(obj)
+    amount(obj.get("amount"))

@@ -1,14 +1,21 @@
-"""Which built-in rule handles which Stripe event type, and the API look-ups done first."""
+"""Which built-in rule handles which Stripe event type, the API look-ups done first, and
+the values each rule reads, checked before the event is stored."""
 
 from __future__ import annotations
 
-from .checkout import checkout_completed
+from collections.abc import Callable
+from typing import Any
+
+from .checkout import check_session, checkout_completed
 from .invoices import look_up_invoice
 from .receiver import BuiltinHandler, Lookup
-from .refunds import dispute_changed, refund_changed
+from .refunds import check_dispute, check_refund, dispute_changed, refund_changed
 from .tracking import (
     account_deauthorized,
     charge_changed,
+    check_charge,
+    check_customer,
+    check_invoice,
     customer_deleted,
     customer_upserted,
     invoice_failed,
@@ -53,3 +60,47 @@ LOOKUPS: dict[str, Lookup] = {
         "charge.dispute.closed",
     )
 }
+
+
+#: Per event type with a built-in rule, what reads the values that rule reads from the
+#: event's object (the data.object and the event type). Every type in
+#: ``BUILTIN_HANDLERS`` has an entry; ``account.application.deauthorized`` reads only
+#: the envelope's ``account``, which ``verification.check_event_shape`` checks.
+ValueCheck = Callable[[dict[str, Any], str], None]
+VALUE_CHECKS: dict[str, ValueCheck | None] = {
+    "customer.created": check_customer,
+    "customer.updated": check_customer,
+    "customer.deleted": check_customer,
+    "charge.succeeded": check_charge,
+    "charge.captured": check_charge,
+    "charge.updated": check_charge,
+    "charge.refunded": check_charge,
+    "charge.failed": check_charge,
+    "invoice.payment_succeeded": check_invoice,
+    "invoice.paid": check_invoice,
+    "invoice.payment_failed": check_invoice,
+    "refund.created": check_refund,
+    "refund.updated": check_refund,
+    "refund.failed": check_refund,
+    "charge.refund.updated": check_refund,
+    "charge.dispute.created": check_dispute,
+    "charge.dispute.updated": check_dispute,
+    "charge.dispute.closed": check_dispute,
+    "checkout.session.completed": check_session,
+    "account.application.deauthorized": None,
+}
+assert VALUE_CHECKS.keys() == BUILTIN_HANDLERS.keys(), "every built-in rule's values are checked"
+
+
+def check_values(event: dict[str, Any]) -> None:
+    """Raise :class:`~.values.InvalidValue` if a built-in rule would read a value the event
+    cannot have come from Stripe with: a string longer than what Stripe sends (and the
+    column holds), an amount outside 0..2**63-1, a currency that is no ISO code.
+
+    Called on every verified event before it is stored (``verification.verify_event``),
+    with the very readers the rules use, so a value that passes here is stored whole,
+    never cut, and no rule raises on it later.
+    """
+    check = VALUE_CHECKS.get(event["type"])
+    if check is not None:
+        check(event["data"]["object"], event["type"])

@@ -11,37 +11,68 @@ from typing import Any
 
 from . import ledger, payments, signals
 from .accounts import uninstall
-from .invoices import invoice_of_charge
-from .ledger import Party, normal_email, text
+from .config import INVOICE_AMOUNTS
+from .invoices import invoice_of_charge, named_invoice, payment_intent_of
+from .ledger import Party
 from .payments import Facts, Payment, RefundFact
 from .receiver import EventContext
+from .values import (
+    NAME_LENGTH,
+    STATUS_LENGTH,
+    amount,
+    currency,
+    mapping,
+    metadata,
+    metadata_value,
+    normal_email,
+    object_id,
+    text,
+)
 
-
-def metadata(obj: dict[str, Any]) -> dict[str, Any]:
-    value = obj.get("metadata")
-    return value if isinstance(value, dict) else {}
+#: The metadata keys the rules read (customer_id: an older name for customer_key).
+METADATA_KEYS = ("customer_key", "customer_id", "partner_key", "product_key")
 
 
 def customer_key_of(obj: dict[str, Any]) -> str | None:
     meta = metadata(obj)
-    return text(meta.get("customer_key")) or text(meta.get("customer_id"))
+    return metadata_value(meta, "customer_key") or metadata_value(meta, "customer_id")
+
+
+def partner_key_of(obj: dict[str, Any]) -> str | None:
+    return metadata_value(metadata(obj), "partner_key")
+
+
+def product_key_of(obj: dict[str, Any]) -> str | None:
+    return metadata_value(metadata(obj), "product_key")
+
+
+def id_of(obj: dict[str, Any]) -> str | None:
+    """The object's own id (a customer's, a charge's, an invoice's)."""
+    return text(obj.get("id"), field="data.object.id")
+
+
+def name_of(obj: dict[str, Any]) -> str | None:
+    return text(obj.get("name"), NAME_LENGTH, field="name")
+
+
+def email_of(obj: dict[str, Any]) -> str | None:
+    """The first email the object gives: its own, billing, receipt, then invoice's customer."""
+    billing_email = mapping(obj.get("billing_details")).get("email")
+    return (
+        normal_email(obj.get("email"))
+        or normal_email(billing_email, field="billing_details.email")
+        or normal_email(obj.get("receipt_email"), field="receipt_email")
+        or normal_email(obj.get("customer_email"), field="customer_email")
+    )
 
 
 def party_of(context: EventContext, obj: dict[str, Any], stripe_customer_id: Any) -> Party:
-    billing = obj.get("billing_details")
-    billing_email = billing.get("email") if isinstance(billing, dict) else None
-    email = (
-        normal_email(obj.get("email"))
-        or normal_email(billing_email)
-        or normal_email(obj.get("receipt_email"))
-        or normal_email(obj.get("customer_email"))
-    )
     return Party(
         stripe_account_id=context.stripe_account_id,
         livemode=context.livemode,
-        stripe_customer_id=text(stripe_customer_id),
+        stripe_customer_id=object_id(stripe_customer_id, field="customer"),
         customer_key=customer_key_of(obj),
-        email=email,
+        email=email_of(obj),
     )
 
 
@@ -64,7 +95,7 @@ def customer_upserted(context: EventContext) -> None:
     ledger.lock(context.session, *ledger.party_lock_names(party))
     models, session = context.models, context.session
     match_email = context.settings.match_email
-    partner_key = text(metadata(obj).get("partner_key"))
+    partner_key = partner_key_of(obj)
     customer = ledger.find_customer(session, models, party, match_email=match_email)
 
     if customer is None:
@@ -78,7 +109,7 @@ def customer_upserted(context: EventContext) -> None:
             models,
             party,
             partner_key=partner_key,
-            name=text(obj.get("name")),
+            name=name_of(obj),
             event_created=context.event["created"],
         )
         if created:
@@ -104,7 +135,7 @@ def _sync_customer(
     wanted = {
         "stripe_customer_id": party.stripe_customer_id,
         "email": party.email,
-        "name": text(obj.get("name")),
+        "name": name_of(obj),
         "partner_key": partner_key if customer.partner_key is None else None,
     }
     changed = False
@@ -146,59 +177,57 @@ def customer_deleted(context: EventContext) -> None:
 ZERO_AMOUNT = "zero amount: a payment of 0 (a trial, a 100% coupon) earns nothing"
 
 
-def amount_of(value: Any) -> int | None:
-    """An amount in minor units as Stripe sends it: a non-negative integer, else None."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**62:
-        return value
-    return None
-
-
 def refunds_listed(obj: dict[str, Any]) -> tuple[RefundFact, ...]:
     """The refunds a charge lists itself (API versions before 2022-11-15 include them)."""
-    listing = obj.get("refunds")
-    data = listing.get("data") if isinstance(listing, dict) else None
-    facts = (refund_fact(refund) for refund in data if isinstance(refund, dict)) if data else ()
+    data = mapping(obj.get("refunds")).get("data")
+    if not isinstance(data, list):
+        return ()
+    facts = (refund_fact(refund) for refund in data if isinstance(refund, dict))
     return tuple(fact for fact in facts if fact is not None)
 
 
 def refund_fact(refund: dict[str, Any], status: str | None = None) -> RefundFact | None:
-    refund_id, amount = text(refund.get("id")), amount_of(refund.get("amount"))
-    status = status or text(refund.get("status")) or "succeeded"
-    if refund_id is None or amount is None:
+    """A refund object's id, amount and status; None if it has no id or no amount."""
+    refund_id = text(refund.get("id"), field="refund id")
+    refunded = amount(refund.get("amount"), field="refund amount")
+    status = status or text(refund.get("status"), STATUS_LENGTH, field="refund status")
+    if refund_id is None or refunded is None:
         return None
-    return RefundFact(refund_id, amount, status)
+    return RefundFact(refund_id, refunded, status or "succeeded")
 
 
-def charge_facts(context: EventContext, obj: dict[str, Any], amount: int) -> Facts:
+def charge_facts(obj: dict[str, Any], paid: int, event_type: str) -> Facts:
     """What a charge object says: settled amount (``amount_captured``), refunds, failure.
 
     A partial capture releases the rest of the authorization, which Stripe counts in
     ``amount_refunded``: that remainder (``amount - amount_captured``) is not a refund.
+    Nothing is captured beyond the charge's ``amount``.
     """
-    captured = amount_of(obj.get("amount_captured"))
+    captured = amount(obj.get("amount_captured"), field="amount_captured")
     settled = _is_settled(obj)
-    gross = (captured if captured is not None and captured > 0 else amount) if settled else None
-    released = amount - captured if captured is not None and captured <= amount else 0
+    gross = (min(captured, paid) if captured else paid) if settled else None
+    released = paid - captured if captured is not None and captured <= paid else 0
     if not settled and obj.get("captured") is False:
-        released = amount  # an authorization canceled before capture: nothing was paid
-    refunded = max((amount_of(obj.get("amount_refunded")) or 0) - released, 0)
+        released = paid  # an authorization canceled before capture: nothing was paid
+    charge_refunded = amount(obj.get("amount_refunded"), field="amount_refunded") or 0
+    refunded = max(charge_refunded - released, 0)
     if obj.get("refunded") is True and gross is not None:
         refunded = max(refunded, gross)
     return Facts(
         gross=gross,
-        nominal=amount,
+        nominal=paid,
         refunded=refunded,
-        failed=obj.get("status") == "failed" or context.event["type"] == "charge.failed",
+        failed=obj.get("status") == "failed" or event_type == "charge.failed",
         refunds=refunds_listed(obj),
     )
 
 
-def _payment(context: EventContext, key: str, party: Party, obj: Any, meta: Any = None) -> Payment:
+def _payment(key: str, party: Party, obj: dict[str, Any]) -> Payment:
     return Payment(
         key=key,
         party=party,
-        currency=(text(obj.get("currency"), 3) or "").lower(),
-        product_key=text((meta if meta is not None else metadata(obj)).get("product_key")),
+        currency=currency(obj.get("currency")),
+        product_key=product_key_of(obj),
     )
 
 
@@ -209,11 +238,11 @@ def charge_changed(context: EventContext) -> None:
     captured and refunded, and whether it failed, whatever the event type.
     """
     obj = context.object
-    key, amount = text(obj.get("id")), amount_of(obj.get("amount"))
-    if key is None or amount is None:
+    key, paid = id_of(obj), amount(obj.get("amount"))
+    if key is None or paid is None:
         return context.ignore("The charge has no id or no valid amount.")
     party = party_of(context, obj, obj.get("customer"))
-    facts = charge_facts(context, obj, amount)
+    facts = charge_facts(obj, paid, context.event["type"])
 
     if transaction_source(context) == "invoice":
         # Invoice mode: the invoice records; its charges only bring refunds. A failed
@@ -228,14 +257,15 @@ def charge_changed(context: EventContext) -> None:
         invoice_id = invoice_of_charge(context, obj)
         if invoice_id is None:
             return _unmatched(context, key)
-        refund_only = Facts(nominal=amount, refunded=facts.refunded, refunds=facts.refunds)
-        return settle(context, _payment(context, invoice_id, party, obj, {}), refund_only)
+        refund_only = Facts(nominal=paid, refunded=facts.refunded, refunds=facts.refunds)
+        payment = Payment(key=invoice_id, party=party, currency=currency(obj.get("currency")))
+        return settle(context, payment, refund_only)
 
     if facts.gross == 0:
         return context.ignore(ZERO_AMOUNT)
     if facts.gross is None and not (facts.failed or facts.refunded or facts.refunds):
         return context.ignore("The charge has not succeeded and been captured yet.")
-    return settle(context, _payment(context, key, party, obj), facts, creates=obj)
+    return settle(context, _payment(key, party, obj), facts, creates=obj)
 
 
 def _unmatched(context: EventContext, charge_id: str) -> None:
@@ -252,27 +282,31 @@ def _is_settled(charge: dict[str, Any]) -> bool:
     return status == "succeeded" and charge.get("captured", True) is True
 
 
-def invoice_metadata(invoice: dict[str, Any]) -> dict[str, Any]:
-    """The invoice's metadata, each key filled from its subscription's when missing.
+def invoice_metadata(invoice: dict[str, Any]) -> dict[str, str]:
+    """The metadata the rules read from an invoice, each key filled from its subscription's.
 
     Stripe copies the subscription's metadata onto its invoices: under
     ``parent.subscription_details.metadata`` from 2025-03-31.basil on, under
-    ``subscription_details.metadata`` before.
+    ``subscription_details.metadata`` before. The invoice's own value wins.
     """
-    parent = invoice.get("parent")
-    sources = [
+    parent = mapping(invoice.get("parent"))
+    sources = (
         metadata(invoice),
-        metadata(_dict(_dict(parent).get("subscription_details"))),
-        metadata(_dict(invoice.get("subscription_details"))),
-    ]
-    merged: dict[str, Any] = {}
-    for source in reversed(sources):
-        merged.update({name: value for name, value in source.items() if text(value)})
+        metadata(mapping(parent.get("subscription_details"))),
+        metadata(mapping(invoice.get("subscription_details"))),
+    )
+    merged: dict[str, str] = {}
+    for source in sources:
+        for name in METADATA_KEYS:
+            value = metadata_value(source, name)
+            if value is not None:
+                merged.setdefault(name, value)
     return merged
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
+def invoice_amount(invoice: dict[str, Any], field: str) -> int | None:
+    """The invoice's amount ``field`` (one of ``INVOICE_AMOUNTS``, or ``total``)."""
+    return amount(invoice.get(field), field=field)
 
 
 def invoice_paid(context: EventContext) -> None:
@@ -281,15 +315,15 @@ def invoice_paid(context: EventContext) -> None:
     if transaction_source(context) != "invoice":
         return context.ignore("Charge mode: payments are recorded from their charges.")
     field = context.settings.invoice_amount
-    key, amount = text(obj.get("id")), amount_of(obj.get(field))
-    if key is None or amount is None:
+    key, paid = id_of(obj), invoice_amount(obj, field)
+    if key is None or paid is None:
         return context.ignore(f"The invoice has no id or no valid {field}.")
-    if amount == 0 or amount_of(obj.get("total")) == 0:
+    if paid == 0 or invoice_amount(obj, "total") == 0:
         return context.ignore(ZERO_AMOUNT)
     obj = {**obj, "metadata": invoice_metadata(obj)}
     party = party_of(context, obj, obj.get("customer"))
-    facts = Facts(gross=amount, nominal=amount)
-    return settle(context, _payment(context, key, party, obj), facts, creates=obj)
+    facts = Facts(gross=paid, nominal=paid)
+    return settle(context, _payment(key, party, obj), facts, creates=obj)
 
 
 def invoice_failed(context: EventContext) -> None:
@@ -311,11 +345,11 @@ def settle(
     party = payment.party
     found = _find_payer(context, party)
     customer_id = found.id if found is not None else None
-    partner_key = text(metadata(creates).get("partner_key")) if creates is not None else None
+    partner_key = partner_key_of(creates) if creates is not None else None
     if creates is not None and found is None and party.customer_key and partner_key:
         # The e-commerce case: no signup tracking, the charge names customer and partner.
         customer, created = ledger.create_customer(
-            session, models, party, partner_key=partner_key, name=text(creates.get("name"))
+            session, models, party, partner_key=partner_key, name=name_of(creates)
         )
         customer_id = customer.id
         if created:
@@ -372,3 +406,42 @@ def account_deauthorized(context: EventContext) -> None:
     if account is not None:
         context.notify(signals.account_uninstalled, account=account)
     return None
+
+
+# --- values ----------------------------------------------------------------------------
+# What each rule reads, read the same way before the event is stored (see
+# ``rules.check_values``): a value that passes here is stored whole, never cut.
+
+
+def check_customer(obj: dict[str, Any], event_type: str) -> None:
+    """The values a customer rule reads: id, email, metadata keys, name."""
+    id_of(obj)
+    customer_key_of(obj)
+    partner_key_of(obj)
+    email_of(obj)
+    name_of(obj)
+
+
+def _check_payment(obj: dict[str, Any]) -> None:
+    """What a charge or invoice gives its payment and, in the e-commerce case, its customer."""
+    check_customer(obj, "")
+    object_id(obj.get("customer"), field="customer")
+    currency(obj.get("currency"))
+    product_key_of(obj)
+
+
+def check_charge(obj: dict[str, Any], event_type: str) -> None:
+    """A charge: amounts (``amount``, ``amount_captured``, ``amount_refunded``), the refunds
+    it lists, its invoice and payment intent."""
+    _check_payment(obj)
+    charge_facts(obj, amount(obj.get("amount")) or 0, event_type)
+    named_invoice(obj)
+    payment_intent_of(obj)
+
+
+def check_invoice(obj: dict[str, Any], event_type: str) -> None:
+    """An invoice: every amount ``INVOICE_AMOUNT`` may name and ``total``; its metadata
+    merged with its subscription's."""
+    for field in (*INVOICE_AMOUNTS, "total"):
+        invoice_amount(obj, field)
+    _check_payment({**obj, "metadata": invoice_metadata(obj)})

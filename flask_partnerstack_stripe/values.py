@@ -16,6 +16,10 @@ METADATA_LENGTH = 500
 #: RFC 5321's longest address (64 + 1 + 255).
 EMAIL_LENGTH = 320
 NAME_LENGTH = 500
+#: A Checkout Session's ``client_reference_id`` (Stripe: "up to 200 characters").
+CLIENT_REFERENCE_LENGTH = 200
+#: Enumerated fields Stripe sends (a refund's ``status``): the column's width.
+STATUS_LENGTH = 32
 #: Amounts are integers in minor units that a 64-bit signed column holds.
 MAX_AMOUNT = 2**63 - 1
 
@@ -46,6 +50,28 @@ def text(value: Any, limit: int = ID_LENGTH, *, field: str = "value") -> str | N
     if len(value) > limit:
         raise InvalidValue(f"{field} is longer than {limit} characters.")
     return value or None
+
+
+def object_id(value: Any, *, field: str) -> str | None:
+    """A Stripe id, or the id of an expanded object (``{"id": ...}``); None if absent."""
+    if isinstance(value, dict):
+        value = value.get("id")
+    return text(value, ID_LENGTH, field=field)
+
+
+def mapping(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one: a missing or mistyped object."""
+    return value if isinstance(value, dict) else {}
+
+
+def metadata(obj: dict[str, Any]) -> dict[str, Any]:
+    """A Stripe object's ``metadata``, or an empty one."""
+    return mapping(obj.get("metadata"))
+
+
+def metadata_value(meta: dict[str, Any], name: str) -> str | None:
+    """The metadata value ``name`` (at most 500 characters, Stripe's limit), or None."""
+    return text(meta.get(name), METADATA_LENGTH, field=f"metadata.{name}")
 
 
 def lower_ascii(value: str) -> str:

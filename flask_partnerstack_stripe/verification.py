@@ -14,7 +14,7 @@ from typing import Any
 
 import stripe
 
-from .tracking import check_values
+from .rules import check_values
 from .values import STRIPE_ID, InvalidValue
 
 #: Stripe's events nest a dozen levels at most; anything far deeper is not one, and
