@@ -313,13 +313,20 @@ def _record_refund(
 
 
 def _refund_totals(session: Session, models: Models, row: Any) -> tuple[int, int]:
-    """The amounts of the payment's known refunds that stand, and that were undone."""
+    """The amounts of the payment's known refunds that stand, and that were undone.
+
+    Summed here, not in SQL: each amount is at most 2**63-1, their sum may not be, and
+    SQLite's ``sum()`` raises on an overflow. A payment has a handful of refunds.
+    """
     Refund = models.Refund
-    undone = Refund.status.in_(REFUND_UNDONE)
-    standing, failed = session.execute(
-        sa.select(
-            sa.func.coalesce(sa.func.sum(sa.case((undone, 0), else_=Refund.amount)), 0),
-            sa.func.coalesce(sa.func.sum(sa.case((undone, Refund.amount), else_=0)), 0),
-        ).where(Refund.account_scope == row.account_scope, Refund.payment_key == row.key)
-    ).one()
-    return int(standing), int(failed)
+    standing = undone = 0
+    for refund_amount, status in session.execute(
+        sa.select(Refund.amount, Refund.status).where(
+            Refund.account_scope == row.account_scope, Refund.payment_key == row.key
+        )
+    ):
+        if status in REFUND_UNDONE:
+            undone += refund_amount
+        else:
+            standing += refund_amount
+    return standing, undone
