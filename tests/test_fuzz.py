@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flask_partnerstack_stripe import testing
-from flask_partnerstack_stripe.scenarios import EVENT_TYPES
+from flask_partnerstack_stripe.rules import BUILTIN_HANDLERS
+from flask_partnerstack_stripe.scenarios import EVENT_TYPES as SCENARIO_TYPES
 
 from .apphost import SECRET
 
@@ -38,15 +39,36 @@ keys = st.sampled_from(["customer_key", "customer_id", "partner_key", "product_k
 metadata = st.dictionaries(keys, any_text | json_values, max_size=4)
 
 
+#: Every type a built-in rule handles (billing's refund, dispute, Checkout and invoice
+#: types included), those ``send-test-event`` plays, and one no rule handles.
+EVENT_TYPES = sorted({*BUILTIN_HANDLERS, *SCENARIO_TYPES, "balance.available"})
+KEYS = {"customer_key": "u", "partner_key": "p"}
+
+
 def base_object(event_type: str) -> dict[str, Any]:
     if event_type.startswith("customer."):
-        return testing.customer("cus_f", email="f@example.com",
-                                metadata={"customer_key": "u", "partner_key": "p"})  # fmt: skip
+        return testing.customer("cus_f", email="f@example.com", metadata=dict(KEYS))
+    if event_type.startswith(("refund.", "charge.refund.")):
+        return testing.refund("re_f", charge="ch_f", payment_intent="pi_f")
+    if event_type.startswith("charge.dispute."):
+        return testing.dispute("dp_f", charge="ch_f", status="lost", payment_intent="pi_f")
     if event_type.startswith("charge."):
         return testing.charge("ch_f", customer="cus_f", amount_refunded=0)
     if event_type.startswith("invoice."):
-        return testing.invoice("in_f", customer="cus_f")
+        return testing.invoice("in_f", customer="cus_f", subscription_metadata=dict(KEYS))
+    if event_type.startswith("checkout.session."):
+        return testing.checkout_session(
+            "cs_f",
+            customer="cus_f",
+            client_reference_id="u",
+            email="f@example.com",
+            metadata={"partner_key": "p"},
+        )
     return {"id": "ca_f", "object": "application"}
+
+
+def test_fuzzing_covers_every_built_in_event_type():
+    assert set(BUILTIN_HANDLERS) <= set(EVENT_TYPES)
 
 
 @st.composite
@@ -84,9 +106,11 @@ def assert_consistent_ledger(rows, models) -> None:
     assert len(keys) == len(set(keys))
 
 
+@pytest.mark.parametrize("source", ["charge", "invoice"])
 @pytest.mark.parametrize("refund_policy", ["delete", "prorate"])
-def test_fuzzed_events_never_get_a_5xx(app, rows, models, refund_policy):
+def test_fuzzed_events_never_get_a_5xx(app, rows, models, refund_policy, source):
     app.extensions["partnerstack_stripe"].settings.__dict__["refund_policy"] = refund_policy
+    app.extensions["partnerstack_stripe"].settings.__dict__["transaction_source"] = source
     client = app.test_client()
 
     @settings(
@@ -179,6 +203,74 @@ def test_values_near_every_column_limit_are_stored_whole_or_refused(app, rows, m
 
 
 ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _set(obj: dict[str, Any], path: str, value: Any) -> None:
+    *parents, last = path.split(".")
+    for name in parents:
+        obj = obj[name]
+    obj[last] = value
+
+
+#: Billing's event types and the paths in their objects that the rules read.
+BILLING_PATHS = {
+    "refund.created": ["id", "charge", "currency", "status", "payment_intent"],
+    "refund.failed": ["id", "charge", "currency", "payment_intent"],
+    "charge.refund.updated": ["id", "charge", "status"],
+    "charge.dispute.closed": ["charge", "currency", "status", "payment_intent"],
+    "checkout.session.completed": [
+        "client_reference_id",
+        "customer",
+        "metadata.customer_key",
+        "metadata.partner_key",
+        "customer_details.email",
+        "customer_details.name",
+    ],
+    "invoice.paid": [
+        "id",
+        "customer",
+        "currency",
+        "customer_email",
+        "metadata.product_key",
+        "parent.subscription_details.metadata.customer_key",
+        "parent.subscription_details.metadata.partner_key",
+    ],
+}
+
+
+@pytest.mark.parametrize("source", ["charge", "invoice"])
+def test_long_values_in_billing_event_types_are_stored_whole_or_refused(app, rows, models, source):
+    """Refund objects, disputes, Checkout Sessions and subscription invoices: a value near
+    a limit is a 200 or a 400 (nothing stored), never a 500; what is stored is whole."""
+    app.extensions["partnerstack_stripe"].settings.__dict__["transaction_source"] = source
+    client = app.test_client()
+    pairs = [(event_type, path) for event_type, paths in BILLING_PATHS.items() for path in paths]
+
+    @fuzz_settings()
+    @given(pair=st.sampled_from(pairs), value=long_text(), suffix=st.sampled_from(["", "@x.co"]))
+    def deliver(pair: tuple[str, str], value: str, suffix: str) -> None:
+        event_type, path = pair
+        value += suffix
+        obj = base_object(event_type)
+        obj["id"] = testing.new_id(obj["id"].split("_")[0])
+        _set(obj, path, value)
+        event = testing.event(event_type, obj)
+        fields = ("customer_key", "partner_key", "email", "name")
+        before = {c.id: [getattr(c, f) for f in fields] for c in rows(models.Customer)}
+        response = testing.post_event(client, event)
+        assert response.status_code in (200, 400), response.get_data(as_text=True)
+        if response.status_code == 400:
+            assert rows(models.WebhookEvent, stripe_event_id=event["id"]) == []
+            return
+        for customer in rows(models.Customer):
+            for n, field in enumerate(fields):
+                stored = getattr(customer, field)
+                if stored is None or before.get(customer.id, [None] * 4)[n] == stored:
+                    continue  # nothing this event wrote
+                assert not value.startswith(stored) or stored == value  # never cut
+
+    deliver()
+    assert_consistent_ledger(rows, models)
 
 
 def test_nesting_depth_is_refused_past_the_limit_never_a_5xx(app):
