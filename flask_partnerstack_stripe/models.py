@@ -342,4 +342,4 @@ def complete_models(models: Models, db: Any) -> Models:
     missing = {
         name: default_model(db, name) for name in Models._fields if getattr(models, name) is None
     }
-    return models._replace(**missing)
+    return models._replace(**missing) if missing else models  # the same object when complete
