@@ -46,7 +46,7 @@ def invoice_of_charge(context: EventContext, obj: dict[str, Any]) -> str | None:
     payment_intent = payment_intent_of(obj)
     if payment_intent is None:
         return None
-    return context.lookups.get(_lookup_key(payment_intent))  # type: ignore[no-any-return]
+    return context.lookups.get(_lookup_key(payment_intent))
 
 
 def look_up_invoice(
