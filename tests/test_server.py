@@ -8,6 +8,7 @@ with zero 5xx, an exact ledger, every data signal sent exactly once, and a clean
 from __future__ import annotations
 
 import http.client
+import itertools
 import json
 import os
 import threading
@@ -208,8 +209,9 @@ def test_every_event_of_one_charge_at_once(server, rows, models):
 def test_burst_of_ten_times_the_steady_rate(server, rows, models):
     """A steady trickle, then ten times as fast from eight clients: no 5xx, an exact ledger.
 
-    The burst lasts ``BURST_SECONDS`` (a few seconds in ``make test``; ``make burst`` runs
-    the full minute).
+    In ``make test`` each client sends a fixed number of payments (``BURST_STORIES``) at
+    the burst's pace, so a loaded machine makes the test slower, never different;
+    ``make burst`` sets ``BURST_SECONDS`` and keeps the pace up for a full minute.
     """
 
     def story(n: int) -> list[dict]:
@@ -224,12 +226,16 @@ def test_burst_of_ten_times_the_steady_rate(server, rows, models):
     for event in steady:  # about 20 events a second
         assert server.post_event(event)[0] == 200
         time.sleep(0.05)
-    deadline = time.monotonic() + float(os.environ.get("BURST_SECONDS", "3"))
+    seconds = os.environ.get("BURST_SECONDS")
+    deadline = time.monotonic() + float(seconds) if seconds else None
+    stories = int(os.environ.get("BURST_STORIES", "12"))
 
     def client(offset: int) -> list[tuple[int, int]]:
         # Each of the 8 clients sends 10x the steady rate's share: ~25 events a second.
         sent, n = [], 20 + offset
-        while time.monotonic() < deadline:
+        for count in itertools.count():
+            if (time.monotonic() >= deadline) if deadline else (count == stories):
+                break
             started = time.monotonic()
             sent += [(n, server.post_event(e)[0]) for e in story(n)]
             n += 8
@@ -238,9 +244,10 @@ def test_burst_of_ten_times_the_steady_rate(server, rows, models):
 
     results = [pair for pairs in all_at_once([lambda i=i: client(i) for i in range(8)])
                for pair in pairs]  # fmt: skip
-    assert all(status == 200 for _, status in results)
+    assert all(status == 200 for _, status in results), results
     charges = set(range(20)) | {n for n, _ in results}
-    assert len(charges) > 20 + 8 * 10
+    if deadline is None:
+        assert len(charges) == 20 + 8 * stories
     ledger = {t.key: t.deleted_at is None for t in rows(models.Transaction)}
     assert ledger == {f"ch_b{n}": n % 3 != 0 for n in charges}
     assert_clean_log(server)
