@@ -12,7 +12,7 @@ from typing import Any
 
 from . import ledger, signals
 from .ledger import Party
-from .receiver import EventContext
+from .receiver import EventContext, Ignored
 from .referral import decode_partner_key
 from .tracking import _attach_orphans, customer_key_of, name_of, partner_key_of
 from .values import CLIENT_REFERENCE_LENGTH, mapping, normal_email, object_id, text
@@ -70,10 +70,10 @@ def checkout_completed(context: EventContext) -> None:
         try:
             partner_key = partner_key or decode_partner_key(reference[len(PARTNER_REFERENCE) :])
         except ValueError:
-            return context.ignore(
+            raise Ignored(
                 f"The session's client_reference_id {reference!r} is not ps_ followed by a "
                 "ps_partner_key value."
-            )
+            ) from None
         customer_key = customer_key or email
     elif reference is not None:
         customer_key = reference
@@ -85,14 +85,14 @@ def checkout_completed(context: EventContext) -> None:
         email=email,
     )
     if not (party.customer_key or party.stripe_customer_id):
-        return context.ignore("The session names no customer key and no Stripe customer.")
+        raise Ignored("The session names no customer key and no Stripe customer.")
     session, models = context.session, context.models
     ledger.lock(session, *ledger.party_lock_names(party))
     match_email = context.settings.match_email
     customer = ledger.find_customer(session, models, party, match_email=match_email)
     if customer is None:
         if not (party.customer_key and partner_key):
-            return context.ignore(
+            raise Ignored(
                 "The session matches no known customer and names no customer key and "
                 "partner key to create one."
             )
@@ -104,7 +104,7 @@ def checkout_completed(context: EventContext) -> None:
             _attach_orphans(context, customer)
             return None
     if not _link(context, customer, party, partner_key, values.name):
-        return context.ignore("The session's customer is already linked and attributed.")
+        raise Ignored("The session's customer is already linked and attributed.")
     context.notify(signals.customer_updated, customer=customer)
     _attach_orphans(context, customer)
     return None

@@ -14,7 +14,7 @@ from .config import DEFAULTS, PREFIX, Settings
 from .database import UnitOfWork
 from .models import Models, complete_models, default_models
 from .notify import send_notifications
-from .receiver import HostHandler, Receiver
+from .receiver import Handlers, HostHandler, Receiver
 from .referral import referred_partner_key
 from .rules import BUILTIN_HANDLERS, LOOKUPS
 from .signup import record_signup, signup_details, signup_party
@@ -107,12 +107,10 @@ class PartnerStackStripe:
         self._models = complete_models(self._models, db)
 
         unit_of_work = UnitOfWork(settings.sqlite_busy_timeout)
-        receiver = Receiver(self._models, settings, unit_of_work)
-        for event_type, handler in BUILTIN_HANDLERS.items():
-            receiver.builtin_handlers[event_type].append(handler)
-        receiver.lookups.update(LOOKUPS)
-        # The receiver shares the handler lists, so handlers added later still count.
-        receiver.host_handlers = self._handlers  # type: ignore[assignment]
+        # The receiver reads the extension's own handler mapping, so handlers
+        # registered after init_app still count.
+        handlers = Handlers(builtin=BUILTIN_HANDLERS, host=self._handlers, lookups=LOOKUPS)
+        receiver = Receiver(self._models, settings, unit_of_work, handlers, send_notifications)
         app.extensions[EXTENSION_KEY] = State(
             self, settings, db, self._models, receiver, unit_of_work
         )

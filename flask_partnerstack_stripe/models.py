@@ -18,8 +18,7 @@ from typing import Any, ClassVar, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
 
-#: ``WebhookEvent.status`` values.
-PROCESSED, IGNORED, FAILED = "processed", "ignored", "failed"
+#: ``WebhookEvent.status`` values: see :class:`.status.Status`.
 
 
 def utcnow() -> datetime:

@@ -7,7 +7,7 @@ type, so events can arrive in any order and any number of times.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
 from . import ledger, payments, signals
 from .accounts import uninstall
@@ -15,7 +15,7 @@ from .config import INVOICE_AMOUNTS
 from .invoices import invoice_of_charge, named_invoice, payment_intent_of
 from .ledger import Party
 from .payments import Facts, Payment, RefundFact
-from .receiver import EventContext
+from .receiver import EventContext, Ignored
 from .values import (
     NAME_LENGTH,
     STATUS_LENGTH,
@@ -91,7 +91,7 @@ def customer_upserted(context: EventContext) -> None:
     obj = context.object
     party = party_of(context, obj, obj.get("id"))
     if party.stripe_customer_id is None:
-        return context.ignore("The customer object has no id.")
+        raise Ignored("The customer object has no id.")
     ledger.lock(context.session, *ledger.party_lock_names(party))
     models, session = context.models, context.session
     match_email = context.settings.match_email
@@ -100,7 +100,7 @@ def customer_upserted(context: EventContext) -> None:
 
     if customer is None:
         if not (party.customer_key and partner_key):
-            return context.ignore(
+            raise Ignored(
                 "The customer matches no known customer and its metadata has no "
                 "customer_key and partner_key to create one."
             )
@@ -165,7 +165,7 @@ def customer_deleted(context: EventContext) -> None:
     party = party_of(context, context.object, context.object.get("id"))
     customer = ledger.find_customer_by_stripe_id(context.session, context.models, party)
     if customer is None:
-        return context.ignore("The deleted Stripe customer is not linked to a known customer.")
+        raise Ignored("The deleted Stripe customer is not linked to a known customer.")
     customer.stripe_customer_id = None
     context.session.flush()
     context.notify(signals.customer_updated, customer=customer)
@@ -240,7 +240,7 @@ def charge_changed(context: EventContext) -> None:
     obj = context.object
     key, paid = id_of(obj), amount(obj.get("amount"))
     if key is None or paid is None:
-        return context.ignore("The charge has no id or no valid amount.")
+        raise Ignored("The charge has no id or no valid amount.")
     party = party_of(context, obj, obj.get("customer"))
     facts = charge_facts(obj, paid, context.event["type"])
 
@@ -249,27 +249,27 @@ def charge_changed(context: EventContext) -> None:
         # attempt deletes nothing, since a retry may still pay the invoice.
         if facts.refunded == 0 and not facts.refunds:
             if facts.failed:
-                return context.ignore(
+                raise Ignored(
                     "Invoice mode: a failed payment attempt deletes nothing (a retry may "
                     "still pay the invoice)."
                 )
-            return context.ignore("Invoice mode: charges are recorded through their invoice.")
+            raise Ignored("Invoice mode: charges are recorded through their invoice.")
         invoice_id = invoice_of_charge(context, obj)
         if invoice_id is None:
-            return _unmatched(context, key)
+            _unmatched(context, key)
         refund_only = Facts(nominal=paid, refunded=facts.refunded, refunds=facts.refunds)
         payment = Payment(key=invoice_id, party=party, currency=currency(obj.get("currency")))
         return settle(context, payment, refund_only)
 
     if facts.gross == 0:
-        return context.ignore(ZERO_AMOUNT)
+        raise Ignored(ZERO_AMOUNT)
     if facts.gross is None and not (facts.failed or facts.refunded or facts.refunds):
-        return context.ignore("The charge has not succeeded and been captured yet.")
+        raise Ignored("The charge has not succeeded and been captured yet.")
     return settle(context, _payment(key, party, obj), facts, creates=obj)
 
 
-def _unmatched(context: EventContext, charge_id: str) -> None:
-    return context.ignore(
+def _unmatched(context: EventContext, charge_id: str) -> NoReturn:
+    raise Ignored(
         f"Unmatched refund: the charge {charge_id} could not be linked to an invoice "
         "(set PARTNERSTACK_STRIPE_API_KEY to look it up, then replay this event).",
         keep=True,
@@ -313,13 +313,13 @@ def invoice_paid(context: EventContext) -> None:
     """``invoice.payment_succeeded`` / ``invoice.paid``: record the invoice (invoice mode only)."""
     obj = context.object
     if transaction_source(context) != "invoice":
-        return context.ignore("Charge mode: payments are recorded from their charges.")
+        raise Ignored("Charge mode: payments are recorded from their charges.")
     field = context.settings.invoice_amount
     key, paid = id_of(obj), invoice_amount(obj, field)
     if key is None or paid is None:
-        return context.ignore(f"The invoice has no id or no valid {field}.")
+        raise Ignored(f"The invoice has no id or no valid {field}.")
     if paid == 0 or invoice_amount(obj, "total") == 0:
-        return context.ignore(ZERO_AMOUNT)
+        raise Ignored(ZERO_AMOUNT)
     obj = {**obj, "metadata": invoice_metadata(obj)}
     party = party_of(context, obj, obj.get("customer"))
     facts = Facts(gross=paid, nominal=paid)
@@ -328,9 +328,7 @@ def invoice_paid(context: EventContext) -> None:
 
 def invoice_failed(context: EventContext) -> None:
     """``invoice.payment_failed``: an attempt failed; Stripe retries, so nothing is deleted."""
-    return context.ignore(
-        "A failed payment attempt deletes nothing: a retry may still pay the invoice."
-    )
+    raise Ignored("A failed payment attempt deletes nothing: a retry may still pay the invoice.")
 
 
 def settle(
@@ -399,7 +397,7 @@ def _find_payer(context: EventContext, party: Party) -> Any:
 def account_deauthorized(context: EventContext) -> None:
     """``account.application.deauthorized``: the event's account, in the event's mode, is gone."""
     if context.stripe_account_id is None:
-        return context.ignore("The deauthorization names no connected account.")
+        raise Ignored("The deauthorization names no connected account.")
     account = uninstall(
         context.session, context.models, context.stripe_account_id, context.livemode
     )

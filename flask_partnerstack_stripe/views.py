@@ -9,11 +9,10 @@ from flask import Blueprint, Flask, Response, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import accounts, install, signals
+from . import accounts, install
 from .extension import State, get_state
-from .notify import send_notifications
-from .receiver import EventFailed
 from .referral import remember_referral
+from .status import Status
 from .verification import InvalidEvent, verify_event
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -61,7 +60,7 @@ def endpoint_webhook(endpoint_id: str) -> ResponseReturnValue:
 def _receive(
     state: State, secrets: tuple[str, ...], stripe_account_id: str | None
 ) -> ResponseReturnValue:
-    """Verify, store, apply, commit, signal, answer."""
+    """Verify, then the receive pipeline (store, apply, commit, signal), then answer."""
     payload = _read_body(state.settings.max_body)
     try:
         event = verify_event(
@@ -74,16 +73,11 @@ def _receive(
         log.warning("Refused a webhook request: %s", error)
         return jsonify(error=str(error)), 400
 
-    try:
-        outcome = state.receiver.receive(
-            state.db.session(),
-            event,
-            payload.decode("utf-8"),
-            stripe_account_id=stripe_account_id,
-        )
-    except EventFailed as failure:
-        send_notifications([(signals.event_failed, {"event": event, "error": failure.error})])
-        if failure.recorded:
+    outcome = state.receiver.run(
+        state.db.session(), event, payload.decode("utf-8"), stripe_account_id=stripe_account_id
+    )
+    if outcome.status == Status.FAILED:
+        if outcome.recorded:
             message = (
                 "The event could not be applied. It is stored as failed and will be "
                 "applied again when Stripe redelivers it or when it is replayed."
@@ -94,8 +88,6 @@ def _receive(
                 "either; nothing was recorded. It will be applied when Stripe redelivers it."
             )
         return jsonify(error=message), 500
-
-    send_notifications(outcome.notifications)
     body: dict[str, Any] = {"status": outcome.status, "event": event["id"]}
     if outcome.reason:
         body["reason"] = outcome.reason
