@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Flask, current_app, has_request_context, request
+from flask import Flask, Response, current_app, has_request_context, request
 
 from . import accounts
 from .config import DEFAULTS, PREFIX, Settings
@@ -15,7 +15,7 @@ from .database import UnitOfWork
 from .models import Models, complete_models, default_models
 from .notify import send_notifications
 from .receiver import Handlers, HostHandler, Receiver
-from .referral import referred_partner_key
+from .referral import referred_partner_key, remember_referral
 from .rules import BUILTIN_HANDLERS, LOOKUPS
 from .signup import record_signup, signup_details, signup_party
 from .values import ID_LENGTH, STRIPE_ID, argument
@@ -127,6 +127,9 @@ class PartnerStackStripe:
         from .cli import partnerstack_cli
         from .install import redact_stripe_logs
 
+        # On the app, not the blueprint: a host that mounts the blueprint itself, or
+        # not at all, keeps its referrals.
+        app.after_request(_remember_referral)
         app.cli.add_command(partnerstack_cli)
         redact_stripe_logs()
 
@@ -271,6 +274,11 @@ class PartnerStackStripe:
                 "create one PartnerStackStripe object per SQLAlchemy db."
             )
         return db
+
+
+def _remember_referral(response: Response) -> Response:
+    """``after_request``: set the referral cookie when a visitor came through a partner link."""
+    return remember_referral(response, request, get_state().settings.referral_cookie_days)
 
 
 def get_state(app: Flask | None = None) -> State:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import accounts, install
 from .extension import State, get_state
-from .referral import remember_referral
 from .status import Status
 from .verification import InvalidEvent, verify_event
 
@@ -31,7 +30,6 @@ def create_blueprint(app: Flask) -> Blueprint:
     blueprint.add_url_rule("/install/callback", "install_callback", install.install_callback)
     blueprint.add_url_rule("/uninstall", "uninstall", install.uninstall, methods=["POST"])
     blueprint.register_error_handler(HTTPException, _http_error)
-    blueprint.after_app_request(_remember_referral)
 
     csrf = app.extensions.get("csrf")
     if csrf is not None:
@@ -94,10 +92,6 @@ def _receive(
     return jsonify(body), 200
 
 
-def _remember_referral(response: Response) -> Response:
-    return remember_referral(response, request, get_state().settings.referral_cookie_days)
-
-
 def _read_body(max_body: int) -> bytes:
     """The raw body, refused with 413 once it passes ``max_body`` without reading it all.
 
@@ -112,5 +106,12 @@ def _read_body(max_body: int) -> bytes:
     return payload
 
 
+#: The endpoints Stripe calls: their errors are JSON. The install pages are seen by
+#: people in a browser: their errors are Flask's HTML pages (or the host's own).
+JSON_ENDPOINTS = frozenset({f"{BLUEPRINT_NAME}.webhook", f"{BLUEPRINT_NAME}.endpoint_webhook"})
+
+
 def _http_error(error: HTTPException) -> ResponseReturnValue:
-    return jsonify(error=error.description), error.code or 500
+    if request.endpoint in JSON_ENDPOINTS:
+        return jsonify(error=error.description), error.code or 500
+    return error

@@ -118,3 +118,29 @@ def test_create_customer_checks_its_arguments(app, state):
 def test_create_customer_outside_an_app_context_says_what_is_wrong(state):
     with pytest.raises(RuntimeError, match="application context"):
         state.extension.create_customer("user-1", "a@example.com")
+
+
+def test_referrals_work_without_the_blueprint():
+    """The cookie hook is the app's, not the blueprint's: a host that mounts the
+    blueprint itself, or not at all, keeps its referrals."""
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from flask_partnerstack_stripe import PartnerStackStripe
+
+    app = Flask(__name__)
+    app.config.update(SQLALCHEMY_DATABASE_URI="sqlite://", SECRET_KEY="test-secret-key")
+    db = SQLAlchemy()
+    db.init_app(app)
+    PartnerStackStripe(app, register_blueprint=False)
+    app.add_url_rule("/", "landing", lambda: "welcome")
+    assert "partnerstack_stripe" not in app.blueprints
+
+    response = app.test_client().get("/?ps_partner_key=cGFydG5lcl8x")
+    assert response.headers["Set-Cookie"].startswith("ps_partner_key=")
+    with app.test_request_context(headers={"Cookie": response.headers["Set-Cookie"]}):
+        from flask import request
+
+        from flask_partnerstack_stripe.referral import referred_partner_key
+
+        assert referred_partner_key(request) == "partner_1"

@@ -293,3 +293,28 @@ def test_unique_event_id_is_a_database_constraint(app, models, state):
         with pytest.raises(sa.exc.IntegrityError):
             session.commit()
         session.rollback()
+
+
+def test_settled_ids_keep_the_newest_only():
+    from flask_partnerstack_stripe.receiver import SettledIds
+
+    settled = SettledIds(2)
+    for event_id in ("evt_1", "evt_2", "evt_3"):
+        settled.add(event_id)
+    assert "evt_1" not in settled and "evt_2" in settled and "evt_3" in settled
+    settled.add("evt_3")  # again: still two
+    assert len(settled) == 2
+
+
+def test_redelivery_of_an_evicted_event_is_still_a_duplicate(client, rows, models, state):
+    """The memory of settled ids is a shortcut: past it, the database answers the same."""
+    state.receiver.settled.size = 1
+    first, second = unhandled_event(), unhandled_event()
+    assert testing.post_event(client, first).json["status"] == "ignored"
+    assert testing.post_event(client, second).json["status"] == "ignored"
+    assert first["id"] not in state.receiver.settled  # evicted by the second
+    with testing.record_signals() as sent:
+        again = testing.post_event(client, first)
+    assert again.status_code == 200 and again.json["status"] == "duplicate"
+    assert sent == []
+    assert len(rows(models.WebhookEvent)) == 2
