@@ -15,7 +15,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .database import prepared, upsert
+from .database import cached_statement, upsert
 from .models import Models, account_scope, utcnow
 
 
@@ -87,7 +87,7 @@ def find_customer(
         return None
     table = models.Customer.__table__
     names = tuple(column for column, _ in routes)
-    statement = prepared(
+    statement = cached_statement(
         (table, "find", names, load),
         lambda: _find_statement(models.Customer, table, names, load),
     )
@@ -135,7 +135,7 @@ def create_customer(
     assert party.customer_key, "a customer is created only with a customer key"
     # No other customer holds the Stripe id: looking the customer up found none by it
     # first. One linked meanwhile by another worker makes this INSERT do nothing.
-    statement = prepared(
+    statement = cached_statement(
         (Customer, "create", _dialect(session)),
         lambda: _loading(
             Customer,
@@ -189,7 +189,7 @@ def _dialect(session: Session) -> str:
 def unlink_stripe_id(session: Session, models: Models, party: Party, keep: Any = None) -> None:
     """Free ``party``'s Stripe customer id from every other customer (it is unique)."""
     Customer = models.Customer
-    statement = prepared(
+    statement = cached_statement(
         (Customer, "unlink"),
         lambda: (
             sa.update(Customer)
@@ -235,7 +235,7 @@ def attach_orphans(session: Session, models: Models, customer: Any, *, match_ema
     attached: list[int] = []
     for batch in batches:
         columns = tuple(batch)
-        statement = prepared(
+        statement = cached_statement(
             (table, "attach", columns), lambda columns=columns: _attach_statement(table, columns)
         )
         rows = connection.execute(

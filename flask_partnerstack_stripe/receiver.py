@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
-from .database import UnitOfWork, prepared, upsert
+from .database import UnitOfWork, cached_statement, upsert
 from .models import Models, account_scope, utcnow
 from .status import Status
 
@@ -272,7 +272,7 @@ class Receiver:
         """
         connection = session.connection()
         table = self.models.WebhookEvent.__table__
-        statement = prepared(
+        statement = cached_statement(
             (table, "claim", connection.dialect.name, replay),
             lambda: self._claim_statement(session, table, replay),
         )

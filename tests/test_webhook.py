@@ -318,3 +318,16 @@ def test_redelivery_of_an_evicted_event_is_still_a_duplicate(client, rows, model
     assert again.status_code == 200 and again.json["status"] == "duplicate"
     assert sent == []
     assert len(rows(models.WebhookEvent)) == 2
+
+
+def test_statements_are_per_app_state(client, state):
+    from flask_partnerstack_stripe import database
+
+    from .apphost import create_app
+
+    other = create_app("sqlite://")
+    testing.post_event(client, testing.event("customer.created", testing.customer("cus_1")))
+    assert len(state.unit_of_work.statements) > 0
+    assert len(other.extensions["partnerstack_stripe"].unit_of_work.statements) == 0
+    assert database._current_statements.get() is None  # only while a unit of work is open
+    assert not hasattr(database, "_prepared")
