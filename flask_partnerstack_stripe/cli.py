@@ -15,7 +15,7 @@ from flask.cli import AppGroup, with_appcontext
 from . import accounts
 from .backfill import backfill
 from .endpoints_check import endpoint_warnings
-from .extension import get_state
+from .extension import State, get_state
 from .models import utcnow
 from .scenarios import send_test_event
 from .status import Status
@@ -172,7 +172,7 @@ def replay(event_ids: tuple[str, ...], failed: bool, ignored: bool, event_type: 
         raise SystemExit(1)
 
 
-def _replay_one(state: Any, payload: str | None, stripe_account_id: str | None) -> str:
+def _replay_one(state: State, payload: str | None, stripe_account_id: str | None) -> str:
     if payload is None:
         return "skipped (its payload was not kept)"
     event = json.loads(payload)

@@ -90,7 +90,8 @@ class UnitOfWork:
     @staticmethod
     def take_deferred(session: Session) -> list[Any]:
         """The notifications nested calls deferred (to send once committed, or to drop)."""
-        return session.info.pop(_DEFERRED, [])  # type: ignore[no-any-return]
+        deferred: list[Any] = session.info.pop(_DEFERRED, [])
+        return deferred
 
     @contextmanager
     def _transaction(self, session: Session) -> Iterator[None]:

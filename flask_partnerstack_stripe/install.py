@@ -16,7 +16,6 @@ import logging
 import re
 import secrets
 from datetime import timedelta
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import sqlalchemy as sa
@@ -270,5 +269,5 @@ def _local_url(target: str) -> str:
     return target if target.startswith("/") else url_for(target)
 
 
-def _page(title: str, message: str, status: int) -> Any:
+def _page(title: str, message: str, status: int) -> tuple[str, int]:
     return render_template("partnerstack_stripe/message.html", title=title, message=message), status

@@ -8,6 +8,7 @@ object's advisory lock is taken first (PostgreSQL; SQLite runs one writer at a t
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -214,7 +215,9 @@ def unlink_stripe_id(session: Session, models: Models, party: Party, keep: Any =
     )
 
 
-def attach_orphans(session: Session, models: Models, customer: Any, *, match_email: bool) -> list:
+def attach_orphans(
+    session: Session, models: Models, customer: Any, *, match_email: bool
+) -> list[Any]:
     """Give ``customer`` the transactions recorded before it was known; the standing ones."""
     Transaction = models.Transaction
     table = Transaction.__table__
@@ -236,7 +239,7 @@ def attach_orphans(session: Session, models: Models, customer: Any, *, match_ema
     for batch in batches:
         columns = tuple(batch)
         statement = cached_statement(
-            (table, "attach", columns), lambda columns=columns: _attach_statement(table, columns)
+            (table, "attach", columns), functools.partial(_attach_statement, table, columns)
         )
         rows = connection.execute(
             statement,

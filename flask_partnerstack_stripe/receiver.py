@@ -288,7 +288,7 @@ class Receiver:
 
     @staticmethod
     def _claim_statement(session: Session, table: Any, replay: bool) -> Any:
-        now = sa.bindparam("now")
+        now: sa.BindParameter[Any] = sa.bindparam("now")
         statement = upsert(session, table).values(
             stripe_event_id=sa.bindparam("stripe_event_id"),
             type=sa.bindparam("type"),

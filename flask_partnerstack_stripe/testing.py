@@ -348,7 +348,8 @@ def checkout_session(
 
 def sign(payload: str, secret: str, *, timestamp: int | None = None) -> str:
     """The ``Stripe-Signature`` header Stripe would send for ``payload``."""
-    return stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)
+    header: str = stripe.WebhookSignature.generate_signature_header(payload, secret, timestamp)
+    return header
 
 
 def post_event(

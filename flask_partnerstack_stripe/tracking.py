@@ -356,6 +356,7 @@ def settle(
     elif found is not None and party.stripe_customer_id and not found.stripe_customer_id:
         # Found by key or email: the payment tells us its Stripe id too.
         customer = session.get(models.Customer, found.id)
+        assert customer is not None, "found in this transaction, under its lock"
         ledger.unlink_stripe_id(session, models, party, keep=customer)
         customer.stripe_customer_id = party.stripe_customer_id
         session.flush()
