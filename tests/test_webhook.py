@@ -56,7 +56,6 @@ def test_host_handler_runs_inside_the_event_transaction(app, client, rows, model
     assert response.status_code == 200
     assert response.json == {"status": "processed", "event": event["id"]}
     assert calls == ["cs_1"]
-    assert isinstance(calls[0], str)
     [stored] = rows(models.WebhookEvent)
     assert stored.status == "processed" and stored.processed_at is not None
     assert [s.kwargs["event"]["id"] for s in sent] == [event["id"]]
@@ -130,11 +129,10 @@ def test_signal_receiver_error_does_not_change_the_answer(client, rows, models, 
     assert "receiver bug" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "app_config", [{"PARTNERSTACK_STRIPE_WEBHOOK_SECRETS": ["whsec_old", SECRET]}]
+)
 def test_rolled_secrets_and_several_signatures(client, app, rows, models):
-    app.extensions["partnerstack_stripe"].settings.__dict__["webhook_secrets"] = (
-        "whsec_old",
-        SECRET,
-    )
     payload = json.dumps(unhandled_event())
     t = now()
     # Stripe sends one v1 per active secret while a secret is being rolled.
