@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import ledger, signals
-from .ledger import Party
+from . import customers, locks, signals
+from .customers import Party
+from .readers import customer_key_of, name_of, partner_key_of
 from .receiver import EventContext, Ignored
 from .referral import decode_partner_key
-from .tracking import _attach_orphans, customer_key_of, name_of, partner_key_of
+from .tracking import _attach_orphans
 from .values import CLIENT_REFERENCE_LENGTH, mapping, normal_email, object_id, text
 
 #: A ``client_reference_id`` of this form carries a ``ps_partner_key`` value (Payment Links).
@@ -87,16 +88,16 @@ def checkout_completed(context: EventContext) -> None:
     if not (party.customer_key or party.stripe_customer_id):
         raise Ignored("The session names no customer key and no Stripe customer.")
     session, models = context.session, context.models
-    ledger.lock(session, *ledger.party_lock_names(party))
+    locks.lock(session, *locks.party_lock_names(party))
     match_email = context.settings.match_email
-    customer = ledger.find_customer(session, models, party, match_email=match_email)
+    customer = customers.find_customer(session, models, party, match_email=match_email)
     if customer is None:
         if not (party.customer_key and partner_key):
             raise Ignored(
                 "The session matches no known customer and names no customer key and "
                 "partner key to create one."
             )
-        customer, created = ledger.create_customer(
+        customer, created = customers.create_customer(
             session, models, party, partner_key=partner_key, name=values.name
         )
         if created:
@@ -114,7 +115,7 @@ def _link(context: EventContext, customer: Any, party: Party, partner_key: Any, 
     """Fill in what the customer lacks; a Stripe id or partner already set is kept."""
     changed = False
     if party.stripe_customer_id and customer.stripe_customer_id is None:
-        ledger.unlink_stripe_id(context.session, context.models, party, keep=customer)
+        customers.unlink_stripe_id(context.session, context.models, party, keep=customer)
         customer.stripe_customer_id = party.stripe_customer_id
         changed = True
     for field, value in (("partner_key", partner_key), ("email", party.email), ("name", name)):

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -28,6 +29,18 @@ def upsert(session: Session, model: Any) -> Any:
         raise RuntimeError(
             f"flask-partnerstack-stripe supports PostgreSQL and SQLite, not {dialect!r}."
         ) from None
+
+
+def dialect_name(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def loading(model: Any, statement: Any) -> Any:
+    """A Core ``INSERT … RETURNING`` that loads ``model`` objects from the rows it returns.
+
+    Cheaper than an ORM-enabled INSERT, which goes through bulk persistence.
+    """
+    return sa.select(model).from_statement(statement.returning(*model.__table__.columns))
 
 
 #: ``session.info`` keys: a transaction of ours is open; signals nested calls deferred.

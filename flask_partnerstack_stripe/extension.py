@@ -125,7 +125,7 @@ class PartnerStackStripe:
             )
 
         from .cli import partnerstack_cli
-        from .install import redact_stripe_logs
+        from .redaction import redact_stripe_logs
 
         # On the app, not the blueprint: a host that mounts the blueprint itself, or
         # not at all, keeps its referrals.

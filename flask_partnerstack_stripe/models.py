@@ -134,7 +134,7 @@ class TransactionMixin:
     #: Why it does not stand: ``"refund"``, ``"failure"`` or ``"dispute"`` (None while it stands).
     deleted_reason: Mapped[str | None] = mapped_column(sa.String(16))
     #: What Stripe said about the payment, in any order; ``amount`` and ``deleted_*`` follow
-    #: from these alone (see ``ledger.settle_payment``), so the order of events never matters.
+    #: from these alone (see ``payments.settle_payment``), so the order of events never matters.
     #: The settled amount (captured, or the invoice's), None until a success shows it.
     gross_amount: Mapped[int | None] = mapped_column(sa.BigInteger)
     #: The highest refunded total a charge object reported (a released remainder excluded).

@@ -1,7 +1,7 @@
 """Refund objects and disputes: what they take from a payment, and what they give back.
 
 ``refund.created`` / ``refund.updated`` / ``refund.failed`` and ``charge.refund.updated``
-carry one Refund; each is kept by its id (``ledger.settle_payment``), so an endpoint that
+carry one Refund; each is kept by its id (``payments.settle_payment``), so an endpoint that
 also sends ``charge.refunded`` counts it once, and one that fails or is canceled gives
 back what it took. ``charge.dispute.*`` carry a Dispute: only one closed as ``lost``
 takes the payment away.
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .customers import Party
 from .invoices import invoice_of_charge, named_invoice, payment_intent_of
-from .ledger import Party
 from .payments import Facts, Payment
+from .readers import refund_fact
 from .receiver import EventContext, Ignored
-from .tracking import _unmatched, refund_fact, settle, transaction_source
+from .tracking import _unmatched, settle, transaction_source
 from .values import STATUS_LENGTH, amount, currency, object_id, text
 
 
