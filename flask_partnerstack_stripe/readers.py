@@ -8,6 +8,7 @@ refused, never cut.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .config import INVOICE_AMOUNTS
@@ -25,6 +26,17 @@ from .values import (
     object_id,
     text,
 )
+
+
+def as_dict(stripe_object: Any) -> dict[str, Any]:
+    """A ``stripe`` API object as the plain JSON dict Stripe sent (a webhook's ``data.object``).
+
+    Through its JSON form: ``to_dict()`` warns that it is deprecated in the stripe
+    versions this package still supports (11 to 13).
+    """
+    plain: dict[str, Any] = json.loads(str(stripe_object))
+    return plain
+
 
 #: The metadata keys the rules read (customer_id: an older name for customer_key).
 METADATA_KEYS = ("customer_key", "customer_id", "partner_key", "product_key")
