@@ -32,7 +32,7 @@ def as_dict(stripe_object: Any) -> dict[str, Any]:
     """A ``stripe`` API object as the plain JSON dict Stripe sent (a webhook's ``data.object``).
 
     Through its JSON form: ``to_dict()`` warns that it is deprecated in the stripe
-    versions this package still supports (11 to 13).
+    versions this package still supports (12 and 13).
     """
     plain: dict[str, Any] = json.loads(str(stripe_object))
     return plain

@@ -350,7 +350,7 @@ def checkout_session(
 def sign(payload: str, secret: str, *, timestamp: int | None = None) -> str:
     """The ``Stripe-Signature`` header Stripe would send for ``payload``."""
     # Stripe's scheme (what stripe.WebhookSignature.verify_header checks), written out:
-    # stripe-python only gained a helper for it after the lowest version we support.
+    # not every stripe version we support has a public helper for it.
     timestamp = int(time.time()) if timestamp is None else timestamp
     signed = f"{timestamp}.{payload}".encode()
     signature = hmac.new(secret.encode(), signed, hashlib.sha256).hexdigest()
