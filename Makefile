@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo serve test lint fuzz burst bench install clean
+.PHONY: demo serve test lint typing browser fuzz burst bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,10 @@ serve: $(STAMP)
 
 ## Lint, then the whole suite on SQLite and PostgreSQL (REQUIRE_POSTGRES=1 makes a
 ## missing PostgreSQL an error instead of a loud skip), in two xdist workers.
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/pytest -n 2
 
 ## The benchmark: ours against the bare minimum, in-process and over HTTP, with targets.
@@ -45,6 +46,17 @@ fuzz: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+## Debian's Chromium for the example app's browser tests (Playwright drives it; its own
+## browser download is not used). Installs only when missing; needs root and apt-get,
+## else says so and the browser tests skip loudly.
+browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else echo "!!! /usr/bin/chromium is missing and apt-get cannot run here: browser tests will skip"; fi
 
 clean:
 	rm -rf $(VENV) example_app/instance .pytest_cache .ruff_cache *.egg-info

@@ -266,7 +266,7 @@ def main() -> int:
         print("  flask partnerstack send-test-event --scenario seed --url .../partnerstack/webhook")
         webhook = base + "/partnerstack/webhook"
         seed = [*FLASK, "partnerstack", "send-test-event", "--scenario", "seed",
-                "--product-key", "team", "--amount", "4900", "--url", webhook]  # fmt: skip
+                "--product-key", "team", "--amount", "4900", "--url", webhook, "--yes"]  # fmt: skip
         output = subprocess.run(seed, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
         print("\n".join("  " + line for line in output.stdout.splitlines()))
     finally:

@@ -19,7 +19,7 @@ import stripe
 from . import signals
 from .accounts import find_account
 from .extension import State
-from .notify import send_notifications
+from .readers import as_dict
 from .receiver import Outcome
 
 PAGE_SIZE = 100
@@ -117,11 +117,10 @@ def backfill(
     counts: Counter[str] = Counter()
     for kind, resource, params in listings:
         for obj in each_object(resource, params, on_retry=on_retry):
-            event = _event_for(kind, obj.to_dict(), stripe_account_id)
-            outcome = state.receiver.apply_unstored(
-                state.db.session(), event, stripe_account_id=stripe_account_id
+            event = _event_for(kind, as_dict(obj), stripe_account_id)
+            outcome = state.receiver.run(
+                state.db.session(), event, None, stripe_account_id=stripe_account_id
             )
-            send_notifications(outcome.notifications)
             result = tally(outcome)
             counts[result] += 1
             if on_object is not None:

@@ -10,11 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import ledger, signals
-from .ledger import Party
-from .receiver import EventContext
+from . import customers, locks, signals
+from .customers import Party
+from .readers import customer_key_of, name_of, partner_key_of
+from .receiver import EventContext, Ignored
 from .referral import decode_partner_key
-from .tracking import _attach_orphans, customer_key_of, name_of, partner_key_of
+from .tracking import _attach_orphans
 from .values import CLIENT_REFERENCE_LENGTH, mapping, normal_email, object_id, text
 
 #: A ``client_reference_id`` of this form carries a ``ps_partner_key`` value (Payment Links).
@@ -70,10 +71,10 @@ def checkout_completed(context: EventContext) -> None:
         try:
             partner_key = partner_key or decode_partner_key(reference[len(PARTNER_REFERENCE) :])
         except ValueError:
-            return context.ignore(
+            raise Ignored(
                 f"The session's client_reference_id {reference!r} is not ps_ followed by a "
                 "ps_partner_key value."
-            )
+            ) from None
         customer_key = customer_key or email
     elif reference is not None:
         customer_key = reference
@@ -85,18 +86,18 @@ def checkout_completed(context: EventContext) -> None:
         email=email,
     )
     if not (party.customer_key or party.stripe_customer_id):
-        return context.ignore("The session names no customer key and no Stripe customer.")
+        raise Ignored("The session names no customer key and no Stripe customer.")
     session, models = context.session, context.models
-    ledger.lock(session, *ledger.party_lock_names(party))
+    locks.lock(session, *locks.party_lock_names(party))
     match_email = context.settings.match_email
-    customer = ledger.find_customer(session, models, party, match_email=match_email)
+    customer = customers.find_customer(session, models, party, match_email=match_email)
     if customer is None:
         if not (party.customer_key and partner_key):
-            return context.ignore(
+            raise Ignored(
                 "The session matches no known customer and names no customer key and "
                 "partner key to create one."
             )
-        customer, created = ledger.create_customer(
+        customer, created = customers.create_customer(
             session, models, party, partner_key=partner_key, name=values.name
         )
         if created:
@@ -104,7 +105,7 @@ def checkout_completed(context: EventContext) -> None:
             _attach_orphans(context, customer)
             return None
     if not _link(context, customer, party, partner_key, values.name):
-        return context.ignore("The session's customer is already linked and attributed.")
+        raise Ignored("The session's customer is already linked and attributed.")
     context.notify(signals.customer_updated, customer=customer)
     _attach_orphans(context, customer)
     return None
@@ -114,7 +115,7 @@ def _link(context: EventContext, customer: Any, party: Party, partner_key: Any, 
     """Fill in what the customer lacks; a Stripe id or partner already set is kept."""
     changed = False
     if party.stripe_customer_id and customer.stripe_customer_id is None:
-        ledger.unlink_stripe_id(context.session, context.models, party, keep=customer)
+        customers.unlink_stripe_id(context.session, context.models, party, keep=customer)
         customer.stripe_customer_id = party.stripe_customer_id
         changed = True
     for field, value in (("partner_key", partner_key), ("email", party.email), ("name", name)):

@@ -12,14 +12,13 @@ import stripe
 from flask import current_app, url_for
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts, signals
+from . import accounts
 from .backfill import backfill
 from .endpoints_check import endpoint_warnings
-from .extension import get_state
+from .extension import State, get_state
 from .models import utcnow
-from .notify import send_notifications
-from .receiver import EventFailed
 from .scenarios import send_test_event
+from .status import Status
 
 partnerstack_cli = AppGroup("partnerstack", help="Stripe payment tracking for partners.")
 
@@ -148,7 +147,7 @@ def replay(event_ids: tuple[str, ...], failed: bool, ignored: bool, event_type: 
     state = get_state()
     WebhookEvent = state.models.WebhookEvent
     query = sa.select(WebhookEvent).order_by(WebhookEvent.id)
-    statuses = [s for s, wanted in (("failed", failed), ("ignored", ignored)) if wanted]
+    statuses = [s for s, wanted in ((Status.FAILED, failed), (Status.IGNORED, ignored)) if wanted]
     if not (event_ids or statuses or event_type):
         raise click.UsageError("Say what to replay: EVENT_IDS, --failed, --ignored or --type.")
     if event_ids:
@@ -169,22 +168,17 @@ def replay(event_ids: tuple[str, ...], failed: bool, ignored: bool, event_type: 
         click.echo(f"{event_id} {kind}: {result}")
     if stored:
         click.echo(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-    if counts.get("failed"):
+    if counts.get(Status.FAILED):
         raise SystemExit(1)
 
 
-def _replay_one(state: Any, payload: str | None, stripe_account_id: str | None) -> str:
+def _replay_one(state: State, payload: str | None, stripe_account_id: str | None) -> str:
     if payload is None:
         return "skipped (its payload was not kept)"
     event = json.loads(payload)
-    try:
-        outcome = state.receiver.receive(
-            state.db.session(), event, payload, stripe_account_id=stripe_account_id, replay=True
-        )
-    except EventFailed as failure:
-        send_notifications([(signals.event_failed, {"event": event, "error": failure.error})])
-        return f"failed ({type(failure.error).__name__}: {failure.error})"
-    send_notifications(outcome.notifications)
+    outcome = state.receiver.run(
+        state.db.session(), event, payload, stripe_account_id=stripe_account_id, replay=True
+    )
     return outcome.status + (f" ({outcome.reason})" if outcome.reason else "")
 
 
@@ -202,7 +196,7 @@ def prune(days: int | None) -> None:
     with state.unit_of_work(session):
         deleted = session.execute(
             sa.delete(WebhookEvent).where(
-                WebhookEvent.received_at < cutoff, WebhookEvent.status != "failed"
+                WebhookEvent.received_at < cutoff, WebhookEvent.status != Status.FAILED
             )
         ).rowcount
     click.echo(f"Deleted {deleted} stored events older than {days} days (failed ones are kept).")
@@ -295,7 +289,7 @@ def check(base_url: str | None, with_stripe: bool) -> None:
         last = session.scalar(sa.select(WebhookEvent).order_by(WebhookEvent.id.desc()).limit(1))
         failures = session.scalar(
             sa.select(sa.func.count()).where(
-                WebhookEvent.status == "failed",
+                WebhookEvent.status == Status.FAILED,
                 WebhookEvent.received_at > utcnow() - timedelta(days=1),
             )
         )

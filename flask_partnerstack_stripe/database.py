@@ -6,8 +6,10 @@ import logging
 import threading
 from collections.abc import Callable, Hashable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
@@ -29,6 +31,18 @@ def upsert(session: Session, model: Any) -> Any:
         ) from None
 
 
+def dialect_name(session: Session) -> str:
+    return session.get_bind().dialect.name
+
+
+def loading(model: Any, statement: Any) -> Any:
+    """A Core ``INSERT … RETURNING`` that loads ``model`` objects from the rows it returns.
+
+    Cheaper than an ORM-enabled INSERT, which goes through bulk persistence.
+    """
+    return sa.select(model).from_statement(statement.returning(*model.__table__.columns))
+
+
 #: ``session.info`` keys: a transaction of ours is open; signals nested calls deferred.
 _OPEN_UNIT = "partnerstack_stripe.open_unit"
 _DEFERRED = "partnerstack_stripe.deferred_notifications"
@@ -44,8 +58,10 @@ class UnitOfWork:
     because the committed work stands. The block raises only when nothing committed.
     """
 
-    def __init__(self, busy_timeout: float) -> None:
+    def __init__(self, busy_timeout: float, statements: Statements | None = None) -> None:
         self.busy_timeout = busy_timeout
+        #: This app's statements, current while one of its units of work is open.
+        self.statements = statements if statements is not None else Statements()
         # In-memory SQLite is one connection that every thread shares (Flask-SQLAlchemy
         # gives it a StaticPool): transactions on it must take turns, from before the
         # connection is checked out. Reentrant, for a host handler that writes through
@@ -61,6 +77,7 @@ class UnitOfWork:
             yield
             return
         session.info[_OPEN_UNIT] = True
+        current = _current_statements.set(self.statements)
         try:
             if isinstance(session.get_bind().engine.pool, StaticPool):
                 with self._shared_connection, self._transaction(session):
@@ -69,6 +86,7 @@ class UnitOfWork:
                 with self._transaction(session):
                     yield
         finally:
+            _current_statements.reset(current)
             session.info.pop(_OPEN_UNIT, None)
 
     @staticmethod
@@ -85,7 +103,8 @@ class UnitOfWork:
     @staticmethod
     def take_deferred(session: Session) -> list[Any]:
         """The notifications nested calls deferred (to send once committed, or to drop)."""
-        return session.info.pop(_DEFERRED, [])  # type: ignore[no-any-return]
+        deferred: list[Any] = session.info.pop(_DEFERRED, [])
+        return deferred
 
     @contextmanager
     def _transaction(self, session: Session) -> Iterator[None]:
@@ -156,16 +175,44 @@ def _commit(session: Session, connection: Connection) -> None:
         session.expire_on_commit = expire_on_commit
 
 
-_prepared: dict[Hashable, Any] = {}
-
-
-def prepared(key: Hashable, build: Callable[[], Any]) -> Any:
-    """The statement ``build()`` makes, built once per ``key`` and reused with bound values.
+class Statements:
+    """The statements one app's writing transactions run, each built once (per app state).
 
     Building a statement and its cache key costs more than running it on the hot
     path; a statement built once with ``bindparam`` placeholders costs neither again.
+    Keys name the statement, its model or table and its variant (dialect, columns),
+    so the cache is bounded by the code, not by the data.
     """
-    statement = _prepared.get(key)
-    if statement is None:
-        statement = _prepared[key] = build()
-    return statement
+
+    def __init__(self) -> None:
+        self._built: dict[Hashable, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._built)
+
+    def get(self, key: Hashable, build: Callable[[], Any]) -> Any:
+        statement = self._built.get(key)
+        if statement is None:
+            statement = self._built[key] = build()
+        return statement
+
+
+#: The statements of the app whose unit of work is open in this thread or task (set and
+#: reset by :class:`UnitOfWork`, as Flask sets ``current_app``): the tracking rules take
+#: no app and no Flask, and still use their app's statements.
+_current_statements: ContextVar[Statements | None] = ContextVar(
+    "partnerstack_stripe.statements", default=None
+)
+
+
+def cached_statement(key: Hashable, build: Callable[[], Any]) -> Any:
+    """The statement ``build()`` makes, built once per ``key`` for the current app.
+
+    Outside a unit of work it is built each time: correct, only slower.
+    """
+    statements = _current_statements.get()
+    return build() if statements is None else statements.get(key, build)
+
+
+#: The former name, for code written against it (payments.py).
+prepared = cached_statement

@@ -11,6 +11,7 @@ from typing import Any
 import stripe
 
 from .config import Settings
+from .readers import as_dict
 
 #: Per transaction source, what the endpoint must send: each entry is satisfied by any
 #: one of its event types.
@@ -50,7 +51,7 @@ def endpoint_warnings(
     if api_key is None:
         return ["--stripe needs PARTNERSTACK_STRIPE_API_KEY to read the webhook endpoints."]
     listing = stripe.WebhookEndpoint.list(api_key=api_key, stripe_account=account, limit=100)
-    every = [endpoint.to_dict() for endpoint in listing.auto_paging_iter()]
+    every = [as_dict(endpoint) for endpoint in listing.auto_paging_iter()]
     endpoints = [e for e in every if _path(e.get("url")) == webhook_path]
     if not endpoints:
         return [f"No webhook endpoint of this Stripe account points at {webhook_path}."]

@@ -7,15 +7,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from flask import Flask, current_app, has_request_context, request
+from flask import Flask, Response, current_app, has_request_context, request
 
 from . import accounts
 from .config import DEFAULTS, PREFIX, Settings
 from .database import UnitOfWork
 from .models import Models, complete_models, default_models
 from .notify import send_notifications
-from .receiver import HostHandler, Receiver
-from .referral import referred_partner_key
+from .receiver import Handlers, HostHandler, Receiver
+from .referral import referred_partner_key, remember_referral
 from .rules import BUILTIN_HANDLERS, LOOKUPS
 from .signup import record_signup, signup_details, signup_party
 from .values import ID_LENGTH, STRIPE_ID, argument
@@ -107,12 +107,10 @@ class PartnerStackStripe:
         self._models = complete_models(self._models, db)
 
         unit_of_work = UnitOfWork(settings.sqlite_busy_timeout)
-        receiver = Receiver(self._models, settings, unit_of_work)
-        for event_type, handler in BUILTIN_HANDLERS.items():
-            receiver.builtin_handlers[event_type].append(handler)
-        receiver.lookups.update(LOOKUPS)
-        # The receiver shares the handler lists, so handlers added later still count.
-        receiver.host_handlers = self._handlers  # type: ignore[assignment]
+        # The receiver reads the extension's own handler mapping, so handlers
+        # registered after init_app still count.
+        handlers = Handlers(builtin=BUILTIN_HANDLERS, host=self._handlers, lookups=LOOKUPS)
+        receiver = Receiver(self._models, settings, unit_of_work, handlers, send_notifications)
         app.extensions[EXTENSION_KEY] = State(
             self, settings, db, self._models, receiver, unit_of_work
         )
@@ -127,8 +125,11 @@ class PartnerStackStripe:
             )
 
         from .cli import partnerstack_cli
-        from .install import redact_stripe_logs
+        from .redaction import redact_stripe_logs
 
+        # On the app, not the blueprint: a host that mounts the blueprint itself, or
+        # not at all, keeps its referrals.
+        app.after_request(_remember_referral)
         app.cli.add_command(partnerstack_cli)
         redact_stripe_logs()
 
@@ -273,6 +274,11 @@ class PartnerStackStripe:
                 "create one PartnerStackStripe object per SQLAlchemy db."
             )
         return db
+
+
+def _remember_referral(response: Response) -> Response:
+    """``after_request``: set the referral cookie when a visitor came through a partner link."""
+    return remember_referral(response, request, get_state().settings.referral_cookie_days)
 
 
 def get_state(app: Flask | None = None) -> State:

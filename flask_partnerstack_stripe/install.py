@@ -13,10 +13,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import re
 import secrets
 from datetime import timedelta
-from typing import Any
 from urllib.parse import urlencode, urlsplit
 
 import sqlalchemy as sa
@@ -35,32 +33,6 @@ log = logging.getLogger("flask_partnerstack_stripe")
 STATE_KEY = "partnerstack_stripe_install"
 #: How long an install link may take to come back from Stripe.
 STATE_LIFETIME = timedelta(minutes=15)
-_TOKEN_FIELD = re.compile(r'("(?:access_token|refresh_token)"\s*:\s*")[^"]*')
-_SECRET_KEY = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9]+")
-
-
-class RedactTokens(logging.Filter):
-    """Mask OAuth tokens and secret keys in the ``stripe`` package's debug log.
-
-    stripe-python logs every API response body at DEBUG; for the OAuth token
-    exchange that body holds the connected account's tokens.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        redacted = _SECRET_KEY.sub(r"\1[redacted]", _TOKEN_FIELD.sub(r"\1[redacted]", message))
-        if redacted != message:
-            record.msg, record.args = redacted, ()
-        return True
-
-
-def redact_stripe_logs() -> None:
-    """Add :class:`RedactTokens` to the ``stripe`` logger, once per process."""
-    stripe_log = logging.getLogger("stripe")
-    if not any(isinstance(f, RedactTokens) for f in stripe_log.filters):
-        stripe_log.addFilter(RedactTokens())
-
-
 STRIPE_APP_AUTHORIZE_URL = "https://marketplace.stripe.com/oauth/v2/authorize"
 
 
@@ -270,5 +242,5 @@ def _local_url(target: str) -> str:
     return target if target.startswith("/") else url_for(target)
 
 
-def _page(title: str, message: str, status: int) -> Any:
+def _page(title: str, message: str, status: int) -> tuple[str, int]:
     return render_template("partnerstack_stripe/message.html", title=title, message=message), status

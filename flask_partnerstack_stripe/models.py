@@ -13,13 +13,12 @@ from __future__ import annotations
 import types
 import weakref
 from datetime import datetime, timezone
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
 
-#: ``WebhookEvent.status`` values.
-PROCESSED, IGNORED, FAILED = "processed", "ignored", "failed"
+#: ``WebhookEvent.status`` values: see :class:`.status.Status`.
 
 
 def utcnow() -> datetime:
@@ -33,6 +32,9 @@ def account_scope(stripe_account_id: str | None) -> str:
 
 class CustomerMixin:
     """A customer of the host, attributed to a partner. Table ``partnerstack_customer``."""
+
+    if TYPE_CHECKING:  # what declarative gives each model class
+        __table__: ClassVar[sa.Table]
 
     @declared_attr.directive
     def __tablename__(cls) -> str:
@@ -79,6 +81,9 @@ class TransactionMixin:
     Subclasses whose customer model has another class or table name set
     ``customer_model`` and ``customer_table``.
     """
+
+    if TYPE_CHECKING:  # what declarative gives each model class
+        __table__: ClassVar[sa.Table]
 
     customer_model: ClassVar[str] = "PartnerStackCustomer"
     customer_table: ClassVar[str] = "partnerstack_customer"
@@ -129,7 +134,7 @@ class TransactionMixin:
     #: Why it does not stand: ``"refund"``, ``"failure"`` or ``"dispute"`` (None while it stands).
     deleted_reason: Mapped[str | None] = mapped_column(sa.String(16))
     #: What Stripe said about the payment, in any order; ``amount`` and ``deleted_*`` follow
-    #: from these alone (see ``ledger.settle_payment``), so the order of events never matters.
+    #: from these alone (see ``payments.settle_payment``), so the order of events never matters.
     #: The settled amount (captured, or the invoice's), None until a success shows it.
     gross_amount: Mapped[int | None] = mapped_column(sa.BigInteger)
     #: The highest refunded total a charge object reported (a released remainder excluded).
@@ -144,6 +149,9 @@ class TransactionMixin:
 
 class StripeAccountMixin:
     """A connected Stripe account, per mode. Table ``partnerstack_stripe_account``."""
+
+    if TYPE_CHECKING:  # what declarative gives each model class
+        __table__: ClassVar[sa.Table]
 
     @declared_attr.directive
     def __tablename__(cls) -> str:
@@ -179,6 +187,9 @@ class StripeAccountMixin:
 
 class WebhookEventMixin:
     """Every verified Stripe event, stored once. Table ``partnerstack_webhook_event``."""
+
+    if TYPE_CHECKING:  # what declarative gives each model class
+        __table__: ClassVar[sa.Table]
 
     @declared_attr.directive
     def __tablename__(cls) -> str:
@@ -218,6 +229,9 @@ class InstallStateMixin:
     single-use. Only a SHA-256 digest of the state is stored.
     """
 
+    if TYPE_CHECKING:  # what declarative gives each model class
+        __table__: ClassVar[sa.Table]
+
     @declared_attr.directive
     def __tablename__(cls) -> str:
         return "partnerstack_install_state"
@@ -248,6 +262,9 @@ class RefundMixin:
     ``key`` it lowers (the charge, or in invoice mode the charge's invoice). Its status
     only moves forward (:data:`REFUND_RANKS`), so a late ``pending`` never undoes a failure.
     """
+
+    if TYPE_CHECKING:  # what declarative gives each model class
+        __table__: ClassVar[sa.Table]
 
     @declared_attr.directive
     def __tablename__(cls) -> str:
@@ -293,12 +310,14 @@ class Models(NamedTuple):
     class for each of them, built on its ``db`` (see :func:`complete_models`).
     """
 
-    Customer: Any
-    Transaction: Any
-    StripeAccount: Any
-    WebhookEvent: Any
-    InstallState: Any = None
-    Refund: Any = None
+    Customer: type[CustomerMixin]
+    Transaction: type[TransactionMixin]
+    StripeAccount: type[StripeAccountMixin]
+    WebhookEvent: type[WebhookEventMixin]
+    # None only until complete_models fills in the default class: every Models the
+    # extension works with has all of them.
+    InstallState: type[InstallStateMixin] = None  # type: ignore[assignment]
+    Refund: type[RefundMixin] = None  # type: ignore[assignment]
 
 
 #: The mixin each default model is built from, by its field in :class:`Models`.

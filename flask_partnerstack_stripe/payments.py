@@ -20,8 +20,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from .customers import Party
+from .database import dialect_name as _dialect
+from .database import loading as _loading
 from .database import prepared, upsert
-from .ledger import Party, _dialect, _loading
 from .models import REFUND_RANKS, REFUND_UNDONE, Models, utcnow
 
 

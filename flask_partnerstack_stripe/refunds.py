@@ -1,7 +1,7 @@
 """Refund objects and disputes: what they take from a payment, and what they give back.
 
 ``refund.created`` / ``refund.updated`` / ``refund.failed`` and ``charge.refund.updated``
-carry one Refund; each is kept by its id (``ledger.settle_payment``), so an endpoint that
+carry one Refund; each is kept by its id (``payments.settle_payment``), so an endpoint that
 also sends ``charge.refunded`` counts it once, and one that fails or is canceled gives
 back what it took. ``charge.dispute.*`` carry a Dispute: only one closed as ``lost``
 takes the payment away.
@@ -11,11 +11,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from .customers import Party
 from .invoices import invoice_of_charge, named_invoice, payment_intent_of
-from .ledger import Party
 from .payments import Facts, Payment
-from .receiver import EventContext
-from .tracking import _unmatched, refund_fact, settle, transaction_source
+from .readers import refund_fact
+from .receiver import EventContext, Ignored
+from .tracking import _unmatched, settle, transaction_source
 from .values import STATUS_LENGTH, amount, currency, object_id, text
 
 
@@ -48,10 +49,10 @@ def refund_changed(context: EventContext) -> None:
     status = _status(obj)
     fact = refund_fact(obj, failed if status not in ("failed", "canceled") else status)
     if fact is None or charge_id is None:
-        return context.ignore("The refund has no id, no valid amount or no charge.")
+        raise Ignored("The refund has no id, no valid amount or no charge.")
     key = _payment_key(context, obj, charge_id)
     if key is None:
-        return _unmatched(context, charge_id)
+        _unmatched(context, charge_id)
     facts = Facts(nominal=fact.amount, refunds=(fact,))
     return settle(context, _payment(context, key, obj), facts)
 
@@ -61,14 +62,14 @@ def dispute_changed(context: EventContext) -> None:
     obj = context.object
     charge_id, status = _charge_id(obj), _status(obj)
     if charge_id is None:
-        return context.ignore("The dispute names no charge.")
+        raise Ignored("The dispute names no charge.")
     if status != "lost":
-        return context.ignore(
+        raise Ignored(
             f"The dispute is {status or 'open'}: the transaction stands unless it is lost."
         )
     key = _payment_key(context, obj, charge_id)
     if key is None:
-        return _unmatched(context, charge_id)
+        _unmatched(context, charge_id)
     facts = Facts(nominal=amount(obj.get("amount")) or 0, dispute_lost=True)
     return settle(context, _payment(context, key, obj), facts)
 

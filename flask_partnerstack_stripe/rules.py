@@ -8,14 +8,12 @@ from typing import Any
 
 from .checkout import check_session, checkout_completed
 from .invoices import look_up_invoice
+from .readers import check_charge, check_customer, check_invoice
 from .receiver import BuiltinHandler, Lookup
 from .refunds import check_dispute, check_refund, dispute_changed, refund_changed
 from .tracking import (
     account_deauthorized,
     charge_changed,
-    check_charge,
-    check_customer,
-    check_invoice,
     customer_deleted,
     customer_upserted,
     invoice_failed,

@@ -239,6 +239,24 @@ def play_seed(story: TestEvent, url: str | None) -> None:
         run_step(story, event_type, url, story.charge)
 
 
+def is_test_database(url: sa.engine.URL) -> bool:
+    """The app is TESTING, or its database URL says ``test`` (``.../myapp_test``, say)."""
+    return bool(current_app.testing) or "test" in url.render_as_string().lower()
+
+
+def confirm_database(yes: bool) -> None:
+    """Say which database test events go into; ask first when it is not a test one."""
+    url = get_state().db.engine.url
+    shown = url.render_as_string(hide_password=True)
+    if not (yes or is_test_database(url)):
+        click.confirm(
+            f"{shown} is not a test database (the app is not TESTING and its URL has no "
+            "'test' in it). Write test events into it?",
+            abort=True,
+        )
+    click.echo(f"Database: {shown}")
+
+
 @click.command("send-test-event")
 @click.argument("event_type", required=False, type=click.Choice(EVENT_TYPES))
 @click.option("--scenario", type=click.Choice(["seed"]), help="Play a whole story instead.")
@@ -255,10 +273,19 @@ def play_seed(story: TestEvent, url: str | None) -> None:
 @click.option("--charge", "charge_id", help="The charge id, to refund or update a charge.")
 @click.option("--invoice", help="The invoice id.")
 @click.option("--url", help="Post to this running webhook URL instead of applying in-process.")
+@click.option("--yes", is_flag=True, help="Write into a database that is not a test one, unasked.")
 @with_appcontext
-def send_test_event(event_type: str | None, scenario: str | None, url: str | None,
-                    live: bool, charge_id: str | None, **fields: Any) -> None:  # fmt: skip
-    """Sign a realistic test event as Stripe would, deliver it, and show what was recorded."""
+def send_test_event(event_type: str | None, scenario: str | None, url: str | None, live: bool,
+                    charge_id: str | None, yes: bool, **fields: Any) -> None:  # fmt: skip
+    """Sign a realistic test event as Stripe would, deliver it, and show what was recorded.
+
+    The events are recorded in the app's configured database (through the running
+    app at --url, or in-process): when that is not a test database (the app is not
+    TESTING and the URL has no "test" in it), it asks first, unless --yes.
+    """
+    if event_type is None and scenario is None:
+        raise click.UsageError("Give an EVENT_TYPE or --scenario seed.")
+    confirm_database(yes)
     story = TestEvent(livemode=live, charge=charge_id, **fields)
     if scenario == "seed":
         play_seed(story, url)

@@ -7,8 +7,8 @@ from typing import Any
 from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
-from . import ledger, signals
-from .ledger import Party
+from . import customers, locks, signals
+from .customers import Party
 from .values import EMAIL_LENGTH, METADATA_LENGTH, NAME_LENGTH, STRIPE_ID, argument
 
 Notifications = list[tuple[NamedSignal, dict[str, Any]]]
@@ -27,8 +27,8 @@ def record_signup(
 
     A customer that already has a partner keeps it: attribution is never moved.
     """
-    ledger.lock(session, *ledger.party_lock_names(party))
-    customer, created = ledger.create_customer(
+    locks.lock(session, *locks.party_lock_names(party))
+    customer, created = customers.create_customer(
         session, models, party, partner_key=partner_key, name=name
     )
     notifications: Notifications = []
@@ -43,7 +43,7 @@ def record_signup(
         if changed:
             session.flush()
             notifications.append((signals.customer_updated, {"customer": customer, "event": None}))
-    for transaction in ledger.attach_orphans(session, models, customer, match_email=match_email):
+    for transaction in customers.attach_orphans(session, models, customer, match_email=match_email):
         notifications.append(
             (signals.transaction_updated, {"transaction": transaction, "event": None})
         )

@@ -7,63 +7,26 @@ type, so events can arrive in any order and any number of times.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NoReturn
 
-from . import ledger, payments, signals
+from . import customers, locks, payments, signals
 from .accounts import uninstall
-from .config import INVOICE_AMOUNTS
-from .invoices import invoice_of_charge, named_invoice, payment_intent_of
-from .ledger import Party
-from .payments import Facts, Payment, RefundFact
-from .receiver import EventContext
-from .values import (
-    NAME_LENGTH,
-    STATUS_LENGTH,
-    amount,
-    currency,
-    mapping,
-    metadata,
-    metadata_value,
-    normal_email,
-    object_id,
-    text,
+from .customers import Party
+from .invoices import invoice_of_charge
+from .payments import Facts, Payment
+from .readers import (
+    charge_facts,
+    customer_key_of,
+    email_of,
+    id_of,
+    invoice_amount,
+    invoice_metadata,
+    name_of,
+    partner_key_of,
+    product_key_of,
 )
-
-#: The metadata keys the rules read (customer_id: an older name for customer_key).
-METADATA_KEYS = ("customer_key", "customer_id", "partner_key", "product_key")
-
-
-def customer_key_of(obj: dict[str, Any]) -> str | None:
-    meta = metadata(obj)
-    return metadata_value(meta, "customer_key") or metadata_value(meta, "customer_id")
-
-
-def partner_key_of(obj: dict[str, Any]) -> str | None:
-    return metadata_value(metadata(obj), "partner_key")
-
-
-def product_key_of(obj: dict[str, Any]) -> str | None:
-    return metadata_value(metadata(obj), "product_key")
-
-
-def id_of(obj: dict[str, Any]) -> str | None:
-    """The object's own id (a customer's, a charge's, an invoice's)."""
-    return text(obj.get("id"), field="data.object.id")
-
-
-def name_of(obj: dict[str, Any]) -> str | None:
-    return text(obj.get("name"), NAME_LENGTH, field="name")
-
-
-def email_of(obj: dict[str, Any]) -> str | None:
-    """The first email the object gives: its own, billing, receipt, then invoice's customer."""
-    billing_email = mapping(obj.get("billing_details")).get("email")
-    return (
-        normal_email(obj.get("email"))
-        or normal_email(billing_email, field="billing_details.email")
-        or normal_email(obj.get("receipt_email"), field="receipt_email")
-        or normal_email(obj.get("customer_email"), field="customer_email")
-    )
+from .receiver import EventContext, Ignored
+from .values import amount, currency, object_id
 
 
 def party_of(context: EventContext, obj: dict[str, Any], stripe_customer_id: Any) -> Party:
@@ -91,20 +54,20 @@ def customer_upserted(context: EventContext) -> None:
     obj = context.object
     party = party_of(context, obj, obj.get("id"))
     if party.stripe_customer_id is None:
-        return context.ignore("The customer object has no id.")
-    ledger.lock(context.session, *ledger.party_lock_names(party))
+        raise Ignored("The customer object has no id.")
+    locks.lock(context.session, *locks.party_lock_names(party))
     models, session = context.models, context.session
     match_email = context.settings.match_email
     partner_key = partner_key_of(obj)
-    customer = ledger.find_customer(session, models, party, match_email=match_email)
+    customer = customers.find_customer(session, models, party, match_email=match_email)
 
     if customer is None:
         if not (party.customer_key and partner_key):
-            return context.ignore(
+            raise Ignored(
                 "The customer matches no known customer and its metadata has no "
                 "customer_key and partner_key to create one."
             )
-        customer, created = ledger.create_customer(
+        customer, created = customers.create_customer(
             session,
             models,
             party,
@@ -144,7 +107,7 @@ def _sync_customer(
         if value is None or value == current or (current is not None and not newer):
             continue
         if field == "stripe_customer_id":
-            ledger.unlink_stripe_id(context.session, context.models, party, keep=customer)
+            customers.unlink_stripe_id(context.session, context.models, party, keep=customer)
         setattr(customer, field, value)
         changed = True
     if newer:
@@ -154,7 +117,7 @@ def _sync_customer(
 
 
 def _attach_orphans(context: EventContext, customer: Any) -> None:
-    for transaction in ledger.attach_orphans(
+    for transaction in customers.attach_orphans(
         context.session, context.models, customer, match_email=context.settings.match_email
     ):
         context.notify(signals.transaction_updated, transaction=transaction)
@@ -163,9 +126,9 @@ def _attach_orphans(context: EventContext, customer: Any) -> None:
 def customer_deleted(context: EventContext) -> None:
     """``customer.deleted``: unlink the Stripe id; the customer and its transactions stay."""
     party = party_of(context, context.object, context.object.get("id"))
-    customer = ledger.find_customer_by_stripe_id(context.session, context.models, party)
+    customer = customers.find_customer_by_stripe_id(context.session, context.models, party)
     if customer is None:
-        return context.ignore("The deleted Stripe customer is not linked to a known customer.")
+        raise Ignored("The deleted Stripe customer is not linked to a known customer.")
     customer.stripe_customer_id = None
     context.session.flush()
     context.notify(signals.customer_updated, customer=customer)
@@ -175,51 +138,6 @@ def customer_deleted(context: EventContext) -> None:
 # --- payments --------------------------------------------------------------------------
 
 ZERO_AMOUNT = "zero amount: a payment of 0 (a trial, a 100% coupon) earns nothing"
-
-
-def refunds_listed(obj: dict[str, Any]) -> tuple[RefundFact, ...]:
-    """The refunds a charge lists itself (API versions before 2022-11-15 include them)."""
-    data = mapping(obj.get("refunds")).get("data")
-    if not isinstance(data, list):
-        return ()
-    facts = (refund_fact(refund) for refund in data if isinstance(refund, dict))
-    return tuple(fact for fact in facts if fact is not None)
-
-
-def refund_fact(refund: dict[str, Any], status: str | None = None) -> RefundFact | None:
-    """A refund object's id, amount and status; None if it has no id or no amount."""
-    refund_id = text(refund.get("id"), field="refund id")
-    refunded = amount(refund.get("amount"), field="refund amount")
-    status = status or text(refund.get("status"), STATUS_LENGTH, field="refund status")
-    if refund_id is None or refunded is None:
-        return None
-    return RefundFact(refund_id, refunded, status or "succeeded")
-
-
-def charge_facts(obj: dict[str, Any], paid: int, event_type: str) -> Facts:
-    """What a charge object says: settled amount (``amount_captured``), refunds, failure.
-
-    A partial capture releases the rest of the authorization, which Stripe counts in
-    ``amount_refunded``: that remainder (``amount - amount_captured``) is not a refund.
-    Nothing is captured beyond the charge's ``amount``.
-    """
-    captured = amount(obj.get("amount_captured"), field="amount_captured")
-    settled = _is_settled(obj)
-    gross = (min(captured, paid) if captured else paid) if settled else None
-    released = paid - captured if captured is not None and captured <= paid else 0
-    if not settled and obj.get("captured") is False:
-        released = paid  # an authorization canceled before capture: nothing was paid
-    charge_refunded = amount(obj.get("amount_refunded"), field="amount_refunded") or 0
-    refunded = max(charge_refunded - released, 0)
-    if obj.get("refunded") is True and gross is not None:
-        refunded = max(refunded, gross)
-    return Facts(
-        gross=gross,
-        nominal=paid,
-        refunded=refunded,
-        failed=obj.get("status") == "failed" or event_type == "charge.failed",
-        refunds=refunds_listed(obj),
-    )
 
 
 def _payment(key: str, party: Party, obj: dict[str, Any]) -> Payment:
@@ -240,7 +158,7 @@ def charge_changed(context: EventContext) -> None:
     obj = context.object
     key, paid = id_of(obj), amount(obj.get("amount"))
     if key is None or paid is None:
-        return context.ignore("The charge has no id or no valid amount.")
+        raise Ignored("The charge has no id or no valid amount.")
     party = party_of(context, obj, obj.get("customer"))
     facts = charge_facts(obj, paid, context.event["type"])
 
@@ -249,77 +167,44 @@ def charge_changed(context: EventContext) -> None:
         # attempt deletes nothing, since a retry may still pay the invoice.
         if facts.refunded == 0 and not facts.refunds:
             if facts.failed:
-                return context.ignore(
+                raise Ignored(
                     "Invoice mode: a failed payment attempt deletes nothing (a retry may "
                     "still pay the invoice)."
                 )
-            return context.ignore("Invoice mode: charges are recorded through their invoice.")
+            raise Ignored("Invoice mode: charges are recorded through their invoice.")
         invoice_id = invoice_of_charge(context, obj)
         if invoice_id is None:
-            return _unmatched(context, key)
+            _unmatched(context, key)
         refund_only = Facts(nominal=paid, refunded=facts.refunded, refunds=facts.refunds)
         payment = Payment(key=invoice_id, party=party, currency=currency(obj.get("currency")))
         return settle(context, payment, refund_only)
 
     if facts.gross == 0:
-        return context.ignore(ZERO_AMOUNT)
+        raise Ignored(ZERO_AMOUNT)
     if facts.gross is None and not (facts.failed or facts.refunded or facts.refunds):
-        return context.ignore("The charge has not succeeded and been captured yet.")
+        raise Ignored("The charge has not succeeded and been captured yet.")
     return settle(context, _payment(key, party, obj), facts, creates=obj)
 
 
-def _unmatched(context: EventContext, charge_id: str) -> None:
-    return context.ignore(
+def _unmatched(context: EventContext, charge_id: str) -> NoReturn:
+    raise Ignored(
         f"Unmatched refund: the charge {charge_id} could not be linked to an invoice "
         "(set PARTNERSTACK_STRIPE_API_KEY to look it up, then replay this event).",
         keep=True,
     )
 
 
-def _is_settled(charge: dict[str, Any]) -> bool:
-    # Charges from before 2015 carry no status; "paid" said the same then.
-    status = charge.get("status", "succeeded" if charge.get("paid") else None)
-    return status == "succeeded" and charge.get("captured", True) is True
-
-
-def invoice_metadata(invoice: dict[str, Any]) -> dict[str, str]:
-    """The metadata the rules read from an invoice, each key filled from its subscription's.
-
-    Stripe copies the subscription's metadata onto its invoices: under
-    ``parent.subscription_details.metadata`` from 2025-03-31.basil on, under
-    ``subscription_details.metadata`` before. The invoice's own value wins.
-    """
-    parent = mapping(invoice.get("parent"))
-    sources = (
-        metadata(invoice),
-        metadata(mapping(parent.get("subscription_details"))),
-        metadata(mapping(invoice.get("subscription_details"))),
-    )
-    merged: dict[str, str] = {}
-    for source in sources:
-        for name in METADATA_KEYS:
-            value = metadata_value(source, name)
-            if value is not None:
-                merged.setdefault(name, value)
-    return merged
-
-
-def invoice_amount(invoice: dict[str, Any], field: str) -> int | None:
-    """The invoice's amount ``field`` (one of ``INVOICE_AMOUNTS``, or ``total``)."""
-    return amount(invoice.get(field), field=field)
-
-
 def invoice_paid(context: EventContext) -> None:
     """``invoice.payment_succeeded`` / ``invoice.paid``: record the invoice (invoice mode only)."""
     obj = context.object
     if transaction_source(context) != "invoice":
-        return context.ignore("Charge mode: payments are recorded from their charges.")
+        raise Ignored("Charge mode: payments are recorded from their charges.")
     field = context.settings.invoice_amount
     key, paid = id_of(obj), invoice_amount(obj, field)
     if key is None or paid is None:
-        return context.ignore(f"The invoice has no id or no valid {field}.")
+        raise Ignored(f"The invoice has no id or no valid {field}.")
     if paid == 0 or invoice_amount(obj, "total") == 0:
-        return context.ignore(ZERO_AMOUNT)
+        raise Ignored(ZERO_AMOUNT)
     obj = {**obj, "metadata": invoice_metadata(obj)}
     party = party_of(context, obj, obj.get("customer"))
     facts = Facts(gross=paid, nominal=paid)
@@ -328,9 +213,7 @@ def invoice_paid(context: EventContext) -> None:
 
 def invoice_failed(context: EventContext) -> None:
     """``invoice.payment_failed``: an attempt failed; Stripe retries, so nothing is deleted."""
-    return context.ignore(
-        "A failed payment attempt deletes nothing: a retry may still pay the invoice."
-    )
+    raise Ignored("A failed payment attempt deletes nothing: a retry may still pay the invoice.")
 
 
 def settle(
@@ -348,7 +231,7 @@ def settle(
     partner_key = partner_key_of(creates) if creates is not None else None
     if creates is not None and found is None and party.customer_key and partner_key:
         # The e-commerce case: no signup tracking, the charge names customer and partner.
-        customer, created = ledger.create_customer(
+        customer, created = customers.create_customer(
             session, models, party, partner_key=partner_key, name=name_of(creates)
         )
         customer_id = customer.id
@@ -358,7 +241,8 @@ def settle(
     elif found is not None and party.stripe_customer_id and not found.stripe_customer_id:
         # Found by key or email: the payment tells us its Stripe id too.
         customer = session.get(models.Customer, found.id)
-        ledger.unlink_stripe_id(session, models, party, keep=customer)
+        assert customer is not None, "found in this transaction, under its lock"
+        customers.unlink_stripe_id(session, models, party, keep=customer)
         customer.stripe_customer_id = party.stripe_customer_id
         session.flush()
         context.notify(signals.customer_updated, customer=customer)
@@ -387,9 +271,9 @@ def _find_payer(context: EventContext, party: Party) -> Any:
         return None  # a refund or dispute names nobody: its transaction knows the customer
     session, models = context.session, context.models
     match_email = context.settings.match_email
-    found = ledger.find_customer(session, models, party, match_email=match_email, load=False)
-    if found is None and ledger.lock(session, *ledger.party_lock_names(party)):
-        found = ledger.find_customer(session, models, party, match_email=match_email, load=False)
+    found = customers.find_customer(session, models, party, match_email=match_email, load=False)
+    if found is None and locks.lock(session, *locks.party_lock_names(party)):
+        found = customers.find_customer(session, models, party, match_email=match_email, load=False)
     return found
 
 
@@ -399,49 +283,10 @@ def _find_payer(context: EventContext, party: Party) -> Any:
 def account_deauthorized(context: EventContext) -> None:
     """``account.application.deauthorized``: the event's account, in the event's mode, is gone."""
     if context.stripe_account_id is None:
-        return context.ignore("The deauthorization names no connected account.")
+        raise Ignored("The deauthorization names no connected account.")
     account = uninstall(
         context.session, context.models, context.stripe_account_id, context.livemode
     )
     if account is not None:
         context.notify(signals.account_uninstalled, account=account)
     return None
-
-
-# --- values ----------------------------------------------------------------------------
-# What each rule reads, read the same way before the event is stored (see
-# ``rules.check_values``): a value that passes here is stored whole, never cut.
-
-
-def check_customer(obj: dict[str, Any], event_type: str) -> None:
-    """The values a customer rule reads: id, email, metadata keys, name."""
-    id_of(obj)
-    customer_key_of(obj)
-    partner_key_of(obj)
-    email_of(obj)
-    name_of(obj)
-
-
-def _check_payment(obj: dict[str, Any]) -> None:
-    """What a charge or invoice gives its payment and, in the e-commerce case, its customer."""
-    check_customer(obj, "")
-    object_id(obj.get("customer"), field="customer")
-    currency(obj.get("currency"))
-    product_key_of(obj)
-
-
-def check_charge(obj: dict[str, Any], event_type: str) -> None:
-    """A charge: amounts (``amount``, ``amount_captured``, ``amount_refunded``), the refunds
-    it lists, its invoice and payment intent."""
-    _check_payment(obj)
-    charge_facts(obj, amount(obj.get("amount")) or 0, event_type)
-    named_invoice(obj)
-    payment_intent_of(obj)
-
-
-def check_invoice(obj: dict[str, Any], event_type: str) -> None:
-    """An invoice: every amount ``INVOICE_AMOUNT`` may name and ``total``; its metadata
-    merged with its subscription's."""
-    for field in (*INVOICE_AMOUNTS, "total"):
-        invoice_amount(obj, field)
-    _check_payment({**obj, "metadata": invoice_metadata(obj)})

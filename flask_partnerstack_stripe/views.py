@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Blueprint, Flask, Response, jsonify, request
+from flask import Blueprint, Flask, jsonify, request
 from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
-from . import accounts, install, signals
+from . import accounts, install
 from .extension import State, get_state
-from .notify import send_notifications
-from .receiver import EventFailed
-from .referral import remember_referral
+from .status import Status
 from .verification import InvalidEvent, verify_event
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -32,7 +30,6 @@ def create_blueprint(app: Flask) -> Blueprint:
     blueprint.add_url_rule("/install/callback", "install_callback", install.install_callback)
     blueprint.add_url_rule("/uninstall", "uninstall", install.uninstall, methods=["POST"])
     blueprint.register_error_handler(HTTPException, _http_error)
-    blueprint.after_app_request(_remember_referral)
 
     csrf = app.extensions.get("csrf")
     if csrf is not None:
@@ -61,7 +58,7 @@ def endpoint_webhook(endpoint_id: str) -> ResponseReturnValue:
 def _receive(
     state: State, secrets: tuple[str, ...], stripe_account_id: str | None
 ) -> ResponseReturnValue:
-    """Verify, store, apply, commit, signal, answer."""
+    """Verify, then the receive pipeline (store, apply, commit, signal), then answer."""
     payload = _read_body(state.settings.max_body)
     try:
         event = verify_event(
@@ -74,16 +71,11 @@ def _receive(
         log.warning("Refused a webhook request: %s", error)
         return jsonify(error=str(error)), 400
 
-    try:
-        outcome = state.receiver.receive(
-            state.db.session(),
-            event,
-            payload.decode("utf-8"),
-            stripe_account_id=stripe_account_id,
-        )
-    except EventFailed as failure:
-        send_notifications([(signals.event_failed, {"event": event, "error": failure.error})])
-        if failure.recorded:
+    outcome = state.receiver.run(
+        state.db.session(), event, payload.decode("utf-8"), stripe_account_id=stripe_account_id
+    )
+    if outcome.status == Status.FAILED:
+        if outcome.recorded:
             message = (
                 "The event could not be applied. It is stored as failed and will be "
                 "applied again when Stripe redelivers it or when it is replayed."
@@ -94,16 +86,10 @@ def _receive(
                 "either; nothing was recorded. It will be applied when Stripe redelivers it."
             )
         return jsonify(error=message), 500
-
-    send_notifications(outcome.notifications)
     body: dict[str, Any] = {"status": outcome.status, "event": event["id"]}
     if outcome.reason:
         body["reason"] = outcome.reason
     return jsonify(body), 200
-
-
-def _remember_referral(response: Response) -> Response:
-    return remember_referral(response, request, get_state().settings.referral_cookie_days)
 
 
 def _read_body(max_body: int) -> bytes:
@@ -120,5 +106,12 @@ def _read_body(max_body: int) -> bytes:
     return payload
 
 
+#: The endpoints Stripe calls: their errors are JSON. The install pages are seen by
+#: people in a browser: their errors are Flask's HTML pages (or the host's own).
+JSON_ENDPOINTS = frozenset({f"{BLUEPRINT_NAME}.webhook", f"{BLUEPRINT_NAME}.endpoint_webhook"})
+
+
 def _http_error(error: HTTPException) -> ResponseReturnValue:
-    return jsonify(error=error.description), error.code or 500
+    if request.endpoint in JSON_ENDPOINTS:
+        return jsonify(error=error.description), error.code or 500
+    return error

@@ -15,6 +15,9 @@ from flask_partnerstack_stripe import PartnerStackStripe, signals
 
 SECRET = "whsec_test_7a1c9e1d0b5f4e2a"
 
+#: For tests of configuration that never touch a database: they run once, not per database.
+NO_DATABASE = "sqlite://"
+
 
 def create_app(database_url: str | None = None, **config: Any) -> Flask:
     app = Flask(__name__)

@@ -44,7 +44,7 @@ class SessionDatabases:
         if server_url in self.problems:
             raise ConnectionError(self.problems[server_url])
         if server_url not in self.created:
-            name = f"pst_{os.getpid()}_{secrets.token_hex(4)}"
+            name = f"pst_test_{os.getpid()}_{secrets.token_hex(4)}"  # "test": see send-test-event
             try:
                 self._run(server_url, f'CREATE DATABASE "{name}"')
             except Exception as error:

@@ -335,3 +335,45 @@ def test_check_stripe_without_an_api_key_says_so(app):
     result = run(app, "check", "--stripe")
     assert result.exit_code == 1
     assert "--stripe needs PARTNERSTACK_STRIPE_API_KEY" in result.output
+
+
+def test_send_test_event_asks_before_writing_into_a_database_that_is_not_a_test_one():
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    folder = Path(tempfile.mkdtemp(prefix="ps-prod-"))  # pytest's tmp_path says "test"
+    database = folder / "production.db"
+    app = create_app(f"sqlite:///{database}")
+    assert "test" not in app.config["SQLALCHEMY_DATABASE_URI"].lower() and not app.testing
+    with app.app_context():
+        app.extensions["sqlalchemy"].create_all()
+    runner = app.test_cli_runner()
+    args = ["partnerstack", "send-test-event", "customer.created", "--customer-key", "u1",
+            "--partner-key", "p1"]  # fmt: skip
+
+    refused = runner.invoke(args=args, input="n\n")
+    assert refused.exit_code == 1 and "is not a test database" in refused.output
+    assert "-> HTTP" not in refused.output
+
+    accepted = runner.invoke(args=[*args, "--yes"])
+    assert accepted.exit_code == 0, accepted.output
+    assert f"Database: sqlite:///{database}" in accepted.output
+    assert "-> HTTP 200" in accepted.output
+    with app.app_context():
+        app.extensions["sqlalchemy"].engine.dispose()
+    shutil.rmtree(folder)
+
+
+def test_send_test_event_says_which_database_without_its_password(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from flask_partnerstack_stripe.extension import get_state
+    from flask_partnerstack_stripe.scenarios import confirm_database
+
+    app = create_app("sqlite://")  # touches no database: runs once
+    url = sa.make_url("postgresql+psycopg://app:s3cret@db.example/app_test")
+    monkeypatch.setattr(get_state(app), "db", SimpleNamespace(engine=SimpleNamespace(url=url)))
+    with app.app_context():
+        confirm_database(yes=False)  # "test" in the URL: no question asked
+    assert capsys.readouterr().out == "Database: postgresql+psycopg://app:***@db.example/app_test\n"

@@ -106,11 +106,19 @@ def assert_consistent_ledger(rows, models) -> None:
     assert len(keys) == len(set(keys))
 
 
-@pytest.mark.parametrize("source", ["charge", "invoice"])
-@pytest.mark.parametrize("refund_policy", ["delete", "prorate"])
-def test_fuzzed_events_never_get_a_5xx(app, rows, models, refund_policy, source):
-    app.extensions["partnerstack_stripe"].settings.__dict__["refund_policy"] = refund_policy
-    app.extensions["partnerstack_stripe"].settings.__dict__["transaction_source"] = source
+@pytest.mark.parametrize(
+    "app_config",
+    [
+        {
+            "PARTNERSTACK_STRIPE_REFUND_POLICY": policy,
+            "PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": source,
+        }
+        for source in ("charge", "invoice")
+        for policy in ("delete", "prorate")
+    ],
+    ids=["charge-delete", "charge-prorate", "invoice-delete", "invoice-prorate"],
+)
+def test_fuzzed_events_never_get_a_5xx(app, rows, models):
     client = app.test_client()
 
     @settings(
@@ -238,11 +246,14 @@ BILLING_PATHS = {
 }
 
 
-@pytest.mark.parametrize("source", ["charge", "invoice"])
-def test_long_values_in_billing_event_types_are_stored_whole_or_refused(app, rows, models, source):
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": source} for source in ("charge", "invoice")],
+    ids=["charge", "invoice"],
+)
+def test_long_values_in_billing_event_types_are_stored_whole_or_refused(app, rows, models):
     """Refund objects, disputes, Checkout Sessions and subscription invoices: a value near
     a limit is a 200 or a 400 (nothing stored), never a 500; what is stored is whole."""
-    app.extensions["partnerstack_stripe"].settings.__dict__["transaction_source"] = source
     client = app.test_client()
     pairs = [(event_type, path) for event_type, paths in BILLING_PATHS.items() for path in paths]
 
@@ -318,9 +329,12 @@ def test_repeated_signature_header_fields_never_get_a_5xx(app, rows, models):
     deliver()
 
 
-@pytest.mark.parametrize("refund_policy", ["delete", "prorate"])
-def test_amounts_at_the_integer_limits(app, rows, models, refund_policy):
-    app.extensions["partnerstack_stripe"].settings.__dict__["refund_policy"] = refund_policy
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PARTNERSTACK_STRIPE_REFUND_POLICY": policy} for policy in ("delete", "prorate")],
+    ids=["delete", "prorate"],
+)
+def test_amounts_at_the_integer_limits(app, rows, models):
     client = app.test_client()
     limits = st.sampled_from([0, 1, 5, 2**31 - 1, 2**31, 2**53 + 1, 2**62, 2**63 - 1, 2**63,
                               2**64, 2**70, -1, -(2**63)])  # fmt: skip

@@ -14,7 +14,7 @@ import pytest
 
 from flask_partnerstack_stripe import ConfigurationError, testing
 
-from .apphost import SECRET, create_app
+from .apphost import NO_DATABASE, SECRET, create_app
 
 PRORATE = {"PARTNERSTACK_STRIPE_REFUND_POLICY": "prorate"}
 
@@ -341,14 +341,14 @@ def test_email_matching_ignores_ascii_case_only(client, rows, models):
         "",
     ],
 )
-def test_install_redirect_that_a_browser_reads_off_site_is_refused(database_url, target):
+def test_install_redirect_that_a_browser_reads_off_site_is_refused(target):
     with pytest.raises(ConfigurationError, match="INSTALL_REDIRECT"):
-        create_app(database_url, PARTNERSTACK_STRIPE_INSTALL_REDIRECT=target)
+        create_app(NO_DATABASE, PARTNERSTACK_STRIPE_INSTALL_REDIRECT=target)
 
 
 @pytest.mark.parametrize("target", ["/settings", "/settings/stripe?tab=1", "settings.stripe"])
-def test_local_install_redirects_are_accepted(database_url, target):
-    app = create_app(database_url, PARTNERSTACK_STRIPE_INSTALL_REDIRECT=target)
+def test_local_install_redirects_are_accepted(target):
+    app = create_app(NO_DATABASE, PARTNERSTACK_STRIPE_INSTALL_REDIRECT=target)
     assert app.extensions["partnerstack_stripe"].settings.install_redirect == target
 
 

@@ -97,13 +97,13 @@ def test_signup_never_moves_an_attribution(app, client, rows, models, state):
     assert len(rows(models.Customer)) == 1
 
 
-def test_signup_customer_takes_the_mode_of_the_api_key(database_url):
-    from .apphost import create_app
+def test_signup_customer_takes_the_mode_of_the_api_key():
+    from .apphost import NO_DATABASE, create_app
 
     for key, expected in (("sk_live_abc", True), ("sk_test_abc", False), (None, False)):
-        app = create_app(database_url, PARTNERSTACK_STRIPE_API_KEY=key)
+        app = create_app(NO_DATABASE, PARTNERSTACK_STRIPE_API_KEY=key)
         assert app.extensions["partnerstack_stripe"].settings.livemode is expected
-    app = create_app(database_url, PARTNERSTACK_STRIPE_LIVEMODE=True)
+    app = create_app(NO_DATABASE, PARTNERSTACK_STRIPE_LIVEMODE=True)
     assert app.extensions["partnerstack_stripe"].settings.livemode is True
 
 
@@ -118,3 +118,63 @@ def test_create_customer_checks_its_arguments(app, state):
 def test_create_customer_outside_an_app_context_says_what_is_wrong(state):
     with pytest.raises(RuntimeError, match="application context"):
         state.extension.create_customer("user-1", "a@example.com")
+
+
+def test_referrals_work_without_the_blueprint():
+    """The cookie hook is the app's, not the blueprint's: a host that mounts the
+    blueprint itself, or not at all, keeps its referrals."""
+    from flask import Flask
+    from flask_sqlalchemy import SQLAlchemy
+
+    from flask_partnerstack_stripe import PartnerStackStripe
+
+    app = Flask(__name__)
+    app.config.update(SQLALCHEMY_DATABASE_URI="sqlite://", SECRET_KEY="test-secret-key")
+    db = SQLAlchemy()
+    db.init_app(app)
+    PartnerStackStripe(app, register_blueprint=False)
+    app.add_url_rule("/", "landing", lambda: "welcome")
+    assert "partnerstack_stripe" not in app.blueprints
+
+    response = app.test_client().get("/?ps_partner_key=cGFydG5lcl8x")
+    assert response.headers["Set-Cookie"].startswith("ps_partner_key=")
+    with app.test_request_context(headers={"Cookie": response.headers["Set-Cookie"]}):
+        from flask import request
+
+        from flask_partnerstack_stripe.referral import referred_partner_key
+
+        assert referred_partner_key(request) == "partner_1"
+
+
+def test_signup_fills_in_a_customer_known_from_stripe(app, client, rows, models, state):
+    """A customer a webhook created (no email, no name) is filled in by the signup call,
+    which sends customer_updated; what it had already stays."""
+    metadata = {"customer_key": "user-1", "partner_key": "from-stripe"}
+    customer = testing.customer("cus_1", metadata=metadata)
+    testing.post_event(client, testing.event("customer.created", customer))
+    with app.app_context(), testing.record_signals() as sent:
+        filled = state.extension.create_customer(
+            "user-1", "ann@example.com", partner_key="other", name="Ann"
+        )
+        assert (filled.email, filled.name, filled.partner_key) == (
+            "ann@example.com",
+            "Ann",
+            "from-stripe",
+        )
+    assert [s.name for s in sent] == ["customer-updated"]
+    assert sent[0].kwargs["customer"] is filled and sent[0].kwargs["event"] is None
+    [stored] = rows(models.Customer)
+    assert (stored.email, stored.name, stored.stripe_customer_id) == (
+        "ann@example.com",
+        "Ann",
+        "cus_1",
+    )
+
+
+def test_signup_of_a_customer_with_nothing_new_sends_nothing(app, client, rows, models, state):
+    with app.app_context():
+        state.extension.create_customer("user-1", "ann@example.com", partner_key="p", name="Ann")
+        with testing.record_signals() as sent:
+            state.extension.create_customer("user-1", "ann@example.com", name="Ann")
+    assert sent == []
+    assert len(rows(models.Customer)) == 1

@@ -61,7 +61,6 @@ def test_customer_id_metadata_is_an_alias_of_customer_key(client, rows, models):
 
 
 def test_customer_updated_matches_by_key_then_stripe_id_then_email(client, rows, models, state):
-    state.extension.create_customer  # noqa: B018 - the public API exists
     with client.application.app_context():
         state.extension.create_customer("user-K", "k@example.com", partner_key="p1")
         state.extension.create_customer("user-E", "e@example.com", partner_key="p2")

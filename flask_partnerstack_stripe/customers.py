@@ -1,21 +1,21 @@
-"""Reading and writing customers and transactions, race-free.
+"""Customers, race-free: find one by how a Stripe object names it, create, unlink, attach.
 
 Every write is a single statement the database arbitrates (``INSERT ... ON
 CONFLICT``, ``UPDATE ... WHERE``), so two workers applying events about the same
 object at the same moment cannot both win. Where a rule needs two statements, the
-object's advisory lock is taken first (PostgreSQL; SQLite runs one writer at a time).
+object's advisory lock is taken first (``locks.py``). Payments are ``payments.py``'s.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .database import prepared, upsert
+from .database import cached_statement, dialect_name, loading, upsert
 from .models import Models, account_scope, utcnow
 
 
@@ -32,37 +32,6 @@ class Party:
     @property
     def scope(self) -> str:
         return account_scope(self.stripe_account_id)
-
-
-def lock(session: Session, *names: str | None) -> bool:
-    """Serialize, until commit, the transactions that name any of ``names`` (PostgreSQL).
-
-    False when there is nothing to lock: SQLite's BEGIN IMMEDIATE already lets one
-    writer in at a time.
-    """
-    if session.get_bind().dialect.name != "postgresql":
-        return False
-    keys = sorted({_lock_key(name) for name in names if name})  # one order: no deadlocks
-    if keys:
-        # SELECT list items are evaluated in order, so the locks are taken in key order.
-        locks = ", ".join(["pg_advisory_xact_lock(%s)"] * len(keys))
-        session.connection().exec_driver_sql(f"SELECT {locks}", tuple(keys))
-    return True
-
-
-def _lock_key(name: str) -> int:
-    return int.from_bytes(
-        hashlib.blake2b(name.encode(), digest_size=8).digest(), "big", signed=True
-    )
-
-
-def party_lock_names(party: Party) -> list[str | None]:
-    base = f"{party.scope}|{party.livemode}|"
-    return [
-        party.stripe_customer_id and base + "cus:" + party.stripe_customer_id,
-        party.customer_key and base + "key:" + party.customer_key,
-        party.email and base + "email:" + party.email,
-    ]
 
 
 def find_customer(
@@ -87,7 +56,7 @@ def find_customer(
         return None
     table = models.Customer.__table__
     names = tuple(column for column, _ in routes)
-    statement = prepared(
+    statement = cached_statement(
         (table, "find", names, load),
         lambda: _find_statement(models.Customer, table, names, load),
     )
@@ -135,9 +104,9 @@ def create_customer(
     assert party.customer_key, "a customer is created only with a customer key"
     # No other customer holds the Stripe id: looking the customer up found none by it
     # first. One linked meanwhile by another worker makes this INSERT do nothing.
-    statement = prepared(
-        (Customer, "create", _dialect(session)),
-        lambda: _loading(
+    statement = cached_statement(
+        (Customer, "create", dialect_name(session)),
+        lambda: loading(
             Customer,
             upsert(session, Customer.__table__)
             .values({name: sa.bindparam(name) for name in _CUSTOMER_FIELDS})
@@ -174,22 +143,10 @@ _CUSTOMER_FIELDS = (
 )  # fmt: skip
 
 
-def _loading(model: Any, statement: Any) -> Any:
-    """A Core ``INSERT … RETURNING`` that loads ``model`` objects from the rows it returns.
-
-    Cheaper than an ORM-enabled INSERT, which goes through bulk persistence.
-    """
-    return sa.select(model).from_statement(statement.returning(*model.__table__.columns))
-
-
-def _dialect(session: Session) -> str:
-    return session.get_bind().dialect.name
-
-
 def unlink_stripe_id(session: Session, models: Models, party: Party, keep: Any = None) -> None:
     """Free ``party``'s Stripe customer id from every other customer (it is unique)."""
     Customer = models.Customer
-    statement = prepared(
+    statement = cached_statement(
         (Customer, "unlink"),
         lambda: (
             sa.update(Customer)
@@ -214,7 +171,9 @@ def unlink_stripe_id(session: Session, models: Models, party: Party, keep: Any =
     )
 
 
-def attach_orphans(session: Session, models: Models, customer: Any, *, match_email: bool) -> list:
+def attach_orphans(
+    session: Session, models: Models, customer: Any, *, match_email: bool
+) -> list[Any]:
     """Give ``customer`` the transactions recorded before it was known; the standing ones."""
     Transaction = models.Transaction
     table = Transaction.__table__
@@ -228,15 +187,15 @@ def attach_orphans(session: Session, models: Models, customer: Any, *, match_ema
     # Each way of naming must read its own index. PostgreSQL combines the indexes of an
     # OR (a bitmap OR); SQLite does not for an UPDATE, so there it is one per name.
     # Core, returning ids: usually there is nothing to attach, and that should cost little.
-    if _dialect(session) == "postgresql":
+    if dialect_name(session) == "postgresql":
         batches = [values]
     else:
         batches = [{name: value} for name, value in values.items()]
     attached: list[int] = []
     for batch in batches:
         columns = tuple(batch)
-        statement = prepared(
-            (table, "attach", columns), lambda columns=columns: _attach_statement(table, columns)
+        statement = cached_statement(
+            (table, "attach", columns), functools.partial(_attach_statement, table, columns)
         )
         rows = connection.execute(
             statement,

@@ -1,0 +1,31 @@
+"""Keep OAuth tokens and secret keys out of the ``stripe`` package's debug log."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+_TOKEN_FIELD = re.compile(r'("(?:access_token|refresh_token)"\s*:\s*")[^"]*')
+_SECRET_KEY = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9]+")
+
+
+class RedactTokens(logging.Filter):
+    """Mask OAuth tokens and secret keys in the ``stripe`` package's debug log.
+
+    stripe-python logs every API response body at DEBUG; for the OAuth token
+    exchange that body holds the connected account's tokens.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        redacted = _SECRET_KEY.sub(r"\1[redacted]", _TOKEN_FIELD.sub(r"\1[redacted]", message))
+        if redacted != message:
+            record.msg, record.args = redacted, ()
+        return True
+
+
+def redact_stripe_logs() -> None:
+    """Add :class:`RedactTokens` to the ``stripe`` logger, once per process."""
+    stripe_log = logging.getLogger("stripe")
+    if not any(isinstance(f, RedactTokens) for f in stripe_log.filters):
+        stripe_log.addFilter(RedactTokens())
