@@ -12,7 +12,7 @@ import stripe
 from flask import current_app, url_for
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts
+from . import accounts, outbox
 from .backfill import backfill
 from .endpoints_check import endpoint_warnings
 from .extension import State, get_state
@@ -182,6 +182,31 @@ def _replay_one(state: State, payload: str | None, stripe_account_id: str | None
     return outcome.status + (f" ({outcome.reason})" if outcome.reason else "")
 
 
+@partnerstack_cli.command("deliver")
+@click.argument("delivery_ids", nargs=-1, type=int)
+@click.option("--dead", is_flag=True, help="The dead deliveries instead of the pending ones.")
+@with_appcontext
+def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
+    """Send durable signals now: every pending one, the dead ones, or DELIVERY_IDS.
+
+    Receivers get the same ``delivery_id`` each time. Hosts without Celery run this
+    from cron; with Celery the ``partnerstack.deliver_signals`` task does it.
+    """
+    state = get_state()
+    result = outbox.deliver(
+        state.db.session(),
+        state.unit_of_work,
+        state.models,
+        state.settings.signal_max_attempts,
+        state.receiver.send,
+        ids=delivery_ids,
+        dead=dead,
+    )
+    click.echo(f"{result.delivered} delivered, {result.failed} failed ({result.dead} now dead).")
+    if result.failed:
+        raise SystemExit(1)
+
+
 @partnerstack_cli.command("prune")
 @click.option("--older-than", "days", type=click.IntRange(min=1),
               help="Days to keep (default: PARTNERSTACK_STRIPE_EVENT_RETENTION_DAYS).")  # fmt: skip
@@ -302,6 +327,19 @@ def check(base_url: str | None, with_stripe: bool) -> None:
         if failures:
             problems.append(
                 f"{failures} events failed in the last day: `flask partnerstack replay --failed`."
+            )
+
+    if state.models.SignalDelivery.__tablename__ in existing:
+        session = state.db.session
+        pending = outbox.count(session, state.models, outbox.PENDING)
+        dead = outbox.count(session, state.models, outbox.DEAD)
+        click.echo("Signal deliveries")
+        click.echo(f"  pending            {pending}")
+        click.echo(f"  dead               {dead}")
+        if dead:
+            problems.append(
+                f"{dead} signal deliveries are dead: fix the receiver, then "
+                "`flask partnerstack deliver --dead`."
             )
 
     if with_stripe:

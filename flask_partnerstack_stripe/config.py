@@ -30,6 +30,10 @@ DEFAULTS: dict[str, Any] = {
     "INSTALL_SCOPE": "read_write",
     "INSTALL_REDIRECT": None,
     "EVENT_RETENTION_DAYS": 90,
+    "PROCESSING": "inline",
+    #: None: False inline, True with Celery.
+    "DURABLE_SIGNALS": None,
+    "SIGNAL_MAX_ATTEMPTS": 10,
 }
 
 TRANSACTION_SOURCES = ("charge", "invoice")
@@ -37,6 +41,7 @@ REFUND_POLICIES = ("delete", "prorate")
 #: The invoice field a transaction's amount comes from in invoice mode.
 INVOICE_AMOUNTS = ("subtotal", "total_excluding_tax", "amount_paid")
 INSTALL_METHODS = ("connect", "stripe_app")
+PROCESSINGS = ("inline", "celery")
 
 
 class ConfigurationError(ValueError):
@@ -66,6 +71,9 @@ class Settings:
     install_scope: str
     install_redirect: str | None
     event_retention_days: int
+    processing: str = "inline"
+    durable_signals: bool = False
+    signal_max_attempts: int = 10
 
     def api_key_for(self, livemode: bool) -> str | None:
         """The platform's secret key for the mode, if one is configured."""
@@ -79,6 +87,7 @@ class Settings:
         def get(name: str) -> Any:
             return config.get(PREFIX + name, DEFAULTS[name])
 
+        processing = _choice("PROCESSING", get("PROCESSING"), PROCESSINGS)
         return cls(
             webhook_secrets=_secrets(get("WEBHOOK_SECRETS")),
             signature_tolerance=_positive_int("SIGNATURE_TOLERANCE", get("SIGNATURE_TOLERANCE")),
@@ -103,6 +112,13 @@ class Settings:
             ),
             install_redirect=_redirect(get("INSTALL_REDIRECT")),
             event_retention_days=_positive_int("EVENT_RETENTION_DAYS", get("EVENT_RETENTION_DAYS")),
+            processing=processing,
+            durable_signals=(
+                processing == "celery"
+                if get("DURABLE_SIGNALS") is None
+                else _bool("DURABLE_SIGNALS", get("DURABLE_SIGNALS"))
+            ),
+            signal_max_attempts=_positive_int("SIGNAL_MAX_ATTEMPTS", get("SIGNAL_MAX_ATTEMPTS")),
         )
 
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
-from . import signals
+from . import outbox, signals
 from .config import Settings
 from .database import UnitOfWork, cached_statement, upsert
 from .models import Models, account_scope, utcnow
@@ -27,8 +27,9 @@ log = logging.getLogger("flask_partnerstack_stripe")
 
 HostHandler = Callable[[dict[str, Any]], Any]
 Notification = tuple[NamedSignal, dict[str, Any]]
-#: Sends signals once their data has committed (``notify.send_notifications`` in an app).
-Sender = Callable[[Iterable[Notification]], None]
+#: Sends signals once their data has committed (``notify.send_notifications`` in an app),
+#: and says per notification what its first failing receiver raised (or None).
+Sender = Callable[[Iterable[Notification]], "Sequence[BaseException | None]"]
 
 
 class Ignored(Exception):
@@ -198,6 +199,13 @@ class Receiver:
                     outcome = self._apply(session, event, stripe_account_id, True, lookups)
                 else:
                     outcome = Outcome(Status.DUPLICATE)  # processed or ignored: never failed
+                # The rules' signals, then those of nested calls; with durable signals
+                # the data ones are written to the outbox in this same transaction.
+                outcome.notifications += self.unit_of_work.take_deferred(session)
+                if self.settings.durable_signals:
+                    outcome.notifications = outbox.record(
+                        session, self.models, outcome.notifications
+                    )
         except Exception as error:
             # unit_of_work raises only when nothing committed.
             self.unit_of_work.take_deferred(session)
@@ -207,12 +215,23 @@ class Receiver:
             # 5. Signal the failure.
             self.send([(signals.event_failed, {"event": event, "error": error})])
             return Outcome(Status.FAILED, f"{type(error).__name__}: {error}", [], error, recorded)
-        # 5. Signal, after the commit: the rules' signals, then those of nested calls.
-        outcome.notifications += self.unit_of_work.take_deferred(session)
         if payload is not None:
             self.settled.add(event["id"])
-        self.send(outcome.notifications)
+        # 5. Signal, after the commit; a durable delivery is settled once sent.
+        self.deliver(session, outcome.notifications)
         return outcome
+
+    def deliver(self, session: Session, notifications: list[Notification]) -> None:
+        """Send committed signals; mark durable ones delivered (or count the failed attempt)."""
+        errors = self.send(notifications)
+        results = [
+            (kwargs["delivery_id"], error)
+            for (_, kwargs), error in zip(notifications, errors, strict=True)
+            if kwargs.get("delivery_id") is not None
+        ]
+        outbox.settle(
+            session, self.unit_of_work, self.models, self.settings.signal_max_attempts, results
+        )
 
     def _look_up(self, event: dict[str, Any], stripe_account_id: str | None) -> dict[str, Any]:
         """The pre-transaction step: every Stripe API call the rules need, before any lock."""
