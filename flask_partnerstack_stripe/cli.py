@@ -197,7 +197,7 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
         state.db.session(),
         state.unit_of_work,
         state.models,
-        state.settings.signal_max_attempts,
+        state.settings,
         state.receiver.send,
         ids=delivery_ids,
         dead=dead,

@@ -34,6 +34,11 @@ DEFAULTS: dict[str, Any] = {
     #: None: False inline, True with Celery.
     "DURABLE_SIGNALS": None,
     "SIGNAL_MAX_ATTEMPTS": 10,
+    #: Seconds before a durable signal's first retry (doubled each time, up to an hour);
+    #: a delivery its sender has not settled by then is due for the retry task too.
+    "SIGNAL_RETRY_DELAY": 30,
+    #: Seconds an event may stay received before ``sweep`` enqueues it again.
+    "SWEEP_AFTER": 60,
 }
 
 TRANSACTION_SOURCES = ("charge", "invoice")
@@ -74,6 +79,8 @@ class Settings:
     processing: str = "inline"
     durable_signals: bool = False
     signal_max_attempts: int = 10
+    signal_retry_delay: float = 30
+    sweep_after: float = 60
 
     def api_key_for(self, livemode: bool) -> str | None:
         """The platform's secret key for the mode, if one is configured."""
@@ -119,6 +126,8 @@ class Settings:
                 else _bool("DURABLE_SIGNALS", get("DURABLE_SIGNALS"))
             ),
             signal_max_attempts=_positive_int("SIGNAL_MAX_ATTEMPTS", get("SIGNAL_MAX_ATTEMPTS")),
+            signal_retry_delay=_positive_number("SIGNAL_RETRY_DELAY", get("SIGNAL_RETRY_DELAY")),
+            sweep_after=_positive_number("SWEEP_AFTER", get("SWEEP_AFTER")),
         )
 
 

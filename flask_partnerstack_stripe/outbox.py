@@ -22,6 +22,7 @@ from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
 from . import signals
+from .config import Settings
 from .database import UnitOfWork
 from .models import Models, utcnow
 
@@ -35,12 +36,8 @@ PENDING: Final = "pending"
 DELIVERED: Final = "delivered"
 DEAD: Final = "dead"
 
-#: The first retry waits this long, each next one twice as long, up to :data:`MAX_BACKOFF`.
-BACKOFF = timedelta(seconds=30)
+#: The first retry waits ``SIGNAL_RETRY_DELAY``, each next one twice as long, up to this.
 MAX_BACKOFF = timedelta(hours=1)
-#: A delivery the sending process has not settled after this long is due for the task:
-#: that process died between the commit and the send.
-GRACE = timedelta(seconds=60)
 
 _MODEL = "$model"
 
@@ -60,9 +57,13 @@ def with_delivery_id(notifications: Iterable[Notification]) -> list[Notification
 
 
 def record(
-    session: Session, models: Models, notifications: list[Notification]
+    session: Session, models: Models, settings: Settings, notifications: list[Notification]
 ) -> list[Notification]:
-    """Write a delivery for each data signal in the open transaction; give them their ids."""
+    """Write a delivery for each data signal in the open transaction; give them their ids.
+
+    A delivery its sender has not settled after ``SIGNAL_RETRY_DELAY`` is due for the
+    retry task: that process died between the commit and the send.
+    """
     rows: list[tuple[int, Any]] = []
     for index, (signal, kwargs) in enumerate(notifications):
         if is_data_signal(signal) and "delivery_id" not in kwargs:
@@ -72,7 +73,7 @@ def record(
                 arguments=encode(models, kwargs),
                 status=PENDING,
                 attempts=0,
-                next_attempt_at=utcnow() + GRACE,
+                next_attempt_at=utcnow() + timedelta(seconds=settings.signal_retry_delay),
             )
             session.add(row)
             rows.append((index, row))
@@ -105,9 +106,10 @@ def decode(session: Session, models: Models, arguments: str) -> dict[str, Any]:
     return decoded
 
 
-def backoff(attempts: int) -> timedelta:
+def backoff(settings: Settings, attempts: int) -> timedelta:
     """How long to wait after the ``attempts``-th failed attempt."""
-    wait: timedelta = BACKOFF * 2 ** min(max(attempts - 1, 0), 20)
+    first = timedelta(seconds=settings.signal_retry_delay)
+    wait: timedelta = first * 2 ** min(max(attempts - 1, 0), 20)
     return min(wait, MAX_BACKOFF)
 
 
@@ -115,10 +117,10 @@ def settle(
     session: Session,
     unit_of_work: UnitOfWork,
     models: Models,
-    max_attempts: int,
+    settings: Settings,
     results: Iterable[tuple[int, BaseException | None]],
 ) -> None:
-    """Mark each delivery delivered, or count the failed attempt (dead after ``max_attempts``).
+    """Mark each delivery delivered, or count a failed attempt (dead after the last one).
 
     Never raises: the deliveries stay pending, and are sent again, when this fails.
     """
@@ -149,8 +151,8 @@ def settle(
                     continue
                 row.attempts += 1
                 row.error = f"{type(error).__name__}: {error}"[:2000]
-                row.next_attempt_at = now + backoff(row.attempts)
-                if row.attempts >= max_attempts:
+                row.next_attempt_at = now + backoff(settings, row.attempts)
+                if row.attempts >= settings.signal_max_attempts:
                     row.status = DEAD
                     log.error(
                         "Signal delivery %s (%s) is dead after %s attempts: %s",
@@ -173,7 +175,7 @@ def deliver(
     session: Session,
     unit_of_work: UnitOfWork,
     models: Models,
-    max_attempts: int,
+    settings: Settings,
     send: Sender,
     *,
     ids: Sequence[int] = (),
@@ -184,7 +186,7 @@ def deliver(
     """Send pending deliveries again (or dead ones with ``dead``, or those ``ids``).
 
     ``due_only`` sends only those whose backoff has passed (the task); the command
-    sends every pending one now. A dead delivery sent again gets ``max_attempts``
+    sends every pending one now. A dead delivery sent again gets ``SIGNAL_MAX_ATTEMPTS``
     more attempts.
     """
     SignalDelivery = models.SignalDelivery
@@ -215,7 +217,7 @@ def deliver(
             kwargs = {**decode(session, models, arguments), "delivery_id": delivery_id}
             [error] = send([(signal, kwargs)])
         session.rollback()
-        settle(session, unit_of_work, models, max_attempts, [(delivery_id, error)])
+        settle(session, unit_of_work, models, settings, [(delivery_id, error)])
         if error is None:
             result.delivered += 1
         else:

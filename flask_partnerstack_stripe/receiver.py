@@ -162,6 +162,10 @@ class Receiver:
         self.handlers = handlers
         self.send = send
         self.settled = SettledIds(self.SETTLED_MEMORY)
+        #: ``celery`` processing: hands a stored event's id to the queue after its commit
+        #: (set by ``init_celery``). What it raises is logged: the event stays received,
+        #: and ``sweep`` enqueues it again.
+        self.enqueue: Callable[[str], None] | None = None
 
     def run(
         self,
@@ -171,6 +175,7 @@ class Receiver:
         *,
         stripe_account_id: str | None = None,
         replay: bool = False,
+        worker: bool = False,
     ) -> Outcome:
         """Look up, store, apply, commit, signal; return what happened.
 
@@ -188,6 +193,8 @@ class Receiver:
         if payload is not None and not replay and event["id"] in self.settled:
             return Outcome(Status.DUPLICATE)
         stripe_account_id = stripe_account_id or event.get("account")
+        if self.settings.processing == "celery" and payload is not None and not (replay or worker):
+            return self._queue(session, event, payload, stripe_account_id)
         try:
             # 1. The Stripe API calls the rules need, before any lock is held.
             lookups = self._look_up(event, stripe_account_id)
@@ -195,7 +202,9 @@ class Receiver:
             with self.unit_of_work(session):
                 if payload is None:
                     outcome = self._apply(session, event, stripe_account_id, False, lookups)
-                elif self._claim(session, event, payload, stripe_account_id, replay=replay):
+                elif self._claim(
+                    session, event, payload, stripe_account_id, replay=replay, worker=worker
+                ):
                     outcome = self._apply(session, event, stripe_account_id, True, lookups)
                 else:
                     outcome = Outcome(Status.DUPLICATE)  # processed or ignored: never failed
@@ -204,7 +213,7 @@ class Receiver:
                 outcome.notifications += self.unit_of_work.take_deferred(session)
                 if self.settings.durable_signals:
                     outcome.notifications = outbox.record(
-                        session, self.models, outcome.notifications
+                        session, self.models, self.settings, outcome.notifications
                     )
         except Exception as error:
             # unit_of_work raises only when nothing committed.
@@ -229,9 +238,73 @@ class Receiver:
             for (_, kwargs), error in zip(notifications, errors, strict=True)
             if kwargs.get("delivery_id") is not None
         ]
-        outbox.settle(
-            session, self.unit_of_work, self.models, self.settings.signal_max_attempts, results
+        outbox.settle(session, self.unit_of_work, self.models, self.settings, results)
+
+    def _queue(
+        self, session: Session, event: dict[str, Any], payload: str, stripe_account_id: str | None
+    ) -> Outcome:
+        """Store the event as received, commit, then enqueue it (``celery`` processing).
+
+        A failed copy is taken over and enqueued again (Stripe redelivered it); a
+        received, processed or ignored one makes this a duplicate.
+        """
+        try:
+            with self.unit_of_work(session):
+                connection = session.connection()
+                table = self.models.WebhookEvent.__table__
+                statement = cached_statement(
+                    (table, "receive", connection.dialect.name),
+                    lambda: self._receive_statement(session, table),
+                )
+                values = {
+                    "stripe_event_id": event["id"],
+                    "type": event["type"],
+                    "stripe_account_id": stripe_account_id,
+                    "livemode": event["livemode"],
+                    "payload": payload,
+                    "now": utcnow(),
+                }
+                stored = connection.execute(statement, values).first() is not None
+        except Exception as error:
+            self.unit_of_work.take_deferred(session)
+            log.error(
+                "Storing Stripe event %s failed: %s: %s", event["id"], type(error).__name__, error
+            )
+            return Outcome(Status.FAILED, f"{type(error).__name__}: {error}", [], error, False)
+        if not stored:
+            return Outcome(Status.DUPLICATE)
+        if self.enqueue is None:
+            log.error(
+                "PARTNERSTACK_STRIPE_PROCESSING is 'celery' but init_celery(celery_app) was "
+                "not called: Stripe event %s stays received until it is.", event["id"]
+            )  # fmt: skip
+        else:
+            try:
+                self.enqueue(event["id"])
+            except Exception as error:
+                # Stored and committed: `sweep` enqueues it once the broker is back.
+                log.warning(
+                    "Could not enqueue Stripe event %s (%s: %s); it is stored as received "
+                    "and the sweep will enqueue it.", event["id"], type(error).__name__, error
+                )  # fmt: skip
+        return Outcome(Status.QUEUED)
+
+    @staticmethod
+    def _receive_statement(session: Session, table: Any) -> Any:
+        statement = upsert(session, table).values(
+            stripe_event_id=sa.bindparam("stripe_event_id"),
+            type=sa.bindparam("type"),
+            stripe_account_id=sa.bindparam("stripe_account_id"),
+            livemode=sa.bindparam("livemode"),
+            status=Status.RECEIVED,
+            payload=sa.bindparam("payload"),
+            received_at=sa.bindparam("now"),
         )
+        return statement.on_conflict_do_update(
+            index_elements=[table.c.stripe_event_id],
+            set_={"status": Status.RECEIVED, "error": None},
+            where=table.c.status == Status.FAILED,
+        ).returning(table.c.id)
 
     def _look_up(self, event: dict[str, Any], stripe_account_id: str | None) -> dict[str, Any]:
         """The pre-transaction step: every Stripe API call the rules need, before any lock."""
@@ -282,6 +355,7 @@ class Receiver:
         stripe_account_id: str | None,
         *,
         replay: bool,
+        worker: bool = False,
     ) -> bool:
         """Insert the event, or take over a failed copy of it; False for a duplicate.
 
@@ -292,8 +366,8 @@ class Receiver:
         connection = session.connection()
         table = self.models.WebhookEvent.__table__
         statement = cached_statement(
-            (table, "claim", connection.dialect.name, replay),
-            lambda: self._claim_statement(session, table, replay),
+            (table, "claim", connection.dialect.name, replay, worker),
+            lambda: self._claim_statement(session, table, replay, worker),
         )
         values = {
             "stripe_event_id": event["id"],
@@ -306,7 +380,7 @@ class Receiver:
         return connection.execute(statement, values).first() is not None
 
     @staticmethod
-    def _claim_statement(session: Session, table: Any, replay: bool) -> Any:
+    def _claim_statement(session: Session, table: Any, replay: bool, worker: bool) -> Any:
         now: sa.BindParameter[Any] = sa.bindparam("now")
         statement = upsert(session, table).values(
             stripe_event_id=sa.bindparam("stripe_event_id"),
@@ -318,7 +392,12 @@ class Receiver:
             received_at=now,
             processed_at=now,
         )
-        takeover = table.c.status != Status.PROCESSED if replay else table.c.status == Status.FAILED
+        if replay:
+            takeover = table.c.status != Status.PROCESSED
+        elif worker:  # the queue's copy: the webhook stored it received
+            takeover = table.c.status.in_((Status.RECEIVED, Status.FAILED))
+        else:
+            takeover = table.c.status == Status.FAILED
         return statement.on_conflict_do_update(
             index_elements=[table.c.stripe_event_id],
             set_={"status": Status.PROCESSED, "error": None, "processed_at": now},
