@@ -17,6 +17,7 @@ from .backfill import backfill
 from .endpoints_check import endpoint_warnings
 from .extension import State, get_state
 from .models import utcnow
+from .queued import EventFailed, apply_stored, received_before
 from .scenarios import send_test_event
 from .status import Status
 
@@ -205,6 +206,32 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
     click.echo(f"{result.delivered} delivered, {result.failed} failed ({result.dead} now dead).")
     if result.failed:
         raise SystemExit(1)
+
+
+@partnerstack_cli.command("sweep")
+@click.option("--older-than", "seconds", type=click.FloatRange(min=0),
+              help="Seconds received (default: PARTNERSTACK_STRIPE_SWEEP_AFTER).")  # fmt: skip
+@click.option("--apply", "apply_here", is_flag=True,
+              help="Apply them in this process instead of enqueueing them.")  # fmt: skip
+@with_appcontext
+def sweep_command(seconds: float | None, apply_here: bool) -> None:
+    """Enqueue again the events left received (their message was lost), or apply them."""
+    state = get_state()
+    age = timedelta(seconds=state.settings.sweep_after if seconds is None else seconds)
+    stale = received_before(state, age)
+    counts: dict[str, int] = {}
+    for event_id in stale:
+        if apply_here:
+            try:
+                status = apply_stored(state, event_id)
+            except EventFailed:
+                status = Status.FAILED
+        else:
+            state.extension.enqueue(event_id)
+            status = "enqueued"
+        counts[status] = counts.get(status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    click.echo(f"{len(stale)} events left received: {summary or 'nothing to do'}.")
 
 
 @partnerstack_cli.command("prune")
