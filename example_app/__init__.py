@@ -38,11 +38,25 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
             os.environ.get("STRIPE_WEBHOOK_SECRET", DEMO_WEBHOOK_SECRET)
         ],
     )
+    broker = os.environ.get("EXAMPLE_APP_CELERY_BROKER")
+    if broker:  # `make demo-celery`: events are applied by a Celery worker
+        app.config.update(
+            PARTNERSTACK_STRIPE_PROCESSING="celery",
+            CELERY={
+                "broker_url": broker,
+                "task_default_queue": os.environ.get("EXAMPLE_APP_CELERY_QUEUE", "celery"),
+                "task_ignore_result": True,
+            },
+        )
     app.config.update(config or {})
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent / "migrations"))
     partnerstack.init_app(app)
+    if app.config.get("PARTNERSTACK_STRIPE_PROCESSING") == "celery":
+        from .worker import celery_init_app
+
+        celery_init_app(app)
 
     from . import commissions, views
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -71,7 +72,7 @@ class PartnerStackStripe:
         self._handlers: dict[str, list[HostHandler]] = {}
         self._install_guard: InstallGuard | None = None
         #: The apps set up so far (a task without an app context pushes the only one).
-        self._apps: list[Flask] = []
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
         self._tasks: Tasks | None = None
         if app is not None:
             self.init_app(app)
@@ -118,7 +119,7 @@ class PartnerStackStripe:
         handlers = Handlers(builtin=BUILTIN_HANDLERS, host=self._handlers, lookups=LOOKUPS)
         receiver = Receiver(self._models, settings, unit_of_work, handlers, send_notifications)
         receiver.enqueue = self.enqueue
-        self._apps.append(app)
+        self._apps.add(app)
         app.extensions[EXTENSION_KEY] = State(
             self, settings, db, self._models, receiver, unit_of_work
         )
@@ -296,13 +297,14 @@ class PartnerStackStripe:
 
     def only_app(self) -> Flask:
         """The one app this extension is set up on (for a task run without an app context)."""
-        if len(self._apps) != 1:
+        apps = list(self._apps)
+        if len(apps) != 1:
             raise RuntimeError(
                 "A partnerstack task ran without a Flask app context, and this extension "
-                f"is set up on {len(self._apps)} apps: create the Celery app with a task "
+                f"is set up on {len(apps)} apps: create the Celery app with a task "
                 "class that pushes the app context (Flask's Celery pattern)."
             )
-        return self._apps[0]
+        return apps[0]
 
     def _bind_db(self, app: Flask, db: Any) -> Any:
         db = db if db is not None else self._db
