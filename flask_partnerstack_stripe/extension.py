@@ -246,6 +246,7 @@ class PartnerStackStripe:
         if partner_key is None and has_request_context():
             partner_key = referred_partner_key(request)
         session = state.db.session()
+        joining = state.unit_of_work.is_open(session)
         with state.unit_of_work(session):
             customer, notifications = record_signup(
                 session,
@@ -255,10 +256,12 @@ class PartnerStackStripe:
                 name=name,
                 match_email=state.settings.match_email,
             )
+            if not joining:  # joining an event's transaction, the event's outbox has them
+                notifications = state.receiver.record(session, notifications)
         # Called from a host handler, this joined the event's transaction: its signals
         # go out with the event's, after that commit.
         if not state.unit_of_work.defer(session, notifications):
-            send_notifications(notifications)
+            state.receiver.deliver(session, notifications)
         return customer
 
     def init_celery(

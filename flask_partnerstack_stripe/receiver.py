@@ -211,10 +211,7 @@ class Receiver:
                 # The rules' signals, then those of nested calls; with durable signals
                 # the data ones are written to the outbox in this same transaction.
                 outcome.notifications += self.unit_of_work.take_deferred(session)
-                if self.settings.durable_signals:
-                    outcome.notifications = outbox.record(
-                        session, self.models, self.settings, outcome.notifications
-                    )
+                outcome.notifications = self.record(session, outcome.notifications)
         except Exception as error:
             # unit_of_work raises only when nothing committed.
             self.unit_of_work.take_deferred(session)
@@ -229,6 +226,12 @@ class Receiver:
         # 5. Signal, after the commit; a durable delivery is settled once sent.
         self.deliver(session, outcome.notifications)
         return outcome
+
+    def record(self, session: Session, notifications: list[Notification]) -> list[Notification]:
+        """With durable signals, write the data ones to the outbox in the open transaction."""
+        if not self.settings.durable_signals:
+            return notifications
+        return outbox.record(session, self.models, self.settings, notifications)
 
     def deliver(self, session: Session, notifications: list[Notification]) -> None:
         """Send committed signals; mark durable ones delivered (or count the failed attempt)."""

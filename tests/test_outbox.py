@@ -153,3 +153,12 @@ def test_a_process_killed_between_commit_and_signal_leaves_it_to_deliver(
     assert result.exit_code == 0, result.output
     assert got == [(delivery.id, "user-k", "customer.created")]
     assert rows(models.SignalDelivery)[0].status == "delivered"
+
+
+@pytest.mark.parametrize("app_config", [DURABLE])
+def test_create_customer_outside_an_event_is_durable_too(app, state, rows, models):
+    with testing.record_signals(signals.customer_created) as sent, app.app_context():
+        state.extension.create_customer("user-c", None, partner_key="partner-c")
+    [delivery] = rows(models.SignalDelivery)
+    assert (delivery.signal, delivery.status) == ("customer-created", "delivered")
+    assert [s.kwargs["delivery_id"] for s in sent] == [delivery.id]
