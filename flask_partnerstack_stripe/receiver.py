@@ -92,8 +92,9 @@ class EventContext:
 
 
 BuiltinHandler = Callable[[EventContext], None]
-#: ``lookup(settings, event, stripe_account_id)``: Stripe API calls a rule will need.
-Lookup = Callable[[Settings, dict[str, Any], "str | None"], dict[str, Any]]
+#: ``lookup(settings, event, stripe_account_id, source)``: Stripe API calls a rule will
+#: need; ``source`` is the transaction source of the event's account.
+Lookup = Callable[[Settings, dict[str, Any], "str | None", str], dict[str, Any]]
 
 
 class Receiver:
@@ -133,7 +134,11 @@ class Receiver:
             return Outcome(DUPLICATE)
         stripe_account_id = stripe_account_id or event.get("account")
         try:
-            lookups = self._look_up(event, stripe_account_id)
+            source = self._before_look_up(session, event, stripe_account_id, replay=replay)
+            if source == DUPLICATE:
+                self._remember_settled(event["id"])
+                return Outcome(DUPLICATE)
+            lookups = self._look_up(event, stripe_account_id, source)
             with self.unit_of_work(session):
                 if self._claim(session, event, payload, stripe_account_id, replay=replay):
                     outcome = self._apply(session, event, stripe_account_id, True, lookups)
@@ -161,15 +166,70 @@ class Receiver:
 
         The tracking rules are idempotent, so applying the same state again changes nothing.
         """
-        lookups = self._look_up(event, stripe_account_id)
+        source = self._before_look_up(session, event, stripe_account_id, stored=False)
+        lookups = self._look_up(event, stripe_account_id, source)
         with self.unit_of_work(session):
             outcome = self._apply(session, event, stripe_account_id, False, lookups)
         return outcome
 
-    def _look_up(self, event: dict[str, Any], stripe_account_id: str | None) -> dict[str, Any]:
-        """The pre-transaction step: every Stripe API call the rules need, before any lock."""
+    def _before_look_up(
+        self,
+        session: Session,
+        event: dict[str, Any],
+        stripe_account_id: str | None,
+        *,
+        replay: bool = False,
+        stored: bool = True,
+    ) -> str | None:
+        """One short read before any Stripe API call: whether the look-up is needed at all.
+
+        Only for an event type with a look-up. Answers :data:`DUPLICATE` for a stored
+        event already processed (or ignored, unless replayed): final outcomes, so no
+        Stripe call, whose failure would turn a duplicate into a 500. ``None`` (no
+        look-up) for an event of an uninstalled account, which the transaction then
+        ignores as always. Otherwise the transaction source the event's account uses
+        (only invoice mode maps a charge to its invoice).
+
+        Read outside the event's transaction and ended before the Stripe call; the
+        atomic claim in the transaction still judges: this read only spares calls.
+        """
+        if event["type"] not in self.lookups:
+            return None
+        WebhookEvent, StripeAccount = self.models.WebhookEvent, self.models.StripeAccount
+        with self.unit_of_work.read(session):
+            if stored:
+                status = session.scalar(
+                    sa.select(WebhookEvent.status).where(
+                        WebhookEvent.stripe_event_id == event["id"]
+                    )
+                )
+                if status == PROCESSED or (status == IGNORED and not replay):
+                    return DUPLICATE
+            if stripe_account_id is None:
+                return self.settings.transaction_source
+            account = session.execute(
+                sa.select(StripeAccount.uninstalled_at, StripeAccount.transaction_source).where(
+                    StripeAccount.stripe_account_id == stripe_account_id,
+                    StripeAccount.livemode == bool(event["livemode"]),
+                )
+            ).first()
+        if account is None:
+            return self.settings.transaction_source
+        if account.uninstalled_at is not None:
+            return None
+        return str(account.transaction_source or self.settings.transaction_source)
+
+    def _look_up(
+        self, event: dict[str, Any], stripe_account_id: str | None, source: str | None
+    ) -> dict[str, Any]:
+        """The pre-transaction step: every Stripe API call the rules need, before any lock.
+
+        ``source``: the transaction source of the event's account, None for no look-up.
+        """
         lookup = self.lookups.get(event["type"])
-        return lookup(self.settings, event, stripe_account_id) if lookup is not None else {}
+        if lookup is None or source is None:
+            return {}
+        return lookup(self.settings, event, stripe_account_id, source)
 
     def _apply(
         self,

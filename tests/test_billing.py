@@ -24,6 +24,7 @@ from .test_tracking import deliver, signup_customer
 INVOICE_MODE = {"PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}
 PRORATE = {"PARTNERSTACK_STRIPE_REFUND_POLICY": "prorate"}
 API_KEY = {"PARTNERSTACK_STRIPE_API_KEY": "sk_test_platform"}
+PRE_BASIL = testing.PRE_BASIL_API_VERSION
 ERAS = [testing.PRE_BASIL_API_VERSION, testing.API_VERSION]
 
 
@@ -513,6 +514,84 @@ def test_stripe_api_lookups_happen_before_the_transaction(app, client, rows, mod
     assert waited < 5, waited
     assert answers == {"refund": 200}
     assert ledger(rows, models) == {"in_1": (1000, False, "refund"), "in_2": (1000, True, None)}
+
+
+STRIPE_DOWN = ({"error": {"type": "api_error", "message": "Stripe is down"}}, 500)
+NO_ACCESS = (
+    {"error": {"type": "invalid_request_error", "code": "account_invalid",
+               "message": "The provided key does not have access to account 'acct_gone'"}},
+    403,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("app_config", [API_KEY])
+def test_events_of_an_uninstalled_account_are_ignored_not_failed(client, rows, models):
+    """A manager's uninstalled account stays quiet: its later events answer 200 ``ignored``
+    (DESIGN 3/4). A basil refund event of that account is not looked up as that account
+    first (Stripe refuses: the platform no longer has access), which answered 500 and
+    failed again on every retry and replay, forever."""
+    deliver(
+        client, "account.application.deauthorized", {"id": "ca_1", "object": "application"},
+        account="acct_gone",
+    )  # fmt: skip
+    refunded = testing.charge(
+        customer="cus_1", amount=1000, amount_refunded=1000, payment_intent="pi_9"
+    )
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/invoice_payments", NO_ACCESS)
+        response = testing.post_event(
+            client, testing.event("charge.refunded", refunded, account="acct_gone")
+        )
+    assert (response.status_code, response.json.get("status")) == (200, "ignored")
+    assert api.requests == []
+
+
+@pytest.mark.parametrize("app_config", [API_KEY])
+def test_a_connected_account_in_charge_mode_makes_no_lookup(client, rows, models):
+    """A manager's charge-mode Connect accounts do not depend on Stripe's API: a refund of a
+    connected account whose transaction source is ``charge`` (the app's default) needs no
+    invoice, so no InvoicePayment look-up is made, and an API outage changes nothing."""
+    charge = testing.charge("ch_c", customer="cus_1", amount=1000, payment_intent="pi_c")
+    deliver(client, "charge.succeeded", charge, account="acct_live")
+    refunded = testing.charge(
+        "ch_c", customer="cus_1", amount=1000, amount_refunded=1000, payment_intent="pi_c"
+    )
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/invoice_payments", STRIPE_DOWN)
+        answer = deliver(client, "charge.refunded", refunded, account="acct_live")
+        refund = testing.refund("re_c", charge="ch_c", amount=1000, payment_intent="pi_c")
+        deliver(client, "refund.created", refund, account="acct_live")
+    assert answer["status"] == "processed", answer
+    assert api.requests == []
+    assert ledger(rows, models)["ch_c"] == (1000, False, "refund")
+
+
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **API_KEY}])
+def test_a_redelivered_processed_event_answers_duplicate_while_stripe_is_down(
+    app, client, rows, models
+):
+    """A manager's failure list stays true: a basil ``charge.refunded`` is processed, then
+    Stripe redelivers it (to another worker, which has not seen it) while Stripe's API
+    fails. DESIGN 3: a duplicate changes nothing and answers 200 ``duplicate`` (it used to
+    answer 500 "stored as failed" while the row stayed processed, and send event_failed):
+    no look-up is made for an event already processed."""
+    signup_customer(client)
+    refunded = testing.charge(
+        "ch_1", customer="cus_A", amount=1000, amount_refunded=1000, payment_intent="pi_1"
+    )
+    event = testing.event("charge.refunded", refunded)
+    with testing.fake_stripe_api() as api, testing.record_signals(signals.event_failed) as failed:
+        api.reply("GET", "/v1/invoice_payments", invoice_payments(("pi_1", "in_1")))
+        deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"))
+        assert testing.post_event(client, event).json["status"] == "processed"
+        get_state(app).receiver._settled.clear()  # another worker process
+        api.reply("GET", "/v1/invoice_payments", STRIPE_DOWN)
+        response = testing.post_event(client, event)
+    assert (response.status_code, response.json.get("status")) == (200, "duplicate")
+    assert failed == []
+    assert len(api.requests) == 1
+    [stored] = rows(models.WebhookEvent, stripe_event_id=event["id"])
+    assert stored.status == "processed"
 
 
 # --- races -------------------------------------------------------------------------------
