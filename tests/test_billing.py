@@ -524,6 +524,28 @@ NO_ACCESS = (
 )  # fmt: skip
 
 
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **API_KEY}])
+def test_charge_updated_with_a_refund_is_looked_up_like_charge_refunded(client, rows, models):
+    """A manager sees a refund applied whichever charge event shows it. Basil invoice mode
+    with an API key: a ``charge.updated`` that shows a refund (a snapshot after a metadata
+    edit, or an endpoint without charge.refunded) finds its invoice through the
+    InvoicePayment API like ``charge.refunded`` and deletes the transaction, instead of
+    answering "Unmatched refund ... set PARTNERSTACK_STRIPE_API_KEY" with the key set."""
+    signup_customer(client)
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/invoice_payments", invoice_payments(("pi_1", "in_1")))
+        deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"))
+        plain = testing.charge("ch_1", customer="cus_A", amount=1000, payment_intent="pi_1")
+        deliver(client, "charge.succeeded", plain)
+        assert api.requests == []  # no refund shown: nothing to look up
+        updated = testing.charge(
+            "ch_1", customer="cus_A", amount=1000, amount_refunded=1000, payment_intent="pi_1"
+        )
+        answer = deliver(client, "charge.updated", updated)
+    assert answer["status"] == "processed", answer
+    assert ledger(rows, models)["in_1"] == (1000, False, "refund")
+
+
 @pytest.mark.parametrize("app_config", [API_KEY])
 def test_events_of_an_uninstalled_account_are_ignored_not_failed(client, rows, models):
     """A manager's uninstalled account stays quiet: its later events answer 200 ``ignored``
