@@ -135,6 +135,51 @@ def test_invoice_amount_setting_is_checked_at_init_app(database_url):
         create_app(database_url, PARTNERSTACK_STRIPE_INVOICE_AMOUNT="total")
 
 
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **PRORATE}])
+def test_invoice_prorate_full_refund_of_a_discounted_invoice_deletes(client, rows, models):
+    """A manager sees no commission left on a 50%-off invoice the customer got all of
+    their money back for. Invoice mode, ``prorate``, INVOICE_AMOUNT=subtotal: subtotal
+    1000, paid 500; its charge refunded in full deletes the transaction (DESIGN 4: "a full
+    refund deletes"), though the refund (500, in the charge's units) is less than the
+    counted subtotal."""
+    signup_customer(client)
+    inv, ch = "in_half_off", "ch_half_off"
+    paid = testing.invoice(
+        inv, customer="cus_A", subtotal=1000, total_excluding_tax=500, charge=ch,
+        api_version=PRE_BASIL,
+    )  # fmt: skip
+    deliver(client, "invoice.paid", paid, api_version=PRE_BASIL)
+    refund = testing.charge(
+        ch, customer="cus_A", amount=500, amount_refunded=500, invoice=inv, api_version=PRE_BASIL
+    )
+    deliver(client, "charge.refunded", refund, api_version=PRE_BASIL)
+    _amount, stands, reason = ledger(rows, models)[inv]
+    assert (stands, reason) == (False, "refund")
+
+
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **PRORATE}])
+def test_invoice_prorate_half_refund_with_tax_halves_the_commission(client, rows, models):
+    """A manager sees half the commission on an invoice half refunded, tax or not. Invoice
+    mode, ``prorate``: subtotal 1000 + tax 100, charge 1100, 550 refunded: the refund is
+    half of what was charged, so half of the counted subtotal (500) stands, not 1000 - 550."""
+    signup_customer(client)
+    inv, ch = "in_taxed", "ch_taxed"
+    paid = testing.invoice(inv, customer="cus_A", subtotal=1000, tax=100, charge=ch,
+                           api_version=PRE_BASIL)  # fmt: skip
+    deliver(client, "invoice.payment_succeeded", paid, api_version=PRE_BASIL)
+    refund = testing.charge(
+        ch, customer="cus_A", amount=1100, amount_refunded=550, invoice=inv, api_version=PRE_BASIL
+    )
+    deliver(client, "charge.refunded", refund, api_version=PRE_BASIL)
+    assert ledger(rows, models)[inv] == (500, True, None)
+    # Another 333 of the 1100: 883 of 1100 refunded is 802.7... of 1000, rounded to 803.
+    more = testing.charge(
+        ch, customer="cus_A", amount=1100, amount_refunded=883, invoice=inv, api_version=PRE_BASIL
+    )
+    deliver(client, "charge.refunded", more, api_version=PRE_BASIL)
+    assert ledger(rows, models)[inv] == (197, True, None)
+
+
 # --- zero amounts ------------------------------------------------------------------------
 
 
@@ -326,6 +371,44 @@ def test_invoice_mode_refund_object_finds_its_invoice(client, rows, models):
         deliver(client, "refund.failed", failed)
     assert ledger(rows, models) == {"in_1": (1000, True, None)}
     assert len(api.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("app_config", "expected"),
+    [({}, (1000, False, "refund")), (PRORATE, (500, True, None))],
+    ids=["delete", "prorate"],
+)
+def test_a_failed_refund_does_not_hide_a_later_refund(client, rows, models, expected):
+    """A manager sees a refunded payment lose its commission even when an earlier refund
+    of it failed. Refund re_1 (500) fails, then re_2 (500) succeeds, on an endpoint that
+    sends the charge events and ``charge.refund.updated`` (no ``refund.created``), in
+    Stripe's order. Both ``charge.refunded`` show amount_refunded=500: the second counts
+    re_2 (Stripe gave re_1's 500 back when it failed). DESIGN 4a: a refund that fails
+    restores what *it* took, nothing more. (Every order: test_ordering.)"""
+    signup_customer(client)
+    ch = "ch_refund_twice"
+    deliver(client, "charge.succeeded", testing.charge(ch, customer="cus_A", amount=1000))
+    refunded_500 = testing.charge(ch, customer="cus_A", amount=1000, amount_refunded=500)
+    deliver(client, "charge.refunded", refunded_500)
+    failed = testing.refund("re_1", charge=ch, amount=500, status="failed")
+    deliver(client, "charge.refund.updated", failed)
+    deliver(client, "charge.refunded", refunded_500)  # re_2's snapshot
+    assert ledger(rows, models)[ch] == expected
+
+
+@pytest.mark.parametrize("app_config", [PRORATE])
+def test_a_refund_that_fails_after_the_charge_showed_it_gives_it_back(client, rows, models):
+    """The other side of the same rule: the failure of a refund the newest charge object
+    still counts gives its amount back (the payment stands whole again)."""
+    signup_customer(client)
+    ch = "ch_refund_fails"
+    deliver(client, "charge.succeeded", testing.charge(ch, customer="cus_A", amount=1000))
+    refunded = testing.charge(ch, customer="cus_A", amount=1000, amount_refunded=300)
+    deliver(client, "charge.refunded", refunded)
+    assert ledger(rows, models)[ch] == (700, True, None)
+    failed = testing.refund("re_1", charge=ch, amount=300, status="failed")
+    deliver(client, "refund.failed", failed)
+    assert ledger(rows, models)[ch] == (1000, True, None)
 
 
 # --- deleted_reason ----------------------------------------------------------------------
@@ -635,12 +718,13 @@ def test_a_payments_events_at_once_end_like_one_at_a_time(app, rows, models):
         deliver(app.test_client(), "customer.created", events["customer.created"])
         barrier = threading.Barrier(len(steps))
         codes: list[int] = []
+        stamped = {step: testing.event(step, events[step]) for step in steps}  # story's times
 
         def deliver_one(
-            step: str, events: dict = events, barrier: threading.Barrier = barrier, codes=codes
+            step: str, stamped: dict = stamped, barrier: threading.Barrier = barrier, codes=codes
         ) -> None:
             barrier.wait(10)
-            response = testing.post_event(app.test_client(), testing.event(step, events[step]))
+            response = testing.post_event(app.test_client(), stamped[step])
             codes.append(response.status_code)
 
         threads = [threading.Thread(target=deliver_one, args=(step,)) for step in steps]
