@@ -498,6 +498,30 @@ def test_payment_link_reference_attributes_a_customer_keyed_by_email(client, row
     assert "ps_" in deliver(client, "checkout.session.completed", bad)["reason"]
 
 
+def test_payment_link_ps_reference_cannot_capture_an_existing_customer(client, rows, models):
+    """A manager's customers cannot be taken over with a Payment Link: anyone can open one
+    with ``?client_reference_id=ps_<own partner key>`` and type someone else's email in
+    Checkout. The existing customer with that email keeps no partner (nobody referred it)
+    and is not linked to that Stripe customer, so its later payments earn the other
+    partner nothing. (A ``ps_`` reference attributes only a customer it creates.)"""
+    app = client.application
+    with app.test_request_context():
+        get_state(app).extension.create_customer("victim-1", "victim@x.com")
+    ps = "ps_" + base64.urlsafe_b64encode(b"partner-eve").decode().rstrip("=")
+    session = testing.checkout_session(customer="cus_eve", client_reference_id=ps,
+                                       email="victim@x.com")  # fmt: skip
+    answer = deliver(client, "checkout.session.completed", session)
+    assert answer["status"] == "ignored", answer
+    (victim,) = rows(models.Customer, customer_key="victim-1")
+    assert victim.partner_key is None
+    assert victim.stripe_customer_id is None
+    assert len(rows(models.Customer)) == 1
+    # Later charges of the impostor's Stripe customer are not the victim's either.
+    deliver(client, "charge.succeeded", testing.charge("ch_eve", customer="cus_eve"))
+    [transaction] = rows(models.Transaction)
+    assert transaction.customer_id is None
+
+
 # --- subscription metadata ---------------------------------------------------------------
 
 
