@@ -137,8 +137,16 @@ class TransactionMixin:
     #: from these alone (see ``payments.settle_payment``), so the order of events never matters.
     #: The settled amount (captured, or the invoice's), None until a success shows it.
     gross_amount: Mapped[int | None] = mapped_column(sa.BigInteger)
-    #: The highest refunded total a charge object reported (a released remainder excluded).
+    #: The refunded total (a released remainder excluded) the newest charge object showed:
+    #: the one of the latest event (``charge_refunded_at``, the event's ``created``; the
+    #: higher total at the same second). Stripe lowers it when a refund fails, so it
+    #: already leaves out refunds that failed before it was taken.
     charge_refunded: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    charge_refunded_at: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: What the payer was charged (the charge's captured amount, the invoice's
+    #: ``amount_paid``), the unit refunds come in; None when the same as ``gross_amount``
+    #: is all that is known. In invoice mode refunds are scaled from it to the invoice amount.
+    charged_amount: Mapped[int | None] = mapped_column(sa.BigInteger)
     failed: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     dispute_lost: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
@@ -286,6 +294,9 @@ class RefundMixin:
     #: ``pending``, ``requires_action``, ``succeeded``, ``failed`` or ``canceled``.
     status: Mapped[str] = mapped_column(sa.String(32))
     status_rank: Mapped[int] = mapped_column(sa.SmallInteger)
+    #: When it had failed or been canceled: the ``created`` of the earliest event showing
+    #: it so (Unix seconds). A charge object taken after that already leaves it out.
+    undone_at: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
