@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import ledger, payments, signals
+from . import commissions, ledger, payments, signals
 from .accounts import uninstall
 from .config import INVOICE_AMOUNTS
 from .invoices import invoice_of_charge, named_invoice, payment_intent_of
@@ -158,6 +158,7 @@ def _attach_orphans(context: EventContext, customer: Any) -> None:
         context.session, context.models, customer, match_email=context.settings.match_email
     ):
         context.notify(signals.transaction_updated, transaction=transaction)
+        commissions.follow(context, transaction)  # the commission follows its payment
 
 
 def customer_deleted(context: EventContext) -> None:
@@ -374,6 +375,8 @@ def settle(
         context.notify(signals.transaction_updated, transaction=row)
     elif change == payments.DELETED:
         context.notify(signals.transaction_deleted, transaction=row)
+    if change is not None:
+        commissions.follow(context, row)  # the commission follows its payment
 
 
 def _find_payer(context: EventContext, party: Party) -> Any:
