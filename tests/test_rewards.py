@@ -54,9 +54,7 @@ def cli(app, *args: str):
 
 
 def export(app) -> list[dict[str, str]]:
-    result = app.test_cli_runner().invoke(
-        args=["partnerstack", "payouts", "export"]
-    )
+    result = app.test_cli_runner().invoke(args=["partnerstack", "payouts", "export"])
     assert result.exit_code == 0, result.output
     return list(csv.DictReader(io.StringIO(result.stdout)))
 
@@ -294,11 +292,17 @@ def test_a_payout_pays_once_and_claws_back_a_later_refund(app, client, rows, mod
 
     # After the payout, ch_1 is refunded in full and ch_2 by a fifth: the next payout
     # carries both as a clawback on partner-a's line.
-    post(client, "charge.refunded",
-         testing.charge("ch_1", customer="cus_1", amount=10000, amount_refunded=10000))
-    post(client, "charge.refunded",
-         testing.charge("ch_2", customer="cus_1", amount=5000, amount_refunded=1000))
-    pay(client, 2, "ch_4", 1000)  # new, still pending at export time? HOLD 0: approve first
+    post(
+        client,
+        "charge.refunded",
+        testing.charge("ch_1", customer="cus_1", amount=10000, amount_refunded=10000),
+    )
+    post(
+        client,
+        "charge.refunded",
+        testing.charge("ch_2", customer="cus_1", amount=5000, amount_refunded=1000),
+    )
+    pay(client, 2, "ch_4", 1000)  # a new payment, approved at once (no hold)
     cli(app, "commissions", "approve")
     assert owed(rows, models, "ch_1") == (0, "usd", "reversed")
     assert owed(rows, models, "ch_2") == (800, "usd", "paid")  # 200 to claw back
@@ -325,11 +329,17 @@ def test_a_failed_refund_after_a_clawback_is_paid_again(app, client, rows, model
     pay(client, 1, "ch_1", 10000)
     cli(app, "commissions", "approve")
     assert [r["amount"] for r in export(app)] == ["2000"]
-    post(client, "refund.created",
-         testing.refund("re_1", charge="ch_1", amount=10000, status="succeeded"))
+    post(
+        client,
+        "refund.created",
+        testing.refund("re_1", charge="ch_1", amount=10000, status="succeeded"),
+    )
     assert [r["amount"] for r in export(app)] == ["-2000"]
-    post(client, "refund.failed",
-         testing.refund("re_1", charge="ch_1", amount=10000, status="failed"))
+    post(
+        client,
+        "refund.failed",
+        testing.refund("re_1", charge="ch_1", amount=10000, status="failed"),
+    )
     assert owed(rows, models, "ch_1") == (2000, "usd", "approved")
     assert [r["amount"] for r in export(app)] == ["2000"]
     assert owed(rows, models, "ch_1") == (2000, "usd", "paid")
@@ -361,8 +371,11 @@ def test_partner_summary(app, client, state):
     pay(client, 1, "ch_1", 1000)
     pay(client, 2, "ch_2", 3000)
     pay(client, 2, "ch_3", 500, currency="eur")
-    post(client, "charge.refunded",
-         testing.charge("ch_2", customer="cus_2", amount=3000, amount_refunded=3000))
+    post(
+        client,
+        "charge.refunded",
+        testing.charge("ch_2", customer="cus_2", amount=3000, amount_refunded=3000),
+    )
     with app.app_context():
         summary = state.extension.partner_summary("partner-1")
     assert summary == {
