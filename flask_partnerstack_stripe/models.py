@@ -435,20 +435,33 @@ MIXINS: dict[str, type] = {
 _default_classes: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
-def default_model(db: Any, name: str) -> Any:
+def default_model(db: Any, name: str, related: dict[str, str] | None = None) -> Any:
     """The default model ``name`` (a field of :class:`Models`) on ``db.Model``, built once.
 
     Its class is ``PartnerStack<name>``: ``TransactionMixin.customer_model`` names
-    ``PartnerStackCustomer``.
+    ``PartnerStackCustomer``. ``related`` sets the class attributes that name the
+    models it refers to (``CommissionMixin.transaction_model``, say) when the host's
+    own classes replace the default ones.
     """
     classes = _default_classes.setdefault(db, {})
     if name not in classes:
         classes[name] = types.new_class(
             f"PartnerStack{name}",
             (MIXINS[name], db.Model),
-            exec_body=lambda namespace: namespace.update(__module__=__name__),
+            exec_body=lambda namespace: namespace.update(__module__=__name__, **(related or {})),
         )
     return classes[name]
+
+
+def _related(name: str, models: Models) -> dict[str, str] | None:
+    """What a later default model must know of the host's own classes it refers to."""
+    if name != "Commission":
+        return None
+    return {
+        "transaction_model": models.Transaction.__name__,
+        "transaction_table": models.Transaction.__tablename__,
+        "customer_table": models.Customer.__tablename__,
+    }
 
 
 def default_models(db: Any) -> Models:
@@ -459,6 +472,8 @@ def default_models(db: Any) -> Models:
 def complete_models(models: Models, db: Any) -> Models:
     """``models`` with the default class, on ``db``, for each later model the host left out."""
     missing = {
-        name: default_model(db, name) for name in Models._fields if getattr(models, name) is None
+        name: default_model(db, name, _related(name, models))
+        for name in Models._fields
+        if getattr(models, name) is None
     }
     return models._replace(**missing) if missing else models  # the same object when complete
