@@ -19,8 +19,16 @@ import pytest
 
 from flask_partnerstack_stripe import testing
 
-PRORATE = {"PARTNERSTACK_STRIPE_REFUND_POLICY": "prorate"}
-INVOICE_MODE = {"PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}
+#: Every test here also checks the commission (20% of each payment): like the
+#: transaction, it must end the same whatever the order.
+REWARDS = {"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}
+PRORATE = {**REWARDS, "PARTNERSTACK_STRIPE_REFUND_POLICY": "prorate"}
+INVOICE_MODE = {**REWARDS, "PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}
+
+
+@pytest.fixture
+def app_config() -> dict:
+    return REWARDS
 STEPS = (
     "customer.created",
     "charge.succeeded",
@@ -38,6 +46,11 @@ FULL = (
     "refund.failed",
     "charge.dispute.closed",
 )
+
+
+def COMMISSION(amount: int) -> tuple[int, str, str]:  # noqa: N802
+    """A pending commission of ``amount`` for partner-1."""
+    return (amount, "pending", "partner-1")
 
 
 def story(n: int, refund_status: str = "pending") -> dict[str, dict]:
@@ -62,6 +75,11 @@ def final_state(rows, models, n: int, key: str | None = None) -> tuple:
     customers = rows(models.Customer, customer_key=f"user-{n}")
     [transaction] = rows(models.Transaction, key=key or f"ch_{n}")
     customer = customers[0] if customers else None
+    # What the partner is owed on the payment and its status. A payment that never
+    # stood in some order has no commission row, one that stood and was deleted has a
+    # reversed one: both owe nothing, which is what the partner sees.
+    commissions = rows(models.Commission, transaction_id=transaction.id)
+    commission = commissions[0] if commissions and commissions[0].amount else None
     return (
         customer and customer.partner_key,
         customer and customer.stripe_customer_id == f"cus_{n}",
@@ -69,6 +87,7 @@ def final_state(rows, models, n: int, key: str | None = None) -> tuple:
         transaction.amount,
         transaction.deleted_at is None,
         transaction.deleted_reason,
+        commission and (commission.amount, commission.status, commission.partner_key),
     )
 
 
@@ -99,7 +118,7 @@ def test_every_permutation_ends_like_the_natural_order(client, rows, models):
     """All 120 orders of the five events of one charge, each on its own customer."""
     orders = list(itertools.permutations(STEPS))
     states = play(client, rows, models, orders, story)
-    expected = ("partner-1", True, True, 2500, False, "refund")
+    expected = ("partner-1", True, True, 2500, False, "refund", None)
     assert_all_like_natural(states, orders, expected)
 
 
@@ -110,7 +129,7 @@ def test_a_refund_that_fails_in_any_order_gives_everything_back(client, rows, mo
              "refund.failed")  # fmt: skip
     orders = list(itertools.permutations(steps))
     states = play(client, rows, models, orders, story)
-    assert_all_like_natural(states, orders, (None, None, True, 2500, True, None))
+    assert_all_like_natural(states, orders, (None, None, True, 2500, True, None, None))
 
 
 @pytest.mark.parametrize("app_config", [PRORATE])
@@ -120,7 +139,7 @@ def test_a_refund_told_twice_in_any_order_counts_once(client, rows, models):
              "charge.refunded")  # fmt: skip
     orders = list(itertools.permutations(steps))
     states = play(client, rows, models, orders, lambda n: story(n, "succeeded"))
-    assert_all_like_natural(states, orders, ("partner-1", True, True, 2000, True, None))
+    assert_all_like_natural(states, orders, ("partner-1", True, True, 2000, True, None, COMMISSION(400)))
 
 
 def test_a_lost_dispute_among_refunds_in_any_order(client, rows, models):
@@ -129,15 +148,15 @@ def test_a_lost_dispute_among_refunds_in_any_order(client, rows, models):
              "charge.dispute.closed")  # fmt: skip
     orders = list(itertools.permutations(steps))
     states = play(client, rows, models, orders, story)
-    assert_all_like_natural(states, orders, ("partner-1", True, True, 2500, False, "dispute"))
+    assert_all_like_natural(states, orders, ("partner-1", True, True, 2500, False, "dispute", None))
 
 
-@pytest.mark.parametrize("app_config", [{}, PRORATE], ids=["delete", "prorate"])
+@pytest.mark.parametrize("app_config", [REWARDS, PRORATE], ids=["delete", "prorate"])
 @pytest.mark.parametrize(
     ("steps", "expected"),
     [
-        (FULL, ("partner-1", True, True, 2500, False, "dispute")),
-        (FULL[:-1], ("partner-1", True, True, 2500, True, None)),  # no dispute: it stands
+        (FULL, ("partner-1", True, True, 2500, False, "dispute", None)),
+        (FULL[:-1], ("partner-1", True, True, 2500, True, None, COMMISSION(500))),  # no dispute: it stands
     ],
     ids=["all-eight", "without-dispute"],
 )
@@ -163,6 +182,9 @@ def test_without_the_refund_every_order_records_once(client, rows, models):
     assert len(transactions) == 24
     assert all(t.deleted_at is None and t.customer_id is not None for t in transactions)
     assert {t.amount for t in transactions} == {2500}
+    commissions = rows(models.Commission)
+    assert sorted(c.transaction_id for c in commissions) == [t.id for t in transactions]
+    assert {(c.amount, c.status) for c in commissions} == {(500, "pending")}
 
 
 def test_two_event_ids_for_the_same_charge_make_one_transaction(client, rows, models):
@@ -218,7 +240,7 @@ def test_invoice_mode_every_order_of_attempts_payments_and_refund(client, rows, 
     """All 120 orders: the refund deletes; the failed attempt never does."""
     orders = list(itertools.permutations(INVOICE_STEPS))
     states = play_invoices(client, rows, models, orders)
-    expected = ("partner-1", True, True, 3000, False, "refund")
+    expected = ("partner-1", True, True, 3000, False, "refund", None)
     assert states[0] == expected
     for state, order in zip(states, orders, strict=True):
         assert state == expected, order
@@ -230,4 +252,4 @@ def test_invoice_mode_every_order_without_the_refund_records_once(client, rows, 
     orders = list(itertools.permutations(INVOICE_STEPS[:4]))
     states = play_invoices(client, rows, models, orders)
     for state, order in zip(states, orders, strict=True):
-        assert state == ("partner-1", True, True, 3000, True, None), order
+        assert state == ("partner-1", True, True, 3000, True, None, COMMISSION(600)), order
