@@ -29,6 +29,8 @@ INVOICE_MODE = {**REWARDS, "PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}
 @pytest.fixture
 def app_config() -> dict:
     return REWARDS
+
+
 STEPS = (
     "customer.created",
     "charge.succeeded",
@@ -48,7 +50,7 @@ FULL = (
 )
 
 
-def COMMISSION(amount: int) -> tuple[int, str, str]:  # noqa: N802
+def pending(amount: int) -> tuple[int, str, str]:
     """A pending commission of ``amount`` for partner-1."""
     return (amount, "pending", "partner-1")
 
@@ -139,7 +141,9 @@ def test_a_refund_told_twice_in_any_order_counts_once(client, rows, models):
              "charge.refunded")  # fmt: skip
     orders = list(itertools.permutations(steps))
     states = play(client, rows, models, orders, lambda n: story(n, "succeeded"))
-    assert_all_like_natural(states, orders, ("partner-1", True, True, 2000, True, None, COMMISSION(400)))
+    assert_all_like_natural(
+        states, orders, ("partner-1", True, True, 2000, True, None, pending(400))
+    )
 
 
 def test_a_lost_dispute_among_refunds_in_any_order(client, rows, models):
@@ -156,7 +160,7 @@ def test_a_lost_dispute_among_refunds_in_any_order(client, rows, models):
     ("steps", "expected"),
     [
         (FULL, ("partner-1", True, True, 2500, False, "dispute", None)),
-        (FULL[:-1], ("partner-1", True, True, 2500, True, None, COMMISSION(500))),  # no dispute: it stands
+        (FULL[:-1], ("partner-1", True, True, 2500, True, None, pending(500))),  # stands
     ],
     ids=["all-eight", "without-dispute"],
 )
@@ -252,4 +256,4 @@ def test_invoice_mode_every_order_without_the_refund_records_once(client, rows, 
     orders = list(itertools.permutations(INVOICE_STEPS[:4]))
     states = play_invoices(client, rows, models, orders)
     for state, order in zip(states, orders, strict=True):
-        assert state == ("partner-1", True, True, 3000, True, None, COMMISSION(600)), order
+        assert state == ("partner-1", True, True, 3000, True, None, pending(600)), order
