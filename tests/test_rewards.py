@@ -385,3 +385,43 @@ def test_partner_summary(app, client, state):
         "commissions": {"pending": {"usd": 200, "eur": 100}, "reversed": {"usd": 0}},
         "due": {},
     }
+
+
+WORKED_EXAMPLE = {
+    "PARTNERSTACK_STRIPE_REWARDS": [{"percent": 15}, {"percent": 25, "product_key": "team"}],
+    "PARTNERSTACK_STRIPE_COMMISSION_HOLD_DAYS": 0,
+}
+
+
+@pytest.mark.parametrize("app_config", [WORKED_EXAMPLE])
+def test_the_readme_worked_example(app, client, rows, models):
+    """README, "Rewards", "A worked example" (the hold is 0 here instead of 30 days)."""
+    customer(client, 1, "partner-alice")  # Dana
+    customer(client, 2, "partner-alice")  # Frank
+    pay(client, 1, "ch_dana", 9900, "team")
+    pay(client, 2, "ch_frank_1", 4900)
+    assert owed(rows, models, "ch_dana")[0] == 2475
+    assert owed(rows, models, "ch_frank_1")[0] == 735
+    cli(app, "commissions", "approve")
+    [line] = export(app)
+    assert (line["partner_key"], line["amount"], line["commissions"]) == (
+        "partner-alice",
+        "3210",
+        "2",
+    )
+    assert line["payout_id"].startswith("po_")
+    assert export(app) == []
+    refunded = testing.charge("ch_dana", customer="cus_1", amount=9900, amount_refunded=9900)
+    post(client, "charge.refunded", refunded)
+    with app.app_context():
+        assert app.extensions["partnerstack_stripe"].extension.partner_summary("partner-alice")[
+            "due"
+        ] == {"usd": -2475}
+    pay(client, 2, "ch_frank_2", 4900)
+    cli(app, "commissions", "approve")
+    [line] = export(app)
+    assert (line["partner_key"], line["amount"], line["commissions"]) == (
+        "partner-alice",
+        "-1740",
+        "2",
+    )
