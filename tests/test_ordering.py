@@ -77,11 +77,6 @@ def final_state(rows, models, n: int, key: str | None = None) -> tuple:
     customers = rows(models.Customer, customer_key=f"user-{n}")
     [transaction] = rows(models.Transaction, key=key or f"ch_{n}")
     customer = customers[0] if customers else None
-    # What the partner is owed on the payment and its status. A payment that never
-    # stood in some order has no commission row, one that stood and was deleted has a
-    # reversed one: both owe nothing, which is what the partner sees.
-    commissions = rows(models.Commission, transaction_id=transaction.id)
-    commission = commissions[0] if commissions and commissions[0].amount else None
     return (
         customer and customer.partner_key,
         customer and customer.stripe_customer_id == f"cus_{n}",
@@ -89,6 +84,19 @@ def final_state(rows, models, n: int, key: str | None = None) -> tuple:
         transaction.amount,
         transaction.deleted_at is None,
         transaction.deleted_reason,
+    )
+
+
+def final_outcome(rows, models, n: int, key: str | None = None) -> tuple:
+    """:func:`final_state` and the payment's commission: what the partner is owed on it,
+    its status and partner. A payment that never stood in some order has no commission
+    row, one that stood and was deleted has a reversed one: both owe nothing, which is
+    what the partner sees, so both read None."""
+    [transaction] = rows(models.Transaction, key=key or f"ch_{n}")
+    commissions = rows(models.Commission, transaction_id=transaction.id)
+    commission = commissions[0] if commissions and commissions[0].amount else None
+    return (
+        *final_state(rows, models, n, key),
         commission and (commission.amount, commission.status, commission.partner_key),
     )
 
@@ -102,7 +110,7 @@ def play(
         for step in order:
             response = testing.post_event(client, testing.event(step, built[step]))
             assert response.status_code == 200, (order, response.json)
-    return [final_state(rows, models, n) for n in range(first, first + len(orders))]
+    return [final_outcome(rows, models, n) for n in range(first, first + len(orders))]
 
 
 def natural(steps: Sequence[str]) -> tuple[str, ...]:
@@ -236,7 +244,7 @@ def play_invoices(client, rows, models, orders) -> list[tuple]:
             event = testing.event(event_type, obj, api_version=testing.PRE_BASIL_API_VERSION)
             response = testing.post_event(client, event)
             assert response.status_code == 200, (order, response.json)
-    return [final_state(rows, models, n, key=f"in_{n}") for n in range(len(orders))]
+    return [final_outcome(rows, models, n, key=f"in_{n}") for n in range(len(orders))]
 
 
 @pytest.mark.parametrize("app_config", [INVOICE_MODE])
