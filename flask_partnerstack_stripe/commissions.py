@@ -136,12 +136,50 @@ def follow_payment(
     return [(signals.commission_updated, kwargs)]
 
 
+def follow_customer(
+    session: Session, models: Models, rules: Sequence[Rule], customer: Any
+) -> Notifications:
+    """Give commissions to ``customer``'s standing payments that have none: its orphans
+    just attached, or all of them when it has just got its partner. Usually none."""
+    if not rules or not customer.partner_key:
+        return []
+    Transaction, Commission = models.Transaction, models.Commission
+    without = (
+        sa.select(Transaction)
+        .where(
+            Transaction.customer_id == customer.id,
+            Transaction.deleted_at.is_(None),
+            ~sa.exists().where(Commission.transaction_id == Transaction.id),
+        )
+        .order_by(Transaction.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    notifications: Notifications = []
+    for transaction in session.scalars(without).all():
+        notifications += follow_payment(session, models, rules, transaction)
+    return notifications
+
+
+def _notify(context: EventContext, notifications: Notifications) -> None:
+    for signal, kwargs in notifications:
+        context.notify(signal, **{k: v for k, v in kwargs.items() if k != "event"})
+
+
 def follow(context: EventContext, transaction: Any) -> None:
     """:func:`follow_payment` inside a webhook event: its signals go out after the commit."""
-    for signal, kwargs in follow_payment(
-        context.session, context.models, context.settings.rewards, transaction
-    ):
-        context.notify(signal, **{k: v for k, v in kwargs.items() if k != "event"})
+    _notify(
+        context,
+        follow_payment(context.session, context.models, context.settings.rewards, transaction),
+    )
+
+
+def follow_customer_in(context: EventContext, customer: Any) -> None:
+    """:func:`follow_customer` inside a webhook event."""
+    _notify(
+        context,
+        follow_customer(context.session, context.models, context.settings.rewards, customer),
+    )
 
 
 def approve(

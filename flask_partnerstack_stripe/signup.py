@@ -50,8 +50,8 @@ def record_signup(
         notifications.append(
             (signals.transaction_updated, {"transaction": transaction, "event": None})
         )
-        # The commission follows its payment, now that the payment has its customer.
-        notifications += commissions.follow_payment(session, models, rewards, transaction)
+    # Commissions for its payments: the orphans just attached, or all if it got its partner.
+    notifications += commissions.follow_customer(session, models, rewards, customer)
     return customer, notifications
 
 

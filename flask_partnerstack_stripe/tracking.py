@@ -158,7 +158,8 @@ def _attach_orphans(context: EventContext, customer: Any) -> None:
         context.session, context.models, customer, match_email=context.settings.match_email
     ):
         context.notify(signals.transaction_updated, transaction=transaction)
-        commissions.follow(context, transaction)  # the commission follows its payment
+    # Its payments' commissions: the orphans just attached, or all if it just got a partner.
+    commissions.follow_customer_in(context, customer)
 
 
 def customer_deleted(context: EventContext) -> None:

@@ -425,3 +425,21 @@ def test_the_readme_worked_example(app, client, rows, models):
         "-1740",
         "2",
     )
+
+
+@pytest.mark.parametrize("app_config", [TWENTY])
+def test_payments_earn_once_their_customer_gets_a_partner(app, client, rows, models, state):
+    """Signed up directly, paid, then the partner arrives with Stripe's customer metadata:
+    the payment earns, as it would have had the partner been known first."""
+    with app.test_request_context():
+        state.extension.create_customer("user-7", "seven@example.com")
+    linked = testing.customer(
+        "cus_7", email="seven@example.com", metadata={"customer_key": "user-7"}
+    )
+    post(client, "customer.created", linked)
+    pay(client, 7, "ch_7", 2000)
+    assert owed(rows, models, "ch_7") is None  # no partner, no commission
+    metadata = {"customer_key": "user-7", "partner_key": "late-partner"}
+    post(client, "customer.updated", testing.customer("cus_7", metadata=metadata))
+    assert owed(rows, models, "ch_7") == (400, "usd", "pending")
+    assert commission_of(rows, models, "ch_7").partner_key == "late-partner"
