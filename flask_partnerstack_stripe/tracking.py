@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from . import customers, locks, payments, signals
+from . import commissions, customers, locks, payments, signals
 from .accounts import uninstall
 from .customers import Party
 from .invoices import invoice_of_charge
@@ -121,6 +121,8 @@ def _attach_orphans(context: EventContext, customer: Any) -> None:
         context.session, context.models, customer, match_email=context.settings.match_email
     ):
         context.notify(signals.transaction_updated, transaction=transaction)
+    # Its payments' commissions: the orphans just attached, or all if it just got a partner.
+    commissions.follow_customer_in(context, customer)
 
 
 def customer_deleted(context: EventContext) -> None:
@@ -273,6 +275,8 @@ def settle(
         context.notify(signals.transaction_updated, transaction=row)
     elif change == payments.DELETED:
         context.notify(signals.transaction_deleted, transaction=row)
+    if change is not None:
+        commissions.follow(context, row)  # the commission follows its payment
 
 
 def _find_payer(context: EventContext, party: Party) -> Any:

@@ -23,8 +23,18 @@ import pytest
 
 from flask_partnerstack_stripe import testing
 
-PRORATE = {"PARTNERSTACK_STRIPE_REFUND_POLICY": "prorate"}
-INVOICE_MODE = {"PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}
+#: Every test here also checks the commission (20% of each payment): like the
+#: transaction, it must end the same whatever the order.
+REWARDS = {"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}
+PRORATE = {**REWARDS, "PARTNERSTACK_STRIPE_REFUND_POLICY": "prorate"}
+INVOICE_MODE = {**REWARDS, "PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}
+
+
+@pytest.fixture
+def app_config() -> dict:
+    return REWARDS
+
+
 STEPS = (
     "customer.created",
     "charge.succeeded",
@@ -42,6 +52,11 @@ FULL = (
     "refund.failed",
     "charge.dispute.closed",
 )
+
+
+def pending(amount: int) -> tuple[int, str, str]:
+    """A pending commission of ``amount`` for partner-1."""
+    return (amount, "pending", "partner-1")
 
 
 def story(n: int, refund_status: str = "pending") -> dict[str, dict]:
@@ -76,6 +91,20 @@ def final_state(rows, models, n: int, key: str | None = None) -> tuple:
     )
 
 
+def final_outcome(rows, models, n: int, key: str | None = None) -> tuple:
+    """:func:`final_state` and the payment's commission: what the partner is owed on it,
+    its status and partner. A payment that never stood in some order has no commission
+    row, one that stood and was deleted has a reversed one: both owe nothing, which is
+    what the partner sees, so both read None."""
+    [transaction] = rows(models.Transaction, key=key or f"ch_{n}")
+    commissions = rows(models.Commission, transaction_id=transaction.id)
+    commission = commissions[0] if commissions and commissions[0].amount else None
+    return (
+        *final_state(rows, models, n, key),
+        commission and (commission.amount, commission.status, commission.partner_key),
+    )
+
+
 def play(
     client,
     rows,
@@ -84,8 +113,10 @@ def play(
     events: Callable[[int], dict],
     first=0,
     timeline: Sequence[str] = FULL,
+    state: Callable[..., tuple] = final_outcome,
 ) -> list[tuple]:
-    """Deliver each order to its own payment; the final state of each.
+    """Deliver each order to its own payment; the final ``state`` of each (by default
+    :func:`final_outcome`, the commission included).
 
     Each event carries the ``created`` Stripe gives it: the time it happened, in the
     story's ``timeline``, whatever the order it is delivered in. A step ``type#n`` is the
@@ -100,7 +131,7 @@ def play(
         for step in order:
             response = testing.post_event(client, stamped[step])
             assert response.status_code == 200, (order, response.json)
-    return [final_state(rows, models, n) for n in range(first, first + len(orders))]
+    return [state(rows, models, n) for n in range(first, first + len(orders))]
 
 
 def natural(steps: Sequence[str], timeline: Sequence[str] = FULL) -> tuple[str, ...]:
@@ -120,7 +151,7 @@ def test_every_permutation_ends_like_the_natural_order(client, rows, models):
     """All 120 orders of the five events of one charge, each on its own customer."""
     orders = list(itertools.permutations(STEPS))
     states = play(client, rows, models, orders, story)
-    expected = ("partner-1", True, True, 2500, False, "refund")
+    expected = ("partner-1", True, True, 2500, False, "refund", None)
     assert_all_like_natural(states, orders, expected)
 
 
@@ -131,7 +162,7 @@ def test_a_refund_that_fails_in_any_order_gives_everything_back(client, rows, mo
              "refund.failed")  # fmt: skip
     orders = list(itertools.permutations(steps))
     states = play(client, rows, models, orders, story)
-    assert_all_like_natural(states, orders, (None, None, True, 2500, True, None))
+    assert_all_like_natural(states, orders, (None, None, True, 2500, True, None, None))
 
 
 @pytest.mark.parametrize("app_config", [PRORATE])
@@ -141,7 +172,9 @@ def test_a_refund_told_twice_in_any_order_counts_once(client, rows, models):
              "charge.refunded")  # fmt: skip
     orders = list(itertools.permutations(steps))
     states = play(client, rows, models, orders, lambda n: story(n, "succeeded"))
-    assert_all_like_natural(states, orders, ("partner-1", True, True, 2000, True, None))
+    assert_all_like_natural(
+        states, orders, ("partner-1", True, True, 2000, True, None, pending(400))
+    )
 
 
 def test_a_lost_dispute_among_refunds_in_any_order(client, rows, models):
@@ -150,15 +183,15 @@ def test_a_lost_dispute_among_refunds_in_any_order(client, rows, models):
              "charge.dispute.closed")  # fmt: skip
     orders = list(itertools.permutations(steps))
     states = play(client, rows, models, orders, story)
-    assert_all_like_natural(states, orders, ("partner-1", True, True, 2500, False, "dispute"))
+    assert_all_like_natural(states, orders, ("partner-1", True, True, 2500, False, "dispute", None))
 
 
-@pytest.mark.parametrize("app_config", [{}, PRORATE], ids=["delete", "prorate"])
+@pytest.mark.parametrize("app_config", [REWARDS, PRORATE], ids=["delete", "prorate"])
 @pytest.mark.parametrize(
     ("steps", "expected"),
     [
-        (FULL, ("partner-1", True, True, 2500, False, "dispute")),
-        (FULL[:-1], ("partner-1", True, True, 2500, True, None)),  # no dispute: it stands
+        (FULL, ("partner-1", True, True, 2500, False, "dispute", None)),
+        (FULL[:-1], ("partner-1", True, True, 2500, True, None, pending(500))),  # stands
     ],
     ids=["all-eight", "without-dispute"],
 )
@@ -208,7 +241,9 @@ def test_a_refund_after_a_failed_one_counts_in_any_order(client, rows, models, e
     the second refund stands whatever the delivery order (the failed one gives back only
     what it took, which the later charge object already shows)."""
     orders = list(itertools.permutations(REFUND_AGAIN))
-    states = play(client, rows, models, orders, refund_again_story, timeline=REFUND_AGAIN)
+    states = play(
+        client, rows, models, orders, refund_again_story, timeline=REFUND_AGAIN, state=final_state
+    )
     assert_all_like_natural(states, orders, ("partner-1", True, True, *expected), REFUND_AGAIN)
 
 
@@ -264,7 +299,15 @@ def test_a_partial_capture_with_a_failed_then_a_good_refund(client, rows, models
             orders.append(tuple(order))
     else:
         orders = list(itertools.permutations(steps))
-    states = play(client, rows, models, orders, partial_capture_story, timeline=PARTIAL_CAPTURE)
+    states = play(
+        client,
+        rows,
+        models,
+        orders,
+        partial_capture_story,
+        timeline=PARTIAL_CAPTURE,
+        state=final_state,
+    )
     assert_all_like_natural(states, orders, (None, None, True, 500, True, None), PARTIAL_CAPTURE)
 
 
@@ -277,6 +320,9 @@ def test_without_the_refund_every_order_records_once(client, rows, models):
     assert len(transactions) == 24
     assert all(t.deleted_at is None and t.customer_id is not None for t in transactions)
     assert {t.amount for t in transactions} == {2500}
+    commissions = rows(models.Commission)
+    assert sorted(c.transaction_id for c in commissions) == [t.id for t in transactions]
+    assert {(c.amount, c.status) for c in commissions} == {(500, "pending")}
 
 
 def test_two_event_ids_for_the_same_charge_make_one_transaction(client, rows, models):
@@ -326,7 +372,7 @@ def play_invoices(client, rows, models, orders) -> list[tuple]:
         for step in order:
             response = testing.post_event(client, stamped[step])
             assert response.status_code == 200, (order, response.json)
-    return [final_state(rows, models, n, key=f"in_{n}") for n in range(len(orders))]
+    return [final_outcome(rows, models, n, key=f"in_{n}") for n in range(len(orders))]
 
 
 @pytest.mark.parametrize("app_config", [INVOICE_MODE])
@@ -334,7 +380,7 @@ def test_invoice_mode_every_order_of_attempts_payments_and_refund(client, rows, 
     """All 120 orders: the refund deletes; the failed attempt never does."""
     orders = list(itertools.permutations(INVOICE_STEPS))
     states = play_invoices(client, rows, models, orders)
-    expected = ("partner-1", True, True, 3000, False, "refund")
+    expected = ("partner-1", True, True, 3000, False, "refund", None)
     assert states[0] == expected
     for state, order in zip(states, orders, strict=True):
         assert state == expected, order
@@ -346,4 +392,4 @@ def test_invoice_mode_every_order_without_the_refund_records_once(client, rows, 
     orders = list(itertools.permutations(INVOICE_STEPS[:4]))
     states = play_invoices(client, rows, models, orders)
     for state, order in zip(states, orders, strict=True):
-        assert state == ("partner-1", True, True, 3000, True, None), order
+        assert state == ("partner-1", True, True, 3000, True, None, pending(600)), order
