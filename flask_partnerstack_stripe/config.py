@@ -39,6 +39,8 @@ DEFAULTS: dict[str, Any] = {
     "SIGNAL_RETRY_DELAY": 30,
     #: Seconds an event may stay received before ``sweep`` enqueues it again.
     "SWEEP_AFTER": 60,
+    "REWARDS": [],
+    "COMMISSION_HOLD_DAYS": 30,
 }
 
 TRANSACTION_SOURCES = ("charge", "invoice")
@@ -81,6 +83,9 @@ class Settings:
     signal_max_attempts: int = 10
     signal_retry_delay: float = 30
     sweep_after: float = 60
+    #: ``rewards.Rule`` objects from ``PARTNERSTACK_STRIPE_REWARDS``.
+    rewards: tuple[Any, ...] = ()
+    commission_hold_days: int = 30
 
     def api_key_for(self, livemode: bool) -> str | None:
         """The platform's secret key for the mode, if one is configured."""
@@ -95,6 +100,8 @@ class Settings:
             return config.get(PREFIX + name, DEFAULTS[name])
 
         processing = _choice("PROCESSING", get("PROCESSING"), PROCESSINGS)
+        from .rewards import parse_rules  # rewards imports this module
+
         return cls(
             webhook_secrets=_secrets(get("WEBHOOK_SECRETS")),
             signature_tolerance=_positive_int("SIGNATURE_TOLERANCE", get("SIGNATURE_TOLERANCE")),
@@ -128,6 +135,10 @@ class Settings:
             signal_max_attempts=_positive_int("SIGNAL_MAX_ATTEMPTS", get("SIGNAL_MAX_ATTEMPTS")),
             signal_retry_delay=_positive_number("SIGNAL_RETRY_DELAY", get("SIGNAL_RETRY_DELAY")),
             sweep_after=_positive_number("SWEEP_AFTER", get("SWEEP_AFTER")),
+            rewards=parse_rules(get("REWARDS")),
+            commission_hold_days=_non_negative_int(
+                "COMMISSION_HOLD_DAYS", get("COMMISSION_HOLD_DAYS")
+            ),
         )
 
 
@@ -149,6 +160,12 @@ def _secrets(value: Any) -> tuple[str, ...]:
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigurationError(f"{PREFIX}{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{PREFIX}{name} must be an integer of 0 or more, got {value!r}")
     return value
 
 

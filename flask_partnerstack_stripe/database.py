@@ -89,6 +89,29 @@ class UnitOfWork:
             _current_statements.reset(current)
             session.info.pop(_OPEN_UNIT, None)
 
+    @contextmanager
+    def read(self, session: Session) -> Iterator[None]:
+        """A short read before the work (no write lock), ended before the block returns.
+
+        Inside a transaction already open on ``session`` (the host's, or ours) the read
+        joins it and leaves it open: it is not ours to end. Otherwise the transaction
+        the read began is committed at once (nothing was written; loaded objects stay
+        loaded), so no transaction stays open while the caller waits on something
+        else, say the Stripe API.
+        """
+        if session.info.get(_OPEN_UNIT) or session.in_transaction():
+            yield
+            return
+        shared = isinstance(session.get_bind().engine.pool, StaticPool)
+        with self._shared_connection if shared else _no_lock():
+            try:
+                yield
+            except BaseException:
+                session.rollback()
+                raise
+            if session.in_transaction():
+                _commit(session, session.connection())
+
     @staticmethod
     def is_open(session: Session) -> bool:
         """Whether one of our transactions is open on ``session`` (a new unit would join it)."""
@@ -122,6 +145,11 @@ class UnitOfWork:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
 
 
 def _begin_immediate(connection: Connection, busy_timeout: float) -> None:

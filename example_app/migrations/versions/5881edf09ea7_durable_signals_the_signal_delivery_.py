@@ -1,7 +1,7 @@
 """durable signals: the signal delivery outbox
 
 Revision ID: 5881edf09ea7
-Revises: 1b9a1225b98a
+Revises: 1af9b1daa19e
 Create Date: 2026-11-28 19:08:00.227761
 
 """
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 # revision identifiers, used by Alembic.
 revision = '5881edf09ea7'
-down_revision = '1b9a1225b98a'
+down_revision = '1af9b1daa19e'
 branch_labels = None
 depends_on = None
 
