@@ -162,3 +162,22 @@ def test_create_customer_outside_an_event_is_durable_too(app, state, rows, model
     [delivery] = rows(models.SignalDelivery)
     assert (delivery.signal, delivery.status) == ("customer-created", "delivered")
     assert [s.kwargs["delivery_id"] for s in sent] == [delivery.id]
+
+
+@pytest.mark.parametrize(
+    "app_config", [{**DURABLE, "PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}]
+)
+def test_commission_signals_go_through_the_outbox(client, rows, models):
+    testing.post_event(client, customer_created("user-r"))
+    [customer] = rows(models.Customer)
+    charge = testing.charge("ch_r", customer=None, amount=1000, metadata={"customer_key": "user-r"})
+    with testing.record_signals(signals.commission_created, signals.transaction_recorded) as sent:
+        response = testing.post_event(client, testing.event("charge.succeeded", charge))
+    assert response.json["status"] == "processed", (response.json, customer.id)
+    by_signal = {row.signal: row for row in rows(models.SignalDelivery)}
+    assert {"commission-created", "transaction-recorded"} <= set(by_signal)
+    assert {s.name: s.kwargs["delivery_id"] for s in sent} == {
+        "commission-created": by_signal["commission-created"].id,
+        "transaction-recorded": by_signal["transaction-recorded"].id,
+    }
+    assert {row.status for row in by_signal.values()} == {"delivered"}
