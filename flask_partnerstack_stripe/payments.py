@@ -22,8 +22,7 @@ from sqlalchemy.orm import Session
 
 from .customers import Party
 from .database import dialect_name as _dialect
-from .database import loading as _loading
-from .database import prepared, upsert
+from .database import insert_loading, insert_on_conflict, prepared
 from .models import REFUND_RANKS, REFUND_UNDONE, Models, utcnow
 
 
@@ -167,17 +166,20 @@ def _insert(
 ) -> Any:
     """The new transaction, or None when the payment already has one."""
     Transaction = models.Transaction
+    table = Transaction.__table__
     statement = prepared(
         (Transaction, "settle-insert", _dialect(session)),
-        lambda: _loading(
-            Transaction,
-            upsert(session, Transaction.__table__)
-            .values({name: sa.bindparam(name) for name in _INSERT_FIELDS})
-            .on_conflict_do_nothing(index_elements=["account_scope", "key"]),
+        lambda: insert_on_conflict(
+            session,
+            table,
+            {name: sa.bindparam(name) for name in _INSERT_FIELDS},
+            keys=[table.c.account_scope, table.c.key],
         ),
     )
     party = payment.party
-    return session.scalar(
+    return insert_loading(
+        session,
+        Transaction,
         statement,
         {
             "key": payment.key,
@@ -285,17 +287,17 @@ def _record_refund(
     table = models.Refund.__table__
 
     def build() -> Any:
-        statement = upsert(session, table).values(
-            {name: sa.bindparam(name) for name in _REFUND_FIELDS}
-        )
-        return statement.on_conflict_do_update(
-            index_elements=[table.c.account_scope, table.c.refund_id],
-            set_={
-                "status": statement.excluded.status,
-                "status_rank": statement.excluded.status_rank,
-                "updated_at": statement.excluded.updated_at,
+        return insert_on_conflict(
+            session,
+            table,
+            {name: sa.bindparam(name) for name in _REFUND_FIELDS},
+            keys=[table.c.account_scope, table.c.refund_id],
+            update=lambda excluded: {
+                "status": excluded.status,
+                "status_rank": excluded.status_rank,
+                "updated_at": excluded.updated_at,
             },
-            where=table.c.status_rank < statement.excluded.status_rank,
+            where=lambda excluded: table.c.status_rank < excluded.status_rank,
         )
 
     statement = prepared((table, "refund", _dialect(session)), build)
