@@ -101,12 +101,8 @@ def insert_on_conflict(
     if len(read & set(new)) > 1:
         raise ValueError("at most one column that the condition reads can be updated")
     ordered = sorted(new.items(), key=lambda item: item[0] in read)
-    assignments = [
-        ("id", sa.func.if_(condition, sa.func.last_insert_id(table.c.id), table.c.id))
-    ]
-    assignments += [
-        (name, sa.func.if_(condition, value, table.c[name])) for name, value in ordered
-    ]
+    assignments = [("id", sa.func.if_(condition, sa.func.last_insert_id(table.c.id), table.c.id))]
+    assignments += [(name, sa.func.if_(condition, value, table.c[name])) for name, value in ordered]
     return statement.on_duplicate_key_update(assignments)
 
 
@@ -294,10 +290,14 @@ def _read_committed(connection: Connection) -> None:
     is changed on the connection for the host's later transactions. When the host
     already began one on this connection, its level stands.
     """
-    driver: Any = connection.connection.driver_connection
-    if driver.server_status & 1:  # SERVER_STATUS_IN_TRANS: the host already began
-        return
-    connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    try:
+        connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    except sa.exc.OperationalError as error:
+        # 1568: the session already read or wrote in this transaction (the host, or our
+        # own lookups before the unit began): its level stands. A failed statement does
+        # not end a MySQL transaction, so it goes on.
+        if getattr(error.orig, "args", (None,))[0] != 1568:
+            raise
 
 
 def _commit(session: Session, connection: Connection) -> None:
