@@ -262,9 +262,11 @@ class TestDeadlock:
         for thread in threads:
             thread.join(timeout=60)
         assert set(statuses.values()) <= {200, 500}
-        if not database_url.startswith("sqlite"):
-            # PostgreSQL and InnoDB detect the deadlock and break it: one event gets a 5xx.
-            assert sorted(statuses.values()) == [200, 500]
+        if database_url.startswith("postgresql"):
+            assert sorted(statuses.values()) == [200, 500]  # PostgreSQL broke the deadlock
+        # InnoDB: this FOR UPDATE by customer_key alone scans the table (no index leads with
+        # it) and waits on the other's locked row, so the two may take turns instead of
+        # deadlocking; either way each event is applied exactly once, checked below.
         barrier.abort()
         for event in events:  # Stripe redelivers the one that got a 5xx
             if statuses[event["id"]] != 200:
