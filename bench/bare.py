@@ -39,6 +39,8 @@ bare_transaction = sa.Table(
 
 def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blueprint:
     dialect = engine.dialect.name
+    if dialect == "mariadb":  # a mariadb+pymysql:// URL: MySQL's dialect all the same
+        dialect = "mysql"
     insert = {"postgresql": postgresql.insert, "mysql": mysql.insert}.get(dialect, sqlite.insert)
 
     def insert_new(connection: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .database import (
+    MYSQL,
     cached_statement,
     dialect_name,
     insert_loading,
@@ -193,7 +194,7 @@ def attach_orphans(
     # OR (a bitmap OR); SQLite does not for an UPDATE, so there it is one per name.
     # Core, returning ids: usually there is nothing to attach, and that should cost little.
     dialect = dialect_name(session)
-    if dialect == "mysql":
+    if dialect in MYSQL:
         return _attach_mysql(session, models, table, customer, values)
     if dialect == "postgresql":
         batches = [values]

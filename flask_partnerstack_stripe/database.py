@@ -18,8 +18,17 @@ from sqlalchemy.sql import visitors
 
 log = logging.getLogger("flask_partnerstack_stripe")
 
-_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert, "mysql": mysql.insert}
+#: SQLAlchemy's names for MySQL's dialect: ``mysql+...`` URLs, and ``mariadb+...`` ones.
+MYSQL = ("mysql", "mariadb")
+_INSERTS = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+    "mysql": mysql.insert,
+    "mariadb": mysql.insert,
+}
 SUPPORTED = "PostgreSQL, SQLite and MySQL/MariaDB"
+#: The URL backend names of those (``mysql+pymysql://``, ``mariadb+pymysql://``, ...).
+SUPPORTED_BACKENDS = frozenset(_INSERTS)
 
 
 def upsert(session: Session, model: Any) -> Any:
@@ -43,7 +52,7 @@ def dialect_name(session: Session) -> str:
 def is_mysql(session: Session | Connection) -> bool:
     """MySQL or MariaDB (SQLAlchemy's ``mysql`` dialect, also behind ``mariadb+...`` URLs)."""
     bind = session.get_bind() if isinstance(session, Session) else session
-    return bind.dialect.name == "mysql"
+    return bind.dialect.name in MYSQL
 
 
 def insert_on_conflict(
@@ -71,7 +80,7 @@ def insert_on_conflict(
     are assigned last.
     """
     dialect = session.get_bind().dialect.name
-    if dialect != "mysql":
+    if dialect not in MYSQL:
         statement = upsert(session, table).values(values)
         if update is None:
             statement = statement.on_conflict_do_nothing(index_elements=keys)
@@ -239,7 +248,7 @@ class UnitOfWork:
             connection = session.connection()
             if connection.dialect.name == "sqlite":
                 _begin_immediate(connection, self.busy_timeout)
-            elif connection.dialect.name == "mysql":
+            elif connection.dialect.name in MYSQL:
                 _read_committed(connection)
             yield
             _commit(session, connection)

@@ -16,6 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .customers import Party
+from .database import MYSQL
 
 #: How long a MySQL transaction waits for another naming the same customer (seconds).
 MYSQL_LOCK_TIMEOUT = 30
@@ -29,7 +30,7 @@ def lock(session: Session, *names: str | None) -> bool:
     writer in at a time.
     """
     dialect = session.get_bind().dialect.name
-    if dialect == "mysql":
+    if dialect in MYSQL:
         _mysql_lock(session, names)
         return True
     if dialect != "postgresql":
