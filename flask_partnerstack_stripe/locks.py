@@ -55,12 +55,13 @@ def _mysql_lock(session: Session, names: tuple[str | None, ...]) -> None:
     record = connection.connection._connection_record
     if record is not None:
         record.info[_HELD] = True
-    for key in keys:
-        (got,) = connection.exec_driver_sql(
-            "SELECT GET_LOCK(%s, %s)", (key, MYSQL_LOCK_TIMEOUT)
-        ).one()
-        if got != 1:
-            raise TimeoutError(f"Waited {MYSQL_LOCK_TIMEOUT}s for the customer lock {key}")
+    # One round trip; the SELECT list is evaluated in order, so the locks are taken in order.
+    statement = "SELECT " + ", ".join(["GET_LOCK(%s, %s)"] * len(keys))
+    parameters = tuple(value for key in keys for value in (key, MYSQL_LOCK_TIMEOUT))
+    got = connection.exec_driver_sql(statement, parameters).one()
+    if any(value != 1 for value in got):
+        # Those taken are released with the others when the connection is checked in.
+        raise TimeoutError(f"Waited {MYSQL_LOCK_TIMEOUT}s for a customer lock")
 
 
 def _release_named_locks(dbapi_connection: Any, record: Any) -> None:
