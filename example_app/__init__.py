@@ -1,5 +1,8 @@
 """An example host app: a small SaaS that pays partners a commission on what their customers pay.
 
+The commissions are the extension's (``PARTNERSTACK_STRIPE_REWARDS``): the app only shows
+them, and runs payouts from its payouts page.
+
 Run it with ``make demo`` (plays a realistic event sequence) or ``make serve``.
 """
 
@@ -22,6 +25,13 @@ partnerstack = PartnerStackStripe(db=db)
 INSTANCE = Path(
     os.environ.get("EXAMPLE_APP_INSTANCE", Path(__file__).resolve().parent / "instance")
 )
+#: Commission per product key; products not listed earn the default rule's 15%.
+REWARDS = [
+    {"percent": 15},
+    {"percent": 20, "product_key": "starter"},
+    {"percent": 25, "product_key": "team"},
+    {"percent": 30, "product_key": "enterprise"},
+]
 #: The signing secret the demo signs its events with; a real app takes it from Stripe.
 DEMO_WEBHOOK_SECRET = "whsec_example_app_demo_secret"
 
@@ -37,6 +47,11 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[
             os.environ.get("STRIPE_WEBHOOK_SECRET", DEMO_WEBHOOK_SECRET)
         ],
+        # The partner program: a rate per product, 15% on anything else.
+        PARTNERSTACK_STRIPE_REWARDS=REWARDS,
+        # A real program holds commissions through its refund window (30 days by
+        # default); the demo approves them at once so that its payouts page has work.
+        PARTNERSTACK_STRIPE_COMMISSION_HOLD_DAYS=int(os.environ.get("COMMISSION_HOLD_DAYS", 0)),
     )
     app.config.update(config or {})
 
@@ -44,8 +59,7 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent / "migrations"))
     partnerstack.init_app(app)
 
-    from . import commissions, views
+    from . import views
 
     app.register_blueprint(views.blueprint)
-    commissions.connect_receivers()
     return app

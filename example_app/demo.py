@@ -273,9 +273,15 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=10)
     print_report()
+    print("\nThe extension's commissions (flask partnerstack commissions approve, then list):")
+    for command in (["approve"], ["list"]):
+        output = subprocess.run([*FLASK, "partnerstack", "commissions", *command], cwd=ROOT,
+                                env=env, check=True, capture_output=True, text=True)  # fmt: skip
+        print("\n".join("  " + line for line in output.stdout.splitlines()))
+    print("  (pay them with `flask partnerstack payouts export`, or from the payouts page)")
     print(
         "\nDone. Keep the app running with `make serve`, then open "
-        "http://127.0.0.1:5000/partners (and / for the signup page)."
+        "http://127.0.0.1:5000/partners, /payouts (and / for the signup page)."
     )
     return 0
 

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from .config import ConfigurationError
     from .extension import PartnerStackStripe
     from .models import (
+        CommissionMixin,
         CustomerMixin,
         InstallStateMixin,
         Models,
+        PayoutMixin,
         StripeAccountMixin,
         TransactionMixin,
         WebhookEventMixin,
@@ -27,11 +29,13 @@ if TYPE_CHECKING:
 
 #: Each public name and the module that defines it.
 _EXPORTS = {
+    "CommissionMixin": ".models",
     "ConfigurationError": ".config",
     "CustomerMixin": ".models",
     "InstallStateMixin": ".models",
     "Models": ".models",
     "PartnerStackStripe": ".extension",
+    "PayoutMixin": ".models",
     "StripeAccountMixin": ".models",
     "TransactionMixin": ".models",
     "WebhookEventMixin": ".models",
@@ -40,11 +44,13 @@ _EXPORTS = {
 }
 
 __all__ = [
+    "CommissionMixin",
     "ConfigurationError",
     "CustomerMixin",
     "InstallStateMixin",
     "Models",
     "PartnerStackStripe",
+    "PayoutMixin",
     "StripeAccountMixin",
     "TransactionMixin",
     "WebhookEventMixin",

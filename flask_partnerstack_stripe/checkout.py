@@ -62,11 +62,15 @@ def checkout_completed(context: EventContext) -> None:
     ``client_reference_id`` (else ``metadata.customer_key``) is the customer key and
     ``metadata.partner_key`` the partner. A ``client_reference_id`` of the form
     ``ps_<ps_partner_key value>`` names the partner instead, for a customer keyed by
-    the session's email: a Payment Link carries no metadata from the host.
+    the session's email: a Payment Link carries no metadata from the host. That email is
+    typed by whoever pays, so such a session only creates the customer: an existing one
+    it finds (by that email) keeps its partner and its Stripe customer, unless the
+    session's own Stripe customer is already that customer's.
     """
     values = session_values(context.object)
     email, reference = values.email, values.reference
     customer_key, partner_key = values.customer_key, values.partner_key
+    typed = False  # the customer is named only by the email typed in Checkout
     if reference is not None and reference.startswith(PARTNER_REFERENCE):
         try:
             partner_key = partner_key or decode_partner_key(reference[len(PARTNER_REFERENCE) :])
@@ -75,6 +79,7 @@ def checkout_completed(context: EventContext) -> None:
                 f"The session's client_reference_id {reference!r} is not ps_ followed by a "
                 "ps_partner_key value."
             ) from None
+        typed = customer_key is None
         customer_key = customer_key or email
     elif reference is not None:
         customer_key = reference
@@ -104,6 +109,13 @@ def checkout_completed(context: EventContext) -> None:
             context.notify(signals.customer_created, customer=customer)
             _attach_orphans(context, customer)
             return None
+    if typed and (
+        party.stripe_customer_id is None or customer.stripe_customer_id != party.stripe_customer_id
+    ):
+        raise Ignored(
+            "A ps_ reference attributes only a customer it creates: the existing customer "
+            "found by the email typed in Checkout keeps its partner and Stripe customer."
+        )
     if not _link(context, customer, party, partner_key, values.name):
         raise Ignored("The session's customer is already linked and attributed.")
     context.notify(signals.customer_updated, customer=customer)

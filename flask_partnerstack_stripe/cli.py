@@ -14,6 +14,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from . import accounts
 from .backfill import backfill
+from .cli_rewards import commissions_cli, payouts_cli
 from .endpoints_check import endpoint_warnings
 from .extension import State, get_state
 from .models import utcnow
@@ -326,3 +327,5 @@ def check(base_url: str | None, with_stripe: bool) -> None:
 
 
 partnerstack_cli.add_command(send_test_event)
+partnerstack_cli.add_command(commissions_cli)
+partnerstack_cli.add_command(payouts_cli)

@@ -30,6 +30,8 @@ DEFAULTS: dict[str, Any] = {
     "INSTALL_SCOPE": "read_write",
     "INSTALL_REDIRECT": None,
     "EVENT_RETENTION_DAYS": 90,
+    "REWARDS": [],
+    "COMMISSION_HOLD_DAYS": 30,
 }
 
 TRANSACTION_SOURCES = ("charge", "invoice")
@@ -66,6 +68,9 @@ class Settings:
     install_scope: str
     install_redirect: str | None
     event_retention_days: int
+    #: ``rewards.Rule`` objects from ``PARTNERSTACK_STRIPE_REWARDS``.
+    rewards: tuple[Any, ...] = ()
+    commission_hold_days: int = 30
 
     def api_key_for(self, livemode: bool) -> str | None:
         """The platform's secret key for the mode, if one is configured."""
@@ -78,6 +83,8 @@ class Settings:
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
         def get(name: str) -> Any:
             return config.get(PREFIX + name, DEFAULTS[name])
+
+        from .rewards import parse_rules  # rewards imports this module
 
         return cls(
             webhook_secrets=_secrets(get("WEBHOOK_SECRETS")),
@@ -103,6 +110,10 @@ class Settings:
             ),
             install_redirect=_redirect(get("INSTALL_REDIRECT")),
             event_retention_days=_positive_int("EVENT_RETENTION_DAYS", get("EVENT_RETENTION_DAYS")),
+            rewards=parse_rules(get("REWARDS")),
+            commission_hold_days=_non_negative_int(
+                "COMMISSION_HOLD_DAYS", get("COMMISSION_HOLD_DAYS")
+            ),
         )
 
 
@@ -124,6 +135,12 @@ def _secrets(value: Any) -> tuple[str, ...]:
 def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigurationError(f"{PREFIX}{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _non_negative_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"{PREFIX}{name} must be an integer of 0 or more, got {value!r}")
     return value
 
 

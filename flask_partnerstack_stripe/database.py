@@ -77,7 +77,7 @@ def insert_on_conflict(
     ``id = IF(where, LAST_INSERT_ID(id), id)``, reports the id of a row it updated
     as the insert id, which is 0 when nothing was inserted nor taken over. The
     assignments run left to right on the updated row, so the columns ``where`` reads
-    are assigned last.
+    are assigned last, in ``update``'s order.
     """
     dialect = session.get_bind().dialect.name
     if dialect not in MYSQL:
@@ -107,8 +107,9 @@ def insert_on_conflict(
         for element in visitors.iterate(condition)
         if isinstance(element, sa.Column) and element.table is table
     }
-    if len(read & set(new)) > 1:
-        raise ValueError("at most one column that the condition reads can be updated")
+    # When it updates more than one column the condition reads, the later ones see it
+    # re-read with the earlier ones' new values: each such value must then carry its own
+    # condition (a CASE), as the refund upsert's do.
     ordered = sorted(new.items(), key=lambda item: item[0] in read)
     assignments = [("id", sa.func.if_(condition, sa.func.last_insert_id(table.c.id), table.c.id))]
     assignments += [(name, sa.func.if_(condition, value, table.c[name])) for name, value in ordered]
@@ -225,6 +226,29 @@ class UnitOfWork:
             _current_statements.reset(current)
             session.info.pop(_OPEN_UNIT, None)
 
+    @contextmanager
+    def read(self, session: Session) -> Iterator[None]:
+        """A short read before the work (no write lock), ended before the block returns.
+
+        Inside a transaction already open on ``session`` (the host's, or ours) the read
+        joins it and leaves it open: it is not ours to end. Otherwise the transaction
+        the read began is committed at once (nothing was written; loaded objects stay
+        loaded), so no transaction stays open while the caller waits on something
+        else, say the Stripe API.
+        """
+        if session.info.get(_OPEN_UNIT) or session.in_transaction():
+            yield
+            return
+        shared = isinstance(session.get_bind().engine.pool, StaticPool)
+        with self._shared_connection if shared else _no_lock():
+            try:
+                yield
+            except BaseException:
+                session.rollback()
+                raise
+            if session.in_transaction():
+                _commit(session, session.connection())
+
     @staticmethod
     def defer(session: Session, notifications: list[Any]) -> bool:
         """Keep ``notifications`` for the open transaction's owner to send after its commit.
@@ -255,6 +279,11 @@ class UnitOfWork:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def _no_lock() -> Iterator[None]:
+    yield
 
 
 def _begin_immediate(connection: Connection, busy_timeout: float) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from flask import Flask, Response, current_app, has_request_context, request
 
-from . import accounts
+from . import accounts, commissions, payouts, signals
 from .config import DEFAULTS, PREFIX, Settings
 from .database import SUPPORTED, SUPPORTED_BACKENDS, UnitOfWork
 from .models import Models, complete_models, default_models
@@ -247,12 +248,50 @@ class PartnerStackStripe:
                 partner_key=partner_key,
                 name=name,
                 match_email=state.settings.match_email,
+                rewards=state.settings.rewards,
             )
         # Called from a host handler, this joined the event's transaction: its signals
         # go out with the event's, after that commit.
         if not state.unit_of_work.defer(session, notifications):
             send_notifications(notifications)
         return customer
+
+    def partner_summary(self, partner_key: str, *, since: datetime | None = None) -> dict[str, Any]:
+        """A partner's customers, standing payments and commissions (by status and
+        currency), and what its next payout would pay (``due``), for a partner page.
+
+        ``{"partner_key", "customers": n, "payments": {currency: {"count", "amount"}},
+        "commissions": {status: {currency: amount}}, "due": {currency: amount}}``;
+        amounts in minor units. ``since`` counts only what was created from then on.
+        """
+        state = get_state()
+        return commissions.partner_summary(
+            state.db.session(), state.models, partner_key, since=since
+        )
+
+    def approve_commissions(self, *, now: datetime | None = None) -> list[Any]:
+        """Approve the pending commissions older than ``PARTNERSTACK_STRIPE_COMMISSION_HOLD_DAYS``;
+        commits, sends ``commission_updated`` for each, returns them."""
+        state = get_state()
+        session = state.db.session()
+        with state.unit_of_work(session):
+            approved = commissions.approve(
+                session, state.models, hold_days=state.settings.commission_hold_days, now=now
+            )
+        send_notifications(
+            (signals.commission_updated, {"commission": c, "transaction": None, "event": None})
+            for c in approved
+        )
+        return approved
+
+    def export_payouts(self, *, currency: str | None = None) -> list[payouts.PayoutLine]:
+        """Pay what is due, one line per partner and currency (clawbacks netted), under
+        a new payout id; commits. Running it again pays nothing twice."""
+        state = get_state()
+        session = state.db.session()
+        with state.unit_of_work(session):
+            lines = payouts.export_payouts(session, state.models, currency=currency)
+        return lines
 
     def _bind_db(self, app: Flask, db: Any) -> Any:
         db = db if db is not None else self._db

@@ -50,13 +50,13 @@ def invoice_of_charge(context: EventContext, obj: dict[str, Any]) -> str | None:
 
 
 def look_up_invoice(
-    settings: Settings, event: dict[str, Any], stripe_account_id: str | None
+    settings: Settings, event: dict[str, Any], stripe_account_id: str | None, source: str
 ) -> dict[str, Any]:
-    """Ask Stripe which invoice the event's payment intent paid, when the rules may need it.
+    """Ask Stripe which invoice the event's payment intent paid, when the rules need it.
 
-    Only when invoice mode may apply (the default source is ``invoice``, or the event
-    comes from a connected account, which may have chosen it), an API key is set, and
-    the object does not name its invoice itself. Runs outside any database transaction.
+    Only in invoice mode (``source``, the transaction source of the event's account), when
+    an API key is set and the object does not name its invoice itself. Runs outside any
+    database transaction.
     """
     obj = event["data"]["object"]
     api_key = settings.api_key
@@ -65,7 +65,7 @@ def look_up_invoice(
         api_key is None
         or payment_intent is None
         or named_invoice(obj) is not None
-        or (settings.transaction_source != "invoice" and stripe_account_id is None)
+        or source != "invoice"
         or (obj.get("object") == "dispute" and obj.get("status") != "lost")
     ):
         return {}

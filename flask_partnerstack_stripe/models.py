@@ -155,8 +155,16 @@ class TransactionMixin:
     #: from these alone (see ``payments.settle_payment``), so the order of events never matters.
     #: The settled amount (captured, or the invoice's), None until a success shows it.
     gross_amount: Mapped[int | None] = mapped_column(sa.BigInteger)
-    #: The highest refunded total a charge object reported (a released remainder excluded).
+    #: The refunded total (a released remainder excluded) the newest charge object showed:
+    #: the one of the latest event (``charge_refunded_at``, the event's ``created``; the
+    #: higher total at the same second). Stripe lowers it when a refund fails, so it
+    #: already leaves out refunds that failed before it was taken.
     charge_refunded: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    charge_refunded_at: Mapped[int | None] = mapped_column(sa.BigInteger)
+    #: What the payer was charged (the charge's captured amount, the invoice's
+    #: ``amount_paid``), the unit refunds come in; None when the same as ``gross_amount``
+    #: is all that is known. In invoice mode refunds are scaled from it to the invoice amount.
+    charged_amount: Mapped[int | None] = mapped_column(sa.BigInteger)
     failed: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
     dispute_lost: Mapped[bool] = mapped_column(default=False, server_default=sa.false())
 
@@ -304,6 +312,9 @@ class RefundMixin:
     #: ``pending``, ``requires_action``, ``succeeded``, ``failed`` or ``canceled``.
     status: Mapped[str] = mapped_column(_string(32))
     status_rank: Mapped[int] = mapped_column(sa.SmallInteger)
+    #: When it had failed or been canceled: the ``created`` of the earliest event showing
+    #: it so (Unix seconds). A charge object taken after that already leaves it out.
+    undone_at: Mapped[int | None] = mapped_column(sa.BigInteger)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -311,6 +322,131 @@ class RefundMixin:
 
     def __repr__(self) -> str:
         return f"<Refund {self.refund_id} {self.amount} {self.status}>"
+
+
+class CommissionMixin:
+    """What a partner earns on one payment, kept right as the payment changes.
+    Table ``partnerstack_commission``.
+
+    One row per transaction (unique ``transaction_id``). ``amount`` is what the payment
+    earns now (0 once it is reversed); ``paid_amount`` is what payouts have paid on it so
+    far. A payout pays ``amount - paid_amount`` and sets ``paid_amount`` to ``amount``, so
+    a change after a payout (a refund lowers or reverses it, a failed refund restores it)
+    is the difference the partner's next payout carries: a clawback when negative.
+
+    Subclasses whose transaction or customer model has another class or table name set
+    ``transaction_model``/``transaction_table`` and ``customer_table``.
+    """
+
+    if TYPE_CHECKING:  # what declarative gives each model class
+        __table__: ClassVar[sa.Table]
+
+        def __init__(self, **kwargs: Any) -> None: ...
+
+    transaction_model: ClassVar[str] = "PartnerStackTransaction"
+    transaction_table: ClassVar[str] = "partnerstack_transaction"
+    customer_table: ClassVar[str] = "partnerstack_customer"
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return "partnerstack_commission"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        table = cls.__tablename__
+        return (
+            sa.UniqueConstraint("transaction_id", name=f"uq_{table}_transaction_id"),
+            sa.Index(f"ix_{table}_partner_status", "partner_key", "status"),
+            sa.Index(f"ix_{table}_customer_id", "customer_id"),
+            sa.CheckConstraint("amount >= 0", name=f"ck_{table}_amount"),
+            sa.CheckConstraint("paid_amount >= 0", name=f"ck_{table}_paid_amount"),
+        )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+
+    @declared_attr
+    def transaction_id(cls) -> Mapped[int]:
+        return mapped_column(sa.ForeignKey(f"{cls.transaction_table}.id", ondelete="CASCADE"))
+
+    @declared_attr
+    def transaction(cls) -> Mapped[Any]:
+        return relationship(cls.transaction_model)
+
+    @declared_attr
+    def customer_id(cls) -> Mapped[int | None]:
+        return mapped_column(sa.ForeignKey(f"{cls.customer_table}.id", ondelete="SET NULL"))
+
+    partner_key: Mapped[str] = mapped_column(sa.String(500))
+    product_key: Mapped[str | None] = mapped_column(sa.String(500))
+    #: What the payment earns now, minor units; 0 once reversed. Never negative.
+    amount: Mapped[int] = mapped_column(sa.BigInteger)
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    #: What payouts have paid on it so far (minor units).
+    paid_amount: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
+    #: ``pending``, ``approved``, ``paid`` or ``reversed`` (see :data:`COMMISSION_STATUSES`).
+    status: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(
+        sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
+    )
+    approved_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    paid_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    reversed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+    #: The payout that last paid it (or its clawback).
+    payout_id: Mapped[str | None] = mapped_column(sa.String(64))
+
+    @property
+    def due(self) -> int:
+        """What the next payout owes on it (negative: a clawback); 0 while pending."""
+        if self.approved_at is None and not self.paid_amount:
+            return 0
+        return self.amount - (self.paid_amount or 0)
+
+    def __repr__(self) -> str:
+        return f"<Commission {self.partner_key!r} {self.amount} {self.currency} {self.status}>"
+
+
+class PayoutMixin:
+    """One line of a payout: what one partner is paid in one currency.
+    Table ``partnerstack_payout``.
+
+    ``amount`` nets approved commissions and clawbacks, so it may be negative (the
+    partner owes it back; carry it into the next payout yourself or collect it).
+    """
+
+    if TYPE_CHECKING:  # what declarative gives each model class
+        __table__: ClassVar[sa.Table]
+
+        def __init__(self, **kwargs: Any) -> None: ...
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return "partnerstack_payout"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        table = cls.__tablename__
+        return (
+            sa.UniqueConstraint("payout_id", "partner_key", "currency", name=f"uq_{table}_line"),
+            sa.Index(f"ix_{table}_partner_key", "partner_key"),
+        )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    payout_id: Mapped[str] = mapped_column(sa.String(64))
+    partner_key: Mapped[str] = mapped_column(sa.String(500))
+    currency: Mapped[str] = mapped_column(sa.String(3))
+    amount: Mapped[int] = mapped_column(sa.BigInteger)
+    #: How many commissions the line pays (or claws back).
+    commissions: Mapped[int] = mapped_column(sa.Integer)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"<Payout {self.payout_id} {self.partner_key!r} {self.amount} {self.currency}>"
+
+
+#: ``Commission.status`` values.
+PENDING, APPROVED, PAID, REVERSED = "pending", "approved", "paid", "reversed"
+COMMISSION_STATUSES = (PENDING, APPROVED, PAID, REVERSED)
 
 
 #: How far along a refund status is; a status never goes back to a lower rank. A refund
@@ -336,6 +472,8 @@ class Models(NamedTuple):
     # extension works with has all of them.
     InstallState: type[InstallStateMixin] = None  # type: ignore[assignment]
     Refund: type[RefundMixin] = None  # type: ignore[assignment]
+    Commission: type[CommissionMixin] = None  # type: ignore[assignment]
+    Payout: type[PayoutMixin] = None  # type: ignore[assignment]
 
 
 #: The mixin each default model is built from, by its field in :class:`Models`.
@@ -346,6 +484,8 @@ MIXINS: dict[str, type] = {
     "WebhookEvent": WebhookEventMixin,
     "InstallState": InstallStateMixin,
     "Refund": RefundMixin,
+    "Commission": CommissionMixin,
+    "Payout": PayoutMixin,
 }
 
 # One set of default models per ``SQLAlchemy`` object: declaring a table twice on
@@ -353,20 +493,33 @@ MIXINS: dict[str, type] = {
 _default_classes: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 
-def default_model(db: Any, name: str) -> Any:
+def default_model(db: Any, name: str, related: dict[str, str] | None = None) -> Any:
     """The default model ``name`` (a field of :class:`Models`) on ``db.Model``, built once.
 
     Its class is ``PartnerStack<name>``: ``TransactionMixin.customer_model`` names
-    ``PartnerStackCustomer``.
+    ``PartnerStackCustomer``. ``related`` sets the class attributes that name the
+    models it refers to (``CommissionMixin.transaction_model``, say) when the host's
+    own classes replace the default ones.
     """
     classes = _default_classes.setdefault(db, {})
     if name not in classes:
         classes[name] = types.new_class(
             f"PartnerStack{name}",
             (MIXINS[name], db.Model),
-            exec_body=lambda namespace: namespace.update(__module__=__name__),
+            exec_body=lambda namespace: namespace.update(__module__=__name__, **(related or {})),
         )
     return classes[name]
+
+
+def _related(name: str, models: Models) -> dict[str, str] | None:
+    """What a later default model must know of the host's own classes it refers to."""
+    if name != "Commission":
+        return None
+    return {
+        "transaction_model": models.Transaction.__name__,
+        "transaction_table": models.Transaction.__tablename__,
+        "customer_table": models.Customer.__tablename__,
+    }
 
 
 def default_models(db: Any) -> Models:
@@ -377,6 +530,8 @@ def default_models(db: Any) -> Models:
 def complete_models(models: Models, db: Any) -> Models:
     """``models`` with the default class, on ``db``, for each later model the host left out."""
     missing = {
-        name: default_model(db, name) for name in Models._fields if getattr(models, name) is None
+        name: default_model(db, name, _related(name, models))
+        for name in Models._fields
+        if getattr(models, name) is None
     }
     return models._replace(**missing) if missing else models  # the same object when complete

@@ -1,8 +1,9 @@
 """The payment ledger: each transaction follows from everything Stripe said about its payment.
 
-A payment's events each add facts (its settled amount, the refunded total its charge
-reported, its refunds by id, a failure, a lost dispute); facts only accumulate (a
-maximum, an OR, a refund status that only moves forward), and the transaction's
+A payment's events each add facts (its settled amount, the refunded total its newest
+charge object reported, its refunds by id, a failure, a lost dispute); facts only
+accumulate (a maximum, the newest by the event's ``created``, an OR, a refund status
+that only moves forward, the earliest time a refund was seen undone), and the transaction's
 ``amount``, ``deleted_at`` and ``deleted_reason`` are computed from all of them. So the
 final ledger depends on the set of events, never on their order.
 
@@ -55,12 +56,18 @@ class Facts:
 
     ``gross``: the settled amount (captured, or the invoice's), when the event shows the
     payment settled. ``nominal``: the amount to show while it is not (a failed charge's).
-    ``refunded``: the refunded total the charge reports, its released remainder excluded.
+    ``refunded``: the refunded total the charge reports, its released remainder excluded,
+    as of ``charge_at`` (the event's ``created``; None when the event shows no charge).
+    ``charged``: what the payer was charged, the unit refunds come in (None: ``gross``).
+    ``seen_at``: the event's ``created``, when a refund it shows failed or was canceled.
     """
 
     gross: int | None = None
     nominal: int = 0
     refunded: int = 0
+    charge_at: int | None = None
+    charged: int | None = None
+    seen_at: int | None = None
     failed: bool = False
     dispute_lost: bool = False
     refunds: tuple[RefundFact, ...] = ()
@@ -89,19 +96,28 @@ def derive(
     refunds_standing: int,
     refunds_undone: int,
     prorate: bool,
+    charged: int | None = None,
 ) -> Standing:
     """The transaction's amount and state from a payment's facts.
 
-    The refunded total is the higher of what the charge reported (less the refunds known
-    to have failed or been canceled since) and the sum of the refunds known to stand: each
-    refund counts once, whichever events told of it. A lost dispute, then a failure, then
-    a refund is the reason it does not stand; until a settled amount is known it does not
-    stand either (``shown`` is then what to show).
+    The refunded total is the higher of what the newest charge object reported (less the
+    refunds that failed or were canceled after it was taken: ``refunds_undone``; one
+    undone before is already left out by Stripe) and the sum of the refunds known to
+    stand: each refund counts once, whichever events told of it.
+
+    Refunds come in the units of what the payer was ``charged``; when the transaction's
+    amount is another (an invoice's subtotal, tax and discounts aside) a refund of all of
+    it takes all of ``gross``, and a partial one its share (``refunded / charged * gross``,
+    rounded half to even). A lost dispute, then a failure, then a refund is the reason it
+    does not stand; until a settled amount is known it does not stand either (``shown``
+    is then what to show).
     """
     refunded = max(charge_refunded - refunds_undone, refunds_standing, 0)
     if gross is None:
         amount, refunded_away = shown, refunded > 0
     elif prorate:
+        if charged and charged != gross:
+            refunded = gross if refunded >= charged else _share(refunded, gross, charged)
         amount, refunded_away = max(gross - refunded, 0), refunded >= gross
     else:
         amount, refunded_away = gross, refunded > 0
@@ -114,11 +130,19 @@ def derive(
     return Standing(amount, gross is not None and reason is None, reason)
 
 
+def _share(part: int, whole: int, of: int) -> int:
+    """``part / of * whole`` in integers, rounded half to even."""
+    quotient, remainder = divmod(part * whole, of)
+    if 2 * remainder > of or (2 * remainder == of and quotient % 2):
+        quotient += 1
+    return quotient
+
+
 _INSERT_FIELDS = (
     "key", "customer_id", "amount", "currency", "product_key", "stripe_account_id",
     "account_scope", "livemode", "stripe_customer_id", "customer_key", "customer_email",
     "created_at", "updated_at", "deleted_at", "deleted_reason", "gross_amount",
-    "charge_refunded", "failed", "dispute_lost",
+    "charge_refunded", "charge_refunded_at", "charged_amount", "failed", "dispute_lost",
 )  # fmt: skip
 
 
@@ -144,13 +168,15 @@ def settle_payment(
         failed=facts.failed,
         dispute_lost=facts.dispute_lost,
         refunds_standing=sum(r.amount for r in facts.refunds if not r.undone),
-        refunds_undone=sum(r.amount for r in facts.refunds if r.undone),
+        # A charge object leaves out the refunds it shows undone itself.
+        refunds_undone=0 if facts.charge_at is not None else _undone(facts.refunds),
         prorate=prorate,
+        charged=facts.charged,
     )
     row = _insert(session, models, payment, customer_id, facts, new, now)
     if row is not None:
         for refund in facts.refunds:
-            _record_refund(session, models, payment, refund, now)
+            _record_refund(session, models, payment, refund, facts.seen_at, now)
         return (RECORDED if new.stands else None), row
     return _update(session, models, payment, customer_id, facts, now, prorate=prorate)
 
@@ -199,6 +225,8 @@ def _insert(
             "deleted_reason": new.reason,
             "gross_amount": facts.gross,
             "charge_refunded": facts.refunded,
+            "charge_refunded_at": facts.charge_at,
+            "charged_amount": facts.charged,
             "failed": facts.failed,
             "dispute_lost": facts.dispute_lost,
         },
@@ -224,14 +252,20 @@ def _update(
         .execution_options(populate_existing=True)
     ).one()
     for refund in facts.refunds:
-        _record_refund(session, models, payment, refund, now)
+        _record_refund(session, models, payment, refund, facts.seen_at, now)
     before = (row.deleted_at is None, row.amount, row.customer_id, row.product_key)
 
     if row.gross_amount is None and row.deleted_at is None:
         row.gross_amount = row.amount  # stood before gross_amount existed: settled at its amount
     if row.gross_amount is None and facts.gross is not None:
         row.gross_amount = facts.gross
-    row.charge_refunded = max(row.charge_refunded or 0, facts.refunded)
+    if facts.charge_at is not None and (facts.charge_at, facts.refunded) > (
+        -1 if row.charge_refunded_at is None else row.charge_refunded_at,
+        row.charge_refunded or 0,
+    ):
+        row.charge_refunded, row.charge_refunded_at = facts.refunded, facts.charge_at
+    if facts.charged is not None:
+        row.charged_amount = max(row.charged_amount or 0, facts.charged)
     row.failed = bool(row.failed) or facts.failed
     row.dispute_lost = bool(row.dispute_lost) or facts.dispute_lost
     if row.customer_id is None:
@@ -254,6 +288,7 @@ def _update(
         refunds_standing=standing,
         refunds_undone=undone,
         prorate=prorate,
+        charged=row.charged_amount,
     )
     row.amount = new.amount
     row.deleted_reason = new.reason
@@ -274,30 +309,52 @@ def _update(
     return None, row
 
 
+def _undone(refunds: tuple[RefundFact, ...]) -> int:
+    return sum(r.amount for r in refunds if r.undone)
+
+
 _REFUND_FIELDS = (
     "refund_id", "payment_key", "account_scope", "amount", "status", "status_rank",
-    "created_at", "updated_at",
+    "undone_at", "created_at", "updated_at",
 )  # fmt: skip
 
 
 def _record_refund(
-    session: Session, models: Models, payment: Payment, refund: RefundFact, now: datetime
+    session: Session,
+    models: Models,
+    payment: Payment,
+    refund: RefundFact,
+    seen_at: int | None,
+    now: datetime,
 ) -> None:
-    """Upsert one refund by its id; its status only moves forward (``REFUND_RANKS``)."""
+    """Upsert one refund by its id; its status only moves forward (``REFUND_RANKS``), the
+    time it was seen undone only back (the earliest event showing it failed or canceled)."""
     table = models.Refund.__table__
 
     def build() -> Any:
+        def forward(new: Any) -> Any:
+            return table.c.status_rank < new.status_rank
+
+        def earlier(new: Any) -> Any:
+            return sa.and_(
+                new.undone_at.is_not(None),
+                sa.or_(table.c.undone_at.is_(None), new.undone_at < table.c.undone_at),
+            )
+
+        # Each value carries its own condition (it holds whatever the WHERE reads), so
+        # on MySQL, where the condition is re-read after each assignment, they still agree.
         return insert_on_conflict(
             session,
             table,
             {name: sa.bindparam(name) for name in _REFUND_FIELDS},
             keys=[table.c.account_scope, table.c.refund_id],
-            update=lambda excluded: {
-                "status": excluded.status,
-                "status_rank": excluded.status_rank,
-                "updated_at": excluded.updated_at,
+            update=lambda new: {
+                "status": sa.case((forward(new), new.status), else_=table.c.status),
+                "updated_at": new.updated_at,
+                "undone_at": sa.case((earlier(new), new.undone_at), else_=table.c.undone_at),
+                "status_rank": sa.case((forward(new), new.status_rank), else_=table.c.status_rank),
             },
-            where=lambda excluded: table.c.status_rank < excluded.status_rank,
+            where=lambda new: sa.or_(forward(new), earlier(new)),
         )
 
     statement = prepared((table, "refund", _dialect(session)), build)
@@ -310,6 +367,7 @@ def _record_refund(
             "amount": refund.amount,
             "status": refund.status,
             "status_rank": REFUND_RANKS.get(refund.status, 1),
+            "undone_at": seen_at if refund.undone else None,
             "created_at": now,
             "updated_at": now,
         },
@@ -317,20 +375,23 @@ def _record_refund(
 
 
 def _refund_totals(session: Session, models: Models, row: Any) -> tuple[int, int]:
-    """The amounts of the payment's known refunds that stand, and that were undone.
+    """The amounts of the payment's known refunds that stand, and that were undone after
+    the charge object ``row.charge_refunded`` comes from was taken (or at an unknown time).
 
     Summed here, not in SQL: each amount is at most 2**63-1, their sum may not be, and
     SQLite's ``sum()`` raises on an overflow. A payment has a handful of refunds.
     """
     Refund = models.Refund
     standing = undone = 0
-    for refund_amount, status in session.execute(
-        sa.select(Refund.amount, Refund.status).where(
+    taken = row.charge_refunded_at
+    for refund_amount, status, undone_at in session.execute(
+        sa.select(Refund.amount, Refund.status, Refund.undone_at).where(
             Refund.account_scope == row.account_scope, Refund.payment_key == row.key
         )
     ):
         if status in REFUND_UNDONE:
-            undone += refund_amount
+            if taken is None or undone_at is None or undone_at > taken:
+                undone += refund_amount
         else:
             standing += refund_amount
     return standing, undone

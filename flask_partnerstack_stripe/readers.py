@@ -94,8 +94,12 @@ def refund_fact(refund: dict[str, Any], status: str | None = None) -> RefundFact
     return RefundFact(refund_id, refunded, status or "succeeded")
 
 
-def charge_facts(obj: dict[str, Any], paid: int, event_type: str) -> Facts:
+def charge_facts(
+    obj: dict[str, Any], paid: int, event_type: str, seen_at: int | None = None
+) -> Facts:
     """What a charge object says: settled amount (``amount_captured``), refunds, failure.
+
+    ``seen_at``: the event's ``created``, the time the charge object shows.
 
     A partial capture releases the rest of the authorization, which Stripe counts in
     ``amount_refunded``: that remainder (``amount - amount_captured``) is not a refund.
@@ -115,6 +119,8 @@ def charge_facts(obj: dict[str, Any], paid: int, event_type: str) -> Facts:
         gross=gross,
         nominal=paid,
         refunded=refunded,
+        charge_at=seen_at,
+        seen_at=seen_at,
         failed=obj.get("status") == "failed" or event_type == "charge.failed",
         refunds=refunds_listed(obj),
     )

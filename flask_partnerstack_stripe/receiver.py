@@ -92,8 +92,9 @@ class EventContext:
 
 
 BuiltinHandler = Callable[[EventContext], None]
-#: ``lookup(settings, event, stripe_account_id)``: Stripe API calls a rule will need.
-Lookup = Callable[[Settings, dict[str, Any], "str | None"], dict[str, Any]]
+#: ``lookup(settings, event, stripe_account_id, source)``: Stripe API calls a rule will
+#: need; ``source`` is the transaction source of the event's account.
+Lookup = Callable[[Settings, dict[str, Any], "str | None", str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,11 @@ class SettledIds:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def clear(self) -> None:
+        """Forget every id, as another process that settled none of them would."""
+        with self._lock:
+            self._ids.clear()
 
     def add(self, event_id: str) -> None:
         with self._lock:
@@ -188,9 +194,15 @@ class Receiver:
             return Outcome(Status.DUPLICATE)
         stripe_account_id = stripe_account_id or event.get("account")
         try:
-            # 1. The Stripe API calls the rules need, before any lock is held.
-            lookups = self._look_up(event, stripe_account_id)
-            # 2-4. Store (claim the event id), apply, commit: one transaction.
+            # 1. One short read: is the look-up needed at all (no Stripe call for a
+            #    duplicate or an uninstalled account), and which transaction source.
+            source = self._before_look_up(session, event, stripe_account_id, payload, replay)
+            if source == Status.DUPLICATE:
+                self.settled.add(event["id"])
+                return Outcome(Status.DUPLICATE)
+            # 2. The Stripe API calls the rules need, before any lock is held.
+            lookups = self._look_up(event, stripe_account_id, source)
+            # 3-5. Store (claim the event id), apply, commit: one transaction.
             with self.unit_of_work(session):
                 if payload is None:
                     outcome = self._apply(session, event, stripe_account_id, False, lookups)
@@ -204,20 +216,73 @@ class Receiver:
             if payload is None:
                 raise
             recorded = self._record_failure(session, event, payload, stripe_account_id, error)
-            # 5. Signal the failure.
+            # 6. Signal the failure.
             self.send([(signals.event_failed, {"event": event, "error": error})])
             return Outcome(Status.FAILED, f"{type(error).__name__}: {error}", [], error, recorded)
-        # 5. Signal, after the commit: the rules' signals, then those of nested calls.
+        # 6. Signal, after the commit: the rules' signals, then those of nested calls.
         outcome.notifications += self.unit_of_work.take_deferred(session)
         if payload is not None:
             self.settled.add(event["id"])
         self.send(outcome.notifications)
         return outcome
 
-    def _look_up(self, event: dict[str, Any], stripe_account_id: str | None) -> dict[str, Any]:
-        """The pre-transaction step: every Stripe API call the rules need, before any lock."""
+    def _before_look_up(
+        self,
+        session: Session,
+        event: dict[str, Any],
+        stripe_account_id: str | None,
+        payload: str | None,
+        replay: bool,
+    ) -> str | None:
+        """One short read before any Stripe API call: whether the look-up is needed at all.
+
+        Only for an event type with a look-up. Answers :attr:`Status.DUPLICATE` for a stored
+        event already processed (or ignored, unless replayed): final outcomes, so no
+        Stripe call, whose failure would turn a duplicate into a 500. ``None`` (no
+        look-up) for an event of an uninstalled account, which the transaction then
+        ignores as always. Otherwise the transaction source the event's account uses
+        (only invoice mode maps a charge to its invoice).
+
+        Read outside the event's transaction and ended before the Stripe call; the
+        atomic claim in the transaction still judges: this read only spares calls.
+        """
+        if event["type"] not in self.handlers.lookups:
+            return None
+        WebhookEvent, StripeAccount = self.models.WebhookEvent, self.models.StripeAccount
+        with self.unit_of_work.read(session):
+            if payload is not None:  # a stored event (backfill's are not)
+                status = session.scalar(
+                    sa.select(WebhookEvent.status).where(
+                        WebhookEvent.stripe_event_id == event["id"]
+                    )
+                )
+                if status == Status.PROCESSED or (status == Status.IGNORED and not replay):
+                    return Status.DUPLICATE
+            if stripe_account_id is None:
+                return self.settings.transaction_source
+            account = session.execute(
+                sa.select(StripeAccount.uninstalled_at, StripeAccount.transaction_source).where(
+                    StripeAccount.stripe_account_id == stripe_account_id,
+                    StripeAccount.livemode == bool(event["livemode"]),
+                )
+            ).first()
+        if account is None:
+            return self.settings.transaction_source
+        if account.uninstalled_at is not None:
+            return None
+        return str(account.transaction_source or self.settings.transaction_source)
+
+    def _look_up(
+        self, event: dict[str, Any], stripe_account_id: str | None, source: str | None
+    ) -> dict[str, Any]:
+        """The pre-transaction step: every Stripe API call the rules need, before any lock.
+
+        ``source``: the transaction source of the event's account, None for no look-up.
+        """
         lookup = self.handlers.lookups.get(event["type"])
-        return lookup(self.settings, event, stripe_account_id) if lookup is not None else {}
+        if lookup is None or source is None:
+            return {}
+        return lookup(self.settings, event, stripe_account_id, source)
 
     def _apply(
         self,

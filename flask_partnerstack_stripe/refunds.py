@@ -16,7 +16,7 @@ from .invoices import invoice_of_charge, named_invoice, payment_intent_of
 from .payments import Facts, Payment
 from .readers import refund_fact
 from .receiver import EventContext, Ignored
-from .tracking import _unmatched, settle, transaction_source
+from .tracking import _unmatched, event_created, settle, transaction_source
 from .values import STATUS_LENGTH, amount, currency, object_id, text
 
 
@@ -53,7 +53,7 @@ def refund_changed(context: EventContext) -> None:
     key = _payment_key(context, obj, charge_id)
     if key is None:
         _unmatched(context, charge_id)
-    facts = Facts(nominal=fact.amount, refunds=(fact,))
+    facts = Facts(nominal=fact.amount, refunds=(fact,), seen_at=event_created(context))
     return settle(context, _payment(context, key, obj), facts)
 
 

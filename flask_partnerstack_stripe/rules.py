@@ -7,8 +7,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .checkout import check_session, checkout_completed
+from .config import Settings
 from .invoices import look_up_invoice
-from .readers import check_charge, check_customer, check_invoice
+from .readers import charge_facts, check_charge, check_customer, check_invoice
 from .receiver import BuiltinHandler, Lookup
 from .refunds import check_dispute, check_refund, dispute_changed, refund_changed
 from .tracking import (
@@ -19,6 +20,7 @@ from .tracking import (
     invoice_failed,
     invoice_paid,
 )
+from .values import amount
 
 BUILTIN_HANDLERS: dict[str, BuiltinHandler] = {
     "customer.created": customer_upserted,
@@ -43,20 +45,41 @@ BUILTIN_HANDLERS: dict[str, BuiltinHandler] = {
     "account.application.deauthorized": account_deauthorized,
 }
 
+
+def look_up_charge_invoice(
+    settings: Settings, event: dict[str, Any], stripe_account_id: str | None, source: str
+) -> dict[str, Any]:
+    """A charge event's invoice, only when the charge shows a refund: in invoice mode the
+    rest of a charge's news (its success, its failure) changes nothing."""
+    obj = event["data"]["object"]
+    paid = amount(obj.get("amount")) if isinstance(obj, dict) else None
+    if paid is None:
+        return {}
+    facts = charge_facts(obj, paid, event["type"])
+    if facts.refunded == 0 and not facts.refunds:
+        return {}
+    return look_up_invoice(settings, event, stripe_account_id, source)
+
+
 #: Stripe API look-ups a rule may need, made before the event's database transaction
 #: begins (never while it holds locks); their answers reach the rule in ``context.lookups``.
 LOOKUPS: dict[str, Lookup] = {
-    event_type: look_up_invoice
-    for event_type in (
-        "charge.refunded",
-        "refund.created",
-        "refund.updated",
-        "refund.failed",
-        "charge.refund.updated",
-        "charge.dispute.created",
-        "charge.dispute.updated",
-        "charge.dispute.closed",
-    )
+    **dict.fromkeys(
+        ("charge.succeeded", "charge.captured", "charge.updated", "charge.refunded"),
+        look_up_charge_invoice,
+    ),
+    **dict.fromkeys(
+        (
+            "refund.created",
+            "refund.updated",
+            "refund.failed",
+            "charge.refund.updated",
+            "charge.dispute.created",
+            "charge.dispute.updated",
+            "charge.dispute.closed",
+        ),
+        look_up_invoice,
+    ),
 }
 
 

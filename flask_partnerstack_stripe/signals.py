@@ -49,3 +49,17 @@ account_installed = _signals.signal("account-installed")
 
 #: A Stripe account was disconnected. Keyword arguments: ``account``, ``event`` (or None).
 account_uninstalled = _signals.signal("account-uninstalled")
+
+#: A payment earned a commission (it stands, its customer has a partner and a reward rule
+#: applies). Keyword arguments: ``commission``, ``transaction``, ``event`` (or None).
+commission_created = _signals.signal("commission-created")
+
+#: A commission changed: its payment's amount changed (a prorated refund lowered it, a
+#: failed refund restored it) or it was approved. Keyword arguments:
+#: ``commission``, ``transaction`` (None for approval and payout), ``event`` (or None).
+commission_updated = _signals.signal("commission-updated")
+
+#: The payment a commission rewards was deleted (refund, failure, lost dispute): its
+#: ``amount`` is 0; if it had been paid, the next payout claws it back. Keyword
+#: arguments: ``commission``, ``transaction``, ``event``.
+commission_reversed = _signals.signal("commission-reversed")

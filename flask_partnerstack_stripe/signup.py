@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
-from . import customers, locks, signals
+from . import commissions, customers, locks, signals
 from .customers import Party
+from .rewards import Rule
 from .values import EMAIL_LENGTH, METADATA_LENGTH, NAME_LENGTH, STRIPE_ID, argument
 
 Notifications = list[tuple[NamedSignal, dict[str, Any]]]
@@ -22,6 +24,7 @@ def record_signup(
     partner_key: str | None,
     name: str | None,
     match_email: bool,
+    rewards: Sequence[Rule] = (),
 ) -> tuple[Any, Notifications]:
     """Create the customer, or fill in a known one; the customer and the signals to send.
 
@@ -47,6 +50,8 @@ def record_signup(
         notifications.append(
             (signals.transaction_updated, {"transaction": transaction, "event": None})
         )
+    # Commissions for its payments: the orphans just attached, or all if it got its partner.
+    notifications += commissions.follow_customer(session, models, rewards, customer)
     return customer, notifications
 
 

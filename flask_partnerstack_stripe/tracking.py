@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
-from . import customers, locks, payments, signals
+from . import commissions, customers, locks, payments, signals
 from .accounts import uninstall
 from .customers import Party
 from .invoices import invoice_of_charge
@@ -121,6 +121,8 @@ def _attach_orphans(context: EventContext, customer: Any) -> None:
         context.session, context.models, customer, match_email=context.settings.match_email
     ):
         context.notify(signals.transaction_updated, transaction=transaction)
+    # Its payments' commissions: the orphans just attached, or all if it just got a partner.
+    commissions.follow_customer_in(context, customer)
 
 
 def customer_deleted(context: EventContext) -> None:
@@ -160,7 +162,7 @@ def charge_changed(context: EventContext) -> None:
     if key is None or paid is None:
         raise Ignored("The charge has no id or no valid amount.")
     party = party_of(context, obj, obj.get("customer"))
-    facts = charge_facts(obj, paid, context.event["type"])
+    facts = charge_facts(obj, paid, context.event["type"], event_created(context))
 
     if transaction_source(context) == "invoice":
         # Invoice mode: the invoice records; its charges only bring refunds. A failed
@@ -175,7 +177,14 @@ def charge_changed(context: EventContext) -> None:
         invoice_id = invoice_of_charge(context, obj)
         if invoice_id is None:
             _unmatched(context, key)
-        refund_only = Facts(nominal=paid, refunded=facts.refunded, refunds=facts.refunds)
+        refund_only = Facts(
+            nominal=paid,
+            refunded=facts.refunded,
+            refunds=facts.refunds,
+            charge_at=facts.charge_at,
+            charged=facts.gross if facts.gross is not None else paid,
+            seen_at=facts.seen_at,
+        )
         payment = Payment(key=invoice_id, party=party, currency=currency(obj.get("currency")))
         return settle(context, payment, refund_only)
 
@@ -184,6 +193,12 @@ def charge_changed(context: EventContext) -> None:
     if facts.gross is None and not (facts.failed or facts.refunded or facts.refunds):
         raise Ignored("The charge has not succeeded and been captured yet.")
     return settle(context, _payment(key, party, obj), facts, creates=obj)
+
+
+def event_created(context: EventContext) -> int | None:
+    """The event's ``created`` (Unix seconds): when what its object shows was so."""
+    created = context.event.get("created")
+    return created if isinstance(created, int) and not isinstance(created, bool) else None
 
 
 def _unmatched(context: EventContext, charge_id: str) -> NoReturn:
@@ -207,7 +222,9 @@ def invoice_paid(context: EventContext) -> None:
         raise Ignored(ZERO_AMOUNT)
     obj = {**obj, "metadata": invoice_metadata(obj)}
     party = party_of(context, obj, obj.get("customer"))
-    facts = Facts(gross=paid, nominal=paid)
+    # Refunds come in what the payer was charged (tax and discounts included).
+    charged = invoice_amount(obj, "amount_paid") or invoice_amount(obj, "total")
+    facts = Facts(gross=paid, nominal=paid, charged=charged)
     return settle(context, _payment(key, party, obj), facts, creates=obj)
 
 
@@ -258,6 +275,8 @@ def settle(
         context.notify(signals.transaction_updated, transaction=row)
     elif change == payments.DELETED:
         context.notify(signals.transaction_deleted, transaction=row)
+    if change is not None:
+        commissions.follow(context, row)  # the commission follows its payment
 
 
 def _find_payer(context: EventContext, party: Party) -> Any:

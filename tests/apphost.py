@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -26,6 +27,10 @@ def create_app(database_url: str | None = None, **config: Any) -> Flask:
         PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[SECRET],
         SECRET_KEY="test-secret-key",
     )
+    if os.environ.get("PARTNERSTACK_TEST_REWARDS"):  # the server tests' reward rules, as JSON
+        app.config["PARTNERSTACK_STRIPE_REWARDS"] = json.loads(
+            os.environ["PARTNERSTACK_TEST_REWARDS"]
+        )
     app.config.update(config)
     db = SQLAlchemy()
     db.init_app(app)
@@ -40,8 +45,9 @@ def create_app(database_url: str | None = None, **config: Any) -> Flask:
 def log_signals(app: Flask, path: str) -> None:
     """For the server tests: append one line per data signal this app sends to ``path``.
 
-    ``transaction-recorded ch_1 12`` (the transaction's key and customer id), or
-    ``customer-created user-1``. One ``write`` to a file opened for appending, so
+    ``transaction-recorded ch_1 12`` (the transaction's key and customer id),
+    ``customer-created user-1``, or ``commission-created ch_1 200`` (the payment's key
+    and the commission's amount). One ``write`` to a file opened for appending, so
     lines from several workers and threads never mix.
     """
 
@@ -72,6 +78,19 @@ def log_signals(app: Flask, path: str) -> None:
         on_transaction(transaction_signal)
     for customer_signal in (signals.customer_created, signals.customer_updated):
         on_customer(customer_signal)
+
+    def on_commission(signal: NamedSignal) -> None:
+        def receive(sender: Flask, commission: Any, transaction: Any, **extra: Any) -> None:
+            append(f"{signal.name} {transaction.key} {commission.amount}")
+
+        signal.connect(receive, sender=app, weak=False)
+
+    for commission_signal in (
+        signals.commission_created,
+        signals.commission_updated,
+        signals.commission_reversed,
+    ):
+        on_commission(commission_signal)
 
 
 def add_hanging_handler(partnerstack: PartnerStackStripe, hang_file: str) -> None:

@@ -24,6 +24,7 @@ from .test_tracking import deliver, signup_customer
 INVOICE_MODE = {"PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}
 PRORATE = {"PARTNERSTACK_STRIPE_REFUND_POLICY": "prorate"}
 API_KEY = {"PARTNERSTACK_STRIPE_API_KEY": "sk_test_platform"}
+PRE_BASIL = testing.PRE_BASIL_API_VERSION
 ERAS = [testing.PRE_BASIL_API_VERSION, testing.API_VERSION]
 
 
@@ -132,6 +133,51 @@ def test_invoice_amount_setting(client, rows, models, expected):
 def test_invoice_amount_setting_is_checked_at_init_app(database_url):
     with pytest.raises(ConfigurationError, match="PARTNERSTACK_STRIPE_INVOICE_AMOUNT"):
         create_app(database_url, PARTNERSTACK_STRIPE_INVOICE_AMOUNT="total")
+
+
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **PRORATE}])
+def test_invoice_prorate_full_refund_of_a_discounted_invoice_deletes(client, rows, models):
+    """A manager sees no commission left on a 50%-off invoice the customer got all of
+    their money back for. Invoice mode, ``prorate``, INVOICE_AMOUNT=subtotal: subtotal
+    1000, paid 500; its charge refunded in full deletes the transaction (DESIGN 4: "a full
+    refund deletes"), though the refund (500, in the charge's units) is less than the
+    counted subtotal."""
+    signup_customer(client)
+    inv, ch = "in_half_off", "ch_half_off"
+    paid = testing.invoice(
+        inv, customer="cus_A", subtotal=1000, total_excluding_tax=500, charge=ch,
+        api_version=PRE_BASIL,
+    )  # fmt: skip
+    deliver(client, "invoice.paid", paid, api_version=PRE_BASIL)
+    refund = testing.charge(
+        ch, customer="cus_A", amount=500, amount_refunded=500, invoice=inv, api_version=PRE_BASIL
+    )
+    deliver(client, "charge.refunded", refund, api_version=PRE_BASIL)
+    _amount, stands, reason = ledger(rows, models)[inv]
+    assert (stands, reason) == (False, "refund")
+
+
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **PRORATE}])
+def test_invoice_prorate_half_refund_with_tax_halves_the_commission(client, rows, models):
+    """A manager sees half the commission on an invoice half refunded, tax or not. Invoice
+    mode, ``prorate``: subtotal 1000 + tax 100, charge 1100, 550 refunded: the refund is
+    half of what was charged, so half of the counted subtotal (500) stands, not 1000 - 550."""
+    signup_customer(client)
+    inv, ch = "in_taxed", "ch_taxed"
+    paid = testing.invoice(inv, customer="cus_A", subtotal=1000, tax=100, charge=ch,
+                           api_version=PRE_BASIL)  # fmt: skip
+    deliver(client, "invoice.payment_succeeded", paid, api_version=PRE_BASIL)
+    refund = testing.charge(
+        ch, customer="cus_A", amount=1100, amount_refunded=550, invoice=inv, api_version=PRE_BASIL
+    )
+    deliver(client, "charge.refunded", refund, api_version=PRE_BASIL)
+    assert ledger(rows, models)[inv] == (500, True, None)
+    # Another 333 of the 1100: 883 of 1100 refunded is 802.7... of 1000, rounded to 803.
+    more = testing.charge(
+        ch, customer="cus_A", amount=1100, amount_refunded=883, invoice=inv, api_version=PRE_BASIL
+    )
+    deliver(client, "charge.refunded", more, api_version=PRE_BASIL)
+    assert ledger(rows, models)[inv] == (197, True, None)
 
 
 # --- zero amounts ------------------------------------------------------------------------
@@ -327,6 +373,44 @@ def test_invoice_mode_refund_object_finds_its_invoice(client, rows, models):
     assert len(api.requests) == 2
 
 
+@pytest.mark.parametrize(
+    ("app_config", "expected"),
+    [({}, (1000, False, "refund")), (PRORATE, (500, True, None))],
+    ids=["delete", "prorate"],
+)
+def test_a_failed_refund_does_not_hide_a_later_refund(client, rows, models, expected):
+    """A manager sees a refunded payment lose its commission even when an earlier refund
+    of it failed. Refund re_1 (500) fails, then re_2 (500) succeeds, on an endpoint that
+    sends the charge events and ``charge.refund.updated`` (no ``refund.created``), in
+    Stripe's order. Both ``charge.refunded`` show amount_refunded=500: the second counts
+    re_2 (Stripe gave re_1's 500 back when it failed). DESIGN 4a: a refund that fails
+    restores what *it* took, nothing more. (Every order: test_ordering.)"""
+    signup_customer(client)
+    ch = "ch_refund_twice"
+    deliver(client, "charge.succeeded", testing.charge(ch, customer="cus_A", amount=1000))
+    refunded_500 = testing.charge(ch, customer="cus_A", amount=1000, amount_refunded=500)
+    deliver(client, "charge.refunded", refunded_500)
+    failed = testing.refund("re_1", charge=ch, amount=500, status="failed")
+    deliver(client, "charge.refund.updated", failed)
+    deliver(client, "charge.refunded", refunded_500)  # re_2's snapshot
+    assert ledger(rows, models)[ch] == expected
+
+
+@pytest.mark.parametrize("app_config", [PRORATE])
+def test_a_refund_that_fails_after_the_charge_showed_it_gives_it_back(client, rows, models):
+    """The other side of the same rule: the failure of a refund the newest charge object
+    still counts gives its amount back (the payment stands whole again)."""
+    signup_customer(client)
+    ch = "ch_refund_fails"
+    deliver(client, "charge.succeeded", testing.charge(ch, customer="cus_A", amount=1000))
+    refunded = testing.charge(ch, customer="cus_A", amount=1000, amount_refunded=300)
+    deliver(client, "charge.refunded", refunded)
+    assert ledger(rows, models)[ch] == (700, True, None)
+    failed = testing.refund("re_1", charge=ch, amount=300, status="failed")
+    deliver(client, "refund.failed", failed)
+    assert ledger(rows, models)[ch] == (1000, True, None)
+
+
 # --- deleted_reason ----------------------------------------------------------------------
 
 
@@ -412,6 +496,30 @@ def test_payment_link_reference_attributes_a_customer_keyed_by_email(client, row
     assert rows(models.Transaction)[0].customer_id == customer.id
     bad = testing.checkout_session(client_reference_id="ps_!!", email="x@x.io")
     assert "ps_" in deliver(client, "checkout.session.completed", bad)["reason"]
+
+
+def test_payment_link_ps_reference_cannot_capture_an_existing_customer(client, rows, models):
+    """A manager's customers cannot be taken over with a Payment Link: anyone can open one
+    with ``?client_reference_id=ps_<own partner key>`` and type someone else's email in
+    Checkout. The existing customer with that email keeps no partner (nobody referred it)
+    and is not linked to that Stripe customer, so its later payments earn the other
+    partner nothing. (A ``ps_`` reference attributes only a customer it creates.)"""
+    app = client.application
+    with app.test_request_context():
+        get_state(app).extension.create_customer("victim-1", "victim@x.com")
+    ps = "ps_" + base64.urlsafe_b64encode(b"partner-eve").decode().rstrip("=")
+    session = testing.checkout_session(customer="cus_eve", client_reference_id=ps,
+                                       email="victim@x.com")  # fmt: skip
+    answer = deliver(client, "checkout.session.completed", session)
+    assert answer["status"] == "ignored", answer
+    (victim,) = rows(models.Customer, customer_key="victim-1")
+    assert victim.partner_key is None
+    assert victim.stripe_customer_id is None
+    assert len(rows(models.Customer)) == 1
+    # Later charges of the impostor's Stripe customer are not the victim's either.
+    deliver(client, "charge.succeeded", testing.charge("ch_eve", customer="cus_eve"))
+    [transaction] = rows(models.Transaction)
+    assert transaction.customer_id is None
 
 
 # --- subscription metadata ---------------------------------------------------------------
@@ -515,6 +623,106 @@ def test_stripe_api_lookups_happen_before_the_transaction(app, client, rows, mod
     assert ledger(rows, models) == {"in_1": (1000, False, "refund"), "in_2": (1000, True, None)}
 
 
+STRIPE_DOWN = ({"error": {"type": "api_error", "message": "Stripe is down"}}, 500)
+NO_ACCESS = (
+    {"error": {"type": "invalid_request_error", "code": "account_invalid",
+               "message": "The provided key does not have access to account 'acct_gone'"}},
+    403,
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **API_KEY}])
+def test_charge_updated_with_a_refund_is_looked_up_like_charge_refunded(client, rows, models):
+    """A manager sees a refund applied whichever charge event shows it. Basil invoice mode
+    with an API key: a ``charge.updated`` that shows a refund (a snapshot after a metadata
+    edit, or an endpoint without charge.refunded) finds its invoice through the
+    InvoicePayment API like ``charge.refunded`` and deletes the transaction, instead of
+    answering "Unmatched refund ... set PARTNERSTACK_STRIPE_API_KEY" with the key set."""
+    signup_customer(client)
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/invoice_payments", invoice_payments(("pi_1", "in_1")))
+        deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"))
+        plain = testing.charge("ch_1", customer="cus_A", amount=1000, payment_intent="pi_1")
+        deliver(client, "charge.succeeded", plain)
+        assert api.requests == []  # no refund shown: nothing to look up
+        updated = testing.charge(
+            "ch_1", customer="cus_A", amount=1000, amount_refunded=1000, payment_intent="pi_1"
+        )
+        answer = deliver(client, "charge.updated", updated)
+    assert answer["status"] == "processed", answer
+    assert ledger(rows, models)["in_1"] == (1000, False, "refund")
+
+
+@pytest.mark.parametrize("app_config", [API_KEY])
+def test_events_of_an_uninstalled_account_are_ignored_not_failed(client, rows, models):
+    """A manager's uninstalled account stays quiet: its later events answer 200 ``ignored``
+    (DESIGN 3/4). A basil refund event of that account is not looked up as that account
+    first (Stripe refuses: the platform no longer has access), which answered 500 and
+    failed again on every retry and replay, forever."""
+    deliver(
+        client, "account.application.deauthorized", {"id": "ca_1", "object": "application"},
+        account="acct_gone",
+    )  # fmt: skip
+    refunded = testing.charge(
+        customer="cus_1", amount=1000, amount_refunded=1000, payment_intent="pi_9"
+    )
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/invoice_payments", NO_ACCESS)
+        response = testing.post_event(
+            client, testing.event("charge.refunded", refunded, account="acct_gone")
+        )
+    assert (response.status_code, response.json.get("status")) == (200, "ignored")
+    assert api.requests == []
+
+
+@pytest.mark.parametrize("app_config", [API_KEY])
+def test_a_connected_account_in_charge_mode_makes_no_lookup(client, rows, models):
+    """A manager's charge-mode Connect accounts do not depend on Stripe's API: a refund of a
+    connected account whose transaction source is ``charge`` (the app's default) needs no
+    invoice, so no InvoicePayment look-up is made, and an API outage changes nothing."""
+    charge = testing.charge("ch_c", customer="cus_1", amount=1000, payment_intent="pi_c")
+    deliver(client, "charge.succeeded", charge, account="acct_live")
+    refunded = testing.charge(
+        "ch_c", customer="cus_1", amount=1000, amount_refunded=1000, payment_intent="pi_c"
+    )
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/invoice_payments", STRIPE_DOWN)
+        answer = deliver(client, "charge.refunded", refunded, account="acct_live")
+        refund = testing.refund("re_c", charge="ch_c", amount=1000, payment_intent="pi_c")
+        deliver(client, "refund.created", refund, account="acct_live")
+    assert answer["status"] == "processed", answer
+    assert api.requests == []
+    assert ledger(rows, models)["ch_c"] == (1000, False, "refund")
+
+
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **API_KEY}])
+def test_a_redelivered_processed_event_answers_duplicate_while_stripe_is_down(
+    app, client, rows, models
+):
+    """A manager's failure list stays true: a basil ``charge.refunded`` is processed, then
+    Stripe redelivers it (to another worker, which has not seen it) while Stripe's API
+    fails. DESIGN 3: a duplicate changes nothing and answers 200 ``duplicate`` (it used to
+    answer 500 "stored as failed" while the row stayed processed, and send event_failed):
+    no look-up is made for an event already processed."""
+    signup_customer(client)
+    refunded = testing.charge(
+        "ch_1", customer="cus_A", amount=1000, amount_refunded=1000, payment_intent="pi_1"
+    )
+    event = testing.event("charge.refunded", refunded)
+    with testing.fake_stripe_api() as api, testing.record_signals(signals.event_failed) as failed:
+        api.reply("GET", "/v1/invoice_payments", invoice_payments(("pi_1", "in_1")))
+        deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"))
+        assert testing.post_event(client, event).json["status"] == "processed"
+        get_state(app).receiver.settled.clear()  # another worker process
+        api.reply("GET", "/v1/invoice_payments", STRIPE_DOWN)
+        response = testing.post_event(client, event)
+    assert (response.status_code, response.json.get("status")) == (200, "duplicate")
+    assert failed == []
+    assert len(api.requests) == 1
+    [stored] = rows(models.WebhookEvent, stripe_event_id=event["id"])
+    assert stored.status == "processed"
+
+
 # --- races -------------------------------------------------------------------------------
 
 
@@ -534,12 +742,13 @@ def test_a_payments_events_at_once_end_like_one_at_a_time(app, rows, models):
         deliver(app.test_client(), "customer.created", events["customer.created"])
         barrier = threading.Barrier(len(steps))
         codes: list[int] = []
+        stamped = {step: testing.event(step, events[step]) for step in steps}  # story's times
 
         def deliver_one(
-            step: str, events: dict = events, barrier: threading.Barrier = barrier, codes=codes
+            step: str, stamped: dict = stamped, barrier: threading.Barrier = barrier, codes=codes
         ) -> None:
             barrier.wait(10)
-            response = testing.post_event(app.test_client(), testing.event(step, events[step]))
+            response = testing.post_event(app.test_client(), stamped[step])
             codes.append(response.status_code)
 
         threads = [threading.Thread(target=deliver_one, args=(step,)) for step in steps]

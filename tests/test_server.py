@@ -206,6 +206,46 @@ def test_every_event_of_one_charge_at_once(server, rows, models):
     assert_signals_exact(server, rows, models)
 
 
+REWARDS_ENV = {"PARTNERSTACK_TEST_REWARDS": json.dumps([{"percent": 20}])}
+
+
+@pytest.mark.parametrize(
+    ("app_config", "server_env"),
+    [({"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}, REWARDS_ENV)],
+    ids=["rewards"],
+)
+def test_racing_deliveries_make_one_commission_per_payment(server, rows, models):
+    """Customer, charges and a refund of each customer, all at once and twice over:
+    exactly one commission per payment that earned one, right, each created once."""
+    for n in range(6):
+        metadata = {"customer_key": f"user-{n}", "partner_key": f"partner-{n % 2}"}
+        cus = f"cus_c{n}"
+        events = [testing.event("customer.created", testing.customer(cus, metadata=metadata))]
+        for i in range(3):
+            charge = testing.charge(f"ch_c{n}_{i}", customer=cus, amount=1000 + i)
+            events.append(testing.event("charge.succeeded", charge))
+        refunded = testing.charge(f"ch_c{n}_0", customer=cus, amount=1000, amount_refunded=1000)
+        events.append(testing.event("charge.refunded", refunded))
+        results = all_at_once([lambda e=e: server.post_event(e) for e in events * 2])
+        assert all(status == 200 for status, _ in results), results
+    transactions = {t.id: t for t in rows(models.Transaction)}
+    commissions = rows(models.Commission)
+    assert len({c.transaction_id for c in commissions}) == len(commissions)
+    owed = {transactions[c.transaction_id].key: (c.amount, c.status) for c in commissions}
+    for key, transaction in ((t.key, t) for t in transactions.values()):
+        if transaction.deleted_at is None:
+            assert owed[key] == (transaction.amount // 5, "pending"), key
+        else:  # refunded: reversed if it had stood first, else never earned
+            assert owed.get(key, (0, "reversed")) == (0, "reversed"), key
+    assert len(transactions) == 18
+    sent = Counter(entry[:2] for entry in server.signals())
+    for key, (_amount, status) in owed.items():
+        assert sent[("commission-created", key)] == 1, (key, server.signals())
+        assert sent[("commission-reversed", key)] == (status == "reversed"), key
+    assert_clean_log(server)
+    assert_signals_exact(server, rows, models)
+
+
 def test_burst_of_ten_times_the_steady_rate(server, rows, models):
     """A steady trickle, then ten times as fast from eight clients: no 5xx, an exact ledger.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,16 @@ def test_partner_link_then_signup_attributes_the_customer(example):
     assert b"partner-zoe" in client.get(link).data
     response = client.post("/signup", data={"email": "kim@example.com"}, follow_redirects=True)
     assert b"Partner: partner-zoe" in response.data
+    assert response.request.path == "/welcome"  # a welcome page, not the partner report
+    assert b'id="referred-by">partner-zoe<' in response.data
+
+
+def test_the_landing_page_offers_a_sample_partner_link(example):
+    client = example.test_client()
+    page = client.get("/").get_data(as_text=True)
+    link = "/?ps_partner_key=" + base64.urlsafe_b64encode(b"partner-alice").decode().rstrip("=")
+    assert f'id="sample-link" href="{link}"' in page
+    assert "partner-alice" in client.get(link).get_data(as_text=True)
 
 
 def test_partner_page_shows_revenue_commission_and_chart(example):
@@ -54,6 +65,31 @@ def test_partner_page_shows_revenue_commission_and_chart(example):
     assert "100.00 USD" in page  # revenue: the refunded charge does not count
     assert "25.00 USD" in page  # 25% commission on the team product
     assert 'id="revenue-chart"' in page and 'class="bar"' in page
+    # Each payment shows its commission and the commission's status.
+    assert "25.00 USD</td>" in page and "pending</td>" in page  # ch_1: 25% of 100.00
+    assert "reversed</td>" in page  # ch_2 was refunded
+    assert re.search(r"\d+\.\d\d(?! [A-Z]{3})", page) is None  # no amount without currency
+
+
+def test_payouts_page_pays_once_then_claws_back_a_refund(example):
+    client = example.test_client()
+    metadata = {"customer_key": "u1", "partner_key": "partner-zoe"}
+    deliver(client, "customer.created", testing.customer("cus_1", metadata=metadata))
+    deliver(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=10000))
+    client.post("/payouts/approve")
+    page = client.post("/payouts/export", follow_redirects=True).get_data(as_text=True)
+    assert "marked paid" in page and "15.00 USD" in page  # the default 15%
+    page = client.post("/payouts/export", follow_redirects=True).get_data(as_text=True)
+    assert "Nothing is due: no payout was made." in page
+    deliver(client, "charge.refunded", testing.charge(
+        "ch_1", customer="cus_1", amount=10000, amount_refunded=10000))  # fmt: skip
+    page = client.post("/payouts/export", follow_redirects=True).get_data(as_text=True)
+    assert "-15.00 USD" in page  # the clawback, on the next payout
+    with example.app_context():
+        Payout = example.extensions["partnerstack_stripe"].models.Payout
+        payout_ids = db.session.scalars(db.select(Payout.payout_id)).all()
+    csv_text = client.get(f"/payouts/{payout_ids[-1]}.csv").get_data(as_text=True)
+    assert csv_text.splitlines()[1].split(",")[1:5] == ["partner-zoe", "usd", "-1500", "1"]
 
 
 def test_make_demo_plays_the_story_and_prints_the_partner_table(tmp_path):

@@ -1,0 +1,74 @@
+"""``flask partnerstack commissions ...`` and ``flask partnerstack payouts ...``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+from flask.cli import AppGroup, with_appcontext
+
+from .commissions import list_commissions
+from .extension import get_state
+from .models import COMMISSION_STATUSES
+from .payouts import payouts_csv
+
+commissions_cli = AppGroup("commissions", help="Partner commissions (PARTNERSTACK_STRIPE_REWARDS).")
+payouts_cli = AppGroup("payouts", help="Pay partners what their commissions earned.")
+
+
+def money(amount: int, currency: str) -> str:
+    """``12.34 USD`` from minor units (two decimals; the CSV keeps minor units)."""
+    sign = "-" if amount < 0 else ""
+    whole, cents = divmod(abs(amount), 100)
+    return f"{sign}{whole}.{cents:02d} {currency.upper()}"
+
+
+@commissions_cli.command("approve")
+@with_appcontext
+def approve_command() -> None:
+    """Approve pending commissions older than PARTNERSTACK_STRIPE_COMMISSION_HOLD_DAYS."""
+    state = get_state()
+    approved = state.extension.approve_commissions()
+    days = state.settings.commission_hold_days
+    click.echo(f"Approved {len(approved)} commissions pending for {days} days or more.")
+
+
+@commissions_cli.command("list")
+@click.option("--partner", "partner_key", help="Only this partner's commissions.")
+@click.option("--status", type=click.Choice(COMMISSION_STATUSES), help="Only this status.")
+@with_appcontext
+def list_command(partner_key: str | None, status: str | None) -> None:
+    """List commissions: id, partner, payment, amount, status, what the next payout owes."""
+    state = get_state()
+    rows = list_commissions(
+        state.db.session(), state.models, partner_key=partner_key, status=status
+    )
+    if not rows:
+        click.echo("No commissions match.")
+        return
+    for row in rows:
+        due = f"  due {money(row.due, row.currency)}" if row.due else ""
+        click.echo(
+            f"{row.id:>6}  {row.partner_key}  {row.transaction.key}  "
+            f"{money(row.amount, row.currency)}  {row.status}  "
+            f"{row.created_at:%Y-%m-%d}{due}"
+        )
+
+
+@payouts_cli.command("export")
+@click.option("--currency", help="Only commissions in this currency (e.g. usd).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the CSV to this file (default: print it).")  # fmt: skip
+@with_appcontext
+def export_command(currency: str | None, out: Path | None) -> None:
+    """Pay approved commissions and clawbacks: one CSV line per partner and currency."""
+    lines = get_state().extension.export_payouts(currency=currency)
+    text = payouts_csv(lines)
+    if out is not None:
+        out.write_text(text)
+    else:
+        click.echo(text, nl=False)
+    if not lines:
+        click.echo("Nothing is due: no payout was made.", err=True)
+    else:
+        click.echo(f"Payout {lines[0].payout_id}: {len(lines)} lines.", err=True)

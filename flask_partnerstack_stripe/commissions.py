@@ -1,0 +1,275 @@
+"""The ledger of commissions: each follows the payment it rewards. No Flask here.
+
+A commission is computed from its transaction as it stands now (amount, currency,
+product, whether it stands, its customer's partner) and the reward rules, never from
+the event that changed it: so, like the transaction, it ends the same whatever the
+order of Stripe's events. :func:`follow_payment` is called in the same database
+transaction as every change of a payment, while the payment's row is locked
+(``payments.settle_payment`` reads it ``FOR UPDATE``; attaching an orphan updates it),
+so the changes of one commission apply one after the other. The row itself is an
+``INSERT … ON CONFLICT DO NOTHING`` on its unique ``transaction_id``, then read
+``FOR UPDATE``: never check-then-insert.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from blinker import NamedSignal
+from sqlalchemy.orm import Session
+
+from . import signals
+from .database import insert_on_conflict, won_id
+from .models import APPROVED, PAID, PENDING, REVERSED, Models, utcnow
+from .rewards import Rule, commission_for, months_between
+
+if TYPE_CHECKING:
+    from .receiver import EventContext
+
+Notifications = list[tuple[NamedSignal, dict[str, Any]]]
+
+
+def status_of(commission: Any) -> str:
+    """A commission's status from its amounts: reversed at 0, paid once a payout paid
+    it, else approved or pending."""
+    if commission.amount == 0:
+        return REVERSED
+    if commission.paid_amount:
+        return PAID
+    return APPROVED if commission.approved_at is not None else PENDING
+
+
+def earned(
+    session: Session, models: Models, rules: Sequence[Rule], transaction: Any
+) -> tuple[int, Any]:
+    """``(amount, customer)``: what ``transaction`` earns now, and its customer."""
+    if transaction.customer_id is None:
+        return 0, None
+    customer = session.get(models.Customer, transaction.customer_id)
+    if transaction.deleted_at is not None or customer is None or not customer.partner_key:
+        return 0, customer
+    Transaction = models.Transaction
+    first = session.scalar(
+        sa.select(sa.func.min(Transaction.created_at)).where(
+            Transaction.customer_id == transaction.customer_id
+        )
+    )
+    months_in = months_between(_aware(first), _aware(transaction.created_at)) if first else 0
+    amount = commission_for(
+        rules,
+        amount=transaction.amount,
+        currency=transaction.currency,
+        partner_key=customer.partner_key,
+        product_key=transaction.product_key,
+        months_in=months_in,
+    )
+    return amount, customer
+
+
+def follow_payment(
+    session: Session,
+    models: Models,
+    rules: Sequence[Rule],
+    transaction: Any,
+    *,
+    event: dict[str, Any] | None = None,
+) -> Notifications:
+    """Bring ``transaction``'s commission in line with it; the signals to send after commit.
+
+    Created when the payment stands, its customer is known and has a partner, and a
+    rule pays something; lowered or raised with the payment's amount; reversed (amount
+    0) when it is deleted or earns nothing; restored when it stands again.
+    """
+    if not rules:
+        return []
+    Commission = models.Commission
+    target, customer = earned(session, models, rules, transaction)
+    now = utcnow()
+    created = False
+    if target > 0:
+        table = Commission.__table__
+        statement = insert_on_conflict(
+            session,
+            table,
+            {
+                "transaction_id": transaction.id,
+                "customer_id": transaction.customer_id,
+                "partner_key": customer.partner_key,
+                "product_key": transaction.product_key,
+                "amount": target,
+                "currency": transaction.currency,
+                "paid_amount": 0,
+                "status": PENDING,
+                "created_at": now,
+                "updated_at": now,
+            },
+            keys=[table.c.transaction_id],
+        )
+        created = won_id(session.connection().execute(statement)) is not None
+    commission = session.scalars(
+        sa.select(Commission)
+        .where(Commission.transaction_id == transaction.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if commission is None:
+        return []
+    kwargs = {"commission": commission, "transaction": transaction, "event": event}
+    if created:
+        return [(signals.commission_created, kwargs)]
+    before = (commission.amount, commission.status)
+    commission.amount = target
+    commission.status = status_of(commission)
+    if commission.product_key is None:
+        commission.product_key = transaction.product_key
+    if (commission.amount, commission.status) == before:
+        return []
+    commission.updated_at = now
+    if commission.status == REVERSED:
+        commission.reversed_at = now
+        session.flush()
+        return [(signals.commission_reversed, kwargs)]
+    commission.reversed_at = None
+    session.flush()
+    return [(signals.commission_updated, kwargs)]
+
+
+def follow_customer(
+    session: Session, models: Models, rules: Sequence[Rule], customer: Any
+) -> Notifications:
+    """Give commissions to ``customer``'s standing payments that have none: its orphans
+    just attached, or all of them when it has just got its partner. Usually none."""
+    if not rules or not customer.partner_key:
+        return []
+    Transaction, Commission = models.Transaction, models.Commission
+    without = (
+        sa.select(Transaction)
+        .where(
+            Transaction.customer_id == customer.id,
+            Transaction.deleted_at.is_(None),
+            ~sa.exists().where(Commission.transaction_id == Transaction.id),
+        )
+        .order_by(Transaction.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    notifications: Notifications = []
+    for transaction in session.scalars(without).all():
+        notifications += follow_payment(session, models, rules, transaction)
+    return notifications
+
+
+def _notify(context: EventContext, notifications: Notifications) -> None:
+    for signal, kwargs in notifications:
+        context.notify(signal, **{k: v for k, v in kwargs.items() if k != "event"})
+
+
+def follow(context: EventContext, transaction: Any) -> None:
+    """:func:`follow_payment` inside a webhook event: its signals go out after the commit."""
+    _notify(
+        context,
+        follow_payment(context.session, context.models, context.settings.rewards, transaction),
+    )
+
+
+def follow_customer_in(context: EventContext, customer: Any) -> None:
+    """:func:`follow_customer` inside a webhook event."""
+    _notify(
+        context,
+        follow_customer(context.session, context.models, context.settings.rewards, customer),
+    )
+
+
+def approve(
+    session: Session, models: Models, *, hold_days: int, now: datetime | None = None
+) -> list[Any]:
+    """Approve the pending commissions created at least ``hold_days`` ago; the approved."""
+    Commission = models.Commission
+    now = now or utcnow()
+    rows = list(
+        session.scalars(
+            sa.select(Commission)
+            .where(
+                Commission.status == PENDING,
+                Commission.created_at <= now - timedelta(days=hold_days),
+            )
+            .order_by(Commission.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    )
+    approved = []
+    for commission in rows:
+        if commission.status != PENDING:  # changed while we waited for its lock
+            continue
+        commission.approved_at = now
+        commission.status = status_of(commission)
+        commission.updated_at = now
+        approved.append(commission)
+    session.flush()
+    return approved
+
+
+def list_commissions(
+    session: Session, models: Models, *, partner_key: str | None = None, status: str | None = None
+) -> list[Any]:
+    Commission = models.Commission
+    statement = sa.select(Commission).order_by(Commission.created_at, Commission.id)
+    if partner_key is not None:
+        statement = statement.where(Commission.partner_key == partner_key)
+    if status is not None:
+        statement = statement.where(Commission.status == status)
+    return list(session.scalars(statement))
+
+
+def partner_summary(
+    session: Session, models: Models, partner_key: str, *, since: datetime | None = None
+) -> dict[str, Any]:
+    """A partner's customers, payments and commissions, for a host's partner page.
+
+    ``payments``: ``{currency: {"count": n, "amount": total}}`` of standing payments.
+    ``commissions``: ``{status: {currency: amount}}``; ``due``: ``{currency: amount}``
+    the next payout would pay (clawbacks netted).
+    """
+    Customer, Transaction, Commission = models.Customer, models.Transaction, models.Commission
+    customers = sa.select(sa.func.count()).where(Customer.partner_key == partner_key)
+    payments = (
+        sa.select(Transaction.currency, sa.func.count(), sa.func.sum(Transaction.amount))
+        .join(Customer, Transaction.customer_id == Customer.id)
+        .where(Customer.partner_key == partner_key, Transaction.deleted_at.is_(None))
+        .group_by(Transaction.currency)
+    )
+    commissions = sa.select(Commission).where(Commission.partner_key == partner_key)
+    if since is not None:
+        customers = customers.where(Customer.created_at >= since)
+        payments = payments.where(Transaction.created_at >= since)
+        commissions = commissions.where(Commission.created_at >= since)
+    by_status: dict[str, dict[str, int]] = {}
+    due: dict[str, int] = {}
+    for commission in session.scalars(commissions):
+        amounts = by_status.setdefault(commission.status, {})
+        # A reversed commission counts what it had earned before; paid counts what was paid.
+        shown = commission.paid_amount if commission.status == PAID else commission.amount
+        amounts[commission.currency] = amounts.get(commission.currency, 0) + shown
+        if commission.due:
+            due[commission.currency] = due.get(commission.currency, 0) + commission.due
+    return {
+        "partner_key": partner_key,
+        "customers": session.scalar(customers) or 0,
+        "payments": {
+            currency: {"count": count, "amount": int(total or 0)}
+            for currency, count, total in session.execute(payments)
+        },
+        "commissions": by_status,
+        "due": due,
+    }
+
+
+def _aware(value: datetime) -> datetime:
+    """SQLite gives naive datetimes back: they are UTC."""
+    from datetime import timezone
+
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)

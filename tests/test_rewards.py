@@ -1,0 +1,445 @@
+"""Rewards: the commission each payment earns, kept right as the payment changes, and paid once."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import sqlalchemy as sa
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_partnerstack_stripe import ConfigurationError, PartnerStackStripe, signals, testing
+from flask_partnerstack_stripe.extension import get_state
+
+from .apphost import create_app
+
+TWENTY = {"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}
+PRORATE_TWENTY = {**TWENTY, "PARTNERSTACK_STRIPE_REFUND_POLICY": "prorate"}
+PAY_NOW = {**PRORATE_TWENTY, "PARTNERSTACK_STRIPE_COMMISSION_HOLD_DAYS": 0}
+
+
+def post(client, event_type: str, obj: dict) -> None:
+    response = testing.post_event(client, testing.event(event_type, obj))
+    assert response.status_code == 200, response.json
+
+
+def customer(client, n: int, partner: str = "partner-1") -> None:
+    metadata = {"customer_key": f"user-{n}", "partner_key": partner}
+    post(client, "customer.created", testing.customer(f"cus_{n}", metadata=metadata))
+
+
+def pay(client, n: int, charge: str, amount: int, product: str | None = None, **fields) -> None:
+    metadata = {"product_key": product} if product else None
+    post(client, "charge.succeeded", testing.charge(
+        charge, customer=f"cus_{n}", amount=amount, metadata=metadata, **fields))  # fmt: skip
+
+
+def commission_of(rows, models, charge: str):
+    [transaction] = rows(models.Transaction, key=charge)
+    found = rows(models.Commission, transaction_id=transaction.id)
+    return found[0] if found else None
+
+
+def owed(rows, models, charge: str) -> tuple[int, str, str] | None:
+    c = commission_of(rows, models, charge)
+    return None if c is None else (c.amount, c.currency, c.status)
+
+
+def cli(app, *args: str):
+    result = app.test_cli_runner().invoke(args=["partnerstack", *args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def export(app) -> list[dict[str, str]]:
+    result = app.test_cli_runner().invoke(args=["partnerstack", "payouts", "export"])
+    assert result.exit_code == 0, result.output
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+# --- configuration ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rules", "message"),
+    [
+        ({"percent": 20}, "must be a list"),
+        ([{"percent": 20}, {"flat": 500}], "REWARDS[1]: a flat rule needs 'currency'"),
+        ([{"percent": 20, "flat": 5, "currency": "usd"}], "REWARDS[0] must have exactly one"),
+        ([{}], "REWARDS[0] must have exactly one"),
+        ([{"percent": 0}], "REWARDS[0]: 'percent' must be above 0"),
+        ([{"percent": 120}], "at most 100"),
+        ([{"percent": "lots"}], "'percent' must be a number"),
+        ([{"flat": 4.5, "currency": "usd"}], "'flat' must be a positive integer"),
+        ([{"flat": -5, "currency": "usd"}], "'flat' must be a positive integer"),
+        ([{"percent": 10, "months": 0}], "'months' must be a positive integer"),
+        ([{"percent": 10, "product": "pro"}], "REWARDS[0] has unknown key(s) product"),
+        ([{"percent": 10, "partner_key": ""}], "'partner_key' must be a non-empty string"),
+        ([{"percent": 10}, {"percent": 20}], "REWARDS[1] has the same product_key"),
+        ("20%", "must be a list"),
+    ],
+)
+def test_a_wrong_rule_fails_at_init_app_naming_it(tmp_path, rules, message):
+    with pytest.raises(ConfigurationError) as error:
+        create_app(f"sqlite:///{tmp_path / 'a.db'}", PARTNERSTACK_STRIPE_REWARDS=rules)
+    assert "PARTNERSTACK_STRIPE_REWARDS" in str(error.value)
+    assert message in str(error.value)
+
+
+def test_hold_days_must_not_be_negative(tmp_path):
+    with pytest.raises(ConfigurationError, match="COMMISSION_HOLD_DAYS"):
+        create_app(f"sqlite:///{tmp_path / 'a.db'}", PARTNERSTACK_STRIPE_COMMISSION_HOLD_DAYS=-1)
+
+
+def test_a_four_model_host_gets_the_commission_model(tmp_path):
+    from flask import Flask
+
+    from flask_partnerstack_stripe import Models
+
+    app = Flask(__name__)
+    app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path / 'b.db'}"
+    db = SQLAlchemy(app)
+    defaults = PartnerStackStripe(db=db).models  # the default classes, built on db
+
+    models = Models(
+        defaults.Customer, defaults.Transaction, defaults.StripeAccount, defaults.WebhookEvent
+    )
+    PartnerStackStripe(app, db=db, models=models)
+    assert get_state(app).models.Commission.__tablename__ == "partnerstack_commission"
+
+
+# --- rules -------------------------------------------------------------------------------
+
+PRECEDENCE = {
+    "PARTNERSTACK_STRIPE_REWARDS": [
+        {"percent": 10},
+        {"percent": 30, "product_key": "pro"},
+        {"percent": 20, "partner_key": "vip"},
+        {"flat": 1000, "currency": "usd", "partner_key": "vip", "product_key": "pro"},
+        {"flat": 700, "currency": "eur", "product_key": "euro-plan"},
+    ]
+}
+
+
+@pytest.mark.parametrize("app_config", [PRECEDENCE])
+def test_the_most_specific_rule_wins(client, rows, models):
+    customer(client, 1, "plain")
+    customer(client, 2, "vip")
+    pay(client, 1, "ch_default", 10000)  # default: 10%
+    pay(client, 1, "ch_product", 10000, "pro")  # product: 30%
+    pay(client, 2, "ch_partner", 10000)  # partner: 20%
+    pay(client, 2, "ch_both", 10000, "pro")  # partner and product: flat 10.00
+    pay(client, 1, "ch_euro", 5000, "euro-plan", currency="eur")  # flat 7.00 EUR
+    pay(client, 1, "ch_euro_in_usd", 5000, "euro-plan")  # flat EUR rule, USD payment: nothing
+    assert owed(rows, models, "ch_default") == (1000, "usd", "pending")
+    assert owed(rows, models, "ch_product") == (3000, "usd", "pending")
+    assert owed(rows, models, "ch_partner") == (2000, "usd", "pending")
+    assert owed(rows, models, "ch_both") == (1000, "usd", "pending")
+    assert owed(rows, models, "ch_euro") == (700, "eur", "pending")
+    assert owed(rows, models, "ch_euro_in_usd") is None
+    c = commission_of(rows, models, "ch_both")
+    assert (c.partner_key, c.product_key, c.customer_id is not None) == ("vip", "pro", True)
+
+
+@pytest.mark.parametrize(
+    "app_config", [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 10, "product_key": "pro"}]}]
+)
+def test_no_rule_no_commission(client, rows, models):
+    customer(client, 1)
+    pay(client, 1, "ch_basic", 5000, "basic")
+    assert owed(rows, models, "ch_basic") is None
+    assert rows(models.Commission) == []
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": "12.5"}]}])
+def test_percentages_round_half_even_in_minor_units(client, rows, models):
+    customer(client, 1)
+    # 12.5% of 1001 = 125.125; of 1004 = 125.5 (to even: 126); of 1012 = 126.5 (126); of 3 = 0.375
+    for charge, amount in (("ch_a", 1001), ("ch_b", 1004), ("ch_c", 1012), ("ch_d", 3)):
+        pay(client, 1, charge, amount)
+    assert [owed(rows, models, c)[0] for c in ("ch_a", "ch_b", "ch_c")] == [125, 126, 126]
+    assert owed(rows, models, "ch_d") is None  # rounds to nothing: no commission
+
+
+MONTHS = {"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 50, "months": 3}, {"percent": 10}]}
+
+
+@pytest.mark.parametrize("app_config", [MONTHS])
+def test_a_months_rule_pays_only_within_its_window(app, client, rows, models, state):
+    customer(client, 1)
+    pay(client, 1, "ch_first", 1000)
+    pay(client, 1, "ch_soon", 1000)
+    assert owed(rows, models, "ch_first")[0] == owed(rows, models, "ch_soon")[0] == 500
+    # Four months pass: the customer's first payment is now that old.
+    with app.app_context():
+        Transaction = models.Transaction
+        state.db.session.execute(
+            sa.update(Transaction)
+            .where(Transaction.key.in_(["ch_first", "ch_soon"]))
+            .values(created_at=datetime.now(timezone.utc) - timedelta(days=125))
+        )
+        state.db.session.commit()
+    pay(client, 1, "ch_later", 1000)
+    assert owed(rows, models, "ch_later")[0] == 100  # after the window: the open-ended rule
+
+
+# --- following the payment ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("app_config", [PRORATE_TWENTY])
+def test_the_commission_follows_refunds_and_their_failure(client, rows, models):
+    customer(client, 1)
+    with testing.record_signals(
+        signals.commission_created, signals.commission_updated, signals.commission_reversed
+    ) as sent:
+        pay(client, 1, "ch_1", 10000)
+        assert owed(rows, models, "ch_1") == (2000, "usd", "pending")
+        post(client, "refund.created", testing.refund("re_1", charge="ch_1", amount=2500,
+                                                      status="succeeded"))  # fmt: skip
+        assert owed(rows, models, "ch_1") == (1500, "usd", "pending")  # 20% of 75.00
+        post(client, "refund.failed", testing.refund("re_1", charge="ch_1", amount=2500,
+                                                     status="failed"))  # fmt: skip
+        assert owed(rows, models, "ch_1") == (2000, "usd", "pending")  # given back
+        post(client, "refund.created", testing.refund("re_2", charge="ch_1", amount=10000,
+                                                      status="succeeded"))  # fmt: skip
+        assert owed(rows, models, "ch_1") == (0, "usd", "reversed")
+    names = [s.signal.name for s in sent]
+    assert names == ["commission-created", "commission-updated", "commission-updated",
+                     "commission-reversed"]  # fmt: skip
+    assert all(s.kwargs["transaction"].key == "ch_1" for s in sent)
+    assert all(s.kwargs["event"]["type"] for s in sent)
+    assert len(rows(models.Commission)) == 1
+
+
+@pytest.mark.parametrize("app_config", [TWENTY])
+def test_a_lost_dispute_reverses_the_commission(client, rows, models):
+    customer(client, 1)
+    pay(client, 1, "ch_1", 4000)
+    post(client, "charge.dispute.closed", testing.dispute("dp_1", charge="ch_1", status="lost"))
+    assert owed(rows, models, "ch_1") == (0, "usd", "reversed")
+    assert commission_of(rows, models, "ch_1").reversed_at is not None
+
+
+@pytest.mark.parametrize("app_config", [TWENTY])
+def test_an_orphan_payment_earns_once_its_customer_is_known(client, rows, models):
+    pay(client, 1, "ch_early", 5000)  # the customer is not known yet
+    assert owed(rows, models, "ch_early") is None
+    with testing.record_signals(signals.commission_created) as sent:
+        customer(client, 1)
+    assert owed(rows, models, "ch_early") == (1000, "usd", "pending")
+    assert [s.kwargs["transaction"].key for s in sent] == ["ch_early"]
+
+
+@pytest.mark.parametrize("app_config", [TWENTY])
+def test_signup_attaches_an_orphan_and_its_commission(app, client, rows, models, state):
+    post(client, "charge.succeeded",
+         testing.charge("ch_shop", amount=3000, email="ann@example.com"))  # fmt: skip
+    with app.test_request_context(), testing.record_signals(signals.commission_created) as sent:
+        state.extension.create_customer("user-ann", "ann@example.com", partner_key="p-ann")
+    assert owed(rows, models, "ch_shop") == (600, "usd", "pending")
+    assert commission_of(rows, models, "ch_shop").partner_key == "p-ann"
+    assert len(sent) == 1
+
+
+@pytest.mark.parametrize("app_config", [TWENTY])
+def test_a_customer_without_a_partner_earns_nothing(client, rows, models):
+    post(client, "customer.created", testing.customer("cus_9", email="x@example.com"))
+    post(client, "charge.succeeded",
+         testing.charge("ch_9", customer="cus_9", amount=3000,
+                        metadata={"customer_key": "user-9"}))  # fmt: skip
+    assert rows(models.Commission) == []
+
+
+def test_without_rules_no_commission_is_written(client, rows, models):
+    customer(client, 1)
+    pay(client, 1, "ch_1", 5000)
+    assert rows(models.Commission) == []
+
+
+# --- approval and payouts ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("app_config", [PRORATE_TWENTY])
+def test_approve_waits_for_the_hold(app, client, rows, models):
+    customer(client, 1)
+    pay(client, 1, "ch_1", 1000)
+    assert "Approved 0 commissions" in cli(app, "commissions", "approve").output
+    assert owed(rows, models, "ch_1")[2] == "pending"
+    assert export(app) == []  # nothing approved, nothing paid
+
+
+@pytest.mark.parametrize("app_config", [PAY_NOW])
+def test_a_payout_pays_once_and_claws_back_a_later_refund(app, client, rows, models, state):
+    customer(client, 1, "partner-a")
+    customer(client, 2, "partner-b")
+    pay(client, 1, "ch_1", 10000)
+    pay(client, 1, "ch_2", 5000)
+    pay(client, 2, "ch_3", 2000)
+    pay(client, 2, "ch_eur", 3000, currency="eur")
+    assert "Approved 4 commissions" in cli(app, "commissions", "approve").output
+
+    first = export(app)
+    assert [(r["partner_key"], r["currency"], r["amount"], r["commissions"]) for r in first] == [
+        ("partner-a", "usd", "3000", "2"),
+        ("partner-b", "eur", "600", "1"),
+        ("partner-b", "usd", "400", "1"),
+    ]
+    assert len({r["payout_id"] for r in first}) == 1
+    assert owed(rows, models, "ch_1") == (2000, "usd", "paid")
+    assert export(app) == []  # run again: nothing is paid twice
+
+    # After the payout, ch_1 is refunded in full and ch_2 by a fifth: the next payout
+    # carries both as a clawback on partner-a's line.
+    post(
+        client,
+        "charge.refunded",
+        testing.charge("ch_1", customer="cus_1", amount=10000, amount_refunded=10000),
+    )
+    post(
+        client,
+        "charge.refunded",
+        testing.charge("ch_2", customer="cus_1", amount=5000, amount_refunded=1000),
+    )
+    pay(client, 2, "ch_4", 1000)  # a new payment, approved at once (no hold)
+    cli(app, "commissions", "approve")
+    assert owed(rows, models, "ch_1") == (0, "usd", "reversed")
+    assert owed(rows, models, "ch_2") == (800, "usd", "paid")  # 200 to claw back
+    summary = state.extension.partner_summary
+    with app.app_context():
+        assert summary("partner-a")["due"] == {"usd": -2200}
+
+    second = export(app)
+    assert [(r["partner_key"], r["currency"], r["amount"]) for r in second] == [
+        ("partner-a", "usd", "-2200"),
+        ("partner-b", "usd", "200"),
+    ]
+    assert second[0]["payout_id"] != first[0]["payout_id"]
+    assert export(app) == []
+    with app.app_context():
+        assert summary("partner-a")["due"] == {}
+    Payout = models.Payout
+    assert sum(p.amount for p in rows(Payout) if p.partner_key == "partner-a") == 800
+
+
+@pytest.mark.parametrize("app_config", [PAY_NOW])
+def test_a_failed_refund_after_a_clawback_is_paid_again(app, client, rows, models):
+    customer(client, 1)
+    pay(client, 1, "ch_1", 10000)
+    cli(app, "commissions", "approve")
+    assert [r["amount"] for r in export(app)] == ["2000"]
+    post(
+        client,
+        "refund.created",
+        testing.refund("re_1", charge="ch_1", amount=10000, status="succeeded"),
+    )
+    assert [r["amount"] for r in export(app)] == ["-2000"]
+    post(
+        client,
+        "refund.failed",
+        testing.refund("re_1", charge="ch_1", amount=10000, status="failed"),
+    )
+    assert owed(rows, models, "ch_1") == (2000, "usd", "approved")
+    assert [r["amount"] for r in export(app)] == ["2000"]
+    assert owed(rows, models, "ch_1") == (2000, "usd", "paid")
+    assert export(app) == []
+
+
+@pytest.mark.parametrize("app_config", [PAY_NOW])
+def test_export_options_and_the_list_command(app, client, rows, models, tmp_path):
+    customer(client, 1)
+    pay(client, 1, "ch_usd", 1000)
+    pay(client, 1, "ch_eur", 2000, currency="eur")
+    cli(app, "commissions", "approve")
+    listed = cli(app, "commissions", "list", "--partner", "partner-1", "--status", "approved")
+    assert "ch_usd  2.00 USD  approved" in listed.output
+    assert "ch_eur  4.00 EUR  approved" in listed.output
+    out = tmp_path / "payouts.csv"
+    cli(app, "payouts", "export", "--currency", "eur", "--out", str(out))
+    [line] = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert (line["currency"], line["amount"]) == ("eur", "400")
+    assert owed(rows, models, "ch_usd")[2] == "approved"  # the other currency waits
+    assert "No commissions match." in cli(app, "commissions", "list", "--status", "reversed").output
+
+
+@pytest.mark.parametrize("app_config", [PAY_NOW])
+def test_partner_summary(app, client, state):
+    customer(client, 1)
+    customer(client, 2)
+    customer(client, 3, "someone-else")
+    pay(client, 1, "ch_1", 1000)
+    pay(client, 2, "ch_2", 3000)
+    pay(client, 2, "ch_3", 500, currency="eur")
+    post(
+        client,
+        "charge.refunded",
+        testing.charge("ch_2", customer="cus_2", amount=3000, amount_refunded=3000),
+    )
+    with app.app_context():
+        summary = state.extension.partner_summary("partner-1")
+    assert summary == {
+        "partner_key": "partner-1",
+        "customers": 2,
+        "payments": {"usd": {"count": 1, "amount": 1000}, "eur": {"count": 1, "amount": 500}},
+        "commissions": {"pending": {"usd": 200, "eur": 100}, "reversed": {"usd": 0}},
+        "due": {},
+    }
+
+
+WORKED_EXAMPLE = {
+    "PARTNERSTACK_STRIPE_REWARDS": [{"percent": 15}, {"percent": 25, "product_key": "team"}],
+    "PARTNERSTACK_STRIPE_COMMISSION_HOLD_DAYS": 0,
+}
+
+
+@pytest.mark.parametrize("app_config", [WORKED_EXAMPLE])
+def test_the_readme_worked_example(app, client, rows, models):
+    """README, "Rewards", "A worked example" (the hold is 0 here instead of 30 days)."""
+    customer(client, 1, "partner-alice")  # Dana
+    customer(client, 2, "partner-alice")  # Frank
+    pay(client, 1, "ch_dana", 9900, "team")
+    pay(client, 2, "ch_frank_1", 4900)
+    assert owed(rows, models, "ch_dana")[0] == 2475
+    assert owed(rows, models, "ch_frank_1")[0] == 735
+    cli(app, "commissions", "approve")
+    [line] = export(app)
+    assert (line["partner_key"], line["amount"], line["commissions"]) == (
+        "partner-alice",
+        "3210",
+        "2",
+    )
+    assert line["payout_id"].startswith("po_")
+    assert export(app) == []
+    refunded = testing.charge("ch_dana", customer="cus_1", amount=9900, amount_refunded=9900)
+    post(client, "charge.refunded", refunded)
+    with app.app_context():
+        assert app.extensions["partnerstack_stripe"].extension.partner_summary("partner-alice")[
+            "due"
+        ] == {"usd": -2475}
+    pay(client, 2, "ch_frank_2", 4900)
+    cli(app, "commissions", "approve")
+    [line] = export(app)
+    assert (line["partner_key"], line["amount"], line["commissions"]) == (
+        "partner-alice",
+        "-1740",
+        "2",
+    )
+
+
+@pytest.mark.parametrize("app_config", [TWENTY])
+def test_payments_earn_once_their_customer_gets_a_partner(app, client, rows, models, state):
+    """Signed up directly, paid, then the partner arrives with Stripe's customer metadata:
+    the payment earns, as it would have had the partner been known first."""
+    with app.test_request_context():
+        state.extension.create_customer("user-7", "seven@example.com")
+    linked = testing.customer(
+        "cus_7", email="seven@example.com", metadata={"customer_key": "user-7"}
+    )
+    post(client, "customer.created", linked)
+    pay(client, 7, "ch_7", 2000)
+    assert owed(rows, models, "ch_7") is None  # no partner, no commission
+    metadata = {"customer_key": "user-7", "partner_key": "late-partner"}
+    post(client, "customer.updated", testing.customer("cus_7", metadata=metadata))
+    assert owed(rows, models, "ch_7") == (400, "usd", "pending")
+    assert commission_of(rows, models, "ch_7").partner_key == "late-partner"
