@@ -376,15 +376,15 @@ class CommissionMixin:
     def customer_id(cls) -> Mapped[int | None]:
         return mapped_column(sa.ForeignKey(f"{cls.customer_table}.id", ondelete="SET NULL"))
 
-    partner_key: Mapped[str] = mapped_column(sa.String(500))
-    product_key: Mapped[str | None] = mapped_column(sa.String(500))
+    partner_key: Mapped[str] = mapped_column(_string(500))
+    product_key: Mapped[str | None] = mapped_column(_string(500))
     #: What the payment earns now, minor units; 0 once reversed. Never negative.
     amount: Mapped[int] = mapped_column(sa.BigInteger)
-    currency: Mapped[str] = mapped_column(sa.String(3))
+    currency: Mapped[str] = mapped_column(_string(3))
     #: What payouts have paid on it so far (minor units).
     paid_amount: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     #: ``pending``, ``approved``, ``paid`` or ``reversed`` (see :data:`COMMISSION_STATUSES`).
-    status: Mapped[str] = mapped_column(sa.String(16))
+    status: Mapped[str] = mapped_column(_string(16))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -393,7 +393,7 @@ class CommissionMixin:
     paid_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     reversed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     #: The payout that last paid it (or its clawback).
-    payout_id: Mapped[str | None] = mapped_column(sa.String(64))
+    payout_id: Mapped[str | None] = mapped_column(_string(64))
 
     @property
     def due(self) -> int:
@@ -432,9 +432,9 @@ class PayoutMixin:
         )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    payout_id: Mapped[str] = mapped_column(sa.String(64))
-    partner_key: Mapped[str] = mapped_column(sa.String(500))
-    currency: Mapped[str] = mapped_column(sa.String(3))
+    payout_id: Mapped[str] = mapped_column(_string(64))
+    partner_key: Mapped[str] = mapped_column(_string(500))
+    currency: Mapped[str] = mapped_column(_string(3))
     amount: Mapped[int] = mapped_column(sa.BigInteger)
     #: How many commissions the line pays (or claws back).
     commissions: Mapped[int] = mapped_column(sa.Integer)
