@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo serve test lint typing browser fuzz burst bench install clean
+.PHONY: demo demo-celery serve test lint typing browser fuzz burst bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,14 +18,20 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m example_app.demo
 
+## The same story with PROCESSING = "celery": a Celery worker on the machine's Redis
+## (EXAMPLE_APP_CELERY_BROKER, default redis://127.0.0.1:6379/0) applies the events; it is
+## started before and stopped after.
+demo-celery: $(STAMP)
+	$(BIN)/python -m example_app.demo --celery
+
 ## Run the example app on http://127.0.0.1:5000 (after `make demo` it has data to show).
 serve: $(STAMP)
 	$(BIN)/flask --app example_app db upgrade
 	$(BIN)/flask --app example_app run --port 5000
 
 ## Lint, then the whole suite on SQLite, PostgreSQL and MariaDB (REQUIRE_POSTGRES=1 makes
-## a missing PostgreSQL an error instead of a loud skip, REQUIRE_SERVICES=1 any missing
-## server), in two xdist workers.
+## a missing PostgreSQL an error instead of a loud skip; REQUIRE_SERVICES=1 the same for
+## MariaDB, and for Redis and RabbitMQ, which the Celery tests use), in two xdist workers.
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -212,6 +212,13 @@ def main() -> int:
                         n, urls[n], Path(workdir), quick=args.quick, target=target
                     ),
                 )
+        if "postgresql" in urls:
+            from . import celery_row
+
+            timed(
+                "celery postgresql",
+                lambda: celery_row.run(urls["postgresql"], args.quick, target),
+            )
     missed = [name for name, passed, _ in TARGETS if not passed]
     print(f"\n{len(TARGETS) - len(missed)} of {len(TARGETS)} targets hold.")
     for name in missed:

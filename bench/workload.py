@@ -22,7 +22,7 @@ OURS, BARE = "/partnerstack/webhook", "/bare/webhook"
 Delivery = tuple[bytes, dict[str, str]]
 
 
-def create_app(database_url: str | None = None) -> Flask:
+def create_app(database_url: str | None = None, **config: Any) -> Flask:
     """Ours at /partnerstack/webhook and the bare minimum at /bare/webhook, on one database."""
     url = database_url or os.environ["BENCH_DATABASE_URL"]
     app = Flask("bench")
@@ -31,6 +31,7 @@ def create_app(database_url: str | None = None) -> Flask:
         PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[SECRET],
         PARTNERSTACK_STRIPE_SIGNATURE_TOLERANCE=TOLERANCE,
     )
+    app.config.update(config)
     db = SQLAlchemy()
     db.init_app(app)
     PartnerStackStripe(app)

@@ -53,11 +53,25 @@ def create_app(config: dict[str, Any] | None = None) -> Flask:
         # default); the demo approves them at once so that its payouts page has work.
         PARTNERSTACK_STRIPE_COMMISSION_HOLD_DAYS=int(os.environ.get("COMMISSION_HOLD_DAYS", 0)),
     )
+    broker = os.environ.get("EXAMPLE_APP_CELERY_BROKER")
+    if broker:  # `make demo-celery`: events are applied by a Celery worker
+        app.config.update(
+            PARTNERSTACK_STRIPE_PROCESSING="celery",
+            CELERY={
+                "broker_url": broker,
+                "task_default_queue": os.environ.get("EXAMPLE_APP_CELERY_QUEUE", "celery"),
+                "task_ignore_result": True,
+            },
+        )
     app.config.update(config or {})
 
     db.init_app(app)
     migrate.init_app(app, db, directory=str(Path(__file__).resolve().parent / "migrations"))
     partnerstack.init_app(app)
+    if app.config.get("PARTNERSTACK_STRIPE_PROCESSING") == "celery":
+        from .worker import celery_init_app
+
+        celery_init_app(app)
 
     from . import views
 

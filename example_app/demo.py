@@ -232,14 +232,57 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def start_worker(env: dict[str, str]) -> subprocess.Popen[str]:
+    """A Celery worker for the example app, on the broker and queue ``env`` names."""
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "celery", "-A", "example_app.worker", "worker", "--pool", "solo",
+         "-Q", env["EXAMPLE_APP_CELERY_QUEUE"], "--without-heartbeat", "--without-gossip",
+         "--without-mingle", "-l", "WARNING"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    print(f"Celery worker started on {env['EXAMPLE_APP_CELERY_BROKER']}, queue "
+          f"{env['EXAMPLE_APP_CELERY_QUEUE']}\n")  # fmt: skip
+    return worker
+
+
+def wait_for_the_worker(timeout: float = 60) -> None:
+    """Until no event is left received: the worker has applied everything posted."""
+    import sqlalchemy as sa
+
+    from . import create_app, db, partnerstack
+
+    app = create_app()
+    with app.app_context():
+        WebhookEvent = partnerstack.models.WebhookEvent
+        session = db.session
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            left = session.scalar(
+                sa.select(sa.func.count()).where(WebhookEvent.status == "received")
+            )
+            session.rollback()
+            if not left:
+                return
+            time.sleep(0.2)
+    raise SystemExit("The Celery worker did not apply every event in time.")
+
+
 def main() -> int:
+    celery = "--celery" in sys.argv[1:]
     database = INSTANCE / "example.db"
     INSTANCE.mkdir(exist_ok=True)
     database.unlink(missing_ok=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("DATABASE_URL", None)
+    worker = None
+    if celery:
+        env.setdefault("EXAMPLE_APP_CELERY_BROKER", "redis://127.0.0.1:6379/0")
+        env["EXAMPLE_APP_CELERY_QUEUE"] = f"example-app-demo-{os.getpid()}"
+        os.environ.update(env)  # this process reads the database in the same mode
     print(f"Migrating {database} (flask db upgrade)")
     subprocess.run([*FLASK, "db", "upgrade"], cwd=ROOT, env=env, check=True, capture_output=True)
+    if celery:
+        worker = start_worker(env)
 
     port = free_port()
     server = subprocess.Popen(
@@ -269,9 +312,15 @@ def main() -> int:
                 "--product-key", "team", "--amount", "4900", "--url", webhook, "--yes"]  # fmt: skip
         output = subprocess.run(seed, cwd=ROOT, env=env, check=True, capture_output=True, text=True)
         print("\n".join("  " + line for line in output.stdout.splitlines()))
+        if worker is not None:
+            wait_for_the_worker()
+            print("\nThe Celery worker applied every queued event.")
     finally:
         server.terminate()
         server.wait(timeout=10)
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=15)
     print_report()
     print("\nThe extension's commissions (flask partnerstack commissions approve, then list):")
     for command in (["approve"], ["list"]):

@@ -12,12 +12,13 @@ import stripe
 from flask import current_app, url_for
 from flask.cli import AppGroup, with_appcontext
 
-from . import accounts
+from . import accounts, outbox
 from .backfill import backfill
 from .cli_rewards import commissions_cli, payouts_cli
 from .endpoints_check import endpoint_warnings
 from .extension import State, get_state
 from .models import utcnow
+from .queued import EventFailed, apply_stored, received_before
 from .scenarios import send_test_event
 from .status import Status
 
@@ -183,6 +184,57 @@ def _replay_one(state: State, payload: str | None, stripe_account_id: str | None
     return outcome.status + (f" ({outcome.reason})" if outcome.reason else "")
 
 
+@partnerstack_cli.command("deliver")
+@click.argument("delivery_ids", nargs=-1, type=int)
+@click.option("--dead", is_flag=True, help="The dead deliveries instead of the pending ones.")
+@with_appcontext
+def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
+    """Send durable signals now: every pending one, the dead ones, or DELIVERY_IDS.
+
+    Receivers get the same ``delivery_id`` each time. Hosts without Celery run this
+    from cron; with Celery the ``partnerstack.deliver_signals`` task does it.
+    """
+    state = get_state()
+    result = outbox.deliver(
+        state.db.session(),
+        state.unit_of_work,
+        state.models,
+        state.settings,
+        state.receiver.send,
+        ids=delivery_ids,
+        dead=dead,
+    )
+    click.echo(f"{result.delivered} delivered, {result.failed} failed ({result.dead} now dead).")
+    if result.failed:
+        raise SystemExit(1)
+
+
+@partnerstack_cli.command("sweep")
+@click.option("--older-than", "seconds", type=click.FloatRange(min=0),
+              help="Seconds received (default: PARTNERSTACK_STRIPE_SWEEP_AFTER).")  # fmt: skip
+@click.option("--apply", "apply_here", is_flag=True,
+              help="Apply them in this process instead of enqueueing them.")  # fmt: skip
+@with_appcontext
+def sweep_command(seconds: float | None, apply_here: bool) -> None:
+    """Enqueue again the events left received (their message was lost), or apply them."""
+    state = get_state()
+    age = timedelta(seconds=state.settings.sweep_after if seconds is None else seconds)
+    stale = received_before(state, age)
+    counts: dict[str, int] = {}
+    for event_id in stale:
+        if apply_here:
+            try:
+                status = apply_stored(state, event_id)
+            except EventFailed:
+                status = Status.FAILED
+        else:
+            state.extension.enqueue(event_id)
+            status = "enqueued"
+        counts[status] = counts.get(status, 0) + 1
+    summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    click.echo(f"{len(stale)} events left received: {summary or 'nothing to do'}.")
+
+
 @partnerstack_cli.command("prune")
 @click.option("--older-than", "days", type=click.IntRange(min=1),
               help="Days to keep (default: PARTNERSTACK_STRIPE_EVENT_RETENTION_DAYS).")  # fmt: skip
@@ -303,6 +355,19 @@ def check(base_url: str | None, with_stripe: bool) -> None:
         if failures:
             problems.append(
                 f"{failures} events failed in the last day: `flask partnerstack replay --failed`."
+            )
+
+    if state.models.SignalDelivery.__tablename__ in existing:
+        session = state.db.session
+        pending = outbox.count(session, state.models, outbox.PENDING)
+        dead = outbox.count(session, state.models, outbox.DEAD)
+        click.echo("Signal deliveries")
+        click.echo(f"  pending            {pending}")
+        click.echo(f"  dead               {dead}")
+        if dead:
+            problems.append(
+                f"{dead} signal deliveries are dead: fix the receiver, then "
+                "`flask partnerstack deliver --dead`."
             )
 
     if with_stripe:

@@ -30,6 +30,15 @@ DEFAULTS: dict[str, Any] = {
     "INSTALL_SCOPE": "read_write",
     "INSTALL_REDIRECT": None,
     "EVENT_RETENTION_DAYS": 90,
+    "PROCESSING": "inline",
+    #: None: False inline, True with Celery.
+    "DURABLE_SIGNALS": None,
+    "SIGNAL_MAX_ATTEMPTS": 10,
+    #: Seconds before a durable signal's first retry (doubled each time, up to an hour);
+    #: a delivery its sender has not settled by then is due for the retry task too.
+    "SIGNAL_RETRY_DELAY": 30,
+    #: Seconds an event may stay received before ``sweep`` enqueues it again.
+    "SWEEP_AFTER": 60,
     "REWARDS": [],
     "COMMISSION_HOLD_DAYS": 30,
 }
@@ -39,6 +48,7 @@ REFUND_POLICIES = ("delete", "prorate")
 #: The invoice field a transaction's amount comes from in invoice mode.
 INVOICE_AMOUNTS = ("subtotal", "total_excluding_tax", "amount_paid")
 INSTALL_METHODS = ("connect", "stripe_app")
+PROCESSINGS = ("inline", "celery")
 
 
 class ConfigurationError(ValueError):
@@ -68,6 +78,11 @@ class Settings:
     install_scope: str
     install_redirect: str | None
     event_retention_days: int
+    processing: str = "inline"
+    durable_signals: bool = False
+    signal_max_attempts: int = 10
+    signal_retry_delay: float = 30
+    sweep_after: float = 60
     #: ``rewards.Rule`` objects from ``PARTNERSTACK_STRIPE_REWARDS``.
     rewards: tuple[Any, ...] = ()
     commission_hold_days: int = 30
@@ -84,6 +99,7 @@ class Settings:
         def get(name: str) -> Any:
             return config.get(PREFIX + name, DEFAULTS[name])
 
+        processing = _choice("PROCESSING", get("PROCESSING"), PROCESSINGS)
         from .rewards import parse_rules  # rewards imports this module
 
         return cls(
@@ -110,6 +126,15 @@ class Settings:
             ),
             install_redirect=_redirect(get("INSTALL_REDIRECT")),
             event_retention_days=_positive_int("EVENT_RETENTION_DAYS", get("EVENT_RETENTION_DAYS")),
+            processing=processing,
+            durable_signals=(
+                processing == "celery"
+                if get("DURABLE_SIGNALS") is None
+                else _bool("DURABLE_SIGNALS", get("DURABLE_SIGNALS"))
+            ),
+            signal_max_attempts=_positive_int("SIGNAL_MAX_ATTEMPTS", get("SIGNAL_MAX_ATTEMPTS")),
+            signal_retry_delay=_positive_number("SIGNAL_RETRY_DELAY", get("SIGNAL_RETRY_DELAY")),
+            sweep_after=_positive_number("SWEEP_AFTER", get("SWEEP_AFTER")),
             rewards=parse_rules(get("REWARDS")),
             commission_hold_days=_non_negative_int(
                 "COMMISSION_HOLD_DAYS", get("COMMISSION_HOLD_DAYS")

@@ -250,6 +250,11 @@ class UnitOfWork:
                 _commit(session, session.connection())
 
     @staticmethod
+    def is_open(session: Session) -> bool:
+        """Whether one of our transactions is open on ``session`` (a new unit would join it)."""
+        return bool(session.info.get(_OPEN_UNIT))
+
+    @staticmethod
     def defer(session: Session, notifications: list[Any]) -> bool:
         """Keep ``notifications`` for the open transaction's owner to send after its commit.
 

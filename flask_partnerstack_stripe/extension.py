@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import secrets
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 from flask import Flask, Response, current_app, has_request_context, request
@@ -21,6 +22,9 @@ from .referral import referred_partner_key, remember_referral
 from .rules import BUILTIN_HANDLERS, LOOKUPS
 from .signup import record_signup, signup_details, signup_party
 from .values import ID_LENGTH, STRIPE_ID, argument
+
+if TYPE_CHECKING:
+    from .tasks import Tasks
 
 EXTENSION_KEY = "partnerstack_stripe"
 
@@ -69,6 +73,9 @@ class PartnerStackStripe:
         self._register_blueprint = register_blueprint
         self._handlers: dict[str, list[HostHandler]] = {}
         self._install_guard: InstallGuard | None = None
+        #: The apps set up so far (a task without an app context pushes the only one).
+        self._apps: weakref.WeakSet[Flask] = weakref.WeakSet()
+        self._tasks: Tasks | None = None
         if app is not None:
             self.init_app(app)
 
@@ -114,6 +121,8 @@ class PartnerStackStripe:
         # registered after init_app still count.
         handlers = Handlers(builtin=BUILTIN_HANDLERS, host=self._handlers, lookups=LOOKUPS)
         receiver = Receiver(self._models, settings, unit_of_work, handlers, send_notifications)
+        receiver.enqueue = self.enqueue
+        self._apps.add(app)
         app.extensions[EXTENSION_KEY] = State(
             self, settings, db, self._models, receiver, unit_of_work
         )
@@ -240,6 +249,7 @@ class PartnerStackStripe:
         if partner_key is None and has_request_context():
             partner_key = referred_partner_key(request)
         session = state.db.session()
+        joining = state.unit_of_work.is_open(session)
         with state.unit_of_work(session):
             customer, notifications = record_signup(
                 session,
@@ -250,11 +260,58 @@ class PartnerStackStripe:
                 match_email=state.settings.match_email,
                 rewards=state.settings.rewards,
             )
+            if not joining:  # joining an event's transaction, the event's outbox has them
+                notifications = state.receiver.record(session, notifications)
         # Called from a host handler, this joined the event's transaction: its signals
         # go out with the event's, after that commit.
         if not state.unit_of_work.defer(session, notifications):
-            send_notifications(notifications)
+            state.receiver.deliver(session, notifications)
         return customer
+
+    def init_celery(
+        self,
+        celery_app: Any,
+        *,
+        retry_backoff: int = 5,
+        max_retries: int = 8,
+        beat: bool = False,
+    ) -> Tasks:
+        """Register ``partnerstack.apply_event``, ``.deliver_signals`` and ``.sweep`` on
+        the host's Celery app, and enqueue webhook events on it (``PROCESSING = "celery"``).
+
+        Create ``celery_app`` as Flask's documentation does, with a task class that
+        pushes the app context; without one, each task pushes the context of the one
+        app this extension was set up on. A failed event is retried after
+        ``retry_backoff`` seconds, doubled each time, ``max_retries`` times (it stays
+        stored as ``failed`` meanwhile). ``beat=True`` adds the sweep (every minute) and
+        the signal retries (every 30 seconds) to ``celery_app.conf.beat_schedule``.
+        """
+        from .tasks import register
+
+        self._tasks = register(
+            celery_app, self, retry_backoff=retry_backoff, max_retries=max_retries, beat=beat
+        )
+        return self._tasks
+
+    def enqueue(self, event_id: str) -> None:
+        """Hand a stored event to the Celery app given to :meth:`init_celery`."""
+        if self._tasks is None:
+            raise RuntimeError(
+                "PARTNERSTACK_STRIPE_PROCESSING is 'celery' but partnerstack.init_celery("
+                "celery_app) was not called."
+            )
+        self._tasks.enqueue(event_id)
+
+    def only_app(self) -> Flask:
+        """The one app this extension is set up on (for a task run without an app context)."""
+        apps = list(self._apps)
+        if len(apps) != 1:
+            raise RuntimeError(
+                "A partnerstack task ran without a Flask app context, and this extension "
+                f"is set up on {len(apps)} apps: create the Celery app with a task "
+                "class that pushes the app context (Flask's Celery pattern)."
+            )
+        return apps[0]
 
     def partner_summary(self, partner_key: str, *, since: datetime | None = None) -> dict[str, Any]:
         """A partner's customers, standing payments and commissions (by status and
@@ -278,10 +335,17 @@ class PartnerStackStripe:
             approved = commissions.approve(
                 session, state.models, hold_days=state.settings.commission_hold_days, now=now
             )
-        send_notifications(
-            (signals.commission_updated, {"commission": c, "transaction": None, "event": None})
-            for c in approved
-        )
+            notifications = state.receiver.record(
+                session,
+                [
+                    (
+                        signals.commission_updated,
+                        {"commission": c, "transaction": None, "event": None},
+                    )
+                    for c in approved
+                ],
+            )
+        state.receiver.deliver(session, notifications)
         return approved
 
     def export_payouts(self, *, currency: str | None = None) -> list[payouts.PayoutLine]:

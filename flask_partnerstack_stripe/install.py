@@ -26,7 +26,6 @@ from . import accounts, oauth, signals
 from .database import delete_returning
 from .extension import State, get_state
 from .models import utcnow
-from .notify import send_notifications
 from .values import STRIPE_ID
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -125,7 +124,10 @@ def install_callback() -> ResponseReturnValue:
             access_token=token.get("access_token"),
             refresh_token=token.get("refresh_token"),
         )
-    send_notifications([(signals.account_installed, {"account": account})])
+        installed = state.receiver.record(
+            db_session, [(signals.account_installed, {"account": account})]
+        )
+    state.receiver.deliver(db_session, installed)
     if state.settings.install_redirect:
         return redirect(_local_url(state.settings.install_redirect))
     mode = "live" if account.livemode else "test"
@@ -213,8 +215,13 @@ def uninstall() -> ResponseReturnValue:
             abort(502, "Stripe could not be reached to disconnect the account; try again.")
     with state.unit_of_work(db_session):
         uninstalled = accounts.uninstall(db_session, state.models, stripe_account_id, livemode)
-    if uninstalled is not None:
-        send_notifications([(signals.account_uninstalled, {"account": uninstalled, "event": None})])
+        notifications = state.receiver.record(
+            db_session,
+            [(signals.account_uninstalled, {"account": uninstalled, "event": None})]
+            if uninstalled is not None
+            else [],
+        )
+    state.receiver.deliver(db_session, notifications)
     if state.settings.install_redirect:
         return redirect(_local_url(state.settings.install_redirect))
     mode = "live" if livemode else "test"

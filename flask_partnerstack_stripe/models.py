@@ -449,6 +449,43 @@ PENDING, APPROVED, PAID, REVERSED = "pending", "approved", "paid", "reversed"
 COMMISSION_STATUSES = (PENDING, APPROVED, PAID, REVERSED)
 
 
+class SignalDeliveryMixin:
+    """One data signal to deliver, written in the transaction of the change it speaks of.
+    Table ``partnerstack_signal_delivery`` (the outbox of durable signals).
+
+    ``arguments`` is the signal's keyword arguments as JSON: a model instance is kept
+    as its model's name in :class:`Models` and its primary key, and read again from the
+    database when the delivery is sent; the event as its stored id when it was stored.
+    """
+
+    if TYPE_CHECKING:  # what declarative gives each model class
+        __table__: ClassVar[sa.Table]
+
+    @declared_attr.directive
+    def __tablename__(cls) -> str:
+        return "partnerstack_signal_delivery"
+
+    @declared_attr.directive
+    def __table_args__(cls) -> tuple[Any, ...]:
+        table = cls.__tablename__
+        return (sa.Index(f"ix_{table}_status_next_attempt_at", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    #: The blinker signal's name (``customer-created``, ...).
+    signal: Mapped[str] = mapped_column(_string(64))
+    arguments: Mapped[str] = mapped_column(_TEXT)
+    #: ``pending``, ``delivered`` or ``dead``.
+    status: Mapped[str] = mapped_column(_string(16), default="pending")
+    attempts: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(_TEXT)
+    created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
+
+    def __repr__(self) -> str:
+        return f"<SignalDelivery {self.id} {self.signal} {self.status}>"
+
+
 #: How far along a refund status is; a status never goes back to a lower rank. A refund
 #: can fail after it succeeded (Stripe sends ``refund.failed`` then), never the reverse.
 REFUND_RANKS = {"pending": 1, "requires_action": 1, "succeeded": 2, "failed": 3, "canceled": 3}
@@ -474,6 +511,7 @@ class Models(NamedTuple):
     Refund: type[RefundMixin] = None  # type: ignore[assignment]
     Commission: type[CommissionMixin] = None  # type: ignore[assignment]
     Payout: type[PayoutMixin] = None  # type: ignore[assignment]
+    SignalDelivery: type[SignalDeliveryMixin] = None  # type: ignore[assignment]
 
 
 #: The mixin each default model is built from, by its field in :class:`Models`.
@@ -486,6 +524,7 @@ MIXINS: dict[str, type] = {
     "Refund": RefundMixin,
     "Commission": CommissionMixin,
     "Payout": PayoutMixin,
+    "SignalDelivery": SignalDeliveryMixin,
 }
 
 # One set of default models per ``SQLAlchemy`` object: declaring a table twice on

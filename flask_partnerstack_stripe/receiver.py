@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
-from . import signals
+from . import outbox, signals
 from .config import Settings
 from .database import UnitOfWork, cached_statement, insert_on_conflict, won_id
 from .models import Models, account_scope, utcnow
@@ -27,8 +27,9 @@ log = logging.getLogger("flask_partnerstack_stripe")
 
 HostHandler = Callable[[dict[str, Any]], Any]
 Notification = tuple[NamedSignal, dict[str, Any]]
-#: Sends signals once their data has committed (``notify.send_notifications`` in an app).
-Sender = Callable[[Iterable[Notification]], None]
+#: Sends signals once their data has committed (``notify.send_notifications`` in an app),
+#: and says per notification what its first failing receiver raised (or None).
+Sender = Callable[[Iterable[Notification]], "Sequence[BaseException | None]"]
 
 
 class Ignored(Exception):
@@ -167,6 +168,10 @@ class Receiver:
         self.handlers = handlers
         self.send = send
         self.settled = SettledIds(self.SETTLED_MEMORY)
+        #: ``celery`` processing: hands a stored event's id to the queue after its commit
+        #: (set by ``init_celery``). What it raises is logged: the event stays received,
+        #: and ``sweep`` enqueues it again.
+        self.enqueue: Callable[[str], None] | None = None
 
     def run(
         self,
@@ -176,6 +181,7 @@ class Receiver:
         *,
         stripe_account_id: str | None = None,
         replay: bool = False,
+        worker: bool = False,
     ) -> Outcome:
         """Look up, store, apply, commit, signal; return what happened.
 
@@ -186,6 +192,11 @@ class Receiver:
         (say, an unmatched refund once an API key is configured); a processed copy
         is never applied twice.
 
+        In ``celery`` processing a webhook's event is only stored, as ``received``, and
+        enqueued once committed (a ``queued`` outcome); the queue's worker calls this
+        again with ``worker`` set, and the claim takes the received (or failed) row over,
+        so that whoever commits first applies it and every other copy is a duplicate.
+
         A failure of a stored event rolls back, is stored as ``failed`` in its own
         transaction, sends ``event_failed`` and comes back as a ``failed`` outcome;
         an unstored event's failure is raised, since there is nothing to replay.
@@ -193,6 +204,8 @@ class Receiver:
         if payload is not None and not replay and event["id"] in self.settled:
             return Outcome(Status.DUPLICATE)
         stripe_account_id = stripe_account_id or event.get("account")
+        if self.settings.processing == "celery" and payload is not None and not (replay or worker):
+            return self._queue(session, event, payload, stripe_account_id)
         try:
             # 1. One short read: is the look-up needed at all (no Stripe call for a
             #    duplicate or an uninstalled account), and which transaction source.
@@ -206,10 +219,16 @@ class Receiver:
             with self.unit_of_work(session):
                 if payload is None:
                     outcome = self._apply(session, event, stripe_account_id, False, lookups)
-                elif self._claim(session, event, payload, stripe_account_id, replay=replay):
+                elif self._claim(
+                    session, event, payload, stripe_account_id, replay=replay, worker=worker
+                ):
                     outcome = self._apply(session, event, stripe_account_id, True, lookups)
                 else:
                     outcome = Outcome(Status.DUPLICATE)  # processed or ignored: never failed
+                # The rules' signals, then those of nested calls; with durable signals
+                # the data ones are written to the outbox in this same transaction.
+                outcome.notifications += self.unit_of_work.take_deferred(session)
+                outcome.notifications = self.record(session, outcome.notifications)
         except Exception as error:
             # unit_of_work raises only when nothing committed.
             self.unit_of_work.take_deferred(session)
@@ -219,12 +238,95 @@ class Receiver:
             # 6. Signal the failure.
             self.send([(signals.event_failed, {"event": event, "error": error})])
             return Outcome(Status.FAILED, f"{type(error).__name__}: {error}", [], error, recorded)
-        # 6. Signal, after the commit: the rules' signals, then those of nested calls.
-        outcome.notifications += self.unit_of_work.take_deferred(session)
         if payload is not None:
             self.settled.add(event["id"])
-        self.send(outcome.notifications)
+        # 6. Signal, after the commit; a durable delivery is settled once sent.
+        self.deliver(session, outcome.notifications)
         return outcome
+
+    def record(self, session: Session, notifications: list[Notification]) -> list[Notification]:
+        """With durable signals, write the data ones to the outbox in the open transaction."""
+        if not self.settings.durable_signals:
+            return notifications
+        return outbox.record(session, self.models, self.settings, notifications)
+
+    def deliver(self, session: Session, notifications: list[Notification]) -> None:
+        """Send committed signals; mark durable ones delivered (or count the failed attempt)."""
+        errors = self.send(notifications)
+        results = [
+            (kwargs["delivery_id"], error)
+            for (_, kwargs), error in zip(notifications, errors, strict=True)
+            if kwargs.get("delivery_id") is not None
+        ]
+        outbox.settle(session, self.unit_of_work, self.models, self.settings, results)
+
+    def _queue(
+        self, session: Session, event: dict[str, Any], payload: str, stripe_account_id: str | None
+    ) -> Outcome:
+        """Store the event as received, commit, then enqueue it (``celery`` processing).
+
+        A failed copy is taken over and enqueued again (Stripe redelivered it); a
+        received, processed or ignored one makes this a duplicate.
+        """
+        try:
+            with self.unit_of_work(session):
+                connection = session.connection()
+                table = self.models.WebhookEvent.__table__
+                statement = cached_statement(
+                    (table, "receive", connection.dialect.name),
+                    lambda: self._receive_statement(session, table),
+                )
+                values = {
+                    "stripe_event_id": event["id"],
+                    "type": event["type"],
+                    "stripe_account_id": stripe_account_id,
+                    "livemode": event["livemode"],
+                    "payload": payload,
+                    "now": utcnow(),
+                }
+                stored = won_id(connection.execute(statement, values)) is not None
+        except Exception as error:
+            self.unit_of_work.take_deferred(session)
+            log.error(
+                "Storing Stripe event %s failed: %s: %s", event["id"], type(error).__name__, error
+            )
+            return Outcome(Status.FAILED, f"{type(error).__name__}: {error}", [], error, False)
+        if not stored:
+            return Outcome(Status.DUPLICATE)
+        if self.enqueue is None:
+            log.error(
+                "PARTNERSTACK_STRIPE_PROCESSING is 'celery' but init_celery(celery_app) was "
+                "not called: Stripe event %s stays received until it is.", event["id"]
+            )  # fmt: skip
+        else:
+            try:
+                self.enqueue(event["id"])
+            except Exception as error:
+                # Stored and committed: `sweep` enqueues it once the broker is back.
+                log.warning(
+                    "Could not enqueue Stripe event %s (%s: %s); it is stored as received "
+                    "and the sweep will enqueue it.", event["id"], type(error).__name__, error
+                )  # fmt: skip
+        return Outcome(Status.QUEUED)
+
+    @staticmethod
+    def _receive_statement(session: Session, table: Any) -> Any:
+        return insert_on_conflict(
+            session,
+            table,
+            {
+                "stripe_event_id": sa.bindparam("stripe_event_id"),
+                "type": sa.bindparam("type"),
+                "stripe_account_id": sa.bindparam("stripe_account_id"),
+                "livemode": sa.bindparam("livemode"),
+                "status": Status.RECEIVED,
+                "payload": sa.bindparam("payload"),
+                "received_at": sa.bindparam("now"),
+            },
+            keys=[table.c.stripe_event_id],
+            update=lambda excluded: {"status": Status.RECEIVED, "error": None},
+            where=lambda excluded: table.c.status == Status.FAILED,
+        )
 
     def _before_look_up(
         self,
@@ -328,6 +430,7 @@ class Receiver:
         stripe_account_id: str | None,
         *,
         replay: bool,
+        worker: bool = False,
     ) -> bool:
         """Insert the event, or take over a failed copy of it; False for a duplicate.
 
@@ -338,8 +441,8 @@ class Receiver:
         connection = session.connection()
         table = self.models.WebhookEvent.__table__
         statement = cached_statement(
-            (table, "claim", connection.dialect.name, replay),
-            lambda: self._claim_statement(session, table, replay),
+            (table, "claim", connection.dialect.name, replay, worker),
+            lambda: self._claim_statement(session, table, replay, worker),
         )
         values = {
             "stripe_event_id": event["id"],
@@ -352,9 +455,14 @@ class Receiver:
         return won_id(connection.execute(statement, values)) is not None
 
     @staticmethod
-    def _claim_statement(session: Session, table: Any, replay: bool) -> Any:
+    def _claim_statement(session: Session, table: Any, replay: bool, worker: bool) -> Any:
         now: sa.BindParameter[Any] = sa.bindparam("now")
-        takeover = table.c.status != Status.PROCESSED if replay else table.c.status == Status.FAILED
+        if replay:
+            takeover = table.c.status != Status.PROCESSED
+        elif worker:  # the queue's copy: the webhook stored it received
+            takeover = table.c.status.in_((Status.RECEIVED, Status.FAILED))
+        else:
+            takeover = table.c.status == Status.FAILED
         return insert_on_conflict(
             session,
             table,

@@ -12,14 +12,19 @@ class Status:
     column, sent in JSON answers and printed by the CLI exactly as they are.
     """
 
+    #: Stored by the webhook in ``celery`` processing, for a worker to apply.
+    RECEIVED: Final = "received"
     #: Applied and committed.
     PROCESSED: Final = "processed"
     #: Changed nothing (no handler, an uninstalled account, a rule's reason); stored with why.
     IGNORED: Final = "ignored"
     #: Applying raised: rolled back, stored with the error, to be redelivered or replayed.
     FAILED: Final = "failed"
-    #: An outcome only, never stored: a copy of this event was processed or ignored already.
+    #: An outcome only, never stored: a copy of this event was stored already (received,
+    #: processed or ignored).
     DUPLICATE: Final = "duplicate"
+    #: An outcome only: stored as received and handed to the queue (``celery`` processing).
+    QUEUED: Final = "queued"
 
     #: The statuses a stored event can have.
-    STORED: Final = (PROCESSED, IGNORED, FAILED)
+    STORED: Final = (RECEIVED, PROCESSED, IGNORED, FAILED)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,28 @@ def test_make_demo_plays_the_story_and_prints_the_partner_table(tmp_path):
     assert any(line.split() == ["partner-carol", "1", "1", "25.00", "5.00"] for line in lines)
     assert "duplicate" in result.stdout and "make serve" in result.stdout
     assert "HTTP 5" not in result.stdout
+
+
+def test_make_demo_celery_ends_in_the_same_table(tmp_path):
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=2).close()
+    except OSError as error:
+        if os.environ.get("REQUIRE_SERVICES") == "1":
+            pytest.fail(f"REQUIRE_SERVICES=1 but Redis is not reachable: {error}")
+        pytest.skip(f"!!! SKIPPED: Redis is not reachable at 127.0.0.1:6379: {error}")
+    result = subprocess.run(
+        [sys.executable, "-m", "example_app.demo", "--celery"],
+        cwd=ROOT,
+        env={**os.environ, "EXAMPLE_APP_INSTANCE": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "HTTP 200 queued" in result.stdout
+    assert "The Celery worker applied every queued event." in result.stdout
+    lines = result.stdout.splitlines()
+    assert any(line.split() == ["partner-alice", "2", "2", "148.00", "41.95"] for line in lines)
+    assert any(line.split() == ["partner-bob", "1", "0", "0.00", "0.00"] for line in lines)
+    assert any(line.split() == ["seed-partner", "1", "1", "49.00", "12.25"] for line in lines)
+    assert any(line.split() == ["partner-carol", "1", "1", "25.00", "5.00"] for line in lines)

@@ -1,0 +1,153 @@
+"""The Celery row of ``make bench``: the webhook's acknowledgement (rate, p99) in celery mode
+against inline mode, and the rate at which 1 and 2 Celery workers apply a queued burst,
+on PostgreSQL and the machine's Redis.
+
+``celery -A bench.celery_row worker`` is the workers' app (BENCH_* in the environment).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from celery import Celery, Task
+from flask import Flask
+
+from .workload import OURS, Mix, create_app, reset_tables
+
+ROOT = Path(__file__).resolve().parents[1]
+REDIS = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def celery_app_for(app: Flask, queue: str) -> Celery:
+    class FlaskTask(Task):  # type: ignore[type-arg]
+        def __call__(self, *args: object, **kwargs: object) -> object:
+            with app.app_context():
+                return self.run(*args, **kwargs)
+
+    celery_app = Celery("bench", task_cls=FlaskTask)
+    celery_app.conf.update(
+        broker_url=REDIS, task_default_queue=queue, task_ignore_result=True,
+        worker_prefetch_multiplier=4,
+    )  # fmt: skip
+    app.extensions["partnerstack_stripe"].extension.init_celery(celery_app)
+    return celery_app
+
+
+def celery_mode_app(url: str, queue: str) -> Flask:
+    app = create_app(url, PARTNERSTACK_STRIPE_PROCESSING="celery")
+    app.extensions["celery"] = celery_app_for(app, queue)
+    return app
+
+
+def latencies(client: Any, batch: list[tuple[bytes, dict[str, str]]]) -> tuple[float, float]:
+    """Requests per second and the p99 latency in milliseconds."""
+    times = []
+    start = time.perf_counter()
+    for body, headers in batch:
+        before = time.perf_counter()
+        response = client.post(OURS, data=body, headers=headers)
+        times.append(time.perf_counter() - before)
+        if response.status_code != 200:
+            raise RuntimeError(f"answered {response.status_code}: {response.data[:200]!r}")
+    total = time.perf_counter() - start
+    return len(batch) / total, statistics.quantiles(times, n=100)[98] * 1000
+
+
+def count_received(app: Flask) -> int:
+    with app.app_context():
+        db = app.extensions["sqlalchemy"]
+        WebhookEvent = app.extensions["partnerstack_stripe"].models.WebhookEvent
+        left = db.session.scalar(
+            sa.select(sa.func.count()).where(WebhookEvent.status == "received")
+        )
+        db.session.remove()
+        return int(left or 0)
+
+
+def applied_rate(url: str, events: int, workers: int) -> float:
+    """Queue ``events`` with no worker running, then time ``workers`` workers applying them."""
+    queue = f"bench-{uuid.uuid4().hex[:10]}"
+    app = celery_mode_app(url, queue)
+    reset_tables(app)
+    client = app.test_client()
+    latencies(client, Mix(prefix=f"applied-{queue}").batch(events))
+    env = {**os.environ, "BENCH_DATABASE_URL": url, "BENCH_QUEUE": queue, "PYTHONPATH": str(ROOT)}
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "bench.celery_row",
+                "worker",
+                "--pool",
+                "solo",
+                "-Q",
+                queue,
+                "-n",
+                f"bench{n}-{queue}@%h",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+                "-l",
+                "WARNING",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for n in range(workers)
+    ]
+    start = time.perf_counter()
+    try:
+        while count_received(app) > 0:
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - start
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=15)
+    with app.app_context():
+        app.extensions["sqlalchemy"].engine.dispose()
+    # Includes the workers' start (about a second): a conservative figure.
+    return events / elapsed
+
+
+def run(url: str, quick: bool, target: Callable[[str, bool, str], None]) -> None:
+    events = 300 if quick else 1000
+    inline = create_app(url)
+    reset_tables(inline)
+    inline_rate, inline_p99 = latencies(inline.test_client(), Mix(prefix="inline").batch(events))
+    with inline.app_context():
+        inline.extensions["sqlalchemy"].engine.dispose()
+    queued = celery_mode_app(url, f"bench-ack-{uuid.uuid4().hex[:10]}")
+    reset_tables(queued)
+    rate, p99 = latencies(queued.test_client(), Mix(prefix="queued").batch(events))
+    with queued.app_context():
+        queued.extensions["sqlalchemy"].engine.dispose()
+    print(
+        f"  celery postgresql  acknowledged {rate:6.0f} ev/s p99 {p99:5.1f} ms"
+        f"   inline {inline_rate:6.0f} ev/s p99 {inline_p99:5.1f} ms",
+        flush=True,
+    )
+    target("celery postgresql: webhook acknowledgement p99 < 20 ms", p99 < 20, f"{p99:.1f} ms")
+    one = applied_rate(url, events, 1)
+    two = applied_rate(url, events, 2)
+    print(f"  celery postgresql  applied by 1 worker {one:6.0f} ev/s, by 2 {two:6.0f} ev/s")
+
+
+if os.environ.get("BENCH_QUEUE"):  # a worker's process
+    flask_app = celery_mode_app(os.environ["BENCH_DATABASE_URL"], os.environ["BENCH_QUEUE"])
+    celery = flask_app.extensions["celery"]

@@ -1,0 +1,245 @@
+"""Durable signals: an outbox of data signals, written with the change, sent after the commit.
+
+No Flask and no Celery here: the receive pipeline writes the deliveries in the event's
+transaction (:func:`record`), sends them after its commit and settles them
+(:func:`settle`); ``flask partnerstack deliver`` and the ``partnerstack.deliver_signals``
+task send the ones still pending (:func:`deliver`). A delivery is kept as JSON: a model
+instance as its field name in :class:`~.models.Models` and its primary key (read again
+from the database when it is re-sent), everything else (the Stripe event) as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Final
+
+import sqlalchemy as sa
+from blinker import NamedSignal
+from sqlalchemy.orm import Session
+
+from . import signals
+from .config import Settings
+from .database import UnitOfWork
+from .models import Models, utcnow
+
+log = logging.getLogger("flask_partnerstack_stripe")
+
+Notification = tuple[NamedSignal, dict[str, Any]]
+#: Sends signals and says, per notification, what its first failing receiver raised.
+Sender = Callable[[Iterable[Notification]], "Sequence[BaseException | None]"]
+
+PENDING: Final = "pending"
+DELIVERED: Final = "delivered"
+DEAD: Final = "dead"
+
+#: The first retry waits ``SIGNAL_RETRY_DELAY``, each next one twice as long, up to this.
+MAX_BACKOFF = timedelta(hours=1)
+
+_MODEL = "$model"
+
+
+def is_data_signal(signal: NamedSignal) -> bool:
+    """The signals about data (customers, transactions, commissions, accounts): not event_*."""
+    return not signal.name.startswith("event-")
+
+
+def with_delivery_id(notifications: Iterable[Notification]) -> list[Notification]:
+    """Give every data signal a ``delivery_id`` of None when it is not durable."""
+    return [
+        (signal, kwargs if "delivery_id" in kwargs or not is_data_signal(signal)
+         else {**kwargs, "delivery_id": None})
+        for signal, kwargs in notifications
+    ]  # fmt: skip
+
+
+def record(
+    session: Session, models: Models, settings: Settings, notifications: list[Notification]
+) -> list[Notification]:
+    """Write a delivery for each data signal in the open transaction; give them their ids.
+
+    A delivery its sender has not settled after ``SIGNAL_RETRY_DELAY`` is due for the
+    retry task: that process died between the commit and the send.
+    """
+    rows: list[tuple[int, Any]] = []
+    for index, (signal, kwargs) in enumerate(notifications):
+        if is_data_signal(signal) and "delivery_id" not in kwargs:
+            SignalDelivery: Any = models.SignalDelivery  # a declarative class: keyword init
+            row = SignalDelivery(
+                signal=signal.name,
+                arguments=encode(models, kwargs),
+                status=PENDING,
+                attempts=0,
+                next_attempt_at=utcnow() + timedelta(seconds=settings.signal_retry_delay),
+            )
+            session.add(row)
+            rows.append((index, row))
+    if not rows:
+        return notifications
+    session.flush()
+    recorded = list(notifications)
+    for index, row in rows:
+        signal, kwargs = recorded[index]
+        recorded[index] = (signal, {**kwargs, "delivery_id": row.id})
+    return recorded
+
+
+def encode(models: Models, kwargs: dict[str, Any]) -> str:
+    """The keyword arguments as JSON: model instances by model name and primary key."""
+    classes = {model: name for name, model in zip(Models._fields, models, strict=True)}
+    encoded: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        name = next((n for m, n in classes.items() if isinstance(value, m)), None)
+        encoded[key] = {_MODEL: name, "id": value.id} if name is not None else value
+    return json.dumps(encoded, default=str)
+
+
+def decode(session: Session, models: Models, arguments: str) -> dict[str, Any]:
+    """The keyword arguments again, each model instance read from the database."""
+    decoded: dict[str, Any] = json.loads(arguments)
+    for key, value in decoded.items():
+        if isinstance(value, dict) and _MODEL in value:
+            decoded[key] = session.get(getattr(models, value[_MODEL]), value["id"])
+    return decoded
+
+
+def backoff(settings: Settings, attempts: int) -> timedelta:
+    """How long to wait after the ``attempts``-th failed attempt."""
+    first = timedelta(seconds=settings.signal_retry_delay)
+    wait: timedelta = first * 2 ** min(max(attempts - 1, 0), 20)
+    return min(wait, MAX_BACKOFF)
+
+
+def settle(
+    session: Session,
+    unit_of_work: UnitOfWork,
+    models: Models,
+    settings: Settings,
+    results: Iterable[tuple[int, BaseException | None]],
+) -> None:
+    """Mark each delivery delivered, or count a failed attempt (dead after the last one).
+
+    Never raises: the deliveries stay pending, and are sent again, when this fails.
+    """
+    results = list(results)
+    if not results:
+        return
+    SignalDelivery = models.SignalDelivery
+    now = utcnow()
+    try:
+        with unit_of_work(session):
+            delivered = [delivery_id for delivery_id, error in results if error is None]
+            if delivered:
+                session.execute(
+                    sa.update(SignalDelivery)
+                    .where(SignalDelivery.id.in_(delivered))
+                    .values(
+                        status=DELIVERED,
+                        delivered_at=now,
+                        attempts=SignalDelivery.attempts + 1,
+                        error=None,
+                    )
+                )
+            for delivery_id, error in results:
+                if error is None:
+                    continue
+                row = session.get(SignalDelivery, delivery_id, populate_existing=True)
+                if row is None:
+                    continue
+                row.attempts += 1
+                row.error = f"{type(error).__name__}: {error}"[:2000]
+                row.next_attempt_at = now + backoff(settings, row.attempts)
+                if row.attempts >= settings.signal_max_attempts:
+                    row.status = DEAD
+                    log.error(
+                        "Signal delivery %s (%s) is dead after %s attempts: %s",
+                        row.id, row.signal, row.attempts, row.error,
+                    )  # fmt: skip
+    except Exception:
+        log.exception("Could not record how signal deliveries went; they stay pending")
+
+
+@dataclass
+class Delivered:
+    """What :func:`deliver` did."""
+
+    delivered: int = 0
+    failed: int = 0
+    dead: int = 0
+
+
+def deliver(
+    session: Session,
+    unit_of_work: UnitOfWork,
+    models: Models,
+    settings: Settings,
+    send: Sender,
+    *,
+    ids: Sequence[int] = (),
+    dead: bool = False,
+    due_only: bool = False,
+    limit: int = 500,
+) -> Delivered:
+    """Send pending deliveries again (or dead ones with ``dead``, or those ``ids``).
+
+    ``due_only`` sends only those whose backoff has passed (the task); the command
+    sends every pending one now. A dead delivery sent again gets ``SIGNAL_MAX_ATTEMPTS``
+    more attempts.
+    """
+    SignalDelivery = models.SignalDelivery
+    query = sa.select(SignalDelivery).order_by(SignalDelivery.id).limit(limit)
+    if ids:
+        query = query.where(SignalDelivery.id.in_(ids), SignalDelivery.status != DELIVERED)
+    else:
+        query = query.where(SignalDelivery.status == (DEAD if dead else PENDING))
+    if due_only:
+        query = query.where(SignalDelivery.next_attempt_at <= utcnow())
+    rows = [(row.id, row.signal, row.arguments, row.status) for row in session.scalars(query)]
+    session.rollback()
+    revived = [delivery_id for delivery_id, _, _, status in rows if status == DEAD]
+    if revived:
+        with unit_of_work(session):
+            session.execute(
+                sa.update(SignalDelivery)
+                .where(SignalDelivery.id.in_(revived))
+                .values(status=PENDING, attempts=0)
+            )
+    by_name = {signal.name: signal for signal in _signals()}
+    result = Delivered()
+    for delivery_id, name, arguments, _ in rows:
+        signal = by_name.get(name)
+        if signal is None:
+            error: BaseException | None = LookupError(f"No signal is named {name!r}")
+        else:
+            kwargs = {**decode(session, models, arguments), "delivery_id": delivery_id}
+            [error] = send([(signal, kwargs)])
+        session.rollback()
+        settle(session, unit_of_work, models, settings, [(delivery_id, error)])
+        if error is None:
+            result.delivered += 1
+        else:
+            result.failed += 1
+            status = session.scalar(
+                sa.select(SignalDelivery.status).where(SignalDelivery.id == delivery_id)
+            )
+            session.rollback()
+            result.dead += status == DEAD
+    return result
+
+
+def _signals() -> list[NamedSignal]:
+    return [value for value in vars(signals).values() if isinstance(value, NamedSignal)]
+
+
+def count(session: Session, models: Models, status: str) -> int:
+    """How many deliveries have ``status``."""
+    SignalDelivery = models.SignalDelivery
+    counted = session.scalar(
+        sa.select(sa.func.count())
+        .select_from(SignalDelivery)
+        .where(SignalDelivery.status == status)
+    )
+    return int(counted or 0)

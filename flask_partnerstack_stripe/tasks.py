@@ -1,0 +1,119 @@
+"""The extension's Celery tasks, registered on the host's own Celery app by ``init_celery``.
+
+The only module that imports Celery; nothing imports it but ``init_celery``. Each task
+works in the Flask app's context: the host's Celery app pushes it (Flask's documented
+``FlaskTask`` pattern), or, when it does not, the task pushes the one app the extension
+was set up on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from celery import Celery
+from flask import current_app, has_app_context
+
+from . import outbox
+from .queued import EventFailed, apply_stored, received_before
+
+if TYPE_CHECKING:
+    from .extension import PartnerStackStripe, State
+
+APPLY_EVENT = "partnerstack.apply_event"
+DELIVER_SIGNALS = "partnerstack.deliver_signals"
+SWEEP = "partnerstack.sweep"
+
+#: Publishing a message from the webhook: one quick retry, then the event is left received
+#: for the sweep (a broker that is down must not hold up Stripe's request).
+PUBLISH_RETRY_POLICY = {
+    "max_retries": 1,
+    "interval_start": 0,
+    "interval_step": 0.2,
+    "interval_max": 0.2,
+}
+
+
+@dataclass
+class Tasks:
+    """The tasks ``init_celery`` registered, and how the webhook enqueues an event."""
+
+    apply_event: Any
+    deliver_signals: Any
+    sweep: Any
+
+    def enqueue(self, event_id: str) -> None:
+        self.apply_event.apply_async((event_id,), retry=True, retry_policy=PUBLISH_RETRY_POLICY)
+
+
+def register(
+    celery_app: Celery,
+    extension: PartnerStackStripe,
+    *,
+    retry_backoff: int,
+    max_retries: int,
+    beat: bool,
+) -> Tasks:
+    """Register the three tasks on ``celery_app`` (see ``PartnerStackStripe.init_celery``)."""
+
+    @celery_app.task(
+        name=APPLY_EVENT,
+        # Acknowledged once done, and given back to the broker when the worker dies:
+        # an event is applied by a worker that finished, never lost with one that died.
+        acks_late=True,
+        reject_on_worker_lost=True,
+        autoretry_for=(EventFailed,),
+        retry_backoff=retry_backoff,  # seconds, doubled at each retry
+        retry_backoff_max=600,
+        retry_jitter=True,
+        max_retries=max_retries,
+        ignore_result=True,
+    )
+    def apply_event(event_id: str) -> str:
+        with _app_context(extension) as state:
+            return apply_stored(state, event_id)
+
+    @celery_app.task(name=DELIVER_SIGNALS, ignore_result=True)
+    def deliver_signals() -> dict[str, int]:
+        with _app_context(extension) as state:
+            result = outbox.deliver(
+                state.db.session(),
+                state.unit_of_work,
+                state.models,
+                state.settings,
+                state.receiver.send,
+                due_only=True,
+            )
+            return {"delivered": result.delivered, "failed": result.failed, "dead": result.dead}
+
+    @celery_app.task(name=SWEEP, ignore_result=True)
+    def sweep() -> int:
+        with _app_context(extension) as state:
+            stale = received_before(state, timedelta(seconds=state.settings.sweep_after))
+            for event_id in stale:
+                apply_event.apply_async((event_id,))
+            return len(stale)
+
+    if beat:
+        schedule = celery_app.conf.beat_schedule or {}
+        schedule.setdefault("partnerstack-sweep", {"task": SWEEP, "schedule": 60.0})
+        schedule.setdefault(
+            "partnerstack-deliver-signals", {"task": DELIVER_SIGNALS, "schedule": 30.0}
+        )
+        celery_app.conf.beat_schedule = schedule
+    return Tasks(apply_event, deliver_signals, sweep)
+
+
+@contextmanager
+def _app_context(extension: PartnerStackStripe) -> Iterator[State]:
+    from .extension import get_state
+
+    if has_app_context():
+        yield get_state(current_app)
+        return
+    app = extension.only_app()
+    with app.app_context():
+        yield get_state(app)

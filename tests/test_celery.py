@@ -1,0 +1,353 @@
+"""Queued processing on real Celery workers (DESIGN section 3a), on Redis and RabbitMQ.
+
+Each test starts its own worker processes (``celery -A tests.celeryhost worker``) on a
+queue of its own, so parallel runs never share messages, and posts webhooks through
+the test host app in this process, set up with ``PROCESSING = "celery"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+
+from flask_partnerstack_stripe import testing
+from flask_partnerstack_stripe.extension import get_state
+
+from .apphost import create_app
+from .celeryhost import create_celery_app, log_deliveries
+from .conftest import ROOT, use_postgres
+from .test_faults import Outage
+
+pytestmark = pytest.mark.slow
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+REDIS = ("127.0.0.1", 6379)
+RABBITMQ = ("127.0.0.1", 5672)
+BROKERS = {
+    "redis": (REDIS, "redis://{host}:{port}/0"),
+    "rabbitmq": (RABBITMQ, "amqp://guest:guest@{host}:{port}//"),
+}
+#: Short waits for the tests: a retried signal is due after one second.
+FAST = {"PARTNERSTACK_STRIPE_SIGNAL_RETRY_DELAY": 1, "PARTNERSTACK_STRIPE_SWEEP_AFTER": 1}
+
+
+def broker_url(kind: str, port: int | None = None) -> str:
+    (host, default_port), template = BROKERS[kind]
+    try:
+        socket.create_connection((host, default_port), timeout=2).close()
+    except OSError as error:
+        problem = f"{kind} is not reachable at {host}:{default_port} ({error})"
+        if REQUIRE_SERVICES:
+            pytest.fail(f"REQUIRE_SERVICES=1 but {problem}")
+        pytest.skip(f"!!! SKIPPED: {problem}")
+    return template.format(host=host, port=port or default_port)
+
+
+@pytest.fixture
+def database_url() -> str:
+    """Workers in other processes, two at a time: PostgreSQL."""
+    return use_postgres()
+
+
+@pytest.fixture
+def broker() -> str:
+    return "redis"
+
+
+@pytest.fixture
+def queue() -> str:
+    return f"pst-test-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def app_config(broker: str, queue: str) -> dict[str, Any]:
+    return {**FAST}
+
+
+@pytest.fixture
+def web(database_url: str, broker: str, queue: str, app: Flask) -> Iterator[tuple[Flask, Any]]:
+    """The webhook side: the host app in celery mode, publishing to this test's queue.
+
+    ``app`` (the fixture) created the tables on the same database.
+    """
+    flask_app, celery_app = create_celery_app(database_url, broker_url(broker), queue, **FAST)
+    yield flask_app, celery_app
+    with celery_app.connection_for_write() as connection, contextlib.suppress(Exception):
+        connection.default_channel.queue_delete(queue)  # its messages, if any are left
+    with flask_app.app_context():
+        get_state(flask_app).db.engine.dispose()
+
+
+class Worker:
+    """One ``celery worker`` process (solo pool: a SIGKILL kills the whole worker)."""
+
+    def __init__(self, env: dict[str, str], log: Path, name: str) -> None:
+        self.env, self.log, self.name = env, log, name
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Worker:
+        with self.log.open("a") as output:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "tests.celeryhost", "worker",
+                 "--pool", "solo", "-Q", self.env["PARTNERSTACK_TEST_QUEUE"],
+                 "-n", f"{self.name}@%h", "--without-heartbeat", "--without-gossip",
+                 "--without-mingle", "-l", "INFO"],
+                cwd=ROOT, env=self.env, stdout=output, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while "ready." not in self.log.read_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"celery worker {self.name} did not start:\n{self.log.read_text()}")
+            time.sleep(0.1)
+        return self
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def workers(
+    database_url: str, broker: str, queue: str, tmp_path: Path
+) -> Iterator[Callable[..., Worker]]:
+    """``workers(name, **env)`` starts a worker on this test's queue; all stop afterwards."""
+    started: list[Worker] = []
+
+    def start(name: str = "w1", **env: str) -> Worker:
+        worker_env = {
+            **os.environ,
+            "DATABASE_URL": database_url,
+            "PARTNERSTACK_TEST_BROKER": broker_url(broker),
+            "PARTNERSTACK_TEST_QUEUE": queue,
+            "PARTNERSTACK_TEST_CONFIG": json.dumps(FAST),
+            "PARTNERSTACK_TEST_DELIVERY_LOG": str(tmp_path / "deliveries.log"),
+            **env,
+        }
+        worker = Worker(worker_env, tmp_path / f"{name}.log", name)
+        started.append(worker)
+        return worker.start()
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+def deliveries(tmp_path: Path) -> list[tuple[str, str]]:
+    path = tmp_path / "deliveries.log"
+    if not path.exists():
+        return []
+    return [tuple(line.split(" ")) for line in path.read_text().splitlines()]  # type: ignore[misc]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"Timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def statuses(rows: Any, models: Any) -> Counter[str]:
+    return Counter(row.status for row in rows(models.WebhookEvent))
+
+
+def customer_created(key: str) -> dict[str, Any]:
+    obj = testing.customer(metadata={"customer_key": key, "partner_key": "partner-1"})
+    return testing.event("customer.created", obj)
+
+
+# --- without a worker -----------------------------------------------------------------
+
+
+def test_the_core_package_does_not_import_celery() -> None:
+    code = "import sys, flask_partnerstack_stripe.extension, flask_partnerstack_stripe.cli; "
+    code += "assert 'celery' not in sys.modules, 'celery imported'"
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
+
+
+def test_the_webhook_stores_received_answers_queued_and_duplicates(web, rows, models):
+    flask_app, _ = web
+    client = flask_app.test_client()
+    event = customer_created("user-q")
+    first = testing.post_event(client, event)
+    assert (first.status_code, first.json) == (200, {"status": "queued", "event": event["id"]})
+    again = testing.post_event(client, event)
+    assert again.json["status"] == "duplicate"
+    [stored] = rows(models.WebhookEvent)
+    assert stored.status == "received"
+    assert rows(models.Customer) == []  # nothing applied in the request
+
+
+# --- with workers -----------------------------------------------------------------------
+
+
+def play_seed(app: Flask) -> None:
+    result = app.test_cli_runner().invoke(
+        args=["partnerstack", "send-test-event", "--scenario", "seed", "--amount", "2500"]
+    )
+    assert result.exit_code == 0, result.output
+
+
+def ledger(rows: Any, models: Any) -> list[tuple[Any, ...]]:
+    return [(t.amount, t.deleted_reason) for t in rows(models.Transaction)]
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_the_seed_story_ends_as_inline(web, workers, rows, models, tmp_path):
+    # Inline, in this process, on a database of its own.
+    inline = create_app(f"sqlite:///{tmp_path / 'inline.db'}")
+    with inline.app_context():
+        get_state(inline).db.create_all()
+    log_deliveries(inline, str(tmp_path / "inline.log"))
+    play_seed(inline)
+    inline_signals = [line.split(" ")[0] for line in (tmp_path / "inline.log").read_text().split()]
+    inline_signals = [s for s in inline_signals if not s.isdigit() and s != "None"]
+    with inline.app_context():
+        state = get_state(inline)
+        inline_ledger = [
+            (t.amount, t.deleted_reason)
+            for t in state.db.session.scalars(
+                sa.select(state.models.Transaction).order_by(state.models.Transaction.id)
+            )
+        ]
+        state.db.engine.dispose()
+
+    flask_app, _ = web
+    workers()
+    play_seed(flask_app)
+    wait_for(lambda: statuses(rows, models)["received"] == 0, what="the workers to apply")
+    assert ledger(rows, models) == inline_ledger
+    sent = deliveries(tmp_path)
+    assert [name for name, _ in sent] == inline_signals
+    assert all(delivery_id != "None" for _, delivery_id in sent)
+    assert len({delivery_id for _, delivery_id in sent}) == len(sent)
+    delivered = {row.status for row in rows(models.SignalDelivery)}
+    assert delivered == {"delivered"}
+
+
+def test_a_burst_is_applied_by_two_workers_exactly_once(web, workers, rows, models, tmp_path):
+    flask_app, _ = web
+    workers("w1")
+    workers("w2")
+    client = flask_app.test_client()
+    count = int(os.environ.get("CELERY_BURST_EVENTS", "1000"))
+    for n in range(count):
+        answer = testing.post_event(client, customer_created(f"user-{n}"))
+        assert answer.json["status"] == "queued"
+    wait_for(lambda: statuses(rows, models)["processed"] == count, 180, "the burst to apply")
+    assert statuses(rows, models) == Counter(processed=count)
+    assert len(rows(models.Customer)) == count
+    sent = deliveries(tmp_path)
+    assert len(sent) == count  # each signal once: no event was applied twice
+    assert len({delivery_id for _, delivery_id in sent}) == count
+    # Both workers took part.
+    for name in ("w1", "w2"):
+        assert "succeeded" in (tmp_path / f"{name}.log").read_text()
+
+
+def test_a_worker_killed_mid_apply_leaves_it_to_the_sweep(web, workers, rows, models, tmp_path):
+    flask_app, _ = web
+    hang_file = tmp_path / "hang"
+    hang_file.write_text("")
+    worker = workers("w1", PARTNERSTACK_TEST_HANG_FILE=str(hang_file))
+    session = testing.checkout_session(
+        customer="cus_kill", client_reference_id="user-kill", metadata={"partner_key": "p"}
+    )
+    event = testing.event("checkout.session.completed", session)
+    assert testing.post_event(flask_app.test_client(), event).json["status"] == "queued"
+    wait_for(lambda: hang_file.read_text() != "", what="the worker to hang mid-transaction")
+    worker.kill()
+    hang_file.unlink()
+    assert statuses(rows, models) == Counter(received=1)  # rolled back with the worker
+    assert rows(models.Customer) == []
+    workers("w2")
+    result = flask_app.test_cli_runner().invoke(args=["partnerstack", "sweep", "--older-than", "0"])
+    assert result.exit_code == 0, result.output
+    assert "1 enqueued" in result.output
+    wait_for(lambda: statuses(rows, models) == Counter(processed=1), what="the sweep's apply")
+    time.sleep(1)  # a late redelivery of the killed worker's message changes nothing
+    [customer] = rows(models.Customer)
+    assert customer.customer_key == "user-kill"
+    [(_, delivery_id)] = [d for d in deliveries(tmp_path) if d[0] == "customer-created"]
+    [delivery] = rows(models.SignalDelivery, signal="customer-created")
+    assert delivery_id == str(delivery.id)
+
+
+def test_a_worker_killed_before_its_signal_repeats_it_with_the_same_id(
+    web, workers, rows, models, tmp_path
+):
+    flask_app, celery_app = web
+    kill_file = tmp_path / "kill"
+    kill_file.write_text("")
+    worker = workers("w1", PARTNERSTACK_TEST_KILL_FILE=str(kill_file))
+    testing.post_event(flask_app.test_client(), customer_created("user-k"))
+    wait_for(lambda: worker.process is not None and worker.process.poll() is not None,
+             what="the worker to die in its signal receiver")  # fmt: skip
+    assert statuses(rows, models) == Counter(processed=1)  # committed before it died
+    [delivery] = rows(models.SignalDelivery)
+    assert delivery.status == "pending"
+    workers("w2")
+    time.sleep(1.2)  # SIGNAL_RETRY_DELAY: the delivery is due
+    celery_app.send_task("partnerstack.deliver_signals")
+    wait_for(lambda: rows(models.SignalDelivery)[0].status == "delivered", what="the retry")
+    assert deliveries(tmp_path) == [("customer-created", str(delivery.id))]
+    assert len(rows(models.Customer)) == 1
+
+
+@pytest.fixture
+def cut() -> Iterator[Outage]:
+    proxy = Outage(REDIS)
+    yield proxy
+    proxy.close()
+
+
+def test_the_broker_cut_while_events_arrive(database_url, queue, app, cut, workers, rows, models):
+    url = broker_url("redis", cut.port)
+    flask_app, _ = create_celery_app(database_url, url, queue, **FAST)
+    client = flask_app.test_client()
+    workers()  # on Redis itself: only the webhook's side is cut
+    events = [customer_created(f"user-{n}") for n in range(10)]
+    for event in events[:3]:
+        assert testing.post_event(client, event).json["status"] == "queued"
+    wait_for(lambda: statuses(rows, models)["processed"] == 3, what="the first events")
+    cut.stop_database()
+    for event in events[3:]:
+        started = time.monotonic()
+        answer = testing.post_event(client, event)
+        assert (answer.status_code, answer.json["status"]) == (200, "queued")
+        assert time.monotonic() - started < 10
+    time.sleep(1)
+    assert statuses(rows, models) == Counter(processed=3, received=7)
+    cut.start_database()
+    result = flask_app.test_cli_runner().invoke(args=["partnerstack", "sweep", "--older-than", "0"])
+    assert "7 enqueued" in result.output, result.output
+    wait_for(lambda: statuses(rows, models) == Counter(processed=10), what="the sweep")
+    assert len(rows(models.Customer)) == 10
+    with flask_app.app_context():
+        get_state(flask_app).db.engine.dispose()

@@ -1,0 +1,183 @@
+"""Durable signals (DESIGN 3a): the outbox, its retries, dead deliveries, ``deliver``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from typing import Any
+
+import pytest
+
+from flask_partnerstack_stripe import signals, testing
+
+from .conftest import ROOT
+
+DURABLE = {
+    "PARTNERSTACK_STRIPE_DURABLE_SIGNALS": True,
+    "PARTNERSTACK_STRIPE_SIGNAL_MAX_ATTEMPTS": 5,
+}
+
+
+def customer_created(key: str = "user-1") -> dict[str, Any]:
+    obj = testing.customer(metadata={"customer_key": key, "partner_key": "partner-1"})
+    return testing.event("customer.created", obj)
+
+
+def run(app, *args: str):
+    return app.test_cli_runner().invoke(args=["partnerstack", *args])
+
+
+def test_without_durable_signals_data_signals_carry_no_delivery_id(client, rows, models):
+    with testing.record_signals(signals.customer_created, signals.event_processed) as sent:
+        assert testing.post_event(client, customer_created()).json["status"] == "processed"
+    created = [s for s in sent if s.name == "customer-created"]
+    assert [s.kwargs["delivery_id"] for s in created] == [None]
+    assert "delivery_id" not in next(s for s in sent if s.name == "event-processed").kwargs
+    assert rows(models.SignalDelivery) == []
+
+
+@pytest.mark.parametrize("app_config", [DURABLE])
+def test_a_durable_signal_is_written_sent_and_marked_delivered(client, rows, models):
+    with testing.record_signals(signals.customer_created) as sent:
+        testing.post_event(client, customer_created())
+    [delivery] = rows(models.SignalDelivery)
+    assert (delivery.signal, delivery.status, delivery.attempts) == (
+        "customer-created",
+        "delivered",
+        1,
+    )
+    assert [s.kwargs["delivery_id"] for s in sent] == [delivery.id]
+
+
+@pytest.mark.parametrize("app_config", [DURABLE])
+def test_a_receiver_failing_three_times_gets_it_on_the_fourth_attempt(app, client, rows, models):
+    calls: list[tuple[int, str]] = []
+
+    def flaky(sender: Any, customer: Any, delivery_id: int, **extra: Any) -> None:
+        calls.append((delivery_id, customer.customer_key))  # re-read from the database
+        if len(calls) <= 3:
+            raise RuntimeError(f"CRM down ({len(calls)})")
+
+    signals.customer_created.connect(flaky, sender=app)
+    try:
+        testing.post_event(client, customer_created("user-7"))
+        [delivery] = rows(models.SignalDelivery)
+        assert (delivery.status, delivery.attempts) == ("pending", 1)
+        assert "CRM down (1)" in delivery.error
+        assert delivery.next_attempt_at > delivery.created_at  # backoff
+        for attempt in (2, 3):
+            assert run(app, "deliver").exit_code == 1
+            assert rows(models.SignalDelivery)[0].attempts == attempt
+        result = run(app, "deliver")
+        assert result.exit_code == 0, result.output
+        assert "1 delivered" in result.output
+    finally:
+        signals.customer_created.disconnect(flaky, sender=app)
+    [delivery] = rows(models.SignalDelivery)
+    assert (delivery.status, delivery.attempts, delivery.error) == ("delivered", 4, None)
+    assert calls == [(delivery.id, "user-7")] * 4  # the same delivery_id every time
+    assert "0 delivered" in run(app, "deliver").output  # nothing pending is left
+
+
+@pytest.mark.parametrize("app_config", [DURABLE])
+def test_an_always_failing_receiver_goes_dead_and_check_says_so(app, client, rows, models):
+    def broken(sender: Any, **extra: Any) -> None:
+        raise RuntimeError("always")
+
+    signals.customer_created.connect(broken, sender=app)
+    try:
+        testing.post_event(client, customer_created())
+        for _ in range(4):
+            run(app, "deliver")
+        [delivery] = rows(models.SignalDelivery)
+        assert (delivery.status, delivery.attempts) == ("dead", 5)
+        assert "0 delivered" in run(app, "deliver").output  # dead ones are not retried
+        check = run(app, "check")
+        assert "1 signal deliveries are dead" in check.output
+    finally:
+        signals.customer_created.disconnect(broken, sender=app)
+    # Fixed: sent again by id (or with --dead).
+    with testing.record_signals(signals.customer_created) as sent:
+        result = run(app, "deliver", str(delivery.id))
+    assert result.exit_code == 0, result.output
+    assert [s.kwargs["delivery_id"] for s in sent] == [delivery.id]
+    assert rows(models.SignalDelivery)[0].status == "delivered"
+
+
+DIES_AFTER_COMMIT = textwrap.dedent(
+    """
+    import os, sys
+    from flask_partnerstack_stripe import signals, testing
+    from tests.apphost import create_app
+
+    app = create_app(sys.argv[1], PARTNERSTACK_STRIPE_DURABLE_SIGNALS=True)
+
+    @signals.customer_created.connect_via(app)
+    def die(sender, **extra):
+        os._exit(9)  # killed between the commit and the signal's receivers
+
+    obj = testing.customer(metadata={"customer_key": "user-k", "partner_key": "p"})
+    testing.post_event(app.test_client(), testing.event("customer.created", obj))
+    """
+)
+
+
+@pytest.mark.parametrize("app_config", [DURABLE])
+def test_a_process_killed_between_commit_and_signal_leaves_it_to_deliver(
+    app, database_url, rows, models
+):
+    process = subprocess.run(
+        [sys.executable, "-c", DIES_AFTER_COMMIT, database_url],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert process.returncode == 9, process.stdout + process.stderr
+    assert len(rows(models.Customer)) == 1  # committed
+    [delivery] = rows(models.SignalDelivery)
+    assert (delivery.status, delivery.attempts) == ("pending", 0)
+    got: list[tuple[Any, ...]] = []
+
+    def receive(sender: Any, customer: Any, event: Any, delivery_id: int, **extra: Any) -> None:
+        got.append((delivery_id, customer.customer_key, event["type"]))
+
+    signals.customer_created.connect(receive, sender=app)
+    try:
+        result = run(app, "deliver")
+    finally:
+        signals.customer_created.disconnect(receive, sender=app)
+    assert result.exit_code == 0, result.output
+    assert got == [(delivery.id, "user-k", "customer.created")]
+    assert rows(models.SignalDelivery)[0].status == "delivered"
+
+
+@pytest.mark.parametrize("app_config", [DURABLE])
+def test_create_customer_outside_an_event_is_durable_too(app, state, rows, models):
+    with testing.record_signals(signals.customer_created) as sent, app.app_context():
+        state.extension.create_customer("user-c", None, partner_key="partner-c")
+    [delivery] = rows(models.SignalDelivery)
+    assert (delivery.signal, delivery.status) == ("customer-created", "delivered")
+    assert [s.kwargs["delivery_id"] for s in sent] == [delivery.id]
+
+
+@pytest.mark.parametrize(
+    "app_config", [{**DURABLE, "PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}]
+)
+def test_commission_signals_go_through_the_outbox(client, rows, models):
+    testing.post_event(client, customer_created("user-r"))
+    [customer] = rows(models.Customer)
+    charge = testing.charge("ch_r", customer=None, amount=1000, metadata={"customer_key": "user-r"})
+    with testing.record_signals(signals.commission_created, signals.transaction_recorded) as sent:
+        response = testing.post_event(client, testing.event("charge.succeeded", charge))
+    assert response.json["status"] == "processed", (response.json, customer.id)
+    by_signal = {row.signal: row for row in rows(models.SignalDelivery)}
+    assert {"commission-created", "transaction-recorded"} <= set(by_signal)
+    assert {s.name: s.kwargs["delivery_id"] for s in sent} == {
+        "commission-created": by_signal["commission-created"].id,
+        "transaction-recorded": by_signal["transaction-recorded"].id,
+    }
+    assert {row.status for row in by_signal.values()} == {"delivered"}
