@@ -29,9 +29,9 @@ serve: $(STAMP)
 	$(BIN)/flask --app example_app db upgrade
 	$(BIN)/flask --app example_app run --port 5000
 
-## Lint, then the whole suite on SQLite and PostgreSQL (REQUIRE_POSTGRES=1 makes a
-## missing PostgreSQL an error instead of a loud skip; REQUIRE_SERVICES=1 the same for
-## Redis and RabbitMQ, which the Celery tests use), in two xdist workers.
+## Lint, then the whole suite on SQLite, PostgreSQL and MariaDB (REQUIRE_POSTGRES=1 makes
+## a missing PostgreSQL an error instead of a loud skip; REQUIRE_SERVICES=1 the same for
+## MariaDB, and for Redis and RabbitMQ, which the Celery tests use), in two xdist workers.
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -13,7 +13,7 @@ from typing import Any
 import sqlalchemy as sa
 import stripe
 from flask import Blueprint, jsonify, request
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 
 metadata = sa.MetaData()
 bare_event = sa.Table(
@@ -38,7 +38,37 @@ bare_transaction = sa.Table(
 
 
 def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blueprint:
-    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    dialect = engine.dialect.name
+    if dialect == "mariadb":  # a mariadb+pymysql:// URL: MySQL's dialect all the same
+        dialect = "mysql"
+    insert = {"postgresql": postgresql.insert, "mysql": mysql.insert}.get(dialect, sqlite.insert)
+
+    def insert_new(connection: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+        """INSERT, doing nothing on a conflict; True if it inserted (the bare minimum)."""
+        if dialect == "mysql":  # no ON CONFLICT nor RETURNING: the insert id is 0 if not
+            statement = mysql.insert(table).values(values)
+            done = connection.execute(statement.on_duplicate_key_update(id=table.c.id))
+            return bool(done.lastrowid)
+        statement = insert(table).values(values).on_conflict_do_nothing()
+        return connection.execute(statement.returning(table.c.id)).first() is not None
+
+    def upsert_amount(connection: sa.Connection, values: dict[str, Any]) -> None:
+        statement = insert(bare_transaction).values(values)
+        if dialect == "mysql":
+            connection.execute(
+                statement.on_duplicate_key_update(
+                    amount=statement.inserted.amount, customer_id=statement.inserted.customer_id
+                )
+            )
+            return
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[bare_transaction.c.key],
+                set_={"amount": statement.excluded.amount,
+                      "customer_id": statement.excluded.customer_id},
+            )
+        )  # fmt: skip
+
     blueprint = Blueprint("bare", __name__)
 
     @blueprint.post("/webhook")
@@ -53,33 +83,24 @@ def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blu
         event = json.loads(payload)
         obj = event["data"]["object"]
         with engine.begin() as connection:
-            new = connection.execute(
-                insert(bare_event).values(stripe_event_id=event["id"])
-                .on_conflict_do_nothing().returning(bare_event.c.id)
-            ).first()  # fmt: skip
-            if new is not None and event["type"].startswith("customer."):
-                connection.execute(
-                    insert(bare_customer)
-                    .values(stripe_customer_id=obj["id"],
-                            partner_key=obj["metadata"].get("partner_key"))
-                    .on_conflict_do_nothing()
+            new = insert_new(connection, bare_event, {"stripe_event_id": event["id"]})
+            if new and event["type"].startswith("customer."):
+                insert_new(
+                    connection,
+                    bare_customer,
+                    {"stripe_customer_id": obj["id"],
+                     "partner_key": obj["metadata"].get("partner_key")},
                 )  # fmt: skip
-            elif new is not None and event["type"].startswith("charge."):
+            elif new and event["type"].startswith("charge."):
                 customer_id = connection.execute(
                     sa.select(bare_customer.c.id).where(
                         bare_customer.c.stripe_customer_id == obj.get("customer")
                     )
                 ).scalar()
-                statement = insert(bare_transaction).values(
-                    key=obj["id"], customer_id=customer_id, amount=obj["amount"],
-                    currency=obj["currency"],
-                )  # fmt: skip
-                connection.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=[bare_transaction.c.key],
-                        set_={"amount": statement.excluded.amount,
-                              "customer_id": statement.excluded.customer_id},
-                    )
+                upsert_amount(
+                    connection,
+                    {"key": obj["id"], "customer_id": customer_id, "amount": obj["amount"],
+                     "currency": obj["currency"]},
                 )  # fmt: skip
         return jsonify(status="ok")
 

@@ -28,6 +28,11 @@ from .workload import BARE, OURS, Mix, create_app, reset_tables, seed_transactio
 POSTGRES_URL = os.environ.get(
     "PARTNERSTACK_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
 )
+#: The MariaDB/MySQL server; the benchmark uses (and creates) a database of its own there.
+MARIADB_URL = os.environ.get(
+    "PARTNERSTACK_BENCH_MARIADB_URL",
+    "mysql+pymysql://root@127.0.0.1:3306/partnerstack_bench?charset=utf8mb4",
+)
 TARGETS: list[tuple[str, bool, str]] = []
 
 
@@ -47,12 +52,30 @@ def postgres_available() -> bool:
         return False
 
 
+def mariadb_available() -> bool:
+    url = sa.make_url(MARIADB_URL)
+    try:
+        engine = sa.create_engine(url.set(database="mysql"))
+        with engine.connect() as connection:
+            connection.exec_driver_sql(
+                f"CREATE DATABASE IF NOT EXISTS `{url.database}` CHARACTER SET utf8mb4"
+            )
+        engine.dispose()
+        return True
+    except Exception:
+        return False
+
+
 def backends(workdir: Path) -> dict[str, str]:
     found = {"sqlite-memory": "sqlite://", "sqlite-file": f"sqlite:///{workdir / 'bench.db'}"}
     if postgres_available():
         found["postgresql"] = POSTGRES_URL
     else:
         print("!!! PostgreSQL unreachable: its rows are missing from this run")
+    if mariadb_available():
+        found["mariadb"] = MARIADB_URL
+    else:
+        print("!!! MariaDB unreachable: its rows are missing from this run")
     return found
 
 
@@ -181,7 +204,7 @@ def main() -> int:
         for name, url in urls.items():
             timed(f"in-process {name}", lambda n=name, u=url: in_process(n, u, rounds, per_round))
         timed("memory", lambda: memory(urls["sqlite-file"], 20_000 if args.quick else 100_000))
-        for name in ("sqlite-file", "postgresql"):
+        for name in ("sqlite-file", "postgresql", "mariadb"):
             if name in urls:
                 timed(
                     f"http {name}",

@@ -8,7 +8,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .database import upsert
+from .database import insert_loading, insert_on_conflict, is_mysql
 from .models import Models, utcnow
 
 #: Printable ASCII, as long as the column: what ``create_endpoint`` makes (40 hex digits).
@@ -23,27 +23,41 @@ def uninstall(session: Session, models: Models, stripe_account_id: str, livemode
     """
     StripeAccount = models.StripeAccount
     now = utcnow()
-    uninstalled = session.scalar(
-        sa.update(StripeAccount)
-        .where(
-            StripeAccount.stripe_account_id == stripe_account_id,
-            StripeAccount.livemode == livemode,
-            StripeAccount.uninstalled_at.is_(None),
-        )
-        .values(uninstalled_at=now)
-        .returning(StripeAccount)
-        .execution_options(synchronize_session=False)
+    installed = sa.and_(
+        StripeAccount.stripe_account_id == stripe_account_id,
+        StripeAccount.livemode == livemode,
+        StripeAccount.uninstalled_at.is_(None),
     )
+    if is_mysql(session):  # no UPDATE ... RETURNING: lock the row, then update it
+        uninstalled = session.scalar(
+            sa.select(StripeAccount)
+            .where(installed)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+        if uninstalled is not None:
+            uninstalled.uninstalled_at = now
+            session.flush()
+    else:
+        uninstalled = session.scalar(
+            sa.update(StripeAccount)
+            .where(installed)
+            .values(uninstalled_at=now)
+            .returning(StripeAccount)
+            .execution_options(synchronize_session=False)
+        )
     if uninstalled is None:
         session.execute(
-            upsert(session, StripeAccount)
-            .values(
-                stripe_account_id=stripe_account_id,
-                livemode=livemode,
-                installed_at=now,
-                uninstalled_at=now,
+            insert_on_conflict(
+                session,
+                StripeAccount.__table__,
+                {
+                    "stripe_account_id": stripe_account_id,
+                    "livemode": livemode,
+                    "installed_at": now,
+                    "uninstalled_at": now,
+                },
             )
-            .on_conflict_do_nothing()
         )
     return uninstalled
 
@@ -65,16 +79,20 @@ def install(
     StripeAccount = models.StripeAccount
     now = utcnow()
     granted = {"scope": scope, "access_token": access_token, "refresh_token": refresh_token}
-    statement = upsert(session, StripeAccount).values(
-        stripe_account_id=stripe_account_id, livemode=livemode, installed_at=now, **granted
+    table = StripeAccount.__table__
+    statement = insert_on_conflict(
+        session,
+        table,
+        {
+            "stripe_account_id": stripe_account_id,
+            "livemode": livemode,
+            "installed_at": now,
+            **granted,
+        },
+        keys=[table.c.stripe_account_id, table.c.livemode],
+        update=lambda excluded: {"installed_at": now, "uninstalled_at": None, **granted},
     )
-    return session.scalar(
-        statement.on_conflict_do_update(
-            index_elements=[StripeAccount.stripe_account_id, StripeAccount.livemode],
-            set_={"installed_at": now, "uninstalled_at": None, **granted},
-        ).returning(StripeAccount),
-        execution_options={"populate_existing": True},
-    )
+    return insert_loading(session, StripeAccount, statement)
 
 
 def find_account(session: Session, models: Models, stripe_account_id: str, livemode: bool) -> Any:
@@ -98,16 +116,20 @@ def set_endpoint(
     """Give the account (created if new) a manual webhook endpoint; replaces an older one."""
     StripeAccount = models.StripeAccount
     endpoint = {"endpoint_id": endpoint_id, "endpoint_secret": signing_secret}
-    statement = upsert(session, StripeAccount).values(
-        stripe_account_id=stripe_account_id, livemode=livemode, installed_at=utcnow(), **endpoint
+    table = StripeAccount.__table__
+    statement = insert_on_conflict(
+        session,
+        table,
+        {
+            "stripe_account_id": stripe_account_id,
+            "livemode": livemode,
+            "installed_at": utcnow(),
+            **endpoint,
+        },
+        keys=[table.c.stripe_account_id, table.c.livemode],
+        update=lambda excluded: endpoint,
     )
-    return session.scalar(
-        statement.on_conflict_do_update(
-            index_elements=[StripeAccount.stripe_account_id, StripeAccount.livemode],
-            set_=endpoint,
-        ).returning(StripeAccount),
-        execution_options={"populate_existing": True},
-    )
+    return insert_loading(session, StripeAccount, statement)
 
 
 def find_endpoint(session: Session, models: Models, endpoint_id: Any) -> Any:

@@ -22,7 +22,7 @@ from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
 from . import signals
-from .database import upsert
+from .database import insert_on_conflict, won_id
 from .models import APPROVED, PAID, PENDING, REVERSED, Models, utcnow
 from .rewards import Rule, commission_for, months_between
 
@@ -90,24 +90,25 @@ def follow_payment(
     now = utcnow()
     created = False
     if target > 0:
-        statement = (
-            upsert(session, Commission.__table__)
-            .values(
-                transaction_id=transaction.id,
-                customer_id=transaction.customer_id,
-                partner_key=customer.partner_key,
-                product_key=transaction.product_key,
-                amount=target,
-                currency=transaction.currency,
-                paid_amount=0,
-                status=PENDING,
-                created_at=now,
-                updated_at=now,
-            )
-            .on_conflict_do_nothing(index_elements=["transaction_id"])
-            .returning(Commission.__table__.c.id)
+        table = Commission.__table__
+        statement = insert_on_conflict(
+            session,
+            table,
+            {
+                "transaction_id": transaction.id,
+                "customer_id": transaction.customer_id,
+                "partner_key": customer.partner_key,
+                "product_key": transaction.product_key,
+                "amount": target,
+                "currency": transaction.currency,
+                "paid_amount": 0,
+                "status": PENDING,
+                "created_at": now,
+                "updated_at": now,
+            },
+            keys=[table.c.transaction_id],
         )
-        created = session.execute(statement).scalar() is not None
+        created = won_id(session.connection().execute(statement)) is not None
     commission = session.scalars(
         sa.select(Commission)
         .where(Commission.transaction_id == transaction.id)

@@ -15,7 +15,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .database import cached_statement, dialect_name, loading, upsert
+from .database import (
+    MYSQL,
+    cached_statement,
+    dialect_name,
+    insert_loading,
+    insert_on_conflict,
+    update_returning,
+)
 from .models import Models, account_scope, utcnow
 
 
@@ -106,14 +113,13 @@ def create_customer(
     # first. One linked meanwhile by another worker makes this INSERT do nothing.
     statement = cached_statement(
         (Customer, "create", dialect_name(session)),
-        lambda: loading(
-            Customer,
-            upsert(session, Customer.__table__)
-            .values({name: sa.bindparam(name) for name in _CUSTOMER_FIELDS})
-            .on_conflict_do_nothing(),
+        lambda: insert_on_conflict(
+            session, Customer.__table__, {name: sa.bindparam(name) for name in _CUSTOMER_FIELDS}
         ),
     )
-    created = session.scalar(
+    created = insert_loading(
+        session,
+        Customer,
         statement,
         {
             "customer_key": party.customer_key,
@@ -187,7 +193,10 @@ def attach_orphans(
     # Each way of naming must read its own index. PostgreSQL combines the indexes of an
     # OR (a bitmap OR); SQLite does not for an UPDATE, so there it is one per name.
     # Core, returning ids: usually there is nothing to attach, and that should cost little.
-    if dialect_name(session) == "postgresql":
+    dialect = dialect_name(session)
+    if dialect in MYSQL:
+        return _attach_mysql(session, models, table, customer, values)
+    if dialect == "postgresql":
         batches = [values]
     else:
         batches = [{name: value} for name, value in values.items()]
@@ -232,4 +241,33 @@ def _attach_statement(table: Any, columns: tuple[str, ...]) -> Any:
         )
         .values(customer_id=sa.bindparam("b_customer_id"), updated_at=sa.bindparam("b_now"))
         .returning(table.c.id, table.c.deleted_at)
+    )
+
+
+def _attach_mysql(
+    session: Session, models: Models, table: Any, customer: Any, values: dict[str, Any]
+) -> list[Any]:
+    """:func:`attach_transactions` on MySQL/MariaDB, which has no ``UPDATE ... RETURNING``."""
+    Transaction = models.Transaction
+    in_scope = table.c.account_scope == customer.account_scope
+    named = [sa.and_(table.c[name] == value, in_scope) for name, value in values.items()]
+    rows = update_returning(
+        session,
+        table,
+        sa.and_(
+            sa.or_(*named), table.c.customer_id.is_(None), table.c.livemode == customer.livemode
+        ),
+        {"customer_id": customer.id, "updated_at": utcnow()},
+        table.c.deleted_at,
+    )
+    attached = [row.id for row in rows if row.deleted_at is None]
+    if not attached:
+        return []
+    return list(
+        session.scalars(
+            sa.select(Transaction)
+            .where(Transaction.id.in_(attached))
+            .order_by(Transaction.id)
+            .execution_options(populate_existing=True)
+        )
     )

@@ -10,29 +10,166 @@ from contextvars import ContextVar
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import StaticPool
+from sqlalchemy.sql import visitors
 
 log = logging.getLogger("flask_partnerstack_stripe")
 
-_INSERTS = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}
+#: SQLAlchemy's names for MySQL's dialect: ``mysql+...`` URLs, and ``mariadb+...`` ones.
+MYSQL = ("mysql", "mariadb")
+_INSERTS = {
+    "postgresql": postgresql.insert,
+    "sqlite": sqlite.insert,
+    "mysql": mysql.insert,
+    "mariadb": mysql.insert,
+}
+SUPPORTED = "PostgreSQL, SQLite and MySQL/MariaDB"
+#: The URL backend names of those (``mysql+pymysql://``, ``mariadb+pymysql://``, ...).
+SUPPORTED_BACKENDS = frozenset(_INSERTS)
 
 
 def upsert(session: Session, model: Any) -> Any:
-    """An ``INSERT`` for ``model`` that supports ``ON CONFLICT`` on this session's database."""
+    """An ``INSERT`` for ``model`` that supports ``ON CONFLICT`` on this session's database.
+
+    PostgreSQL and SQLite only: on MySQL/MariaDB use :func:`insert_on_conflict`.
+    """
     dialect = session.get_bind().dialect.name
     try:
         return _INSERTS[dialect](model)
     except KeyError:
         raise RuntimeError(
-            f"flask-partnerstack-stripe supports PostgreSQL and SQLite, not {dialect!r}."
+            f"flask-partnerstack-stripe supports {SUPPORTED}, not {dialect!r}."
         ) from None
 
 
 def dialect_name(session: Session) -> str:
     return session.get_bind().dialect.name
+
+
+def is_mysql(session: Session | Connection) -> bool:
+    """MySQL or MariaDB (SQLAlchemy's ``mysql`` dialect, also behind ``mariadb+...`` URLs)."""
+    bind = session.get_bind() if isinstance(session, Session) else session
+    return bind.dialect.name in MYSQL
+
+
+def insert_on_conflict(
+    session: Session,
+    table: Any,
+    values: dict[str, Any],
+    *,
+    keys: list[Any] | None = None,
+    update: Callable[[Any], dict[str, Any]] | None = None,
+    where: Callable[[Any], Any] | None = None,
+) -> Any:
+    """``INSERT`` of ``values`` that, on a conflict on ``keys``, applies ``update``.
+
+    ``update`` and ``where`` take the row that was to be inserted (``excluded``) and give
+    the new values and the condition for taking them; no ``update`` does nothing. Run it
+    with :func:`won_id`: the row's id if this statement inserted it or updated it (when
+    ``where`` held), else None.
+
+    PostgreSQL and SQLite: ``ON CONFLICT (keys) DO UPDATE ... WHERE ... RETURNING id``.
+    MySQL/MariaDB: ``ON DUPLICATE KEY UPDATE`` has no WHERE and MySQL 8 no RETURNING,
+    so each assignment becomes ``col = IF(where, new, col)`` and the first one,
+    ``id = IF(where, LAST_INSERT_ID(id), id)``, reports the id of a row it updated
+    as the insert id, which is 0 when nothing was inserted nor taken over. The
+    assignments run left to right on the updated row, so the columns ``where`` reads
+    are assigned last, in ``update``'s order.
+    """
+    dialect = session.get_bind().dialect.name
+    if dialect not in MYSQL:
+        statement = upsert(session, table).values(values)
+        if update is None:
+            statement = statement.on_conflict_do_nothing(index_elements=keys)
+        else:
+            excluded = statement.excluded
+            statement = statement.on_conflict_do_update(
+                index_elements=keys,
+                set_=update(excluded),
+                where=None if where is None else where(excluded),
+            )
+        return statement.returning(table.c.id)
+    statement = mysql.insert(table).values(values)
+    if update is None:
+        return statement.on_duplicate_key_update([("id", table.c.id)])
+    inserted = statement.inserted
+    new = update(inserted)
+    if where is None:
+        assignments: list[tuple[str, Any]] = [("id", sa.func.last_insert_id(table.c.id))]
+        assignments += list(new.items())
+        return statement.on_duplicate_key_update(assignments)
+    condition = where(inserted)
+    read = {
+        element.name
+        for element in visitors.iterate(condition)
+        if isinstance(element, sa.Column) and element.table is table
+    }
+    # When it updates more than one column the condition reads, the later ones see it
+    # re-read with the earlier ones' new values: each such value must then carry its own
+    # condition (a CASE), as the refund upsert's do.
+    ordered = sorted(new.items(), key=lambda item: item[0] in read)
+    assignments = [("id", sa.func.if_(condition, sa.func.last_insert_id(table.c.id), table.c.id))]
+    assignments += [(name, sa.func.if_(condition, value, table.c[name])) for name, value in ordered]
+    return statement.on_duplicate_key_update(assignments)
+
+
+def won_id(result: Any) -> int | None:
+    """The id :func:`insert_on_conflict` reports: inserted or updated by it, else None."""
+    if isinstance(result, CursorResult) and not result.returns_rows:
+        return int(result.lastrowid) or None  # MySQL: LAST_INSERT_ID, 0 when we lost
+    row = result.first()
+    return None if row is None else int(row[0])
+
+
+def insert_loading(
+    session: Session, model: Any, statement: Any, params: dict[str, Any] | None = None
+) -> Any:
+    """Run an :func:`insert_on_conflict` and load the ``model`` row it won, or None."""
+    if not is_mysql(session):
+        return session.scalar(
+            loading(model, statement), params, execution_options={"populate_existing": True}
+        )
+    row_id = won_id(session.connection().execute(statement, params))
+    if row_id is None:
+        return None
+    return session.scalar(
+        sa.select(model).where(model.id == row_id).execution_options(populate_existing=True)
+    )
+
+
+def update_returning(
+    session: Session, table: Any, where: Any, values: dict[str, Any], *columns: Any
+) -> list[Any]:
+    """``UPDATE table SET values WHERE where RETURNING columns`` on every database.
+
+    MySQL has no ``UPDATE ... RETURNING`` (nor MariaDB): the rows are read and locked
+    first (``SELECT ... FOR UPDATE``), then updated by id.
+    """
+    if not is_mysql(session):
+        return list(
+            session.execute(sa.update(table).where(where).values(values).returning(*columns))
+        )
+    rows = list(session.execute(sa.select(table.c.id, *columns).where(where).with_for_update()))
+    if rows:
+        ids = [row.id for row in rows]
+        session.execute(sa.update(table).where(table.c.id.in_(ids)).values(values))
+    return rows
+
+
+def delete_returning(session: Session, table: Any, where: Any, *columns: Any) -> list[Any]:
+    """``DELETE FROM table WHERE where RETURNING columns`` on every database.
+
+    MySQL 8 has no ``DELETE ... RETURNING`` (MariaDB has): rows locked, read, deleted.
+    """
+    if not is_mysql(session):
+        return list(session.execute(sa.delete(table).where(where).returning(*columns)))
+    rows = list(session.execute(sa.select(table.c.id, *columns).where(where).with_for_update()))
+    if rows:
+        session.execute(sa.delete(table).where(table.c.id.in_([row.id for row in rows])))
+    return rows
 
 
 def loading(model: Any, statement: Any) -> Any:
@@ -140,6 +277,8 @@ class UnitOfWork:
             connection = session.connection()
             if connection.dialect.name == "sqlite":
                 _begin_immediate(connection, self.busy_timeout)
+            elif connection.dialect.name in MYSQL:
+                _read_committed(connection)
             yield
             _commit(session, connection)
         except BaseException:
@@ -182,6 +321,26 @@ def _begin_immediate(connection: Connection, busy_timeout: float) -> None:
         driver.execute("BEGIN IMMEDIATE")
     finally:
         driver.execute(f"PRAGMA busy_timeout = {int(previous_ms)}")
+
+
+def _read_committed(connection: Connection) -> None:
+    """Run our transaction (only it) at READ COMMITTED on MySQL/MariaDB.
+
+    InnoDB's default REPEATABLE READ takes gap locks on the ranges our lookups and
+    upserts scan, and two deliveries inserting near each other then deadlock. READ
+    COMMITTED takes none (PostgreSQL's default level, so the rules see the same).
+    ``SET TRANSACTION`` applies to the next transaction only, which is ours: nothing
+    is changed on the connection for the host's later transactions. When the host
+    already began one on this connection, its level stands.
+    """
+    try:
+        connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+    except sa.exc.OperationalError as error:
+        # 1568: the session already read or wrote in this transaction (the host, or our
+        # own lookups before the unit began): its level stands. A failed statement does
+        # not end a MySQL transaction, so it goes on.
+        if getattr(error.orig, "args", (None,))[0] != 1568:
+            raise
 
 
 def _commit(session: Session, connection: Connection) -> None:

@@ -9,11 +9,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import sqlalchemy as sa
 from flask import Flask, Response, current_app, has_request_context, request
 
 from . import accounts, commissions, payouts, signals
 from .config import DEFAULTS, PREFIX, Settings
-from .database import UnitOfWork
+from .database import SUPPORTED, SUPPORTED_BACKENDS, UnitOfWork
 from .models import Models, complete_models, default_models
 from .notify import send_notifications
 from .receiver import Handlers, HostHandler, Receiver
@@ -107,6 +108,7 @@ class PartnerStackStripe:
         for name, default in DEFAULTS.items():
             app.config.setdefault(PREFIX + name, default)
         settings = Settings.from_config(app.config)
+        _refuse_unsupported_database(app)
         db = self._bind_db(app, db)
         if models is not None:
             self._models = _as_models(models)
@@ -408,3 +410,20 @@ def _as_models(models: Models | Mapping[str, Any]) -> Models:
         *(getattr(models, name) for name in first),
         **{name: getattr(models, name, None) for name in later},
     )
+
+
+def _refuse_unsupported_database(app: Flask) -> None:
+    """A clear error at init_app for a database whose statements we do not write."""
+    uri = app.config.get("SQLALCHEMY_DATABASE_URI")
+    if not isinstance(uri, str):
+        return  # an engine URL object, or no URI yet: checked when a statement is built
+    try:
+        backend = sa.make_url(uri).get_backend_name()
+    except sa.exc.ArgumentError:
+        return  # Flask-SQLAlchemy reports a malformed URI itself
+    if backend not in SUPPORTED_BACKENDS:
+        raise RuntimeError(
+            f"flask-partnerstack-stripe supports {SUPPORTED}, not {backend!r} "
+            f"(SQLALCHEMY_DATABASE_URI). MySQL and MariaDB: mysql+pymysql://user:pw@host/db"
+            "?charset=utf8mb4."
+        )

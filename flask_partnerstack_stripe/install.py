@@ -23,6 +23,7 @@ from flask import abort, current_app, redirect, render_template, request, sessio
 from flask.typing import ResponseReturnValue
 
 from . import accounts, oauth, signals
+from .database import delete_returning
 from .extension import State, get_state
 from .models import utcnow
 from .values import STRIPE_ID
@@ -170,15 +171,16 @@ def _use_state(state: State, nonce: str) -> bool | None:
     InstallState = state.models.InstallState
     db_session = state.db.session()
     with state.unit_of_work(db_session):
-        row = db_session.execute(
-            sa.delete(InstallState)
-            .where(
+        rows = delete_returning(
+            db_session,
+            InstallState.__table__,
+            sa.and_(
                 InstallState.state_hash == _state_hash(nonce),
                 InstallState.expires_at > utcnow(),
-            )
-            .returning(InstallState.livemode)
-        ).first()
-    return None if row is None else bool(row.livemode)
+            ),
+            InstallState.livemode,
+        )
+    return bool(rows[0].livemode) if rows else None
 
 
 def uninstall() -> ResponseReturnValue:

@@ -1,25 +1,39 @@
-"""Advisory locks that serialize the transactions naming the same customer (PostgreSQL).
+"""Locks that serialize the transactions naming the same customer.
 
-SQLite needs none: ``BEGIN IMMEDIATE`` (``database.UnitOfWork``) lets one writer in
-at a time.
+PostgreSQL: transaction-scoped advisory locks. MySQL/MariaDB: named locks
+(``GET_LOCK``), which belong to the connection, not the transaction: they are
+released when the connection goes back to the pool, right after our commit or
+rollback (and by the server if the connection dies). SQLite needs none:
+``BEGIN IMMEDIATE`` (``database.UnitOfWork``) lets one writer in at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .customers import Party
+from .database import MYSQL
+
+#: How long a MySQL transaction waits for another naming the same customer (seconds).
+MYSQL_LOCK_TIMEOUT = 30
+_HELD = "partnerstack_stripe.named_locks"
 
 
 def lock(session: Session, *names: str | None) -> bool:
-    """Serialize, until commit, the transactions that name any of ``names`` (PostgreSQL).
+    """Serialize, until commit, the transactions that name any of ``names``.
 
     False when there is nothing to lock: SQLite's BEGIN IMMEDIATE already lets one
     writer in at a time.
     """
-    if session.get_bind().dialect.name != "postgresql":
+    dialect = session.get_bind().dialect.name
+    if dialect in MYSQL:
+        _mysql_lock(session, names)
+        return True
+    if dialect != "postgresql":
         return False
     keys = sorted({_lock_key(name) for name in names if name})  # one order: no deadlocks
     if keys:
@@ -27,6 +41,46 @@ def lock(session: Session, *names: str | None) -> bool:
         locks = ", ".join(["pg_advisory_xact_lock(%s)"] * len(keys))
         session.connection().exec_driver_sql(f"SELECT {locks}", tuple(keys))
     return True
+
+
+def _mysql_lock(session: Session, names: tuple[str | None, ...]) -> None:
+    # Lock names are at most 64 characters: a digest of the name, in one order.
+    keys = sorted({"psk:" + _digest(name) for name in names if name})
+    if not keys:
+        return
+    connection = session.connection()
+    engine = connection.engine
+    if not sa.event.contains(engine.pool, "checkin", _release_named_locks):
+        sa.event.listen(engine.pool, "checkin", _release_named_locks)
+    record = connection.connection._connection_record
+    if record is not None:
+        record.info[_HELD] = True
+    # One round trip; the SELECT list is evaluated in order, so the locks are taken in order.
+    statement = "SELECT " + ", ".join(["GET_LOCK(%s, %s)"] * len(keys))
+    parameters = tuple(value for key in keys for value in (key, MYSQL_LOCK_TIMEOUT))
+    got = connection.exec_driver_sql(statement, parameters).one()
+    if any(value != 1 for value in got):
+        # Those taken are released with the others when the connection is checked in.
+        raise TimeoutError(f"Waited {MYSQL_LOCK_TIMEOUT}s for a customer lock")
+
+
+def _release_named_locks(dbapi_connection: Any, record: Any) -> None:
+    """Release our named locks as the connection goes back to the pool (before reuse)."""
+    if dbapi_connection is None or not record.info.pop(_HELD, False):
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("DO RELEASE_ALL_LOCKS()")
+        finally:
+            cursor.close()
+    except Exception:
+        # Closing the connection is what releases them then: never hand it out again.
+        record.invalidate()
+
+
+def _digest(name: str) -> str:
+    return hashlib.blake2b(name.encode(), digest_size=16).hexdigest()
 
 
 def _lock_key(name: str) -> int:

@@ -16,7 +16,25 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column, relationship
+
+
+def _string(length: int) -> sa.types.TypeEngine[str]:
+    """A VARCHAR compared exactly, byte for byte, on every database.
+
+    MySQL's and MariaDB's default collations compare case- and accent-insensitively
+    ("Ä@x.com" = "a@x.com", "cus_A" = "cus_a"): ``utf8mb4_bin`` makes them compare
+    as PostgreSQL and SQLite do. The extension folds emails itself (A-Z lowered), the
+    same everywhere. 4 bytes a character: every index stays under InnoDB's 3072.
+    """
+    return sa.String(length).with_variant(
+        mysql.VARCHAR(length, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+    )
+
+
+#: TEXT, which MySQL caps at 64 KiB: a Stripe event's payload may be longer.
+_TEXT = sa.Text().with_variant(mysql.LONGTEXT(), "mysql", "mariadb")
 
 #: ``WebhookEvent.status`` values: see :class:`.status.Status`.
 
@@ -56,13 +74,13 @@ class CustomerMixin:
     id: Mapped[int] = mapped_column(primary_key=True)
     #: Metadata values (Stripe allows 500 characters), Stripe ids (255), emails (320):
     #: stored whole; a longer value is refused, never cut (see ``values.py``).
-    customer_key: Mapped[str] = mapped_column(sa.String(500))
-    email: Mapped[str | None] = mapped_column(sa.String(320))
-    name: Mapped[str | None] = mapped_column(sa.String(500))
-    partner_key: Mapped[str | None] = mapped_column(sa.String(500))
-    stripe_customer_id: Mapped[str | None] = mapped_column(sa.String(255))
-    stripe_account_id: Mapped[str | None] = mapped_column(sa.String(255))
-    account_scope: Mapped[str] = mapped_column(sa.String(255), default="")
+    customer_key: Mapped[str] = mapped_column(_string(500))
+    email: Mapped[str | None] = mapped_column(_string(320))
+    name: Mapped[str | None] = mapped_column(_string(500))
+    partner_key: Mapped[str | None] = mapped_column(_string(500))
+    stripe_customer_id: Mapped[str | None] = mapped_column(_string(255))
+    stripe_account_id: Mapped[str | None] = mapped_column(_string(255))
+    account_scope: Mapped[str] = mapped_column(_string(255), default="")
     livemode: Mapped[bool] = mapped_column(default=False)
     #: ``created`` of the newest Stripe customer event applied, so an older one never wins.
     stripe_event_created: Mapped[int | None] = mapped_column(sa.BigInteger)
@@ -106,7 +124,7 @@ class TransactionMixin:
         )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    key: Mapped[str] = mapped_column(sa.String(255))
+    key: Mapped[str] = mapped_column(_string(255))
 
     @declared_attr
     def customer_id(cls) -> Mapped[int | None]:
@@ -117,22 +135,22 @@ class TransactionMixin:
         return relationship(cls.customer_model)
 
     amount: Mapped[int] = mapped_column(sa.BigInteger)
-    currency: Mapped[str] = mapped_column(sa.String(3))
-    product_key: Mapped[str | None] = mapped_column(sa.String(500))
-    stripe_account_id: Mapped[str | None] = mapped_column(sa.String(255))
-    account_scope: Mapped[str] = mapped_column(sa.String(255), default="")
+    currency: Mapped[str] = mapped_column(_string(3))
+    product_key: Mapped[str | None] = mapped_column(_string(500))
+    stripe_account_id: Mapped[str | None] = mapped_column(_string(255))
+    account_scope: Mapped[str] = mapped_column(_string(255), default="")
     livemode: Mapped[bool] = mapped_column(default=False)
     #: How the customer was named on the payment, kept to attach it once the customer is known.
-    stripe_customer_id: Mapped[str | None] = mapped_column(sa.String(255))
-    customer_key: Mapped[str | None] = mapped_column(sa.String(500))
-    customer_email: Mapped[str | None] = mapped_column(sa.String(320))
+    stripe_customer_id: Mapped[str | None] = mapped_column(_string(255))
+    customer_key: Mapped[str | None] = mapped_column(_string(500))
+    customer_email: Mapped[str | None] = mapped_column(_string(320))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
     )
     deleted_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     #: Why it does not stand: ``"refund"``, ``"failure"`` or ``"dispute"`` (None while it stands).
-    deleted_reason: Mapped[str | None] = mapped_column(sa.String(16))
+    deleted_reason: Mapped[str | None] = mapped_column(_string(16))
     #: What Stripe said about the payment, in any order; ``amount`` and ``deleted_*`` follow
     #: from these alone (see ``payments.settle_payment``), so the order of events never matters.
     #: The settled amount (captured, or the invoice's), None until a success shows it.
@@ -174,19 +192,19 @@ class StripeAccountMixin:
         )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    stripe_account_id: Mapped[str] = mapped_column(sa.String(255))
+    stripe_account_id: Mapped[str] = mapped_column(_string(255))
     livemode: Mapped[bool] = mapped_column(default=False)
     #: ``"charge"`` or ``"invoice"``; None follows ``PARTNERSTACK_STRIPE_TRANSACTION_SOURCE``.
-    transaction_source: Mapped[str | None] = mapped_column(sa.String(16))
+    transaction_source: Mapped[str | None] = mapped_column(_string(16))
     installed_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     uninstalled_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     #: What the OAuth install granted. Tokens are secrets: never logged, never shown.
-    scope: Mapped[str | None] = mapped_column(sa.String(255))
-    access_token: Mapped[str | None] = mapped_column(sa.Text)
-    refresh_token: Mapped[str | None] = mapped_column(sa.Text)
+    scope: Mapped[str | None] = mapped_column(_string(255))
+    access_token: Mapped[str | None] = mapped_column(_TEXT)
+    refresh_token: Mapped[str | None] = mapped_column(_TEXT)
     #: A manual webhook endpoint: ``<prefix>/webhook/<endpoint_id>``, verified with its own secret.
-    endpoint_id: Mapped[str | None] = mapped_column(sa.String(64))
-    endpoint_secret: Mapped[str | None] = mapped_column(sa.String(255))
+    endpoint_id: Mapped[str | None] = mapped_column(_string(64))
+    endpoint_secret: Mapped[str | None] = mapped_column(_string(255))
 
     def __repr__(self) -> str:
         mode = "live" if self.livemode else "test"
@@ -212,15 +230,15 @@ class WebhookEventMixin:
         )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    stripe_event_id: Mapped[str] = mapped_column(sa.String(255))
-    type: Mapped[str] = mapped_column(sa.String(255))
-    stripe_account_id: Mapped[str | None] = mapped_column(sa.String(255))
+    stripe_event_id: Mapped[str] = mapped_column(_string(255))
+    type: Mapped[str] = mapped_column(_string(255))
+    stripe_account_id: Mapped[str | None] = mapped_column(_string(255))
     livemode: Mapped[bool] = mapped_column(default=False)
     #: ``processed``, ``ignored`` or ``failed``.
-    status: Mapped[str] = mapped_column(sa.String(16))
-    error: Mapped[str | None] = mapped_column(sa.Text)
+    status: Mapped[str] = mapped_column(_string(16))
+    error: Mapped[str | None] = mapped_column(_TEXT)
     #: The raw JSON body as Stripe signed it, so a failed event can be replayed.
-    payload: Mapped[str | None] = mapped_column(sa.Text)
+    payload: Mapped[str | None] = mapped_column(_TEXT)
     received_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     processed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
@@ -253,7 +271,7 @@ class InstallStateMixin:
         )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    state_hash: Mapped[str] = mapped_column(sa.String(64))
+    state_hash: Mapped[str] = mapped_column(_string(64))
     livemode: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True))
@@ -287,12 +305,12 @@ class RefundMixin:
         )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    refund_id: Mapped[str] = mapped_column(sa.String(255))
-    payment_key: Mapped[str] = mapped_column(sa.String(255))
-    account_scope: Mapped[str] = mapped_column(sa.String(255), default="")
+    refund_id: Mapped[str] = mapped_column(_string(255))
+    payment_key: Mapped[str] = mapped_column(_string(255))
+    account_scope: Mapped[str] = mapped_column(_string(255), default="")
     amount: Mapped[int] = mapped_column(sa.BigInteger)
     #: ``pending``, ``requires_action``, ``succeeded``, ``failed`` or ``canceled``.
-    status: Mapped[str] = mapped_column(sa.String(32))
+    status: Mapped[str] = mapped_column(_string(32))
     status_rank: Mapped[int] = mapped_column(sa.SmallInteger)
     #: When it had failed or been canceled: the ``created`` of the earliest event showing
     #: it so (Unix seconds). A charge object taken after that already leaves it out.
@@ -358,15 +376,15 @@ class CommissionMixin:
     def customer_id(cls) -> Mapped[int | None]:
         return mapped_column(sa.ForeignKey(f"{cls.customer_table}.id", ondelete="SET NULL"))
 
-    partner_key: Mapped[str] = mapped_column(sa.String(500))
-    product_key: Mapped[str | None] = mapped_column(sa.String(500))
+    partner_key: Mapped[str] = mapped_column(_string(500))
+    product_key: Mapped[str | None] = mapped_column(_string(500))
     #: What the payment earns now, minor units; 0 once reversed. Never negative.
     amount: Mapped[int] = mapped_column(sa.BigInteger)
-    currency: Mapped[str] = mapped_column(sa.String(3))
+    currency: Mapped[str] = mapped_column(_string(3))
     #: What payouts have paid on it so far (minor units).
     paid_amount: Mapped[int] = mapped_column(sa.BigInteger, default=0, server_default="0")
     #: ``pending``, ``approved``, ``paid`` or ``reversed`` (see :data:`COMMISSION_STATUSES`).
-    status: Mapped[str] = mapped_column(sa.String(16))
+    status: Mapped[str] = mapped_column(_string(16))
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(
         sa.DateTime(timezone=True), default=utcnow, onupdate=utcnow
@@ -375,7 +393,7 @@ class CommissionMixin:
     paid_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     reversed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
     #: The payout that last paid it (or its clawback).
-    payout_id: Mapped[str | None] = mapped_column(sa.String(64))
+    payout_id: Mapped[str | None] = mapped_column(_string(64))
 
     @property
     def due(self) -> int:
@@ -414,9 +432,9 @@ class PayoutMixin:
         )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    payout_id: Mapped[str] = mapped_column(sa.String(64))
-    partner_key: Mapped[str] = mapped_column(sa.String(500))
-    currency: Mapped[str] = mapped_column(sa.String(3))
+    payout_id: Mapped[str] = mapped_column(_string(64))
+    partner_key: Mapped[str] = mapped_column(_string(500))
+    currency: Mapped[str] = mapped_column(_string(3))
     amount: Mapped[int] = mapped_column(sa.BigInteger)
     #: How many commissions the line pays (or claws back).
     commissions: Mapped[int] = mapped_column(sa.Integer)
@@ -454,12 +472,12 @@ class SignalDeliveryMixin:
 
     id: Mapped[int] = mapped_column(primary_key=True)
     #: The blinker signal's name (``customer-created``, ...).
-    signal: Mapped[str] = mapped_column(sa.String(64))
-    arguments: Mapped[str] = mapped_column(sa.Text)
+    signal: Mapped[str] = mapped_column(_string(64))
+    arguments: Mapped[str] = mapped_column(_TEXT)
     #: ``pending``, ``delivered`` or ``dead``.
-    status: Mapped[str] = mapped_column(sa.String(16), default="pending")
+    status: Mapped[str] = mapped_column(_string(16), default="pending")
     attempts: Mapped[int] = mapped_column(default=0)
-    error: Mapped[str | None] = mapped_column(sa.Text)
+    error: Mapped[str | None] = mapped_column(_TEXT)
     created_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     next_attempt_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))

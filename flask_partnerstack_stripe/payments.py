@@ -23,8 +23,7 @@ from sqlalchemy.orm import Session
 
 from .customers import Party
 from .database import dialect_name as _dialect
-from .database import loading as _loading
-from .database import prepared, upsert
+from .database import insert_loading, insert_on_conflict, prepared
 from .models import REFUND_RANKS, REFUND_UNDONE, Models, utcnow
 
 
@@ -193,17 +192,20 @@ def _insert(
 ) -> Any:
     """The new transaction, or None when the payment already has one."""
     Transaction = models.Transaction
+    table = Transaction.__table__
     statement = prepared(
         (Transaction, "settle-insert", _dialect(session)),
-        lambda: _loading(
-            Transaction,
-            upsert(session, Transaction.__table__)
-            .values({name: sa.bindparam(name) for name in _INSERT_FIELDS})
-            .on_conflict_do_nothing(index_elements=["account_scope", "key"]),
+        lambda: insert_on_conflict(
+            session,
+            table,
+            {name: sa.bindparam(name) for name in _INSERT_FIELDS},
+            keys=[table.c.account_scope, table.c.key],
         ),
     )
     party = payment.party
-    return session.scalar(
+    return insert_loading(
+        session,
+        Transaction,
         statement,
         {
             "key": payment.key,
@@ -330,24 +332,29 @@ def _record_refund(
     table = models.Refund.__table__
 
     def build() -> Any:
-        statement = upsert(session, table).values(
-            {name: sa.bindparam(name) for name in _REFUND_FIELDS}
-        )
-        new = statement.excluded
-        forward = table.c.status_rank < new.status_rank
-        earlier = sa.and_(
-            new.undone_at.is_not(None),
-            sa.or_(table.c.undone_at.is_(None), new.undone_at < table.c.undone_at),
-        )
-        return statement.on_conflict_do_update(
-            index_elements=[table.c.account_scope, table.c.refund_id],
-            set_={
-                "status": sa.case((forward, new.status), else_=table.c.status),
-                "status_rank": sa.case((forward, new.status_rank), else_=table.c.status_rank),
-                "undone_at": sa.case((earlier, new.undone_at), else_=table.c.undone_at),
+        def forward(new: Any) -> Any:
+            return table.c.status_rank < new.status_rank
+
+        def earlier(new: Any) -> Any:
+            return sa.and_(
+                new.undone_at.is_not(None),
+                sa.or_(table.c.undone_at.is_(None), new.undone_at < table.c.undone_at),
+            )
+
+        # Each value carries its own condition (it holds whatever the WHERE reads), so
+        # on MySQL, where the condition is re-read after each assignment, they still agree.
+        return insert_on_conflict(
+            session,
+            table,
+            {name: sa.bindparam(name) for name in _REFUND_FIELDS},
+            keys=[table.c.account_scope, table.c.refund_id],
+            update=lambda new: {
+                "status": sa.case((forward(new), new.status), else_=table.c.status),
                 "updated_at": new.updated_at,
+                "undone_at": sa.case((earlier(new), new.undone_at), else_=table.c.undone_at),
+                "status_rank": sa.case((forward(new), new.status_rank), else_=table.c.status_rank),
             },
-            where=sa.or_(forward, earlier),
+            where=lambda new: sa.or_(forward(new), earlier(new)),
         )
 
     statement = prepared((table, "refund", _dialect(session)), build)

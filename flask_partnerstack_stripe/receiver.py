@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from . import outbox, signals
 from .config import Settings
-from .database import UnitOfWork, cached_statement, upsert
+from .database import UnitOfWork, cached_statement, insert_on_conflict, won_id
 from .models import Models, account_scope, utcnow
 from .status import Status
 
@@ -284,7 +284,7 @@ class Receiver:
                     "payload": payload,
                     "now": utcnow(),
                 }
-                stored = connection.execute(statement, values).first() is not None
+                stored = won_id(connection.execute(statement, values)) is not None
         except Exception as error:
             self.unit_of_work.take_deferred(session)
             log.error(
@@ -311,20 +311,22 @@ class Receiver:
 
     @staticmethod
     def _receive_statement(session: Session, table: Any) -> Any:
-        statement = upsert(session, table).values(
-            stripe_event_id=sa.bindparam("stripe_event_id"),
-            type=sa.bindparam("type"),
-            stripe_account_id=sa.bindparam("stripe_account_id"),
-            livemode=sa.bindparam("livemode"),
-            status=Status.RECEIVED,
-            payload=sa.bindparam("payload"),
-            received_at=sa.bindparam("now"),
+        return insert_on_conflict(
+            session,
+            table,
+            {
+                "stripe_event_id": sa.bindparam("stripe_event_id"),
+                "type": sa.bindparam("type"),
+                "stripe_account_id": sa.bindparam("stripe_account_id"),
+                "livemode": sa.bindparam("livemode"),
+                "status": Status.RECEIVED,
+                "payload": sa.bindparam("payload"),
+                "received_at": sa.bindparam("now"),
+            },
+            keys=[table.c.stripe_event_id],
+            update=lambda excluded: {"status": Status.RECEIVED, "error": None},
+            where=lambda excluded: table.c.status == Status.FAILED,
         )
-        return statement.on_conflict_do_update(
-            index_elements=[table.c.stripe_event_id],
-            set_={"status": Status.RECEIVED, "error": None},
-            where=table.c.status == Status.FAILED,
-        ).returning(table.c.id)
 
     def _before_look_up(
         self,
@@ -450,32 +452,38 @@ class Receiver:
             "payload": payload,
             "now": utcnow(),
         }
-        return connection.execute(statement, values).first() is not None
+        return won_id(connection.execute(statement, values)) is not None
 
     @staticmethod
     def _claim_statement(session: Session, table: Any, replay: bool, worker: bool) -> Any:
         now: sa.BindParameter[Any] = sa.bindparam("now")
-        statement = upsert(session, table).values(
-            stripe_event_id=sa.bindparam("stripe_event_id"),
-            type=sa.bindparam("type"),
-            stripe_account_id=sa.bindparam("stripe_account_id"),
-            livemode=sa.bindparam("livemode"),
-            status=Status.PROCESSED,
-            payload=sa.bindparam("payload"),
-            received_at=now,
-            processed_at=now,
-        )
         if replay:
             takeover = table.c.status != Status.PROCESSED
         elif worker:  # the queue's copy: the webhook stored it received
             takeover = table.c.status.in_((Status.RECEIVED, Status.FAILED))
         else:
             takeover = table.c.status == Status.FAILED
-        return statement.on_conflict_do_update(
-            index_elements=[table.c.stripe_event_id],
-            set_={"status": Status.PROCESSED, "error": None, "processed_at": now},
-            where=takeover,
-        ).returning(table.c.id)
+        return insert_on_conflict(
+            session,
+            table,
+            {
+                "stripe_event_id": sa.bindparam("stripe_event_id"),
+                "type": sa.bindparam("type"),
+                "stripe_account_id": sa.bindparam("stripe_account_id"),
+                "livemode": sa.bindparam("livemode"),
+                "status": Status.PROCESSED,
+                "payload": sa.bindparam("payload"),
+                "received_at": now,
+                "processed_at": now,
+            },
+            keys=[table.c.stripe_event_id],
+            update=lambda excluded: {
+                "status": Status.PROCESSED,
+                "error": None,
+                "processed_at": excluded.processed_at,
+            },
+            where=lambda excluded: takeover,
+        )
 
     def _reason_to_ignore(self, context: EventContext) -> str | None:
         event_type = context.event["type"]
@@ -520,26 +528,25 @@ class Receiver:
             "Applying Stripe event %s (%s) failed: %s: %s",
             event["id"], event["type"], type(error).__name__, error,
         )  # fmt: skip
-        WebhookEvent = self.models.WebhookEvent
+        table = self.models.WebhookEvent.__table__
         message = f"{type(error).__name__}: {error}"[:2000]
-        statement = (
-            upsert(session, WebhookEvent)
-            .values(
-                stripe_event_id=event["id"],
-                type=event["type"],
-                stripe_account_id=stripe_account_id,
-                livemode=event["livemode"],
-                status=Status.FAILED,
-                error=message,
-                payload=payload,
-                received_at=utcnow(),
-            )
-            .on_conflict_do_update(
-                index_elements=[WebhookEvent.stripe_event_id],
-                set_={"status": Status.FAILED, "error": message},
-                # A copy that another delivery applied meanwhile stays applied.
-                where=WebhookEvent.status != Status.PROCESSED,
-            )
+        statement = insert_on_conflict(
+            session,
+            table,
+            {
+                "stripe_event_id": event["id"],
+                "type": event["type"],
+                "stripe_account_id": stripe_account_id,
+                "livemode": event["livemode"],
+                "status": Status.FAILED,
+                "error": message,
+                "payload": payload,
+                "received_at": utcnow(),
+            },
+            keys=[table.c.stripe_event_id],
+            update=lambda excluded: {"status": Status.FAILED, "error": excluded.error},
+            # A copy that another delivery applied meanwhile stays applied.
+            where=lambda excluded: table.c.status != Status.PROCESSED,
         )
         try:
             with self.unit_of_work(session):

@@ -30,6 +30,12 @@ POSTGRES_SERVER_URL = os.environ.get(
     "PARTNERSTACK_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
 )
 REQUIRE_POSTGRES = os.environ.get("REQUIRE_POSTGRES") == "1"
+#: The MySQL/MariaDB server to test against, the same way (a database per test session).
+MARIADB_SERVER_URL = os.environ.get(
+    "PARTNERSTACK_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/mysql?charset=utf8mb4"
+)
+#: REQUIRE_SERVICES=1 (set by .ci/run): every database server must be there.
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 
 
 class SessionDatabases:
@@ -46,7 +52,7 @@ class SessionDatabases:
         if server_url not in self.created:
             name = f"pst_test_{os.getpid()}_{secrets.token_hex(4)}"  # "test": see send-test-event
             try:
-                self._run(server_url, f'CREATE DATABASE "{name}"')
+                self._run(server_url, self._create(server_url, name))
             except Exception as error:
                 self.problems[server_url] = (
                     f"{sa.make_url(server_url).render_as_string(hide_password=True)} is "
@@ -61,8 +67,17 @@ class SessionDatabases:
     def drop_all(self) -> None:
         for server_url, url in self.created.items():
             name = sa.make_url(url).database
-            self._run(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            if sa.make_url(server_url).get_backend_name() == "mysql":
+                self._run(server_url, f"DROP DATABASE IF EXISTS `{name}`")
+            else:
+                self._run(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         self.created.clear()
+
+    @staticmethod
+    def _create(server_url: str, name: str) -> str:
+        if sa.make_url(server_url).get_backend_name() == "mysql":
+            return f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
+        return f'CREATE DATABASE "{name}"'
 
     @staticmethod
     def _run(server_url: str, statement: str) -> None:
@@ -90,30 +105,74 @@ def postgres_problem() -> str | None:
     return None
 
 
+def mariadb_problem() -> str | None:
+    """Why MariaDB/MySQL cannot be used, or None when it can."""
+    try:
+        SESSION_DATABASES.url(MARIADB_SERVER_URL)
+    except ConnectionError as error:
+        return str(error)
+    return None
+
+
 def pytest_report_header() -> list[str]:
+    lines = []
     problem = postgres_problem()
     if problem is None:
-        return [f"PostgreSQL tests: {SESSION_DATABASES.url(POSTGRES_SERVER_URL)}"]
-    if REQUIRE_POSTGRES:
-        return [f"PostgreSQL REQUIRED but {problem}: its tests will fail"]
-    return [f"!!! {problem}: PostgreSQL tests are SKIPPED (REQUIRE_POSTGRES=1 makes this fatal)"]
+        lines.append(f"PostgreSQL tests: {SESSION_DATABASES.url(POSTGRES_SERVER_URL)}")
+    elif REQUIRE_POSTGRES or REQUIRE_SERVICES:
+        lines.append(f"PostgreSQL REQUIRED but {problem}: its tests will fail")
+    else:
+        lines.append(
+            f"!!! {problem}: PostgreSQL tests are SKIPPED (REQUIRE_POSTGRES=1 makes this fatal)"
+        )
+    problem = mariadb_problem()
+    if problem is None:
+        lines.append(f"MariaDB tests: {SESSION_DATABASES.url(MARIADB_SERVER_URL)}")
+    elif REQUIRE_SERVICES:
+        lines.append(f"MariaDB REQUIRED but {problem}: its tests will fail")
+    else:
+        lines.append(
+            f"!!! {problem}: MariaDB tests are SKIPPED (REQUIRE_SERVICES=1 makes this fatal)"
+        )
+    return lines
 
 
 def use_postgres() -> str:
     """This session's own PostgreSQL database (created on first use), or skip/fail."""
     problem = postgres_problem()
     if problem is not None:
-        if REQUIRE_POSTGRES:
+        if REQUIRE_POSTGRES or REQUIRE_SERVICES:
             pytest.fail(f"REQUIRE_POSTGRES=1 but {problem}")
         pytest.skip(problem)
     return SESSION_DATABASES.url(POSTGRES_SERVER_URL)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
-    if request.param == "postgresql":
+def use_mariadb() -> str:
+    """This session's own MariaDB database (created on first use, utf8mb4), or skip/fail."""
+    problem = mariadb_problem()
+    if problem is not None:
+        if REQUIRE_SERVICES:
+            pytest.fail(f"REQUIRE_SERVICES=1 but {problem}")
+        pytest.skip(problem)
+    return SESSION_DATABASES.url(MARIADB_SERVER_URL)
+
+
+#: The databases every database test runs on.
+DATABASES = ["sqlite", "postgresql", "mariadb"]
+
+
+def use_database(name: str, tmp_path: Any, file: str = "app.db") -> str:
+    """A URL for ``name`` (one of :data:`DATABASES`): a file for SQLite, else this session's."""
+    if name == "postgresql":
         return use_postgres()
-    return f"sqlite:///{tmp_path / 'app.db'}"
+    if name == "mariadb":
+        return use_mariadb()
+    return f"sqlite:///{tmp_path / file}"
+
+
+@pytest.fixture(params=DATABASES)
+def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> str:
+    return use_database(request.param, tmp_path)
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from flask_partnerstack_stripe.extension import get_state
 
 from .apphost import create_app
 from .celeryhost import create_celery_app, log_deliveries
-from .conftest import ROOT, use_postgres
+from .conftest import ROOT, use_mariadb, use_postgres
 from .test_faults import Outage
 
 pytestmark = pytest.mark.slow
@@ -58,10 +58,10 @@ def broker_url(kind: str, port: int | None = None) -> str:
     return template.format(host=host, port=port or default_port)
 
 
-@pytest.fixture
-def database_url() -> str:
-    """Workers in other processes, two at a time: PostgreSQL."""
-    return use_postgres()
+@pytest.fixture(params=["postgresql", "mariadb"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Workers in other processes, two at a time: a database server."""
+    return use_postgres() if request.param == "postgresql" else use_mariadb()
 
 
 @pytest.fixture

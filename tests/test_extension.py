@@ -243,3 +243,24 @@ def test_handler_decorator_returns_the_function():
         return None
 
     assert partnerstack.handler("checkout.session.completed")(on_checkout) is on_checkout
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["sqlite://", "postgresql+psycopg://u@h/d", "mysql+pymysql://u@h/d", "mariadb+pymysql://u@h/d"],
+)
+def test_supported_databases_are_accepted_at_init_app(uri):
+    app = Flask(__name__)
+    app.config.update(SQLALCHEMY_DATABASE_URI=uri, PARTNERSTACK_STRIPE_WEBHOOK_SECRET=SECRET)
+    PartnerStackStripe(app, db=SQLAlchemy(app))
+
+
+def test_an_unsupported_database_is_refused_at_init_app():
+    app = Flask(__name__)  # no driver for it here: refused from its URL alone
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI="mssql+pyodbc://u@h/d", PARTNERSTACK_STRIPE_WEBHOOK_SECRET=SECRET
+    )
+    with pytest.raises(
+        RuntimeError, match="supports PostgreSQL, SQLite and MySQL/MariaDB, not 'mssql'"
+    ):
+        PartnerStackStripe(app, db=SQLAlchemy())  # refused before its engine is needed

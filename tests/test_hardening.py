@@ -316,6 +316,23 @@ def test_kelvin_sign_email_does_not_match_an_ascii_k(client, rows, models):
     assert payment.customer_email == "\u212aate@x.com"
 
 
+def test_accented_email_does_not_match_its_unaccented_letter(client, rows, models):
+    # MySQL's default collations would call them equal; every database here does not.
+    post_customer(client, "cus_ann", "ann", "partner-ann", email="a@x.com")
+    charge = testing.charge("ch_1", customer=None, email="\u00c4@x.com")
+    assert testing.post_event(client, testing.event("charge.succeeded", charge)).status_code == 200
+    [payment] = rows(models.Transaction)
+    assert payment.customer_id is None
+    assert payment.customer_email == "\u00c4@x.com"
+
+
+def test_stripe_ids_differing_in_case_are_two_customers(client, rows, models):
+    post_customer(client, "cus_Ab", "upper", "partner-a")
+    post_customer(client, "cus_ab", "lower", "partner-b")
+    customers = {c.stripe_customer_id: c.customer_key for c in rows(models.Customer)}
+    assert customers == {"cus_Ab": "upper", "cus_ab": "lower"}
+
+
 def test_email_matching_ignores_ascii_case_only(client, rows, models):
     post_customer(client, "cus_kate", "kate", "partner-kate", email="Kate@X.com")
     charge = testing.charge("ch_1", customer=None, email="  KATE@x.COM ")

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from .conftest import use_postgres
+from .conftest import use_mariadb, use_postgres
 
 pytestmark = pytest.mark.slow
 
@@ -58,10 +58,24 @@ def flask_db(host: Path, database_url: str, *args: str) -> str:
     return result.stdout + result.stderr
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
 def migration_database(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'host.db'}"
+        return
+    if request.param == "mariadb":
+        # A database of its own (MySQL's schemas are databases), utf8mb4 like the host's.
+        server = sa.make_url(use_mariadb())
+        name = f"migrate_{secrets.token_hex(4)}"
+        engine = sa.create_engine(server)
+        with engine.begin() as connection:
+            connection.execute(sa.text(f"CREATE DATABASE {name} CHARACTER SET utf8mb4"))
+        try:
+            yield server.set(database=name).render_as_string(hide_password=False)
+        finally:
+            with engine.begin() as connection:
+                connection.execute(sa.text(f"DROP DATABASE {name}"))
+            engine.dispose()
         return
     # A schema of its own, so the host's alembic_version and tables stay apart.
     schema = f"migrate_{secrets.token_hex(4)}"

@@ -1,0 +1,112 @@
+"""What is particular to MySQL/MariaDB: URLs, named locks, isolation (the rest runs everywhere)."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from flask_partnerstack_stripe import locks, testing
+from flask_partnerstack_stripe.customers import Party
+from flask_partnerstack_stripe.extension import get_state
+
+from .apphost import create_app
+from .conftest import use_mariadb
+
+
+@pytest.fixture
+def database_url() -> str:
+    return use_mariadb()
+
+
+def test_mariadb_url_scheme_works_too(database_url):
+    # mariadb+pymysql:// gives SQLAlchemy's "mariadb" dialect name, MySQL's statements.
+    url = sa.make_url(database_url).set(drivername="mariadb+pymysql")
+    app = create_app(url.render_as_string(hide_password=False))
+    state = get_state(app)
+    with app.app_context():
+        state.db.drop_all()
+        state.db.create_all()
+        try:
+            client = app.test_client()
+            event = testing.event("charge.succeeded", testing.charge("ch_m", customer=None))
+            assert testing.post_event(client, event).json["status"] == "processed"
+            assert testing.post_event(client, event).json["status"] == "duplicate"
+            assert [
+                t.key for t in state.db.session.scalars(sa.select(state.models.Transaction))
+            ] == ["ch_m"]
+        finally:
+            state.db.session.remove()
+            state.db.drop_all()
+            state.db.engine.dispose()
+
+
+def test_customer_locks_are_held_during_the_event_and_released_after(app, client, state):
+    # GET_LOCK belongs to the connection: it must not outlive our transaction.
+    party = Party(None, False, stripe_customer_id="cus_l", customer_key="l", email="l@x.com")
+    names = ["psk:" + locks._digest(name) for name in locks.party_lock_names(party) if name]
+    with app.app_context():
+        probe = sa.create_engine(state.db.engine.url, poolclass=NullPool)
+    held_during: list[Any] = []
+
+    def holders() -> list[Any]:
+        with probe.connect() as connection:
+            return [
+                connection.execute(sa.text("SELECT IS_USED_LOCK(:n)"), {"n": n}).scalar()
+                for n in names
+            ]
+
+    @state.extension.handler("customer.created")
+    def handler(event: dict[str, Any]) -> None:
+        held_during.extend(holders())
+
+    customer = testing.customer("cus_l", email="l@x.com", metadata={"customer_key": "l"})
+    assert (
+        testing.post_event(client, testing.event("customer.created", customer)).status_code == 200
+    )
+    try:
+        assert held_during and all(holder is not None for holder in held_during)
+        assert holders() == [None] * len(names)
+    finally:
+        probe.dispose()
+
+
+def transaction_level(app: Any, session: Any, table: Any) -> str:
+    """The isolation level the session's transaction runs at, from what it sees.
+
+    A row another connection commits between two reads shows in the second at READ
+    COMMITTED, not at REPEATABLE READ (the first read fixed the snapshot).
+    """
+    count = sa.select(sa.func.count()).select_from(table)
+    before = session.scalar(count)
+    with app.app_context():
+        other = sa.create_engine(session.get_bind().url, poolclass=NullPool)
+    try:
+        with other.begin() as connection:
+            connection.execute(table.insert().values(customer_key=secrets.token_hex(8)))
+    finally:
+        other.dispose()
+    return "READ-COMMITTED" if session.scalar(count) > before else "REPEATABLE-READ"
+
+
+def test_our_transactions_read_committed_the_hosts_keep_their_level(app, state, models):
+    seen: dict[str, Any] = {}
+    table = models.Customer.__table__
+
+    @state.extension.handler("checkout.session.completed")
+    def handler(event: dict[str, Any]) -> None:
+        seen["ours"] = transaction_level(app, state.db.session, table)
+
+    event = testing.event(
+        "checkout.session.completed", {"id": "cs_i", "object": "checkout.session"}
+    )
+    assert testing.post_event(app.test_client(), event).status_code == 200
+    with app.app_context():
+        default = state.db.session.scalar(sa.text("SELECT @@tx_isolation"))
+        seen["host"] = transaction_level(app, state.db.session, table)
+        state.db.session.rollback()
+    assert seen["ours"] == "READ-COMMITTED"
+    assert seen["host"] == default == "REPEATABLE-READ"
