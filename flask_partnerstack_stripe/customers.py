@@ -217,12 +217,17 @@ def attach_orphans(
             },
         )
         attached += [row.id for row in rows if row.deleted_at is None]
-    if not attached:
+    return _load_transactions(session, Transaction, attached)
+
+
+def _load_transactions(session: Session, Transaction: Any, ids: list[int]) -> list[Any]:
+    """The transactions ``ids`` as they are now (usually there are none: no query then)."""
+    if not ids:
         return []
     return list(
         session.scalars(
             sa.select(Transaction)
-            .where(Transaction.id.in_(attached))
+            .where(Transaction.id.in_(ids))
             .order_by(Transaction.id)
             .execution_options(populate_existing=True)
         )
@@ -261,13 +266,4 @@ def _attach_mysql(
         table.c.deleted_at,
     )
     attached = [row.id for row in rows if row.deleted_at is None]
-    if not attached:
-        return []
-    return list(
-        session.scalars(
-            sa.select(Transaction)
-            .where(Transaction.id.in_(attached))
-            .order_by(Transaction.id)
-            .execution_options(populate_existing=True)
-        )
-    )
+    return _load_transactions(session, Transaction, attached)
