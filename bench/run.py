@@ -25,8 +25,11 @@ import sqlalchemy as sa
 from . import http_load
 from .workload import BARE, OURS, Mix, create_app, reset_tables, seed_transactions
 
+#: The PostgreSQL server; the benchmark uses (and creates) a database of its own there, so a
+#: test run on the same server (each test session has its own database too) never meets it.
 POSTGRES_URL = os.environ.get(
-    "PARTNERSTACK_TEST_POSTGRES_URL", "postgresql+psycopg://root@127.0.0.1:5432/test"
+    "PARTNERSTACK_BENCH_POSTGRES_URL",
+    "postgresql+psycopg://root@127.0.0.1:5432/partnerstack_bench",
 )
 #: The MariaDB/MySQL server; the benchmark uses (and creates) a database of its own there.
 MARIADB_URL = os.environ.get(
@@ -42,10 +45,16 @@ def target(name: str, passed: bool, measured: str) -> None:
 
 
 def postgres_available() -> bool:
+    url = sa.make_url(POSTGRES_URL)
     try:
-        engine = sa.create_engine(POSTGRES_URL)
-        with engine.connect():
-            pass
+        engine = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+        with engine.connect() as connection:
+            exists = connection.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                {"name": url.database},
+            ).first()
+            if exists is None:
+                connection.exec_driver_sql(f'CREATE DATABASE "{url.database}"')
         engine.dispose()
         return True
     except Exception:
