@@ -203,6 +203,7 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
         state.receiver.send,
         ids=delivery_ids,
         dead=dead,
+        limit=None,
     )
     click.echo(f"{result.delivered} delivered, {result.failed} failed ({result.dead} now dead).")
     if result.failed:

@@ -105,6 +105,10 @@ class PartnerStackStripe:
                 "init_app (or PartnerStackStripe(app)) once; to change its options, "
                 "create the app again."
             )
+        # DURABLE_SIGNALS defaults to whether PROCESSING is "celery": set before the
+        # plain defaults, so the app's config shows the value in force.
+        processing = app.config.get(PREFIX + "PROCESSING", DEFAULTS["PROCESSING"])
+        app.config.setdefault(PREFIX + "DURABLE_SIGNALS", processing == "celery")
         for name, default in DEFAULTS.items():
             app.config.setdefault(PREFIX + name, default)
         settings = Settings.from_config(app.config)

@@ -181,7 +181,7 @@ def deliver(
     ids: Sequence[int] = (),
     dead: bool = False,
     due_only: bool = False,
-    limit: int = 500,
+    limit: int | None = 500,
 ) -> Delivered:
     """Send pending deliveries again (or dead ones with ``dead``, or those ``ids``).
 
@@ -190,7 +190,9 @@ def deliver(
     more attempts.
     """
     SignalDelivery = models.SignalDelivery
-    query = sa.select(SignalDelivery).order_by(SignalDelivery.id).limit(limit)
+    query = sa.select(SignalDelivery).order_by(SignalDelivery.id)
+    if limit is not None:  # the task works in batches; the command sends everything
+        query = query.limit(limit)
     if ids:
         query = query.where(SignalDelivery.id.in_(ids), SignalDelivery.status != DELIVERED)
     else:

@@ -181,3 +181,36 @@ def test_commission_signals_go_through_the_outbox(client, rows, models):
         "transaction-recorded": by_signal["transaction-recorded"].id,
     }
     assert {row.status for row in by_signal.values()} == {"delivered"}
+
+
+@pytest.mark.parametrize("app_config", [DURABLE])
+def test_deliver_sends_every_pending_one_not_a_batch(app, client, rows, models):
+    """DESIGN 3a: `flask partnerstack deliver` sends every pending delivery now."""
+    down = {"on": True}
+
+    def receiver(sender: Any, customer: Any, **extra: Any) -> None:
+        if down["on"]:
+            raise RuntimeError("the CRM is down")
+
+    with signals.customer_created.connected_to(receiver, sender=app):
+        for n in range(510):
+            testing.post_event(client, customer_created(f"user-{n}"))
+        assert {d.status for d in rows(models.SignalDelivery)} == {"pending"}
+        down["on"] = False
+        result = run(app, "deliver")
+    assert result.exit_code == 0, result.output
+    assert "510 delivered" in result.output
+    assert {d.status for d in rows(models.SignalDelivery)} == {"delivered"}
+
+
+@pytest.mark.parametrize(
+    ("config", "durable"),
+    [({}, False), ({"PARTNERSTACK_STRIPE_PROCESSING": "celery"}, True)],
+)
+def test_the_durable_signals_default_shows_in_the_apps_config(config, durable):
+    """DESIGN 2: DURABLE_SIGNALS defaults to False inline and True with Celery."""
+    from .apphost import create_app
+
+    app = create_app("sqlite://", **config)
+    assert app.config["PARTNERSTACK_STRIPE_DURABLE_SIGNALS"] is durable
+    assert app.extensions["partnerstack_stripe"].settings.durable_signals is durable
