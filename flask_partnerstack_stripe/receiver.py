@@ -143,6 +143,13 @@ class SettledIds:
                 del self._ids[next(iter(self._ids))]
 
 
+#: The columns every statement storing an event binds from its envelope.
+_EVENT_COLUMNS: dict[str, sa.BindParameter[Any]] = {
+    name: sa.bindparam(name)
+    for name in ("stripe_event_id", "type", "stripe_account_id", "livemode")
+}
+
+
 class Receiver:
     """The one receive pipeline: every caller hands it an event and gets an :class:`Outcome`.
 
@@ -315,10 +322,7 @@ class Receiver:
             session,
             table,
             {
-                "stripe_event_id": sa.bindparam("stripe_event_id"),
-                "type": sa.bindparam("type"),
-                "stripe_account_id": sa.bindparam("stripe_account_id"),
-                "livemode": sa.bindparam("livemode"),
+                **_EVENT_COLUMNS,
                 "status": Status.RECEIVED,
                 "payload": sa.bindparam("payload"),
                 "received_at": sa.bindparam("now"),
@@ -467,10 +471,7 @@ class Receiver:
             session,
             table,
             {
-                "stripe_event_id": sa.bindparam("stripe_event_id"),
-                "type": sa.bindparam("type"),
-                "stripe_account_id": sa.bindparam("stripe_account_id"),
-                "livemode": sa.bindparam("livemode"),
+                **_EVENT_COLUMNS,
                 "status": Status.PROCESSED,
                 "payload": sa.bindparam("payload"),
                 "received_at": now,

@@ -60,51 +60,38 @@ def ledger(app: Flask) -> dict[str, int]:
     return dict(rows)  # type: ignore[arg-type]
 
 
-@pytest.fixture
-def pooled_app(request: pytest.FixtureRequest, database_url: str) -> Any:
-    """The test host on ``database_url`` with the engine options given by ``indirect``."""
-    app = create_app(database_url, SQLALCHEMY_ENGINE_OPTIONS=request.param)
-    db = get_state(app).db
-    with app.app_context():
-        db.drop_all()
-        db.create_all()
-    yield app
-    with app.app_context():
-        db.session.remove()
-        db.drop_all()
-        db.engine.dispose()
-
-
-@pytest.mark.parametrize("pooled_app", [{"poolclass": NullPool}], indirect=True)
-def test_null_pool_single_request_answers_200_and_signals(pooled_app):
+@pytest.mark.parametrize("app_config", [{"SQLALCHEMY_ENGINE_OPTIONS": {"poolclass": NullPool}}])
+def test_null_pool_single_request_answers_200_and_signals(app):
     """NullPool closes a connection as soon as it is handed back: nothing may touch it then."""
     event = charges(1)[0]
     with testing.record_signals(signals.transaction_recorded) as sent:
-        response = testing.post_event(pooled_app.test_client(), event)
+        response = testing.post_event(app.test_client(), event)
     assert response.status_code == 200, response.json
     assert response.json["status"] == "processed"
     assert [s.kwargs["transaction"].key for s in sent] == ["ch_p0"]
-    assert ledger(pooled_app) == {"ch_p0": 100}
+    assert ledger(app) == {"ch_p0": 100}
 
 
 @pytest.mark.parametrize(
-    "pooled_app",
+    "app_config",
     [
-        {"poolclass": NullPool},
-        {"poolclass": QueuePool, "pool_size": 1, "max_overflow": 0, "pool_timeout": 60},
-        {"poolclass": QueuePool, "pool_size": 2, "max_overflow": 4},
+        {"SQLALCHEMY_ENGINE_OPTIONS": options}
+        for options in (
+            {"poolclass": NullPool},
+            {"poolclass": QueuePool, "pool_size": 1, "max_overflow": 0, "pool_timeout": 60},
+            {"poolclass": QueuePool, "pool_size": 2, "max_overflow": 4},
+        )
     ],
     ids=["null-pool", "queue-pool-1", "queue-pool-overflow"],
-    indirect=True,
 )
-def test_threads_on_any_pool_record_every_event_once(pooled_app):
+def test_threads_on_any_pool_record_every_event_once(app):
     """Eight threads, forty events and their redeliveries: every one 200, every signal once."""
     events = charges(40)
     with testing.record_signals(signals.transaction_recorded) as sent:
-        statuses = post_in_threads(pooled_app, events + events, threads=8)
+        statuses = post_in_threads(app, events + events, threads=8)
     assert Counter(statuses) == {200: 80}
     assert Counter(s.kwargs["transaction"].key for s in sent) == {f"ch_p{n}": 1 for n in range(40)}
-    assert ledger(pooled_app) == {f"ch_p{n}": 100 + n for n in range(40)}
+    assert ledger(app) == {f"ch_p{n}": 100 + n for n in range(40)}
 
 
 @pytest.fixture
