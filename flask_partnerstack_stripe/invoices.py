@@ -49,26 +49,33 @@ def invoice_of_charge(context: EventContext, obj: dict[str, Any]) -> str | None:
     return context.lookups.get(_lookup_key(payment_intent))
 
 
+def may_look_up_invoice(settings: Settings, event: dict[str, Any]) -> bool:
+    """Whether :func:`look_up_invoice` could call Stripe for ``event`` on some account: an
+    API key is set and the object has a payment intent but does not name its invoice
+    (a dispute only once lost, the only dispute news invoice mode acts on)."""
+    obj = event["data"]["object"]
+    return (
+        settings.api_key is not None
+        and isinstance(obj, dict)
+        and payment_intent_of(obj) is not None
+        and named_invoice(obj) is None
+        and not (obj.get("object") == "dispute" and obj.get("status") != "lost")
+    )
+
+
 def look_up_invoice(
     settings: Settings, event: dict[str, Any], stripe_account_id: str | None, source: str
 ) -> dict[str, Any]:
     """Ask Stripe which invoice the event's payment intent paid, when the rules need it.
 
     Only in invoice mode (``source``, the transaction source of the event's account), when
-    an API key is set and the object does not name its invoice itself. Runs outside any
-    database transaction.
+    :func:`may_look_up_invoice`. Runs outside any database transaction.
     """
-    obj = event["data"]["object"]
-    api_key = settings.api_key
-    payment_intent = payment_intent_of(obj) if isinstance(obj, dict) else None
-    if (
-        api_key is None
-        or payment_intent is None
-        or named_invoice(obj) is not None
-        or source != "invoice"
-        or (obj.get("object") == "dispute" and obj.get("status") != "lost")
-    ):
+    if source != "invoice" or not may_look_up_invoice(settings, event):
         return {}
+    payment_intent = payment_intent_of(event["data"]["object"])
+    api_key = settings.api_key
+    assert payment_intent is not None and api_key is not None  # may_look_up_invoice
     payments = stripe.InvoicePayment.list(
         payment={"type": "payment_intent", "payment_intent": payment_intent},
         limit=1,

@@ -93,9 +93,19 @@ class EventContext:
 
 
 BuiltinHandler = Callable[[EventContext], None]
-#: ``lookup(settings, event, stripe_account_id, source)``: Stripe API calls a rule will
-#: need; ``source`` is the transaction source of the event's account.
-Lookup = Callable[[Settings, dict[str, Any], "str | None", str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """The Stripe API calls a rule may need, made before the event's transaction begins."""
+
+    #: ``call(settings, event, stripe_account_id, source)``: make them (or not, by what
+    #: ``source``, the transaction source of the event's account, says); their answers.
+    call: Callable[[Settings, dict[str, Any], str | None, str], dict[str, Any]]
+    #: ``wanted(settings, event)``: whether the call could make any, whatever the
+    #: account: when not, the receiver reads nothing before the transaction (most
+    #: events: a new charge, any event without an API key configured).
+    wanted: Callable[[Settings, dict[str, Any]], bool]
 
 
 @dataclass(frozen=True)
@@ -342,17 +352,18 @@ class Receiver:
     ) -> str | None:
         """One short read before any Stripe API call: whether the look-up is needed at all.
 
-        Only for an event type with a look-up. Answers :attr:`Status.DUPLICATE` for a stored
-        event already processed (or ignored, unless replayed): final outcomes, so no
-        Stripe call, whose failure would turn a duplicate into a 500. ``None`` (no
-        look-up) for an event of an uninstalled account, which the transaction then
-        ignores as always. Otherwise the transaction source the event's account uses
-        (only invoice mode maps a charge to its invoice).
+        Only for an event that may need one (:attr:`Lookup.wanted`). Answers
+        :attr:`Status.DUPLICATE` for a stored event already processed (or ignored, unless
+        replayed): final outcomes, so no Stripe call, whose failure would turn a duplicate
+        into a 500. ``None`` (no look-up) for an event of an uninstalled account, which
+        the transaction then ignores as always. Otherwise the transaction source the
+        event's account uses (only invoice mode maps a charge to its invoice).
 
         Read outside the event's transaction and ended before the Stripe call; the
         atomic claim in the transaction still judges: this read only spares calls.
         """
-        if event["type"] not in self.handlers.lookups:
+        lookup = self.handlers.lookups.get(event["type"])
+        if lookup is None or not lookup.wanted(self.settings, event):
             return None
         WebhookEvent, StripeAccount = self.models.WebhookEvent, self.models.StripeAccount
         with self.unit_of_work.read(session):
@@ -388,7 +399,7 @@ class Receiver:
         lookup = self.handlers.lookups.get(event["type"])
         if lookup is None or source is None:
             return {}
-        return lookup(self.settings, event, stripe_account_id, source)
+        return lookup.call(self.settings, event, stripe_account_id, source)
 
     def _apply(
         self,

@@ -7,8 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .checkout import check_session, checkout_completed
-from .config import Settings
-from .invoices import look_up_invoice
+from .invoices import look_up_invoice, may_look_up_invoice
 from .readers import charge_facts, check_charge, check_customer, check_invoice
 from .receiver import BuiltinHandler, Lookup
 from .refunds import check_dispute, check_refund, dispute_changed, refund_changed
@@ -46,19 +45,22 @@ BUILTIN_HANDLERS: dict[str, BuiltinHandler] = {
 }
 
 
-def look_up_charge_invoice(
-    settings: Settings, event: dict[str, Any], stripe_account_id: str | None, source: str
-) -> dict[str, Any]:
-    """A charge event's invoice, only when the charge shows a refund: in invoice mode the
-    rest of a charge's news (its success, its failure) changes nothing."""
+def _shows_refund(event: dict[str, Any]) -> bool:
+    """Whether a charge event's charge shows a refund: in invoice mode the rest of a
+    charge's news (its success, its failure) changes nothing, so needs no invoice."""
     obj = event["data"]["object"]
     paid = amount(obj.get("amount")) if isinstance(obj, dict) else None
     if paid is None:
-        return {}
+        return False
     facts = charge_facts(obj, paid, event["type"])
-    if facts.refunded == 0 and not facts.refunds:
-        return {}
-    return look_up_invoice(settings, event, stripe_account_id, source)
+    return facts.refunded > 0 or bool(facts.refunds)
+
+
+CHARGE_INVOICE = Lookup(
+    call=look_up_invoice,
+    wanted=lambda settings, event: may_look_up_invoice(settings, event) and _shows_refund(event),
+)
+INVOICE = Lookup(call=look_up_invoice, wanted=may_look_up_invoice)
 
 
 #: Stripe API look-ups a rule may need, made before the event's database transaction
@@ -66,7 +68,7 @@ def look_up_charge_invoice(
 LOOKUPS: dict[str, Lookup] = {
     **dict.fromkeys(
         ("charge.succeeded", "charge.captured", "charge.updated", "charge.refunded"),
-        look_up_charge_invoice,
+        CHARGE_INVOICE,
     ),
     **dict.fromkeys(
         (
@@ -78,7 +80,7 @@ LOOKUPS: dict[str, Lookup] = {
             "charge.dispute.updated",
             "charge.dispute.closed",
         ),
-        look_up_invoice,
+        INVOICE,
     ),
 }
 
