@@ -253,6 +253,8 @@ def _update(
     ).one()
     for refund in facts.refunds:
         _record_refund(session, models, payment, refund, facts.seen_at, now)
+    # Read before the row changes: a query after would flush it, then flush it again.
+    refunds = _known_refunds(session, models, row)
     before = (row.deleted_at is None, row.amount, row.customer_id, row.product_key)
 
     if row.gross_amount is None and row.deleted_at is None:
@@ -278,7 +280,7 @@ def _update(
     if row.customer_email is None:
         row.customer_email = party.email
 
-    standing, undone = _refund_totals(session, models, row)
+    standing, undone = _refund_totals(refunds, row.charge_refunded_at)
     new = derive(
         gross=row.gross_amount,
         shown=max(row.amount, facts.nominal),
@@ -374,21 +376,28 @@ def _record_refund(
     )
 
 
-def _refund_totals(session: Session, models: Models, row: Any) -> tuple[int, int]:
-    """The amounts of the payment's known refunds that stand, and that were undone after
-    the charge object ``row.charge_refunded`` comes from was taken (or at an unknown time).
+def _known_refunds(session: Session, models: Models, row: Any) -> list[Any]:
+    """The payment's known refunds: ``(amount, status, undone_at)`` rows."""
+    Refund = models.Refund
+    return list(
+        session.execute(
+            sa.select(Refund.amount, Refund.status, Refund.undone_at).where(
+                Refund.account_scope == row.account_scope, Refund.payment_key == row.key
+            )
+        )
+    )
+
+
+def _refund_totals(refunds: list[Any], taken: int | None) -> tuple[int, int]:
+    """The amounts of the payment's known ``refunds`` that stand, and that were undone
+    after the charge object its ``charge_refunded`` comes from was ``taken`` (or at an
+    unknown time).
 
     Summed here, not in SQL: each amount is at most 2**63-1, their sum may not be, and
     SQLite's ``sum()`` raises on an overflow. A payment has a handful of refunds.
     """
-    Refund = models.Refund
     standing = undone = 0
-    taken = row.charge_refunded_at
-    for refund_amount, status, undone_at in session.execute(
-        sa.select(Refund.amount, Refund.status, Refund.undone_at).where(
-            Refund.account_scope == row.account_scope, Refund.payment_key == row.key
-        )
-    ):
+    for refund_amount, status, undone_at in refunds:
         if status in REFUND_UNDONE:
             if taken is None or undone_at is None or undone_at > taken:
                 undone += refund_amount
