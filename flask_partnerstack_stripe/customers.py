@@ -21,6 +21,7 @@ from .database import (
     dialect_name,
     insert_loading,
     insert_on_conflict,
+    loaded,
     update_returning,
 )
 from .models import Models, account_scope, utcnow
@@ -65,15 +66,18 @@ def find_customer(
     names = tuple(column for column, _ in routes)
     statement = cached_statement(
         (table, "find", names, load),
-        lambda: _find_statement(models.Customer, table, names, load),
+        lambda: _find_statement(table, names, load),
     )
     values = {"scope": party.scope, "livemode": party.livemode, **dict(routes)}
-    if load:
-        return session.scalar(statement, values)
-    return session.connection().execute(statement, values).first()
+    if load and session.autoflush:
+        session.flush()  # what an ORM query does first: it sees the session's changes
+    found = session.connection().execute(statement, values).first()
+    if found is None or not load:
+        return found
+    return loaded(session, models.Customer, found)
 
 
-def _find_statement(Customer: Any, table: Any, names: tuple[str, ...], load: bool) -> Any:
+def _find_statement(table: Any, names: tuple[str, ...], load: bool) -> Any:
     in_scope = (
         table.c.account_scope == sa.bindparam("scope"),
         table.c.livemode == sa.bindparam("livemode"),
@@ -84,7 +88,7 @@ def _find_statement(Customer: Any, table: Any, names: tuple[str, ...], load: boo
         *((table.c[name] == sa.bindparam(name), n) for n, name in enumerate(names)),
         else_=len(names),
     )
-    selected = (Customer,) if load else (table.c.id, table.c.stripe_customer_id)
+    selected = tuple(table.columns) if load else (table.c.id, table.c.stripe_customer_id)
     return sa.select(*selected).where(sa.or_(*matches)).order_by(rank, table.c.id).limit(1)
 
 

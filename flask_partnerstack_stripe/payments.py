@@ -386,14 +386,16 @@ def _record_refund(
 
 def _known_refunds(session: Session, models: Models, row: Any) -> list[Any]:
     """The payment's known refunds: ``(amount, status, undone_at)`` rows."""
-    Refund = models.Refund
-    return list(
-        session.execute(
-            sa.select(Refund.amount, Refund.status, Refund.undone_at).where(
-                Refund.account_scope == row.account_scope, Refund.payment_key == row.key
-            )
-        )
+    table = models.Refund.__table__
+    statement = prepared(
+        (table, "of-payment"),
+        lambda: sa.select(table.c.amount, table.c.status, table.c.undone_at).where(
+            table.c.account_scope == sa.bindparam("scope"),
+            table.c.payment_key == sa.bindparam("key"),
+        ),
     )
+    found = session.connection().execute(statement, {"scope": row.account_scope, "key": row.key})
+    return list(found)
 
 
 def _refund_totals(refunds: list[Any], taken: int | None) -> tuple[int, int]:
