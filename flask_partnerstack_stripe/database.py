@@ -154,8 +154,7 @@ def loaded(session: Session, model: Any, values: Sequence[Any]) -> Any:
     ``values``: every column of the model's table, in the table's order.
     """
     mapper = sa.inspect(model)
-    keys = cached_statement((mapper, "column keys"), lambda: _column_keys(mapper))
-    row = dict(zip(keys, values, strict=True))
+    row = dict(zip(column_keys(model), values, strict=True))
     identity = mapper.identity_key_from_primary_key([row["id"]])
     instance = session.identity_map.get(identity)
     if instance is None:
@@ -171,10 +170,16 @@ def loaded(session: Session, model: Any, values: Sequence[Any]) -> Any:
     return instance
 
 
-def _column_keys(mapper: Any) -> list[str]:
-    """The attribute names of a mapper's table columns, in the table's order."""
-    sa.orm.configure_mappers()  # a no-op once done; the first query would do it
-    return [mapper.get_property_by_column(column).key for column in mapper.local_table.columns]
+def column_keys(model: Any) -> list[str]:
+    """The attribute names of ``model``'s table columns, in the table's order."""
+
+    def build() -> list[str]:
+        sa.orm.configure_mappers()  # a no-op once done; the first query would do it
+        mapper = sa.inspect(model)
+        return [mapper.get_property_by_column(column).key for column in mapper.local_table.columns]
+
+    keys: list[str] = cached_statement((model, "column keys"), build)
+    return keys
 
 
 def update_returning(
