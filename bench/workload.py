@@ -7,7 +7,6 @@ import os
 import random
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
@@ -116,33 +115,3 @@ class Mix:
 
     def batch(self, n: int) -> list[Delivery]:
         return [self.next() for _ in range(n)]
-
-
-def seed_transactions(app: Flask, count: int) -> None:
-    """Store ``count`` transactions directly (what a long-running program accumulates)."""
-    state = app.extensions["partnerstack_stripe"]
-    table = state.models.Transaction.__table__
-    with app.app_context():
-        engine = state.db.engine
-        chunk = 20_000
-        with engine.begin() as connection:
-            start = connection.execute(sa.select(sa.func.count()).select_from(table)).scalar() or 0
-            for first in range(start, count, chunk):
-                rows = [
-                    {
-                        "key": f"ch_seed_{n}",
-                        "amount": 1000,
-                        "currency": "usd",
-                        "account_scope": "",
-                        "livemode": False,
-                        "stripe_customer_id": f"cus_seed_{n % 9973}",
-                    }
-                    for n in range(first, min(first + chunk, count))
-                ]
-                connection.execute(table.insert(), rows)
-        # On PostgreSQL a table that grew to this size has planner statistics (autovacuum
-        # analyzes it); right after a bulk load it has none. SQLite never gathers any
-        # by itself, so it is left as it is.
-        if engine.dialect.name == "postgresql":
-            with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-                connection.exec_driver_sql("ANALYZE")
