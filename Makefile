@@ -38,9 +38,10 @@ test: $(STAMP) browser
 	$(BIN)/mypy
 	$(BIN)/pytest -n 2
 
-## The benchmark: ours against the bare minimum, in-process and over HTTP, with targets.
+## The benchmark: ours against the bare minimum, in-process and over HTTP, with targets
+## (about 20 minutes; BENCH_ARGS="--quick", "--only http", "--markdown bench.md" pass on).
 bench: $(STAMP)
-	$(BIN)/python -m bench.run
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 ## The concurrency suite's burst at 10x the steady rate, for a full minute.
 burst: $(STAMP)
