@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
-from .workload import OURS, Mix, create_app, reset_tables
+from .workload import BARE, OURS, Mix, create_app, reset_tables
 
 SMALL = 1_000
 
@@ -100,29 +100,37 @@ def run(
     post_all: Callable[[Any, str, list[Any]], float],
     target: Callable[[str, bool, str], None],
 ) -> None:
-    """The median of three runs of ``per_round`` events at each size."""
+    """The median of three runs of ``per_round`` events at each size.
+
+    The bare minimum runs between ours, on tables that do not grow: its change is the
+    machine's (another load starting or stopping), printed so a reader can tell.
+    """
     app = create_app(url)
     reset_tables(app)
     client = app.test_client()
 
-    def rate() -> float:
-        post_all(client, OURS, Mix(prefix=f"{name}-scale-warm-{time.monotonic_ns()}").batch(100))
-        rates = []
+    def rates() -> tuple[float, float]:
+        warm = Mix(prefix=f"{name}-scale-warm-{time.monotonic_ns()}").batch(100)
+        post_all(client, OURS, warm)
+        post_all(client, BARE, warm)
+        found: dict[str, list[float]] = {OURS: [], BARE: []}
         for _ in range(3):
             batch = Mix(prefix=f"{name}-scale-{time.monotonic_ns()}").batch(per_round)
-            rates.append(per_round / post_all(client, OURS, batch))
-        return statistics.median(rates)
+            for path in (OURS, BARE):
+                found[path].append(per_round / post_all(client, path, batch))
+        return statistics.median(found[OURS]), statistics.median(found[BARE])
 
     seed(app, SMALL)
-    small = rate()
+    small, small_bare = rates()
     start = time.monotonic()
     seed(app, large)
     seeded = time.monotonic() - start
-    big = rate()
+    big, big_bare = rates()
     change = big / small - 1
     print(
         f"  scale {name:<14} {SMALL:,} rows {small:6.0f} ev/s   {large:,} rows {big:6.0f} ev/s"
-        f"   ({change:+.1%}; seeded in {seeded:.0f} s)",
+        f"   ({change:+.1%}; bare minimum {big_bare / small_bare - 1:+.1%}; seeded in"
+        f" {seeded:.0f} s)",
         flush=True,
     )
     target(
