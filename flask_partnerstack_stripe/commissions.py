@@ -7,8 +7,8 @@ order of Stripe's events. :func:`follow_payment` is called in the same database
 transaction as every change of a payment, while the payment's row is locked
 (``payments.settle_payment`` reads it ``FOR UPDATE``; attaching an orphan updates it),
 so the changes of one commission apply one after the other. The row itself is an
-``INSERT … ON CONFLICT DO NOTHING`` on its unique ``transaction_id``, then read
-``FOR UPDATE``: never check-then-insert.
+``INSERT … ON CONFLICT DO NOTHING … RETURNING`` on its unique ``transaction_id``, and
+when it existed already, read ``FOR UPDATE``: never check-then-insert.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
 from . import signals
-from .database import insert_on_conflict, won_id
+from .database import cached_statement, insert_loading, insert_on_conflict
 from .models import APPROVED, PAID, PENDING, REVERSED, Models, utcnow
 from .rewards import Rule, commission_for, months_between
 
@@ -51,13 +51,15 @@ def earned(
     customer = session.get(models.Customer, transaction.customer_id)
     if transaction.deleted_at is not None or customer is None or not customer.partner_key:
         return 0, customer
-    Transaction = models.Transaction
-    first = session.scalar(
-        sa.select(sa.func.min(Transaction.created_at)).where(
-            Transaction.customer_id == transaction.customer_id
+    months_in = 0
+    if any(rule.months is not None for rule in rules):  # else no rule asks how long
+        Transaction = models.Transaction
+        first = session.scalar(
+            sa.select(sa.func.min(Transaction.created_at)).where(
+                Transaction.customer_id == transaction.customer_id
+            )
         )
-    )
-    months_in = months_between(_aware(first), _aware(transaction.created_at)) if first else 0
+        months_in = months_between(_aware(first), _aware(transaction.created_at)) if first else 0
     amount = commission_for(
         rules,
         amount=transaction.amount,
@@ -88,12 +90,23 @@ def follow_payment(
     Commission = models.Commission
     target, customer = earned(session, models, rules, transaction)
     now = utcnow()
-    created = False
+    commission = None
     if target > 0:
+        # The new row comes back whole; only an existing one needs reading (and locking).
         table = Commission.__table__
-        statement = insert_on_conflict(
+        statement = cached_statement(
+            (table, "create"),
+            lambda: insert_on_conflict(
+                session,
+                table,
+                {name: sa.bindparam(name) for name in _COMMISSION_FIELDS},
+                keys=[table.c.transaction_id],
+            ),
+        )
+        commission = insert_loading(
             session,
-            table,
+            Commission,
+            statement,
             {
                 "transaction_id": transaction.id,
                 "customer_id": transaction.customer_id,
@@ -106,15 +119,15 @@ def follow_payment(
                 "created_at": now,
                 "updated_at": now,
             },
-            keys=[table.c.transaction_id],
         )
-        created = won_id(session.connection().execute(statement)) is not None
-    commission = session.scalars(
-        sa.select(Commission)
-        .where(Commission.transaction_id == transaction.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    created = commission is not None
+    if commission is None:
+        commission = session.scalars(
+            sa.select(Commission)
+            .where(Commission.transaction_id == transaction.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).one_or_none()
     if commission is None:
         return []
     kwargs = {"commission": commission, "transaction": transaction, "event": event}
@@ -135,6 +148,12 @@ def follow_payment(
     commission.reversed_at = None
     session.flush()
     return [(signals.commission_updated, kwargs)]
+
+
+_COMMISSION_FIELDS = (
+    "transaction_id", "customer_id", "partner_key", "product_key", "amount", "currency",
+    "paid_amount", "status", "created_at", "updated_at",
+)  # fmt: skip
 
 
 def follow_customer(
