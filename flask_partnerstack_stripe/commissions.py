@@ -7,14 +7,15 @@ order of Stripe's events. :func:`follow_payment` is called in the same database
 transaction as every change of a payment, while the payment's row is locked
 (``payments.settle_payment`` reads it ``FOR UPDATE``; attaching an orphan updates it),
 so the changes of one commission apply one after the other. The row itself is an
-``INSERT … ON CONFLICT DO NOTHING`` on its unique ``transaction_id``, then read
-``FOR UPDATE``: never check-then-insert.
+``INSERT … ON CONFLICT DO NOTHING … RETURNING`` on its unique ``transaction_id``, and
+when it existed already, read ``FOR UPDATE``: never check-then-insert.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
@@ -22,7 +23,7 @@ from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
 from . import signals
-from .database import insert_on_conflict, won_id
+from .database import cached_statement, column_keys, insert_loading, insert_on_conflict, loaded
 from .models import APPROVED, PAID, PENDING, REVERSED, Models, utcnow
 from .rewards import Rule, commission_for, months_between
 
@@ -44,29 +45,36 @@ def status_of(commission: Any) -> str:
 
 def earned(
     session: Session, models: Models, rules: Sequence[Rule], transaction: Any
-) -> tuple[int, Any]:
-    """``(amount, customer)``: what ``transaction`` earns now, and its customer."""
+) -> tuple[int, str | None]:
+    """``(amount, partner_key)``: what ``transaction`` earns now, and its customer's partner."""
     if transaction.customer_id is None:
         return 0, None
-    customer = session.get(models.Customer, transaction.customer_id)
-    if transaction.deleted_at is not None or customer is None or not customer.partner_key:
-        return 0, customer
-    Transaction = models.Transaction
-    first = session.scalar(
-        sa.select(sa.func.min(Transaction.created_at)).where(
-            Transaction.customer_id == transaction.customer_id
-        )
+    table = models.Customer.__table__
+    statement = cached_statement(
+        (table, "partner"),
+        lambda: sa.select(table.c.partner_key).where(table.c.id == sa.bindparam("id")),
     )
-    months_in = months_between(_aware(first), _aware(transaction.created_at)) if first else 0
+    partner_key = session.connection().execute(statement, {"id": transaction.customer_id}).scalar()
+    if transaction.deleted_at is not None or not partner_key:
+        return 0, partner_key
+    months_in = 0
+    if any(rule.months is not None for rule in rules):  # else no rule asks how long
+        Transaction = models.Transaction
+        first = session.scalar(
+            sa.select(sa.func.min(Transaction.created_at)).where(
+                Transaction.customer_id == transaction.customer_id
+            )
+        )
+        months_in = months_between(_aware(first), _aware(transaction.created_at)) if first else 0
     amount = commission_for(
         rules,
         amount=transaction.amount,
         currency=transaction.currency,
-        partner_key=customer.partner_key,
+        partner_key=partner_key,
         product_key=transaction.product_key,
         months_in=months_in,
     )
-    return amount, customer
+    return amount, partner_key
 
 
 def follow_payment(
@@ -82,22 +90,26 @@ def follow_payment(
     Created when the payment stands, its customer is known and has a partner, and a
     rule pays something; lowered or raised with the payment's amount; reversed (amount
     0) when it is deleted or earns nothing; restored when it stands again.
+
+    Read and written with Core statements built once; the ORM instance the signals
+    carry is made from the row (``database.loaded``), as for transactions.
     """
     if not rules:
         return []
     Commission = models.Commission
-    target, customer = earned(session, models, rules, transaction)
+    table = Commission.__table__
+    target, partner_key = earned(session, models, rules, transaction)
     now = utcnow()
-    created = False
     if target > 0:
-        table = Commission.__table__
-        statement = insert_on_conflict(
+        # The new row comes back whole; only an existing one needs reading (and locking).
+        created = insert_loading(
             session,
-            table,
+            Commission,
+            _create_statement(session, table),
             {
                 "transaction_id": transaction.id,
                 "customer_id": transaction.customer_id,
-                "partner_key": customer.partner_key,
+                "partner_key": partner_key,
                 "product_key": transaction.product_key,
                 "amount": target,
                 "currency": transaction.currency,
@@ -106,35 +118,69 @@ def follow_payment(
                 "created_at": now,
                 "updated_at": now,
             },
-            keys=[table.c.transaction_id],
         )
-        created = won_id(session.connection().execute(statement)) is not None
-    commission = session.scalars(
-        sa.select(Commission)
-        .where(Commission.transaction_id == transaction.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if commission is None:
+        if created is not None:
+            kwargs = {"commission": created, "transaction": transaction, "event": event}
+            return [(signals.commission_created, kwargs)]
+    lock = cached_statement(
+        (table, "lock"),
+        lambda: (
+            sa.select(*table.columns)
+            .where(table.c.transaction_id == sa.bindparam("transaction_id"))
+            .with_for_update()
+        ),
+    )
+    found = session.connection().execute(lock, {"transaction_id": transaction.id}).first()
+    if found is None:
         return []
-    kwargs = {"commission": commission, "transaction": transaction, "event": event}
-    if created:
-        return [(signals.commission_created, kwargs)]
+    keys = column_keys(Commission)
+    stored = dict(zip(keys, found, strict=True))
+    commission = SimpleNamespace(**stored)
     before = (commission.amount, commission.status)
     commission.amount = target
     commission.status = status_of(commission)
     if commission.product_key is None:
         commission.product_key = transaction.product_key
-    if (commission.amount, commission.status) == before:
+    moved = (commission.amount, commission.status) != before
+    if moved:
+        commission.updated_at = now
+        commission.reversed_at = now if commission.status == REVERSED else None
+    changed = {key: value for key, value in vars(commission).items() if value != stored[key]}
+    if changed:
+        write = cached_statement(
+            (table, "update", tuple(changed)),
+            lambda: (
+                sa.update(table)
+                .where(table.c.id == sa.bindparam("b_id"))
+                .values({name: sa.bindparam(name) for name in changed})
+            ),
+        )
+        session.connection().execute(write, {**changed, "b_id": commission.id})
+    if not moved:
         return []
-    commission.updated_at = now
+    instance = loaded(session, Commission, [getattr(commission, key) for key in keys])
+    kwargs = {"commission": instance, "transaction": transaction, "event": event}
     if commission.status == REVERSED:
-        commission.reversed_at = now
-        session.flush()
         return [(signals.commission_reversed, kwargs)]
-    commission.reversed_at = None
-    session.flush()
     return [(signals.commission_updated, kwargs)]
+
+
+def _create_statement(session: Session, table: Any) -> Any:
+    return cached_statement(
+        (table, "create"),
+        lambda: insert_on_conflict(
+            session,
+            table,
+            {name: sa.bindparam(name) for name in _COMMISSION_FIELDS},
+            keys=[table.c.transaction_id],
+        ),
+    )
+
+
+_COMMISSION_FIELDS = (
+    "transaction_id", "customer_id", "partner_key", "product_key", "amount", "currency",
+    "paid_amount", "status", "created_at", "updated_at",
+)  # fmt: skip
 
 
 def follow_customer(
@@ -145,19 +191,23 @@ def follow_customer(
     if not rules or not customer.partner_key:
         return []
     Transaction, Commission = models.Transaction, models.Commission
-    without = (
-        sa.select(Transaction)
-        .where(
-            Transaction.customer_id == customer.id,
-            Transaction.deleted_at.is_(None),
-            ~sa.exists().where(Commission.transaction_id == Transaction.id),
-        )
-        .order_by(Transaction.id)
-        .with_for_update()
-        .execution_options(populate_existing=True)
+    table = Transaction.__table__
+    without = cached_statement(
+        (table, "without commission"),
+        lambda: (
+            sa.select(*table.columns)
+            .where(
+                table.c.customer_id == sa.bindparam("customer_id"),
+                table.c.deleted_at.is_(None),
+                ~sa.exists().where(Commission.__table__.c.transaction_id == table.c.id),
+            )
+            .order_by(table.c.id)
+            .with_for_update()
+        ),
     )
     notifications: Notifications = []
-    for transaction in session.scalars(without).all():
+    for row in session.connection().execute(without, {"customer_id": customer.id}).all():
+        transaction = loaded(session, Transaction, row)
         notifications += follow_payment(session, models, rules, transaction)
     return notifications
 

@@ -387,6 +387,8 @@ class PartnerStackStripe:
 
 def _remember_referral(response: Response) -> Response:
     """``after_request``: set the referral cookie when a visitor came through a partner link."""
+    if not request.query_string:  # most requests (a webhook's, say): nothing to parse
+        return response
     return remember_referral(response, request, get_state().settings.referral_cookie_days)
 
 

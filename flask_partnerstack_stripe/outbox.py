@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
-from .database import UnitOfWork
+from .database import UnitOfWork, cached_statement, dialect_name, is_mysql
 from .models import Models, utcnow
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -64,27 +64,34 @@ def record(
     A delivery its sender has not settled after ``SIGNAL_RETRY_DELAY`` is due for the
     retry task: that process died between the commit and the send.
     """
-    rows: list[tuple[int, Any]] = []
+    table = models.SignalDelivery.__table__
+    statement = cached_statement(
+        (table, "record", dialect_name(session)), lambda: _record_statement(session, table)
+    )
+    connection = session.connection()
+    recorded = list(notifications)
     for index, (signal, kwargs) in enumerate(notifications):
         if is_data_signal(signal) and "delivery_id" not in kwargs:
-            SignalDelivery: Any = models.SignalDelivery  # a declarative class: keyword init
-            row = SignalDelivery(
-                signal=signal.name,
-                arguments=encode(models, kwargs),
-                status=PENDING,
-                attempts=0,
-                next_attempt_at=utcnow() + timedelta(seconds=settings.signal_retry_delay),
-            )
-            session.add(row)
-            rows.append((index, row))
-    if not rows:
-        return notifications
-    session.flush()
-    recorded = list(notifications)
-    for index, row in rows:
-        signal, kwargs = recorded[index]
-        recorded[index] = (signal, {**kwargs, "delivery_id": row.id})
+            now = utcnow()
+            values = {
+                "signal": signal.name,
+                "arguments": encode(models, kwargs),
+                "status": PENDING,
+                "attempts": 0,
+                "created_at": now,
+                "next_attempt_at": now + timedelta(seconds=settings.signal_retry_delay),
+            }
+            result = connection.execute(statement, values)
+            delivery_id = result.lastrowid if is_mysql(session) else result.scalar_one()
+            recorded[index] = (signal, {**kwargs, "delivery_id": int(delivery_id)})
     return recorded
+
+
+def _record_statement(session: Session, table: Any) -> Any:
+    """One delivery's ``INSERT``, returning its id (MySQL: the insert id)."""
+    fields = ("signal", "arguments", "status", "attempts", "created_at", "next_attempt_at")
+    statement = sa.insert(table).values({name: sa.bindparam(name) for name in fields})
+    return statement if is_mysql(session) else statement.returning(table.c.id)
 
 
 def encode(models: Models, kwargs: dict[str, Any]) -> str:
@@ -133,16 +140,21 @@ def settle(
         with unit_of_work(session):
             delivered = [delivery_id for delivery_id, error in results if error is None]
             if delivered:
-                session.execute(
-                    sa.update(SignalDelivery)
-                    .where(SignalDelivery.id.in_(delivered))
-                    .values(
-                        status=DELIVERED,
-                        delivered_at=now,
-                        attempts=SignalDelivery.attempts + 1,
-                        error=None,
-                    )
+                table = SignalDelivery.__table__
+                statement = cached_statement(
+                    (table, "delivered"),
+                    lambda: (
+                        sa.update(table)
+                        .where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+                        .values(
+                            status=DELIVERED,
+                            delivered_at=sa.bindparam("now"),
+                            attempts=table.c.attempts + 1,
+                            error=None,
+                        )
+                    ),
                 )
+                session.connection().execute(statement, {"ids": delivered, "now": now})
             for delivery_id, error in results:
                 if error is None:
                     continue
