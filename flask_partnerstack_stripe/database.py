@@ -148,16 +148,22 @@ def insert_loading(
 def loaded(session: Session, model: Any, values: Sequence[Any]) -> Any:
     """The ``model`` instance, in ``session``, of a row a Core statement just read or wrote.
 
-    What an ORM query with ``populate_existing`` gives (the instance the session holds,
-    refreshed, or a new persistent one), without the ORM's statement: a Core ``INSERT
-    ... RETURNING`` or ``SELECT`` costs a third to a half of the ORM-enabled one.
-    ``values``: every column of the model's table, in the table's order.
+    What an ORM query gives (the instance the session holds, refreshed, or a new
+    persistent one), without the ORM's statement: a Core ``INSERT ... RETURNING`` or
+    ``SELECT`` costs a third to a half of the ORM-enabled one. ``values``: every column
+    of the model's table, in the table's order.
+
+    A model with ``load`` listeners (an ``@orm.reconstructor``, say) is read with the
+    ORM, so that they run. An instance the session holds keeps what the host changed
+    and has not flushed yet; its relationships are read again when next used.
     """
     mapper = sa.inspect(model)
     row = dict(zip(column_keys(model), values, strict=True))
     identity = mapper.identity_key_from_primary_key([row["id"]])
     instance = session.identity_map.get(identity)
     if instance is None:
+        if mapper.class_manager.dispatch.load:
+            return session.get(model, row["id"], populate_existing=True)
         # As a query loads it: not through the model's __init__ (a host's may want
         # arguments), its attributes set without history, then given its identity.
         instance = mapper.class_manager.new_instance()
@@ -165,8 +171,12 @@ def loaded(session: Session, model: Any, values: Sequence[Any]) -> Any:
         make_transient_to_detached(instance)
         session.add(instance)
         return instance
+    state = sa.inspect(instance)
     for key, value in row.items():
-        set_committed_value(instance, key, value)
+        if not state.attrs[key].history.has_changes():
+            set_committed_value(instance, key, value)
+    if mapper.relationships:
+        session.expire(instance, list(mapper.relationships.keys()))
     return instance
 
 
