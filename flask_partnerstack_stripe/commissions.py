@@ -23,7 +23,14 @@ from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
 from . import signals
-from .database import cached_statement, column_keys, insert_loading, insert_on_conflict, loaded
+from .database import (
+    cached_statement,
+    column_keys,
+    insert_loading,
+    insert_on_conflict,
+    loaded,
+    write_changes,
+)
 from .models import APPROVED, PAID, PENDING, REVERSED, Models, utcnow
 from .rewards import Rule, commission_for, months_between
 
@@ -145,17 +152,7 @@ def follow_payment(
     if moved:
         commission.updated_at = now
         commission.reversed_at = now if commission.status == REVERSED else None
-    changed = {key: value for key, value in vars(commission).items() if value != stored[key]}
-    if changed:
-        write = cached_statement(
-            (table, "update", tuple(changed)),
-            lambda: (
-                sa.update(table)
-                .where(table.c.id == sa.bindparam("b_id"))
-                .values({name: sa.bindparam(name) for name in changed})
-            ),
-        )
-        session.connection().execute(write, {**changed, "b_id": commission.id})
+    write_changes(session, table, stored, commission)
     if not moved:
         return []
     instance = loaded(session, Commission, [getattr(commission, key) for key in keys])

@@ -180,6 +180,24 @@ def loaded(session: Session, model: Any, values: Sequence[Any]) -> Any:
     return instance
 
 
+def write_changes(session: Session, table: Any, stored: dict[str, Any], row: Any) -> None:
+    """One ``UPDATE`` of the columns whose value in ``row`` (its attributes) differs from
+    ``stored`` (what was read), by the row's id; none when nothing changed."""
+    changed = {key: value for key, value in vars(row).items() if value != stored[key]}
+    if not changed:
+        return
+    columns = tuple(changed)
+    statement = cached_statement(
+        (table, "write changes", columns),
+        lambda: (
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("b_id"))
+            .values({name: sa.bindparam(name) for name in columns})
+        ),
+    )
+    session.connection().execute(statement, {**changed, "b_id": stored["id"]})
+
+
 def column_keys(model: Any) -> list[str]:
     """The attribute names of ``model``'s table columns, in the table's order."""
 

@@ -23,7 +23,14 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .customers import Party
-from .database import column_keys, insert_loading, insert_on_conflict, loaded, prepared
+from .database import (
+    column_keys,
+    insert_loading,
+    insert_on_conflict,
+    loaded,
+    prepared,
+    write_changes,
+)
 from .database import dialect_name as _dialect
 from .models import REFUND_RANKS, REFUND_UNDONE, Models, utcnow
 
@@ -313,10 +320,7 @@ def _update(
     after = (new.stands, row.amount, row.customer_id, row.product_key)
     if after != before:
         row.updated_at = now
-    changed = {key: value for key, value in vars(row).items() if value != stored[key]}
-    if changed:
-        write = _update_statement(table, tuple(changed))
-        session.connection().execute(write, {**changed, "b_id": row.id})
+    write_changes(session, table, stored, row)
     row = loaded(session, Transaction, [getattr(row, key) for key in keys])
     if new.stands and not before[0]:
         return RECORDED, row
@@ -325,18 +329,6 @@ def _update(
     if new.stands and after != before:
         return UPDATED, row
     return None, row
-
-
-def _update_statement(table: Any, columns: tuple[str, ...]) -> Any:
-    """``UPDATE`` of ``columns`` of the transaction ``b_id`` (one per set of columns)."""
-    return prepared(
-        (table, "settle-update", columns),
-        lambda: (
-            sa.update(table)
-            .where(table.c.id == sa.bindparam("b_id"))
-            .values({name: sa.bindparam(name) for name in columns})
-        ),
-    )
 
 
 def _undone(refunds: tuple[RefundFact, ...]) -> int:
