@@ -435,7 +435,8 @@ class Statements:
     Building a statement and its cache key costs more than running it on the hot
     path; a statement built once with ``bindparam`` placeholders costs neither again.
     Keys name the statement, its model or table and its variant (dialect, columns),
-    so the cache is bounded by the code, not by the data.
+    so the cache is bounded by the code, not by the data. A model's column keys
+    (:func:`column_keys`) are kept here too: they depend on the app's models.
     """
 
     def __init__(self) -> None:
