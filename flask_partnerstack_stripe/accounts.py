@@ -91,6 +91,7 @@ def install(
         },
         keys=[table.c.stripe_account_id, table.c.livemode],
         update=lambda excluded: {"installed_at": now, "uninstalled_at": None, **granted},
+        whole_row=True,
     )
     return insert_loading(session, StripeAccount, statement)
 
@@ -128,6 +129,7 @@ def set_endpoint(
         },
         keys=[table.c.stripe_account_id, table.c.livemode],
         update=lambda excluded: endpoint,
+        whole_row=True,
     )
     return insert_loading(session, StripeAccount, statement)
 

@@ -170,6 +170,7 @@ def _create_statement(session: Session, table: Any) -> Any:
             table,
             {name: sa.bindparam(name) for name in _COMMISSION_FIELDS},
             keys=[table.c.transaction_id],
+            whole_row=True,
         ),
     )
 

@@ -118,7 +118,10 @@ def create_customer(
     statement = cached_statement(
         (Customer, "create", dialect_name(session)),
         lambda: insert_on_conflict(
-            session, Customer.__table__, {name: sa.bindparam(name) for name in _CUSTOMER_FIELDS}
+            session,
+            Customer.__table__,
+            {name: sa.bindparam(name) for name in _CUSTOMER_FIELDS},
+            whole_row=True,
         ),
     )
     created = insert_loading(

@@ -64,6 +64,7 @@ def insert_on_conflict(
     keys: list[Any] | None = None,
     update: Callable[[Any], dict[str, Any]] | None = None,
     where: Callable[[Any], Any] | None = None,
+    whole_row: bool = False,
 ) -> Any:
     """``INSERT`` of ``values`` that, on a conflict on ``keys``, applies ``update``.
 
@@ -79,6 +80,8 @@ def insert_on_conflict(
     as the insert id, which is 0 when nothing was inserted nor taken over. The
     assignments run left to right on the updated row, so the columns ``where`` reads
     are assigned last, in ``update``'s order.
+
+    ``whole_row``: also return every column after the id, for :func:`insert_loading`.
     """
     dialect = session.get_bind().dialect.name
     if dialect not in MYSQL:
@@ -92,7 +95,7 @@ def insert_on_conflict(
                 set_=update(excluded),
                 where=None if where is None else where(excluded),
             )
-        return statement.returning(table.c.id)
+        return statement.returning(table.c.id, *(table.columns if whole_row else ()))
     statement = mysql.insert(table).values(values)
     if update is None:
         return statement.on_duplicate_key_update([("id", table.c.id)])
@@ -128,15 +131,12 @@ def won_id(result: Any) -> int | None:
 def insert_loading(
     session: Session, model: Any, statement: Any, params: dict[str, Any] | None = None
 ) -> Any:
-    """Run an :func:`insert_on_conflict` and load the ``model`` row it won, or None."""
+    """Run an :func:`insert_on_conflict` built with ``whole_row`` and load the ``model``
+    row it won, or None."""
     if not is_mysql(session):
-        columns = model.__table__.columns
-        returning = cached_statement(
-            (statement, "returning"), lambda: statement.returning(*columns)
-        )
-        row = session.connection().execute(returning, params).first()
-        # After the id insert_on_conflict returns: the row's columns in table order.
-        return None if row is None else loaded(session, model, row[-len(columns) :])
+        row = session.connection().execute(statement, params).first()
+        # The id, then the row's columns in table order.
+        return None if row is None else loaded(session, model, row[1:])
     row_id = won_id(session.connection().execute(statement, params))
     if row_id is None:
         return None

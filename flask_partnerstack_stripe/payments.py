@@ -208,6 +208,7 @@ def _insert(
             table,
             {name: sa.bindparam(name) for name in _INSERT_FIELDS},
             keys=[table.c.account_scope, table.c.key],
+            whole_row=True,
         ),
     )
     party = payment.party
