@@ -195,15 +195,8 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
     from cron; with Celery the ``partnerstack.deliver_signals`` task does it.
     """
     state = get_state()
-    result = outbox.deliver(
-        state.db.session(),
-        state.unit_of_work,
-        state.models,
-        state.settings,
-        state.receiver.send,
-        ids=delivery_ids,
-        dead=dead,
-        limit=None,
+    result = state.receiver.deliver_stored(
+        state.db.session(), ids=delivery_ids, dead=dead, limit=None
     )
     click.echo(f"{result.delivered} delivered, {result.failed} failed ({result.dead} now dead).")
     if result.failed:

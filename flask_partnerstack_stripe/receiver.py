@@ -160,6 +160,20 @@ _EVENT_COLUMNS: dict[str, sa.BindParameter[Any]] = {
 }
 
 
+def _event_row(
+    event: dict[str, Any], payload: str, stripe_account_id: str | None
+) -> dict[str, Any]:
+    """The values the receive and claim statements store (``_EVENT_COLUMNS``, the payload, now)."""
+    return {
+        "stripe_event_id": event["id"],
+        "type": event["type"],
+        "stripe_account_id": stripe_account_id,
+        "livemode": event["livemode"],
+        "payload": payload,
+        "now": utcnow(),
+    }
+
+
 class Receiver:
     """The one receive pipeline: every caller hands it an event and gets an :class:`Outcome`.
 
@@ -277,6 +291,22 @@ class Receiver:
         ]
         outbox.settle(session, self.unit_of_work, self.models, self.settings, results)
 
+    def deliver_stored(
+        self,
+        session: Session,
+        *,
+        ids: Sequence[int] = (),
+        dead: bool = False,
+        due_only: bool = False,
+        limit: int | None = 500,
+    ) -> outbox.Delivered:
+        """Send the outbox's deliveries again (see ``outbox.deliver``): for the ``deliver``
+        command and the ``deliver_signals`` task."""
+        return outbox.deliver(
+            session, self.unit_of_work, self.models, self.settings, self.send,
+            ids=ids, dead=dead, due_only=due_only, limit=limit,
+        )  # fmt: skip
+
     def _queue(
         self, session: Session, event: dict[str, Any], payload: str, stripe_account_id: str | None
     ) -> Outcome:
@@ -293,14 +323,7 @@ class Receiver:
                     (table, "receive", connection.dialect.name),
                     lambda: self._receive_statement(session, table),
                 )
-                values = {
-                    "stripe_event_id": event["id"],
-                    "type": event["type"],
-                    "stripe_account_id": stripe_account_id,
-                    "livemode": event["livemode"],
-                    "payload": payload,
-                    "now": utcnow(),
-                }
+                values = _event_row(event, payload, stripe_account_id)
                 stored = won_id(connection.execute(statement, values)) is not None
         except Exception as error:
             self.unit_of_work.take_deferred(session)
@@ -459,14 +482,7 @@ class Receiver:
             (table, "claim", connection.dialect.name, replay, worker),
             lambda: self._claim_statement(session, table, replay, worker),
         )
-        values = {
-            "stripe_event_id": event["id"],
-            "type": event["type"],
-            "stripe_account_id": stripe_account_id,
-            "livemode": event["livemode"],
-            "payload": payload,
-            "now": utcnow(),
-        }
+        values = _event_row(event, payload, stripe_account_id)
         return won_id(connection.execute(statement, values)) is not None
 
     @staticmethod

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 from celery import Celery
 from flask import current_app, has_app_context
 
-from . import outbox
 from .queued import EventFailed, apply_stored, received_before
 
 if TYPE_CHECKING:
@@ -79,14 +78,7 @@ def register(
     @celery_app.task(name=DELIVER_SIGNALS, ignore_result=True)
     def deliver_signals() -> dict[str, int]:
         with _app_context(extension) as state:
-            result = outbox.deliver(
-                state.db.session(),
-                state.unit_of_work,
-                state.models,
-                state.settings,
-                state.receiver.send,
-                due_only=True,
-            )
+            result = state.receiver.deliver_stored(state.db.session(), due_only=True)
             return {"delivered": result.delivered, "failed": result.failed, "dead": result.dead}
 
     @celery_app.task(name=SWEEP, ignore_result=True)
