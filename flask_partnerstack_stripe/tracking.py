@@ -69,10 +69,11 @@ def customer_upserted(context: EventContext) -> None:
             name=name_of(obj),
             event_created=context.event["created"],
             unless_email=match_email,
+            attach=match_email,
         )
         if created is not None:
-            context.notify(signals.customer_created, customer=created)
-            _attach_orphans(context, created)
+            context.notify(signals.customer_created, customer=created.customer)
+            _attach_orphans(context, created.customer, created.attached)
             return None
     customer = customers.find_customer(session, models, party, match_email=match_email)
     if customer is None:
@@ -132,10 +133,13 @@ def _sync_customer(
     return changed
 
 
-def _attach_orphans(context: EventContext, customer: Any) -> None:
-    for transaction in customers.attach_orphans(
-        context.session, context.models, customer, match_email=context.settings.match_email
-    ):
+def _attach_orphans(context: EventContext, customer: Any, attached: Any = None) -> None:
+    """Give ``customer`` its orphans (unless ``attached`` says which it was given already)."""
+    if attached is None:
+        attached = customers.attach_orphans(
+            context.session, context.models, customer, match_email=context.settings.match_email
+        )
+    for transaction in attached:
         context.notify(signals.transaction_updated, transaction=transaction)
     # Its payments' commissions: the orphans just attached, or all if it just got a partner.
     commissions.follow_customer_in(context, customer)
