@@ -61,24 +61,16 @@ def find_customer(
     ``load=False`` reads only its ``id`` and ``stripe_customer_id``, without the ORM:
     recording a payment needs no more.
     """
-    routes = tuple(
-        (column, value)
-        for column, value in (
-            ("customer_key", party.customer_key),
-            ("stripe_customer_id", party.stripe_customer_id),
-            ("email", party.email if match_email else None),
-        )
-        if value
-    )
+    routes = payer_routes(party, match_email=match_email)
     if not routes:
         return None
     table = models.Customer.__table__
-    names = tuple(column for column, _ in routes)
+    names = tuple(routes)
     statement = cached_statement(
         (table, "find", names, load),
         lambda: _find_statement(table, names, load),
     )
-    values = {"scope": party.scope, "livemode": party.livemode, **dict(routes)}
+    values = {"scope": party.scope, "livemode": party.livemode, **routes}
     if load and session.autoflush:
         session.flush()  # what an ORM query does first: it sees the session's changes
     found = session.connection().execute(statement, values).first()
@@ -100,6 +92,25 @@ def _find_statement(table: Any, names: tuple[str, ...], load: bool) -> Any:
     )
     selected = tuple(table.columns) if load else (table.c.id, table.c.stripe_customer_id)
     return sa.select(*selected).where(sa.or_(*matches)).order_by(rank, table.c.id).limit(1)
+
+
+def payer_routes(party: Party, *, match_email: bool) -> dict[str, str]:
+    """The ways ``party`` names its customer, best first, as :func:`find_customer` reads them
+    (the values of its ``customer_key``, ``stripe_customer_id`` and ``email`` parameters)."""
+    routes = {
+        "customer_key": party.customer_key,
+        "stripe_customer_id": party.stripe_customer_id,
+        "email": party.email if match_email else None,
+    }
+    return {name: value for name, value in routes.items() if value}
+
+
+def payer_id_subquery(models: Models, names: tuple[str, ...]) -> Any:
+    """:func:`find_customer`'s look-up as a scalar subquery of the customer's id, for a
+    statement that records a payment and finds its payer at once. Its parameters are
+    ``scope``, ``livemode`` and the ``names`` (:func:`payer_routes`)."""
+    table = models.Customer.__table__
+    return _find_statement(table, names, load=False).with_only_columns(table.c.id).scalar_subquery()
 
 
 def find_customer_by_stripe_id(session: Session, models: Models, party: Party) -> Any:
