@@ -217,6 +217,11 @@ class First:
     locked: bool
 
 
+def records_first(session: Session) -> bool:
+    """Whether :func:`record_first` works here: not on MySQL/MariaDB (no ``RETURNING``)."""
+    return _dialect(session) not in MYSQL
+
+
 def record_first(
     session: Session,
     models: Models,
@@ -239,12 +244,10 @@ def record_first(
     what committed meanwhile).
 
     None when nothing was inserted: the payment is recorded already, or its customer
-    needs the payment's Stripe id first (both: :func:`settle_payment`); always None on
-    MySQL/MariaDB, which cannot return the row (nothing is run then).
+    needs the payment's Stripe id first (both: :func:`settle_payment`). Not on
+    MySQL/MariaDB (:func:`records_first`), which cannot return the row.
     """
     dialect = _dialect(session)
-    if dialect in MYSQL:
-        return None
     Transaction = models.Transaction
     table = Transaction.__table__
     names = tuple(payer)

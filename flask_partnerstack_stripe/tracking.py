@@ -277,7 +277,7 @@ def settle(
     partner_key = partner_key_of(creates) if creates is not None else None
     may_create = creates is not None and bool(party.customer_key and partner_key)
     payer = customers.payer_routes(party, match_email=context.settings.match_email)
-    if payer and not (expect_known or may_create):
+    if payer and not (expect_known or may_create) and payments.records_first(session):
         # Usually a known customer's new payment: one INSERT finds its customer too.
         first = payments.record_first(session, models, payment, facts, prorate=prorate, payer=payer)
         if first is not None:
