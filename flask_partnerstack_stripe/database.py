@@ -82,8 +82,13 @@ def insert_on_conflict(
     are assigned last, in ``update``'s order.
 
     ``whole_row``: also return every column after the id, for :func:`insert_loading`.
+    On MariaDB (``INSERT ... RETURNING``, which returns the row whether the statement
+    inserted, updated or left it) the id comes back as NULL when the statement lost,
+    through a marker in ``LAST_INSERT_ID`` (:func:`_returning_won_row`).
     """
     dialect = session.get_bind().dialect.name
+    if whole_row and _returns_inserted_rows(session, dialect):
+        return _returning_won_row(table, values, update, where)
     if dialect not in MYSQL:
         statement = upsert(session, table).values(values)
         if update is None:
@@ -106,18 +111,88 @@ def insert_on_conflict(
         assignments += list(new.items())
         return statement.on_duplicate_key_update(assignments)
     condition = where(inserted)
-    read = {
-        element.name
-        for element in visitors.iterate(condition)
-        if isinstance(element, sa.Column) and element.table is table
-    }
+    read = _columns_read(table, condition)
+    assignments = [("id", sa.func.if_(condition, sa.func.last_insert_id(table.c.id), table.c.id))]
+    assignments += _guarded(table, condition, new, read)
+    return statement.on_duplicate_key_update(assignments)
+
+
+def _guarded(
+    table: Any, condition: Any, new: dict[str, Any], read: set[str]
+) -> list[tuple[str, Any]]:
+    """``col = IF(condition, new, col)`` for each of ``new``, the columns ``condition``
+    reads (``read``) last."""
     # When it updates more than one column the condition reads, the later ones see it
     # re-read with the earlier ones' new values: each such value must then carry its own
     # condition (a CASE), as the refund upsert's do.
     ordered = sorted(new.items(), key=lambda item: item[0] in read)
-    assignments = [("id", sa.func.if_(condition, sa.func.last_insert_id(table.c.id), table.c.id))]
-    assignments += [(name, sa.func.if_(condition, value, table.c[name])) for name, value in ordered]
-    return statement.on_duplicate_key_update(assignments)
+    return [(name, sa.func.if_(condition, value, table.c[name])) for name, value in ordered]
+
+
+def _columns_read(table: Any, condition: Any) -> set[str]:
+    return {
+        element.name
+        for element in visitors.iterate(condition)
+        if isinstance(element, sa.Column) and element.table is table
+    }
+
+
+#: What ``LAST_INSERT_ID`` holds after a MariaDB upsert of :func:`_returning_won_row` lost:
+#: the largest BIGINT UNSIGNED, which no id reaches (ids are signed).
+_LOST = 2**64 - 1
+
+
+def _returns_inserted_rows(session: Session, dialect: str) -> bool:
+    """MariaDB 10.5+: ``INSERT ... ON DUPLICATE KEY UPDATE ... RETURNING`` (MySQL has none)."""
+    return dialect in MYSQL and bool(session.get_bind().dialect.insert_returning)
+
+
+def _returning_won_row(
+    table: Any,
+    values: dict[str, Any],
+    update: Callable[[Any], dict[str, Any]] | None,
+    where: Callable[[Any], Any] | None,
+) -> Any:
+    """MariaDB: the upsert of :func:`insert_on_conflict`, returning its row in one round trip.
+
+    ``RETURNING`` gives the row as the statement left it, whether it inserted it, updated
+    it or lost; the affected-rows count that tells those apart is not sent with a result
+    set. So the statement marks its own outcome in ``LAST_INSERT_ID``, which
+    ``LAST_INSERT_ID(x)`` sets at once, in the statement (an id the insert generates only
+    reaches it when the statement ends):
+
+    - the inserted id is ``NULLIF(LAST_INSERT_ID(0), 0)``: NULL, so the database picks the
+      id as usual, and the mark is cleared before anything else is evaluated;
+    - on a duplicate, the first assignment ``id = IF(where, id, IF(LAST_INSERT_ID(LOST),
+      id, id))`` keeps the id and marks a lost row;
+    - ``RETURNING IF(LAST_INSERT_ID() = LOST, NULL, id), <every column>``.
+
+    The other assignments are those of the plain MySQL form, so the row is updated exactly
+    as it is there; only the id's bookkeeping differs.
+    """
+    if "id" in values:
+        raise ValueError("insert_on_conflict(whole_row=True) lets the database pick the id")
+    statement = mysql.insert(table).values(
+        {"id": sa.func.nullif(sa.func.last_insert_id(0), 0), **values}
+    )
+    keep = table.c.id
+    lost = sa.func.if_(sa.func.last_insert_id(sa.literal(_LOST, sa.BigInteger)), keep, keep)
+    if update is None:
+        assignments: list[tuple[str, Any]] = [("id", lost)]
+    else:
+        new = update(statement.inserted)
+        if where is None:
+            assignments = [("id", keep), *new.items()]
+        else:
+            condition = where(statement.inserted)
+            assignments = [("id", sa.func.if_(condition, keep, lost))]
+            assignments += _guarded(table, condition, new, _columns_read(table, condition))
+    won = sa.func.if_(
+        sa.func.last_insert_id() == sa.literal(_LOST, sa.BigInteger), sa.null(), table.c.id
+    )
+    return statement.on_duplicate_key_update(assignments).returning(
+        won.label("won_id"), *table.columns
+    )
 
 
 def won_id(result: Any) -> int | None:
@@ -125,7 +200,7 @@ def won_id(result: Any) -> int | None:
     if isinstance(result, CursorResult) and not result.returns_rows:
         return int(result.lastrowid) or None  # MySQL: LAST_INSERT_ID, 0 when we lost
     row = result.first()
-    return None if row is None else int(row[0])
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def insert_loading(
@@ -133,10 +208,11 @@ def insert_loading(
 ) -> Any:
     """Run an :func:`insert_on_conflict` built with ``whole_row`` and load the ``model``
     row it won, or None."""
-    if not is_mysql(session):
+    dialect = dialect_name(session)
+    if dialect not in MYSQL or _returns_inserted_rows(session, dialect):
         row = session.connection().execute(statement, params).first()
-        # The id, then the row's columns in table order.
-        return None if row is None else loaded(session, model, row[1:])
+        # The id (NULL when MariaDB's upsert lost), then the row's columns in table order.
+        return None if row is None or row[0] is None else loaded(session, model, row[1:])
     row_id = won_id(session.connection().execute(statement, params))
     if row_id is None:
         return None

@@ -1,0 +1,127 @@
+"""MariaDB's shortcuts: the upsert that returns its row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from flask import Flask
+from sqlalchemy.orm import Session
+
+from flask_partnerstack_stripe.database import insert_loading, insert_on_conflict
+from flask_partnerstack_stripe.extension import State, get_state
+
+from .conftest import use_mariadb
+
+
+@pytest.fixture
+def database_url() -> str:
+    return use_mariadb()
+
+
+@pytest.fixture
+def app_config() -> dict[str, Any]:
+    # One pooled connection: every transaction, ours and the host's, runs on it.
+    return {"SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": 1, "max_overflow": 0}}
+
+
+def statements(engine: sa.Engine) -> list[str]:
+    """The statements run on ``engine`` from now on (the list grows)."""
+    seen: list[str] = []
+
+    def record(connection: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    return seen
+
+
+# --- the upsert that returns its row --------------------------------------------------------
+
+
+def upsert_transaction(
+    state: State, key: str, amount: int, *, update: bool = True, where: bool = True
+) -> Any:
+    """``insert_loading`` of a transaction row: a new amount taken when it is larger."""
+    Transaction = state.models.Transaction
+    table = Transaction.__table__
+    session = state.db.session()
+    statement = insert_on_conflict(
+        session,
+        table,
+        {"key": key, "amount": amount, "currency": "usd", "account_scope": ""},
+        keys=[table.c.account_scope, table.c.key],
+        update=(lambda new: {"amount": new.amount}) if update else None,
+        where=(lambda new: new.amount > table.c.amount) if where else None,
+        whole_row=True,
+    )
+    with state.unit_of_work(session):
+        return insert_loading(session, Transaction, statement)
+
+
+def fresh(state: State, key: str) -> dict[str, Any]:
+    """The committed row, read in a new session."""
+    Transaction = state.models.Transaction
+    with Session(state.db.engine) as session:
+        row = session.scalars(sa.select(Transaction).filter_by(key=key)).one()
+        return {column.key: getattr(row, column.key) for column in Transaction.__table__.c}
+
+
+def as_loaded(instance: Any) -> dict[str, Any]:
+    return {column.key: getattr(instance, column.key) for column in type(instance).__table__.c}
+
+
+def test_one_statement_loads_the_row_it_inserted_as_a_read_gives_it(app: Flask) -> None:
+    state = get_state(app)
+    with app.app_context():
+        seen = statements(state.db.engine)
+        won = upsert_transaction(state, "ch_rt_1", 500)
+        (upsert,) = [s for s in seen if s.lstrip().upper().startswith(("INSERT", "SELECT"))]
+        assert "RETURNING" in upsert
+        # The database's own values: DATETIME without microseconds nor zone, booleans
+        # and defaults as stored, the id it picked.
+        assert as_loaded(won) == fresh(state, "ch_rt_1")
+        assert won.created_at.microsecond == 0 and won.failed is False
+
+
+def test_a_lost_upsert_loads_nothing_and_a_won_update_loads_the_updated_row(app: Flask) -> None:
+    state = get_state(app)
+    with app.app_context():
+        first = upsert_transaction(state, "ch_rt_2", 500)
+        assert upsert_transaction(state, "ch_rt_2", 400) is None  # the condition held not
+        assert upsert_transaction(state, "ch_rt_2", 900, update=False) is None  # no update
+        taken = upsert_transaction(state, "ch_rt_2", 700)
+        assert taken.id == first.id and taken.amount == 700
+        assert as_loaded(taken) == fresh(state, "ch_rt_2")
+        always = upsert_transaction(state, "ch_rt_2", 600, where=False)
+        assert always.amount == 600 and as_loaded(always) == fresh(state, "ch_rt_2")
+
+
+def test_a_won_insert_is_told_from_a_lost_one_whatever_came_before(app: Flask) -> None:
+    # LAST_INSERT_ID carries the outcome: neither a lost upsert just before (the mark
+    # left set) nor an earlier insert elsewhere (its id, maybe the same number) may
+    # pass for this statement's outcome.
+    state = get_state(app)
+    with app.app_context():
+        first = upsert_transaction(state, "ch_rt_3", 500)
+        assert upsert_transaction(state, "ch_rt_3", 100) is None
+        second = upsert_transaction(state, "ch_rt_4", 100)
+        assert second is not None and second.id != first.id
+        session = state.db.session()
+        with state.unit_of_work(session):
+            # The same number as the next transaction id, inserted just before, then the
+            # upsert in the same transaction and connection.
+            connection = session.connection()
+            connection.exec_driver_sql("SELECT LAST_INSERT_ID(%s)", (second.id + 1,))
+            Transaction = state.models.Transaction
+            table = Transaction.__table__
+            statement = insert_on_conflict(
+                session,
+                table,
+                {"key": "ch_rt_5", "amount": 1, "currency": "usd", "account_scope": ""},
+                keys=[table.c.account_scope, table.c.key],
+                whole_row=True,
+            )
+            third = insert_loading(session, Transaction, statement)
+        assert third is not None and third.key == "ch_rt_5"
