@@ -412,11 +412,12 @@ class UnitOfWork:
     @contextmanager
     def _transaction(self, session: Session) -> Iterator[None]:
         try:
-            connection = session.connection()
-            if connection.dialect.name == "sqlite":
-                _begin_immediate(connection, self.busy_timeout)
-            elif connection.dialect.name in MYSQL:
-                _read_committed(connection)
+            if session.get_bind().dialect.name in MYSQL:
+                connection = _begin_read_committed(session)
+            else:
+                connection = session.connection()
+                if connection.dialect.name == "sqlite":
+                    _begin_immediate(connection, self.busy_timeout)
             yield
             _commit(session, connection)
         except BaseException:
@@ -459,6 +460,82 @@ def _begin_immediate(connection: Connection, busy_timeout: float) -> None:
         driver.execute("BEGIN IMMEDIATE")
     finally:
         driver.execute(f"PRAGMA busy_timeout = {int(previous_ms)}")
+
+
+#: ``_ConnectionRecord.info`` key: MariaDB connections whose session level we set to READ
+#: COMMITTED; their own level is kept in :data:`_SAVED_LEVEL` until a checkout not ours.
+_SESSION_READ_COMMITTED = "partnerstack_stripe.session_read_committed"
+_SAVED_LEVEL = "@partnerstack_stripe_isolation"
+#: While one of our transactions checks a connection out: the pool records checked out.
+_our_checkout: ContextVar[list[Any] | None] = ContextVar(
+    "partnerstack_stripe.our_checkout", default=None
+)
+
+
+def _begin_read_committed(session: Session) -> Connection:
+    """``session``'s connection, its next transaction (ours) at READ COMMITTED.
+
+    MySQL: ``SET TRANSACTION`` (:func:`_read_committed`), one round trip per transaction.
+
+    MariaDB: the pooled connection's *session* level is set to READ COMMITTED the first
+    time one of our transactions checks it out, its own level saved in a user variable
+    in the same statement, and the connection remembers it (its pool record). Our next
+    transactions on it then need no statement at all. The first checkout that is not
+    ours (the host's) puts the saved level back before handing the connection out
+    (:func:`_restore_level`), so the host's transactions run at their own level. A
+    connection the session already held (the host's transaction is open on it) is not
+    ours to change: there, ``SET TRANSACTION`` as on MySQL.
+    """
+    bind = session.get_bind()
+    if not getattr(bind.dialect, "is_mariadb", False):
+        connection = session.connection()
+        _read_committed(connection)
+        return connection
+    pool = bind.engine.pool
+    if not sa.event.contains(pool, "checkout", _restore_level):
+        # First, so that a host's own checkout listeners see the host's level.
+        sa.event.listen(pool, "checkout", _restore_level, insert=True)
+    checked_out: list[Any] = []
+    token = _our_checkout.set(checked_out)
+    try:
+        connection = session.connection()
+    finally:
+        _our_checkout.reset(token)
+    if not checked_out:
+        _read_committed(connection)
+        return connection
+    (record,) = checked_out
+    if not record.info.get(_SESSION_READ_COMMITTED):
+        # Assignments run left to right: the level is saved before it is changed. No
+        # transaction is open on a connection just checked out (the pool rolled it back
+        # when it came in), so the new level applies to the next one, ours.
+        connection.exec_driver_sql(
+            f"SET {_SAVED_LEVEL} = @@session.tx_isolation,"
+            " @@session.tx_isolation = 'READ-COMMITTED'"
+        )
+        record.info[_SESSION_READ_COMMITTED] = True
+    return connection
+
+
+def _restore_level(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Pool ``checkout`` listener: tell our checkouts apart; for any other, put back the
+    session level :func:`_begin_read_committed` changed."""
+    ours = _our_checkout.get()
+    if ours is not None:
+        ours.append(record)
+        return
+    if not record.info.pop(_SESSION_READ_COMMITTED, False):
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET @@session.tx_isolation = {_SAVED_LEVEL}, {_SAVED_LEVEL} = NULL")
+        finally:
+            cursor.close()
+    except Exception as error:
+        # The pool then closes this connection and checks out another (a new one starts
+        # at the server's level): a connection left at READ COMMITTED is never handed out.
+        raise sa.exc.DisconnectionError("could not restore the isolation level") from error
 
 
 def _read_committed(connection: Connection) -> None:

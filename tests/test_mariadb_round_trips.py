@@ -1,7 +1,9 @@
-"""MariaDB's shortcuts: the upsert that returns its row."""
+"""MariaDB's shortcuts: the upsert that returns its row, and the isolation level kept on a
+pooled connection between our transactions (and given back for the host's)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -9,9 +11,11 @@ import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import Session
 
+from flask_partnerstack_stripe import testing
 from flask_partnerstack_stripe.database import insert_loading, insert_on_conflict
 from flask_partnerstack_stripe.extension import State, get_state
 
+from .apphost import create_app
 from .conftest import use_mariadb
 
 
@@ -125,3 +129,120 @@ def test_a_won_insert_is_told_from_a_lost_one_whatever_came_before(app: Flask) -
             )
             third = insert_loading(session, Transaction, statement)
         assert third is not None and third.key == "ch_rt_5"
+
+
+# --- the isolation level on a pooled connection --------------------------------------------
+
+
+@pytest.fixture
+def client(app: Flask) -> Iterator[Any]:
+    yield app.test_client()
+
+
+def post(client: Any, type: str, obj: dict[str, Any]) -> None:
+    assert testing.post_event(client, testing.event(type, obj)).status_code == 200
+
+
+def levels_seen(app: Flask, state: State) -> tuple[str, str]:
+    """(the host's session level, the level a host transaction runs at), read by the host
+    on the app's pooled connection."""
+    from .test_mysql import transaction_level
+
+    with app.app_context():
+        try:
+            session = state.db.session
+            level = session.scalar(sa.text("SELECT @@session.tx_isolation"))
+            seen = transaction_level(app, session, state.models.Customer.__table__)
+        finally:
+            state.db.session.remove()
+    return level, seen
+
+
+def test_the_host_gets_its_level_back_on_the_connection_our_events_used(
+    app: Flask, client: Any
+) -> None:
+    state = get_state(app)
+    post(client, "charge.succeeded", testing.charge("ch_iso_1", customer=None))
+    assert levels_seen(app, state) == ("REPEATABLE-READ", "REPEATABLE-READ")
+    # And again after two events in a row, the second one reusing the level it found.
+    post(client, "charge.succeeded", testing.charge("ch_iso_2", customer=None))
+    post(client, "charge.succeeded", testing.charge("ch_iso_3", customer=None))
+    assert levels_seen(app, state) == ("REPEATABLE-READ", "REPEATABLE-READ")
+
+
+def test_our_events_run_at_read_committed_setting_it_once_per_connection(
+    app: Flask, client: Any
+) -> None:
+    from .test_mysql import transaction_level
+
+    state = get_state(app)
+    seen: list[str] = []
+
+    @state.extension.handler("checkout.session.completed")
+    def handler(event: dict[str, Any]) -> None:
+        seen.append(transaction_level(app, state.db.session, state.models.Customer.__table__))
+
+    with app.app_context():
+        sent = statements(state.db.engine)
+
+    def completed(number: int) -> None:
+        session = {"id": f"cs_iso_{number}", "object": "checkout.session"}
+        post(client, "checkout.session.completed", session)
+
+    completed(1)
+    completed(2)
+    levels_seen(app, state)  # the host's turn on the connection in between
+    completed(3)
+    assert seen == ["READ-COMMITTED"] * 3
+    isolation = [s for s in sent if s.startswith("SET") and "isolation" in s.lower()]
+    # Set when our first event took the connection, and again after the host's turn.
+    assert len(isolation) == 2 and all("SESSION.TX_ISOLATION" in s.upper() for s in isolation)
+
+
+@pytest.mark.parametrize("host_level", ["SERIALIZABLE", "READ UNCOMMITTED"])
+def test_a_host_engine_level_is_given_back_too(host_level: str) -> None:
+    app = create_app(
+        use_mariadb(),
+        SQLALCHEMY_ENGINE_OPTIONS={
+            "pool_size": 1,
+            "max_overflow": 0,
+            "isolation_level": host_level,
+        },
+    )
+    state = get_state(app)
+    with app.app_context():
+        state.db.drop_all()
+        state.db.create_all()
+    try:
+        client = app.test_client()
+        post(client, "charge.succeeded", testing.charge("ch_iso_h", customer=None))
+        with app.app_context():
+            level = state.db.session.scalar(sa.text("SELECT @@session.tx_isolation"))
+            state.db.session.remove()
+        assert level == host_level.replace(" ", "-")
+    finally:
+        with app.app_context():
+            state.db.session.remove()
+            state.db.drop_all()
+            state.db.engine.dispose()
+
+
+def test_a_host_transaction_already_open_keeps_its_level(app: Flask) -> None:
+    # The host read first: its transaction (REPEATABLE READ, a snapshot taken) is open on
+    # the connection when the extension writes in it. Its level stands, for it and after.
+    from .test_mysql import transaction_level
+
+    state = get_state(app)
+    with app.app_context():
+        session = state.db.session
+        session.scalar(sa.select(sa.func.count()).select_from(state.models.Customer.__table__))
+        state.extension.create_customer("host-open", "host-open@example.com", partner_key="p")
+        level = session.scalar(sa.text("SELECT @@session.tx_isolation"))
+        assert level == "REPEATABLE-READ"
+        session.remove()
+    assert levels_seen(app, state) == ("REPEATABLE-READ", "REPEATABLE-READ")
+    with app.app_context():
+        assert transaction_level(app, state.db.session, state.models.Customer.__table__) == (
+            "REPEATABLE-READ"
+        )
+        state.db.session.remove()
