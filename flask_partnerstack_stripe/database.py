@@ -291,10 +291,10 @@ def update_returning(
 ) -> list[Any]:
     """``UPDATE table SET values WHERE where RETURNING columns`` on every database.
 
-    MySQL has no ``UPDATE ... RETURNING`` (nor MariaDB): the rows are read and locked
-    first (``SELECT ... FOR UPDATE``), then updated by id.
+    MySQL has no ``UPDATE ... RETURNING`` (nor MariaDB before 11.x): the rows are read
+    and locked first (``SELECT ... FOR UPDATE``), then updated by id.
     """
-    if not is_mysql(session):
+    if session.get_bind().dialect.update_returning:
         return list(
             session.execute(sa.update(table).where(where).values(values).returning(*columns))
         )
@@ -308,9 +308,10 @@ def update_returning(
 def delete_returning(session: Session, table: Any, where: Any, *columns: Any) -> list[Any]:
     """``DELETE FROM table WHERE where RETURNING columns`` on every database.
 
-    MySQL 8 has no ``DELETE ... RETURNING`` (MariaDB has): rows locked, read, deleted.
+    MySQL 8 has no ``DELETE ... RETURNING`` (MariaDB has, and uses it): rows locked,
+    read, deleted.
     """
-    if not is_mysql(session):
+    if session.get_bind().dialect.delete_returning:
         return list(session.execute(sa.delete(table).where(where).returning(*columns)))
     rows = list(session.execute(sa.select(table.c.id, *columns).where(where).with_for_update()))
     if rows:
