@@ -525,7 +525,9 @@ def _begin_read_committed(session: Session) -> Connection:
     if not checked_out:
         _read_committed(connection)
         return connection
-    (record,) = checked_out
+    # The last: a listener that finds the connection dead makes the pool reconnect and
+    # send the checkout again (the record then forgot what it knew, as it should).
+    record = checked_out[-1]
     if not record.info.get(_SESSION_READ_COMMITTED):
         # Assignments run left to right: the level is saved before it is changed. No
         # transaction is open on a connection just checked out (the pool rolled it back
