@@ -394,12 +394,17 @@ class UnitOfWork:
         the read began is committed at once (nothing was written; loaded objects stay
         loaded), so no transaction stays open while the caller waits on something
         else, say the Stripe API.
+
+        On MariaDB it runs at whatever level the connection it checks out has (READ
+        COMMITTED if our transactions left it so, see :func:`_begin_read_committed`):
+        it only spares Stripe calls, the transaction after it judges. Neither setting
+        nor restoring a level for it saves a round trip either way.
         """
         if session.info.get(_OPEN_UNIT) or session.in_transaction():
             yield
             return
         shared = isinstance(session.get_bind().engine.pool, StaticPool)
-        with self._shared_connection if shared else _no_lock():
+        with self._shared_connection if shared else _no_lock(), _checking_out_as_ours():
             try:
                 yield
             except BaseException:
@@ -516,12 +521,8 @@ def _begin_read_committed(session: Session) -> Connection:
     if not sa.event.contains(pool, "checkout", _restore_level):
         # First, so that a host's own checkout listeners see the host's level.
         sa.event.listen(pool, "checkout", _restore_level, insert=True)
-    checked_out: list[Any] = []
-    token = _our_checkout.set(checked_out)
-    try:
+    with _checking_out_as_ours() as checked_out:
         connection = session.connection()
-    finally:
-        _our_checkout.reset(token)
     if not checked_out:
         _read_committed(connection)
         return connection
@@ -538,6 +539,18 @@ def _begin_read_committed(session: Session) -> Connection:
         )
         record.info[_SESSION_READ_COMMITTED] = True
     return connection
+
+
+@contextmanager
+def _checking_out_as_ours() -> Iterator[list[Any]]:
+    """Within the block, connections checked out are ours (:func:`_restore_level` leaves
+    their level as it is); the list gets their pool records."""
+    checked_out: list[Any] = []
+    token = _our_checkout.set(checked_out)
+    try:
+        yield checked_out
+    finally:
+        _our_checkout.reset(token)
 
 
 def _restore_level(dbapi_connection: Any, record: Any, proxy: Any) -> None:

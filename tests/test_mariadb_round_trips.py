@@ -246,6 +246,23 @@ def test_our_events_run_at_read_committed_setting_it_once_per_connection(
     assert len(isolation) == 2 and all("SESSION.TX_ISOLATION" in s.upper() for s in isolation)
 
 
+def test_our_read_before_an_event_leaves_the_level_as_it_finds_it(app: Flask, client: Any) -> None:
+    # The read that spares Stripe calls is ours too: it neither restores the host's level
+    # (which the event right after would set again) nor sets ours.
+    state = get_state(app)
+    post(client, "charge.succeeded", testing.charge("ch_iso_r", customer=None))
+    with app.app_context():
+        sent = statements(state.db.engine)
+        session = state.db.session()
+        with state.unit_of_work.read(session):
+            level = session.scalar(sa.text("SELECT @@session.tx_isolation"))
+        state.db.session.remove()
+    assert level == "READ-COMMITTED" and len(sent) == 1
+    post(client, "charge.succeeded", testing.charge("ch_iso_r2", customer=None))
+    assert not [s for s in sent if s.startswith("SET")]
+    assert levels_seen(app, state) == ("REPEATABLE-READ", "REPEATABLE-READ")
+
+
 @pytest.mark.parametrize("host_level", ["SERIALIZABLE", "READ UNCOMMITTED"])
 def test_a_host_engine_level_is_given_back_too(host_level: str) -> None:
     app = create_app(
