@@ -59,12 +59,13 @@ def is_mysql(session: Session | Connection) -> bool:
 def insert_on_conflict(
     session: Session,
     table: Any,
-    values: dict[str, Any],
+    values: dict[str, Any] | sa.Select[Any],
     *,
     keys: list[Any] | None = None,
     update: Callable[[Any], dict[str, Any]] | None = None,
     where: Callable[[Any], Any] | None = None,
     whole_row: bool = False,
+    columns: Sequence[str] = (),
 ) -> Any:
     """``INSERT`` of ``values`` that, on a conflict on ``keys``, applies ``update``.
 
@@ -82,15 +83,16 @@ def insert_on_conflict(
     are assigned last, in ``update``'s order.
 
     ``whole_row``: also return every column after the id, for :func:`insert_loading`.
+    ``values`` may be a ``SELECT`` of the ``columns`` instead (``INSERT ... SELECT``).
     On MariaDB (``INSERT ... RETURNING``, which returns the row whether the statement
     inserted, updated or left it) the id comes back as NULL when the statement lost,
     through a marker in ``LAST_INSERT_ID`` (:func:`_returning_won_row`).
     """
     dialect = session.get_bind().dialect.name
     if whole_row and _returns_inserted_rows(session, dialect):
-        return _returning_won_row(table, values, update, where)
+        return _returning_won_row(table, values, columns, update, where)
     if dialect not in MYSQL:
-        statement = upsert(session, table).values(values)
+        statement = _inserting(upsert(session, table), values, columns)
         if update is None:
             statement = statement.on_conflict_do_nothing(index_elements=keys)
         else:
@@ -101,7 +103,7 @@ def insert_on_conflict(
                 where=None if where is None else where(excluded),
             )
         return statement.returning(table.c.id, *(table.columns if whole_row else ()))
-    statement = mysql.insert(table).values(values)
+    statement = _inserting(mysql.insert(table), values, columns)
     if update is None:
         return statement.on_duplicate_key_update([("id", table.c.id)])
     inserted = statement.inserted
@@ -149,7 +151,8 @@ def _returns_inserted_rows(session: Session, dialect: str) -> bool:
 
 def _returning_won_row(
     table: Any,
-    values: dict[str, Any],
+    values: dict[str, Any] | sa.Select[Any],
+    columns: Sequence[str],
     update: Callable[[Any], dict[str, Any]] | None,
     where: Callable[[Any], Any] | None,
 ) -> Any:
@@ -162,7 +165,8 @@ def _returning_won_row(
     reaches it when the statement ends):
 
     - the inserted id is ``NULLIF(LAST_INSERT_ID(0), 0)``: NULL, so the database picks the
-      id as usual, and the mark is cleared before anything else is evaluated;
+      id as usual, and the mark is cleared before anything else is evaluated (with
+      ``INSERT ... SELECT``, an item of the select list; a SELECT of no row returns none);
     - on a duplicate, the first assignment ``id = IF(where, id, IF(LAST_INSERT_ID(LOST),
       id, id))`` keeps the id and marks a lost row;
     - ``RETURNING IF(LAST_INSERT_ID() = LOST, NULL, id), <every column>``.
@@ -170,11 +174,17 @@ def _returning_won_row(
     The other assignments are those of the plain MySQL form, so the row is updated exactly
     as it is there; only the id's bookkeeping differs.
     """
-    if "id" in values:
-        raise ValueError("insert_on_conflict(whole_row=True) lets the database pick the id")
-    statement = mysql.insert(table).values(
-        {"id": sa.func.nullif(sa.func.last_insert_id(0), 0), **values}
-    )
+    cleared = sa.func.nullif(sa.func.last_insert_id(0), 0)
+    if isinstance(values, sa.Select):
+        if "id" in columns:
+            raise ValueError("insert_on_conflict(whole_row=True) lets the database pick the id")
+        statement = mysql.insert(table).from_select(
+            ["id", *columns], values.with_only_columns(cleared, *values.selected_columns)
+        )
+    else:
+        if "id" in values:
+            raise ValueError("insert_on_conflict(whole_row=True) lets the database pick the id")
+        statement = mysql.insert(table).values({"id": cleared, **values})
     keep = table.c.id
     lost = sa.func.if_(sa.func.last_insert_id(sa.literal(_LOST, sa.BigInteger)), keep, keep)
     if update is None:
@@ -193,6 +203,14 @@ def _returning_won_row(
     return statement.on_duplicate_key_update(assignments).returning(
         won.label("won_id"), *table.columns
     )
+
+
+def _inserting(
+    statement: Any, values: dict[str, Any] | sa.Select[Any], columns: Sequence[str]
+) -> Any:
+    if isinstance(values, sa.Select):
+        return statement.from_select(list(columns), values)
+    return statement.values(values)
 
 
 def won_id(result: Any) -> int | None:
@@ -656,7 +674,3 @@ def cached_statement(key: Hashable, build: Callable[[], Any]) -> Any:
     """
     statements = _current_statements.get()
     return build() if statements is None else statements.get(key, build)
-
-
-#: The former name, for code written against it (payments.py).
-prepared = cached_statement
