@@ -136,6 +136,38 @@ def test_a_won_insert_is_told_from_a_lost_one_whatever_came_before(app: Flask) -
         assert third is not None and third.key == "ch_rt_5"
 
 
+def test_an_insert_select_loads_its_row_or_nothing(app: Flask) -> None:
+    # INSERT ... SELECT <values> WHERE <guard>: the guard's SELECT of no row inserts and
+    # returns nothing; a unique conflict loses as a VALUES insert does.
+    state = get_state(app)
+    Transaction = state.models.Transaction
+    table = Transaction.__table__
+    names = ("key", "amount", "currency", "account_scope")
+    guard = ~sa.exists().where(table.c.currency == sa.bindparam("refuse"))
+    row = sa.select(*(sa.bindparam(name, type_=table.c[name].type) for name in names))
+    with app.app_context():
+        session = state.db.session()
+        statement = insert_on_conflict(
+            session,
+            table,
+            row.where(guard),
+            columns=names,
+            keys=[table.c.account_scope, table.c.key],
+            whole_row=True,
+        )
+
+        def insert(key: str, refuse: str) -> Any:
+            params = {"key": key, "amount": 5, "currency": "usd", "account_scope": ""}
+            with state.unit_of_work(session):
+                return insert_loading(session, Transaction, statement, {**params, "refuse": refuse})
+
+        won = insert("ch_rt_sel", refuse="eur")
+        assert won is not None and as_loaded(won) == fresh(state, "ch_rt_sel")
+        assert insert("ch_rt_sel", refuse="eur") is None  # the key is taken
+        assert insert("ch_rt_sel_2", refuse="usd") is None  # the guard holds
+        assert fresh(state, "ch_rt_sel")["id"] == won.id
+
+
 def test_a_lost_upsert_gives_the_row_in_its_way_locked_as_select_for_update_would(
     app: Flask,
 ) -> None:
