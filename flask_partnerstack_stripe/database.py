@@ -226,37 +226,17 @@ def insert_loading(
 ) -> Any:
     """Run an :func:`insert_on_conflict` built with ``whole_row`` and load the ``model``
     row it won, or None."""
-    won, _ = insert_or_locked(session, model, statement, params)
-    return won
-
-
-def insert_or_locked(
-    session: Session, model: Any, statement: Any, params: dict[str, Any] | None = None
-) -> tuple[Any, tuple[Any, ...] | None]:
-    """:func:`insert_loading`, and on a lost upsert the row that stood in its way, when the
-    same statement gave it: ``(instance won, None)`` or ``(None, locked row or None)``.
-
-    The locked row (every column, in the table's order) is what ``SELECT ... FOR UPDATE``
-    of it would give, so a caller that reads the row it lost to can skip that read: MariaDB's
-    ``ON DUPLICATE KEY UPDATE`` reads the conflicting row as committed last, locks it until
-    the transaction ends, and ``RETURNING`` gives it. Elsewhere it is None (PostgreSQL and
-    SQLite return nothing for a conflict; MySQL returns nothing at all).
-    """
     dialect = dialect_name(session)
     if dialect not in MYSQL or _returns_inserted_rows(session, dialect):
         row = session.connection().execute(statement, params).first()
-        if row is None:
-            return None, None
         # The id (NULL when MariaDB's upsert lost), then the row's columns in table order.
-        if row[0] is None:
-            return None, tuple(row[1:])
-        return loaded(session, model, row[1:]), None
+        return None if row is None or row[0] is None else loaded(session, model, row[1:])
     row_id = won_id(session.connection().execute(statement, params))
     if row_id is None:
-        return None, None
+        return None
     return session.scalar(
         sa.select(model).where(model.id == row_id).execution_options(populate_existing=True)
-    ), None
+    )
 
 
 def loaded(session: Session, model: Any, values: Sequence[Any]) -> Any:

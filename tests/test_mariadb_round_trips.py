@@ -10,13 +10,11 @@ import pytest
 import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
 
 from flask_partnerstack_stripe import testing
 from flask_partnerstack_stripe.database import (
     insert_loading,
     insert_on_conflict,
-    insert_or_locked,
 )
 from flask_partnerstack_stripe.extension import State, get_state
 
@@ -166,48 +164,6 @@ def test_an_insert_select_loads_its_row_or_nothing(app: Flask) -> None:
         assert insert("ch_rt_sel", refuse="eur") is None  # the key is taken
         assert insert("ch_rt_sel_2", refuse="usd") is None  # the guard holds
         assert fresh(state, "ch_rt_sel")["id"] == won.id
-
-
-def test_a_lost_upsert_gives_the_row_in_its_way_locked_as_select_for_update_would(
-    app: Flask,
-) -> None:
-    state = get_state(app)
-    Transaction = state.models.Transaction
-    table = Transaction.__table__
-    with app.app_context():
-        upsert_transaction(state, "ch_rt_6", 500)
-        other = sa.create_engine(state.db.engine.url, poolclass=NullPool)
-        try:
-            with other.begin() as connection:  # committed since: the upsert must see it
-                connection.execute(
-                    table.update().where(table.c.key == "ch_rt_6").values(amount=800)
-                )
-            session = state.db.session()
-            with state.unit_of_work(session):
-                statement = insert_on_conflict(
-                    session,
-                    table,
-                    {"key": "ch_rt_6", "amount": 1, "currency": "usd", "account_scope": ""},
-                    keys=[table.c.account_scope, table.c.key],
-                    whole_row=True,
-                )
-                won, locked = insert_or_locked(session, Transaction, statement)
-                assert won is None and locked is not None
-                read = session.execute(
-                    sa.select(*table.columns).where(table.c.key == "ch_rt_6").with_for_update()
-                ).one()
-                assert (
-                    locked == tuple(read)
-                    and dict(zip(table.c.keys(), locked, strict=True))["amount"] == 800
-                )
-                with other.connect() as connection:
-                    connection.exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1")
-                    with pytest.raises(sa.exc.OperationalError, match="Lock wait timeout"):
-                        connection.execute(
-                            sa.select(table.c.id).where(table.c.key == "ch_rt_6").with_for_update()
-                        )
-        finally:
-            other.dispose()
 
 
 # --- the isolation level on a pooled connection --------------------------------------------
