@@ -22,8 +22,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .customers import Party
+from .customers import Party, payer_id_subquery
 from .database import (
+    MYSQL,
     cached_statement,
     column_keys,
     insert_loading,
@@ -177,7 +178,21 @@ def settle_payment(
         locked = _lock(session, models, payment)
         if locked is not None:
             return _update(session, models, payment, customer_id, facts, now, locked, prorate)
-    new = derive(
+    new = _first_standing(facts, prorate)
+    row = _insert(session, models, payment, customer_id, facts, new, now)
+    if row is not None:
+        for refund in facts.refunds:
+            _record_refund(session, models, payment, refund, facts.seen_at, now)
+        return (RECORDED if new.stands else None), row
+    # Another delivery recorded it first (its insert committed before ours conflicted).
+    locked = _lock(session, models, payment)
+    assert locked is not None, "the insert conflicted on this very row"
+    return _update(session, models, payment, customer_id, facts, now, locked, prorate)
+
+
+def _first_standing(facts: Facts, prorate: bool) -> Standing:
+    """Where a payment stands when ``facts`` are all that is known of it."""
+    return derive(
         gross=facts.gross,
         shown=facts.gross if facts.gross is not None else facts.nominal,
         charge_refunded=facts.refunded,
@@ -189,15 +204,77 @@ def settle_payment(
         prorate=prorate,
         charged=facts.charged,
     )
-    row = _insert(session, models, payment, customer_id, facts, new, now)
-    if row is not None:
-        for refund in facts.refunds:
-            _record_refund(session, models, payment, refund, facts.seen_at, now)
-        return (RECORDED if new.stands else None), row
-    # Another delivery recorded it first (its insert committed before ours conflicted).
-    locked = _lock(session, models, payment)
-    assert locked is not None, "the insert conflicted on this very row"
-    return _update(session, models, payment, customer_id, facts, now, locked, prorate)
+
+
+@dataclass(frozen=True)
+class First:
+    """A payment :func:`record_first` recorded, with the customer it found."""
+
+    change: str | None  # RECORDED, or None when it does not stand
+    row: Any
+    #: The customer found has no Stripe id yet (found by key or email).
+    payer_unlinked: bool
+
+
+def record_first(
+    session: Session,
+    models: Models,
+    payment: Payment,
+    facts: Facts,
+    *,
+    prorate: bool,
+    payer: dict[str, str],
+) -> First | None:
+    """Record a payment seen for the first time, and give it its customer, in one statement:
+    ``INSERT ... VALUES (..., (the customer ``payer`` names, as ``find_customer`` looks it
+    up), ...) ON CONFLICT DO NOTHING RETURNING``. None when the payment is recorded already
+    (settle it with :func:`settle_payment`), or on MySQL/MariaDB, which cannot return the
+    row (nothing is run then).
+    """
+    dialect = _dialect(session)
+    if dialect in MYSQL:
+        return None
+    Transaction, Customer = models.Transaction, models.Customer
+    table, customers_table = Transaction.__table__, Customer.__table__
+    names = tuple(payer)
+
+    def build() -> Any:
+        values: dict[str, Any] = {name: sa.bindparam(name) for name in _INSERT_FIELDS}
+        values["customer_id"] = payer_id_subquery(models, names)
+        # The inserted row's customer_id, named as text: SQLAlchemy does not correlate a
+        # subquery in RETURNING with the INSERT's table (it would read every transaction).
+        inserted = session.get_bind().dialect.identifier_preparer.format_table(table)
+        unlinked = (
+            sa.select(customers_table.c.stripe_customer_id.is_(None))
+            .where(customers_table.c.id == sa.literal_column(f"{inserted}.customer_id"))
+            .scalar_subquery()
+        )
+        keys = [table.c.account_scope, table.c.key]
+        inserting = insert_on_conflict(session, table, values, keys=keys, whole_row=True)
+        return inserting.returning(unlinked)
+
+    statement = cached_statement((table, "record-first", dialect, names), build)
+    now = utcnow()
+    new = _first_standing(facts, prorate)
+    values = _insert_values(payment, None, facts, new, now)
+    values.update(payer, scope=payment.party.scope)
+    found = session.connection().execute(statement, values).first()
+    if found is None:
+        return None
+    row = loaded(session, Transaction, found[1:-1])
+    for refund in facts.refunds:
+        _record_refund(session, models, payment, refund, facts.seen_at, now)
+    return First(RECORDED if new.stands else None, row, bool(found[-1]))
+
+
+def give_customer(session: Session, models: Models, row: Any, customer_id: int) -> Any:
+    """Give the just-recorded ``row`` (no customer) its customer, found after all."""
+    Transaction = models.Transaction
+    stored = {key: getattr(row, key) for key in column_keys(Transaction)}
+    changed = SimpleNamespace(**stored)
+    changed.customer_id = customer_id
+    write_changes(session, Transaction.__table__, stored, changed)
+    return loaded(session, Transaction, list(vars(changed).values()))
 
 
 def _insert(
@@ -222,35 +299,38 @@ def _insert(
             whole_row=True,
         ),
     )
+    values = _insert_values(payment, customer_id, facts, new, now)
+    return insert_loading(session, Transaction, statement, values)
+
+
+def _insert_values(
+    payment: Payment, customer_id: int | None, facts: Facts, new: Standing, now: datetime
+) -> dict[str, Any]:
+    """The values of a new transaction (``_INSERT_FIELDS``)."""
     party = payment.party
-    return insert_loading(
-        session,
-        Transaction,
-        statement,
-        {
-            "key": payment.key,
-            "customer_id": customer_id,
-            "amount": new.amount,
-            "currency": payment.currency,
-            "product_key": payment.product_key,
-            "stripe_account_id": party.stripe_account_id,
-            "account_scope": party.scope,
-            "livemode": party.livemode,
-            "stripe_customer_id": party.stripe_customer_id,
-            "customer_key": party.customer_key,
-            "customer_email": party.email,
-            "created_at": now,
-            "updated_at": now,
-            "deleted_at": None if new.stands else now,
-            "deleted_reason": new.reason,
-            "gross_amount": facts.gross,
-            "charge_refunded": facts.refunded,
-            "charge_refunded_at": facts.charge_at,
-            "charged_amount": facts.charged,
-            "failed": facts.failed,
-            "dispute_lost": facts.dispute_lost,
-        },
-    )
+    return {
+        "key": payment.key,
+        "customer_id": customer_id,
+        "amount": new.amount,
+        "currency": payment.currency,
+        "product_key": payment.product_key,
+        "stripe_account_id": party.stripe_account_id,
+        "account_scope": party.scope,
+        "livemode": party.livemode,
+        "stripe_customer_id": party.stripe_customer_id,
+        "customer_key": party.customer_key,
+        "customer_email": party.email,
+        "created_at": now,
+        "updated_at": now,
+        "deleted_at": None if new.stands else now,
+        "deleted_reason": new.reason,
+        "gross_amount": facts.gross,
+        "charge_refunded": facts.refunded,
+        "charge_refunded_at": facts.charge_at,
+        "charged_amount": facts.charged,
+        "failed": facts.failed,
+        "dispute_lost": facts.dispute_lost,
+    }
 
 
 @dataclass(frozen=True)
