@@ -105,12 +105,11 @@ def payer_routes(party: Party, *, match_email: bool) -> dict[str, str]:
     return {name: value for name, value in routes.items() if value}
 
 
-def payer_id_subquery(models: Models, names: tuple[str, ...]) -> Any:
-    """:func:`find_customer`'s look-up as a scalar subquery of the customer's id, for a
+def payer_cte(models: Models, names: tuple[str, ...]) -> Any:
+    """:func:`find_customer`'s look-up (id and Stripe id) as a CTE named ``payer``, for a
     statement that records a payment and finds its payer at once. Its parameters are
     ``scope``, ``livemode`` and the ``names`` (:func:`payer_routes`)."""
-    table = models.Customer.__table__
-    return _find_statement(table, names, load=False).with_only_columns(table.c.id).scalar_subquery()
+    return _find_statement(models.Customer.__table__, names, load=False).cte("payer")
 
 
 def find_customer_by_stripe_id(session: Session, models: Models, party: Party) -> Any:

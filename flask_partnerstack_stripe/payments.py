@@ -22,7 +22,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .customers import Party, payer_id_subquery
+from . import locks
+from .customers import Party, payer_cte
 from .database import (
     MYSQL,
     cached_statement,
@@ -208,12 +209,12 @@ def _first_standing(facts: Facts, prorate: bool) -> Standing:
 
 @dataclass(frozen=True)
 class First:
-    """A payment :func:`record_first` recorded, with the customer it found."""
+    """A payment :func:`record_first` recorded, with the customer it found (or None)."""
 
     change: str | None  # RECORDED, or None when it does not stand
     row: Any
-    #: The customer found has no Stripe id yet (found by key or email).
-    payer_unlinked: bool
+    #: Nobody was known and the customer locks were taken (PostgreSQL): look again.
+    locked: bool
 
 
 def record_first(
@@ -225,46 +226,64 @@ def record_first(
     prorate: bool,
     payer: dict[str, str],
 ) -> First | None:
-    """Record a payment seen for the first time, and give it its customer, in one statement:
-    ``INSERT ... VALUES (..., (the customer ``payer`` names, as ``find_customer`` looks it
-    up), ...) ON CONFLICT DO NOTHING RETURNING``. None when the payment is recorded already
-    (settle it with :func:`settle_payment`), or on MySQL/MariaDB, which cannot return the
-    row (nothing is run then).
+    """Record a payment seen for the first time with its customer, in one statement.
+
+    ``WITH payer AS (the customer ``payer`` names, as ``find_customer`` looks it up)
+    INSERT ... SELECT ..., COALESCE(payer.id, <take the customer locks>) WHERE NOT EXISTS
+    (a payer still without the payment's Stripe id) ON CONFLICT DO NOTHING RETURNING``.
+
+    When nobody is known the statement takes the locks a customer event takes before it
+    writes the row, as ``_find_payer`` does before its second look: the lock order
+    (customer locks, customer, payment) stays the one every event keeps, so racing
+    events cannot deadlock. The caller looks again under them (a new statement sees
+    what committed meanwhile).
+
+    None when nothing was inserted: the payment is recorded already, or its customer
+    needs the payment's Stripe id first (both: :func:`settle_payment`); always None on
+    MySQL/MariaDB, which cannot return the row (nothing is run then).
     """
     dialect = _dialect(session)
     if dialect in MYSQL:
         return None
-    Transaction, Customer = models.Transaction, models.Customer
-    table, customers_table = Transaction.__table__, Customer.__table__
+    Transaction = models.Transaction
+    table = Transaction.__table__
     names = tuple(payer)
+    keys = locks.advisory_keys(session, *locks.party_lock_names(payment.party))
 
     def build() -> Any:
-        values: dict[str, Any] = {name: sa.bindparam(name) for name in _INSERT_FIELDS}
-        values["customer_id"] = payer_id_subquery(models, names)
-        # The inserted row's customer_id, named as text: SQLAlchemy does not correlate a
-        # subquery in RETURNING with the INSERT's table (it would read every transaction).
-        inserted = session.get_bind().dialect.identifier_preparer.format_table(table)
-        unlinked = (
-            sa.select(customers_table.c.stripe_customer_id.is_(None))
-            .where(customers_table.c.id == sa.literal_column(f"{inserted}.customer_id"))
-            .scalar_subquery()
+        found = payer_cte(models, names)
+        customer_id: Any = sa.select(found.c.id).scalar_subquery()
+        if keys:
+            customer_id = sa.func.coalesce(customer_id, locks.locking_null(len(keys)))
+        fields = [name for name in _INSERT_FIELDS if name != "customer_id"]
+        row = sa.select(
+            *(sa.bindparam(name, type_=table.c[name].type) for name in fields),
+            customer_id,
         )
-        keys = [table.c.account_scope, table.c.key]
-        inserting = insert_on_conflict(session, table, values, keys=keys, whole_row=True)
-        return inserting.returning(unlinked)
+        if "stripe_customer_id" in names:
+            row = row.where(~sa.exists().where(found.c.stripe_customer_id.is_(None)))
+        else:
+            row = row.where(sa.true())  # SQLite: an upsert's SELECT needs a WHERE
+        columns = [*fields, "customer_id"]
+        return insert_on_conflict(
+            session, table, row, columns=columns, keys=[table.c.account_scope, table.c.key],
+            whole_row=True,
+        )  # fmt: skip
 
-    statement = cached_statement((table, "record-first", dialect, names), build)
+    statement = cached_statement((table, "record-first", dialect, names, len(keys or ())), build)
     now = utcnow()
     new = _first_standing(facts, prorate)
     values = _insert_values(payment, None, facts, new, now)
     values.update(payer, scope=payment.party.scope)
+    values.update({f"lock_{n}": key for n, key in enumerate(keys or ())})
     found = session.connection().execute(statement, values).first()
     if found is None:
         return None
-    row = loaded(session, Transaction, found[1:-1])
+    row = loaded(session, Transaction, found[1:])
     for refund in facts.refunds:
         _record_refund(session, models, payment, refund, facts.seen_at, now)
-    return First(RECORDED if new.stands else None, row, bool(found[-1]))
+    locked = bool(keys) and row.customer_id is None
+    return First(RECORDED if new.stands else None, row, locked)
 
 
 def give_customer(session: Session, models: Models, row: Any, customer_id: int) -> Any:

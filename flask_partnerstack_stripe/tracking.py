@@ -306,16 +306,19 @@ def settle(
 
 def _recorded_first(context: EventContext, party: Party, first: payments.First) -> None:
     """The rest of :func:`settle` for a payment :func:`payments.record_first` recorded."""
-    row, unlinked = first.row, first.payer_unlinked
-    if row.customer_id is None:
-        # Nobody known: the customer may be being created at this very moment. As
-        # _find_payer does, take its locks and look again; the payment waits for it.
-        found = _find_payer_again(context, party)
+    row = first.row
+    if first.locked:
+        # Nobody was known, and record_first took the customer locks before writing the
+        # row: a customer committed meanwhile is seen now (or will attach this payment).
+        found = customers.find_customer(
+            context.session, context.models, party,
+            match_email=context.settings.match_email, load=False,
+        )  # fmt: skip
         if found is not None:
+            # Given its customer first: linking attaches orphans, which it is not.
             row = payments.give_customer(context.session, context.models, row, found.id)
-            unlinked = not found.stripe_customer_id
-    if unlinked and party.stripe_customer_id:
-        _link_stripe_id(context, party, row.customer_id)
+            if party.stripe_customer_id and not found.stripe_customer_id:
+                _link_stripe_id(context, party, found.id)
     _settled(context, first.change, row)
 
 
