@@ -87,8 +87,13 @@ def insert_on_conflict(
 
     ``whole_row``: also return every column after the id, for :func:`insert_loading`.
     ``values`` may be a ``SELECT`` of the ``columns`` instead (``INSERT ... SELECT``).
+    On MariaDB (``INSERT ... RETURNING``, which returns the row whether the statement
+    inserted, updated or left it) the id comes back as NULL when the statement lost,
+    through a marker in ``LAST_INSERT_ID`` (:func:`_returning_won_row`).
     """
     dialect = session.get_bind().dialect.name
+    if whole_row and _returns_inserted_rows(session, dialect):
+        return _returning_won_row(table, values, columns, update, where)
     if dialect not in MYSQL:
         statement = _inserting(upsert(session, table), values, columns)
         if update is None:
@@ -111,18 +116,96 @@ def insert_on_conflict(
         assignments += list(new.items())
         return statement.on_duplicate_key_update(assignments)
     condition = where(inserted)
-    read = {
-        element.name
-        for element in visitors.iterate(condition)
-        if isinstance(element, sa.Column) and element.table is table
-    }
+    read = _columns_read(table, condition)
+    assignments = [("id", sa.func.if_(condition, sa.func.last_insert_id(table.c.id), table.c.id))]
+    assignments += _guarded(table, condition, new, read)
+    return statement.on_duplicate_key_update(assignments)
+
+
+def _guarded(
+    table: Any, condition: Any, new: dict[str, Any], read: set[str]
+) -> list[tuple[str, Any]]:
+    """``col = IF(condition, new, col)`` for each of ``new``, the columns ``condition``
+    reads (``read``) last."""
     # When it updates more than one column the condition reads, the later ones see it
     # re-read with the earlier ones' new values: each such value must then carry its own
     # condition (a CASE), as the refund upsert's do.
     ordered = sorted(new.items(), key=lambda item: item[0] in read)
-    assignments = [("id", sa.func.if_(condition, sa.func.last_insert_id(table.c.id), table.c.id))]
-    assignments += [(name, sa.func.if_(condition, value, table.c[name])) for name, value in ordered]
-    return statement.on_duplicate_key_update(assignments)
+    return [(name, sa.func.if_(condition, value, table.c[name])) for name, value in ordered]
+
+
+def _columns_read(table: Any, condition: Any) -> set[str]:
+    return {
+        element.name
+        for element in visitors.iterate(condition)
+        if isinstance(element, sa.Column) and element.table is table
+    }
+
+
+#: What ``LAST_INSERT_ID`` holds after a MariaDB upsert of :func:`_returning_won_row` lost:
+#: the largest BIGINT UNSIGNED, which no id reaches (ids are signed).
+_LOST = 2**64 - 1
+
+
+def _returns_inserted_rows(session: Session, dialect: str) -> bool:
+    """MariaDB 10.5+: ``INSERT ... ON DUPLICATE KEY UPDATE ... RETURNING`` (MySQL has none)."""
+    return dialect in MYSQL and bool(session.get_bind().dialect.insert_returning)
+
+
+def _returning_won_row(
+    table: Any,
+    values: dict[str, Any] | sa.Select[Any],
+    columns: Sequence[str],
+    update: Callable[[Any], dict[str, Any]] | None,
+    where: Callable[[Any], Any] | None,
+) -> Any:
+    """MariaDB: the upsert of :func:`insert_on_conflict`, returning its row in one round trip.
+
+    ``RETURNING`` gives the row as the statement left it, whether it inserted it, updated
+    it or lost; the affected-rows count that tells those apart is not sent with a result
+    set. So the statement marks its own outcome in ``LAST_INSERT_ID``, which
+    ``LAST_INSERT_ID(x)`` sets at once, in the statement (an id the insert generates only
+    reaches it when the statement ends):
+
+    - the inserted id is ``NULLIF(LAST_INSERT_ID(0), 0)``: NULL, so the database picks the
+      id as usual, and the mark is cleared before anything else is evaluated (with
+      ``INSERT ... SELECT``, an item of the select list; a SELECT of no row returns none);
+    - on a duplicate, the first assignment ``id = IF(where, id, IF(LAST_INSERT_ID(LOST),
+      id, id))`` keeps the id and marks a lost row;
+    - ``RETURNING IF(LAST_INSERT_ID() = LOST, NULL, id), <every column>``.
+
+    The other assignments are those of the plain MySQL form, so the row is updated exactly
+    as it is there; only the id's bookkeeping differs.
+    """
+    cleared = sa.func.nullif(sa.func.last_insert_id(0), 0)
+    if isinstance(values, sa.Select):
+        if "id" in columns:
+            raise ValueError("insert_on_conflict(whole_row=True) lets the database pick the id")
+        statement = mysql.insert(table).from_select(
+            ["id", *columns], values.with_only_columns(cleared, *values.selected_columns)
+        )
+    else:
+        if "id" in values:
+            raise ValueError("insert_on_conflict(whole_row=True) lets the database pick the id")
+        statement = mysql.insert(table).values({"id": cleared, **values})
+    keep = table.c.id
+    lost = sa.func.if_(sa.func.last_insert_id(sa.literal(_LOST, sa.BigInteger)), keep, keep)
+    if update is None:
+        assignments: list[tuple[str, Any]] = [("id", lost)]
+    else:
+        new = update(statement.inserted)
+        if where is None:
+            assignments = [("id", keep), *new.items()]
+        else:
+            condition = where(statement.inserted)
+            assignments = [("id", sa.func.if_(condition, keep, lost))]
+            assignments += _guarded(table, condition, new, _columns_read(table, condition))
+    won = sa.func.if_(
+        sa.func.last_insert_id() == sa.literal(_LOST, sa.BigInteger), sa.null(), table.c.id
+    )
+    return statement.on_duplicate_key_update(assignments).returning(
+        won.label("won_id"), *table.columns
+    )
 
 
 def _inserting(
@@ -138,7 +221,7 @@ def won_id(result: Any) -> int | None:
     if isinstance(result, CursorResult) and not result.returns_rows:
         return int(result.lastrowid) or None  # MySQL: LAST_INSERT_ID, 0 when we lost
     row = result.first()
-    return None if row is None else int(row[0])
+    return None if row is None or row[0] is None else int(row[0])
 
 
 def insert_loading(
@@ -146,10 +229,11 @@ def insert_loading(
 ) -> Any:
     """Run an :func:`insert_on_conflict` built with ``whole_row`` and load the ``model``
     row it won, or None."""
-    if not is_mysql(session):
+    dialect = dialect_name(session)
+    if dialect not in MYSQL or _returns_inserted_rows(session, dialect):
         row = session.connection().execute(statement, params).first()
-        # The id, then the row's columns in table order.
-        return None if row is None else loaded(session, model, row[1:])
+        # The id (NULL when MariaDB's upsert lost), then the row's columns in table order.
+        return None if row is None or row[0] is None else loaded(session, model, row[1:])
     row_id = won_id(session.connection().execute(statement, params))
     if row_id is None:
         return None
@@ -228,10 +312,10 @@ def update_returning(
 ) -> list[Any]:
     """``UPDATE table SET values WHERE where RETURNING columns`` on every database.
 
-    MySQL has no ``UPDATE ... RETURNING`` (nor MariaDB): the rows are read and locked
-    first (``SELECT ... FOR UPDATE``), then updated by id.
+    MySQL has no ``UPDATE ... RETURNING`` (nor MariaDB before 11.x): the rows are read
+    and locked first (``SELECT ... FOR UPDATE``), then updated by id.
     """
-    if not is_mysql(session):
+    if session.get_bind().dialect.update_returning:
         return list(
             session.execute(sa.update(table).where(where).values(values).returning(*columns))
         )
@@ -245,9 +329,10 @@ def update_returning(
 def delete_returning(session: Session, table: Any, where: Any, *columns: Any) -> list[Any]:
     """``DELETE FROM table WHERE where RETURNING columns`` on every database.
 
-    MySQL 8 has no ``DELETE ... RETURNING`` (MariaDB has): rows locked, read, deleted.
+    MySQL 8 has no ``DELETE ... RETURNING`` (MariaDB has, and uses it): rows locked,
+    read, deleted.
     """
-    if not is_mysql(session):
+    if session.get_bind().dialect.delete_returning:
         return list(session.execute(sa.delete(table).where(where).returning(*columns)))
     rows = list(session.execute(sa.select(table.c.id, *columns).where(where).with_for_update()))
     if rows:
@@ -310,12 +395,17 @@ class UnitOfWork:
         the read began is committed at once (nothing was written; loaded objects stay
         loaded), so no transaction stays open while the caller waits on something
         else, say the Stripe API.
+
+        On MariaDB it runs at whatever level the connection it checks out has (READ
+        COMMITTED if our transactions left it so, see :func:`_begin_read_committed`):
+        it only spares Stripe calls, the transaction after it judges. Neither setting
+        nor restoring a level for it saves a round trip either way.
         """
         if session.info.get(_OPEN_UNIT) or session.in_transaction():
             yield
             return
         shared = isinstance(session.get_bind().engine.pool, StaticPool)
-        with self._shared_connection if shared else _no_lock():
+        with self._shared_connection if shared else _no_lock(), _checking_out_as_ours():
             try:
                 yield
             except BaseException:
@@ -349,12 +439,13 @@ class UnitOfWork:
     @contextmanager
     def _transaction(self, session: Session) -> Iterator[None]:
         try:
-            connection = session.connection()
-            if connection.dialect.name == "sqlite":
-                shared = isinstance(connection.engine.pool, StaticPool)
-                _begin_immediate(connection, self.busy_timeout, shared)
-            elif connection.dialect.name in MYSQL:
-                _read_committed(connection)
+            if session.get_bind().dialect.name in MYSQL:
+                connection = _begin_read_committed(session)
+            else:
+                connection = session.connection()
+                if connection.dialect.name == "sqlite":
+                    shared = isinstance(connection.engine.pool, StaticPool)
+                    _begin_immediate(connection, self.busy_timeout, shared)
             yield
             _commit(session, connection)
         except BaseException:
@@ -409,6 +500,92 @@ def _begin_immediate(connection: Connection, busy_timeout: float, shared: bool) 
             time.sleep(random.uniform(0.0005, 0.002))  # jittered: waiters do not march
     finally:
         driver.execute(f"PRAGMA busy_timeout = {int(previous_ms)}")
+
+
+#: ``_ConnectionRecord.info`` key: MariaDB connections whose session level we set to READ
+#: COMMITTED; their own level is kept in :data:`_SAVED_LEVEL` until a checkout not ours.
+_SESSION_READ_COMMITTED = "partnerstack_stripe.session_read_committed"
+_SAVED_LEVEL = "@partnerstack_stripe_isolation"
+#: While one of our transactions checks a connection out: the pool records checked out.
+_our_checkout: ContextVar[list[Any] | None] = ContextVar(
+    "partnerstack_stripe.our_checkout", default=None
+)
+
+
+def _begin_read_committed(session: Session) -> Connection:
+    """``session``'s connection, its next transaction (ours) at READ COMMITTED.
+
+    MySQL: ``SET TRANSACTION`` (:func:`_read_committed`), one round trip per transaction.
+
+    MariaDB: the pooled connection's *session* level is set to READ COMMITTED the first
+    time one of our transactions checks it out, its own level saved in a user variable
+    in the same statement, and the connection remembers it (its pool record). Our next
+    transactions on it then need no statement at all. The first checkout that is not
+    ours (the host's) puts the saved level back before handing the connection out
+    (:func:`_restore_level`), so the host's transactions run at their own level. A
+    connection the session already held (the host's transaction is open on it) is not
+    ours to change: there, ``SET TRANSACTION`` as on MySQL.
+    """
+    bind = session.get_bind()
+    if not getattr(bind.dialect, "is_mariadb", False):
+        connection = session.connection()
+        _read_committed(connection)
+        return connection
+    pool = bind.engine.pool
+    if not sa.event.contains(pool, "checkout", _restore_level):
+        # First, so that a host's own checkout listeners see the host's level.
+        sa.event.listen(pool, "checkout", _restore_level, insert=True)
+    with _checking_out_as_ours() as checked_out:
+        connection = session.connection()
+    if not checked_out:
+        _read_committed(connection)
+        return connection
+    # The last: a listener that finds the connection dead makes the pool reconnect and
+    # send the checkout again (the record then forgot what it knew, as it should).
+    record = checked_out[-1]
+    if not record.info.get(_SESSION_READ_COMMITTED):
+        # Assignments run left to right: the level is saved before it is changed. No
+        # transaction is open on a connection just checked out (the pool rolled it back
+        # when it came in), so the new level applies to the next one, ours.
+        connection.exec_driver_sql(
+            f"SET {_SAVED_LEVEL} = @@session.tx_isolation,"
+            " @@session.tx_isolation = 'READ-COMMITTED'"
+        )
+        record.info[_SESSION_READ_COMMITTED] = True
+    return connection
+
+
+@contextmanager
+def _checking_out_as_ours() -> Iterator[list[Any]]:
+    """Within the block, connections checked out are ours (:func:`_restore_level` leaves
+    their level as it is); the list gets their pool records."""
+    checked_out: list[Any] = []
+    token = _our_checkout.set(checked_out)
+    try:
+        yield checked_out
+    finally:
+        _our_checkout.reset(token)
+
+
+def _restore_level(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Pool ``checkout`` listener: tell our checkouts apart; for any other, put back the
+    session level :func:`_begin_read_committed` changed."""
+    ours = _our_checkout.get()
+    if ours is not None:
+        ours.append(record)
+        return
+    if not record.info.pop(_SESSION_READ_COMMITTED, False):
+        return
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"SET @@session.tx_isolation = {_SAVED_LEVEL}, {_SAVED_LEVEL} = NULL")
+        finally:
+            cursor.close()
+    except Exception as error:
+        # The pool then closes this connection and checks out another (a new one starts
+        # at the server's level): a connection left at READ COMMITTED is never handed out.
+        raise sa.exc.DisconnectionError("could not restore the isolation level") from error
 
 
 def _read_committed(connection: Connection) -> None:
