@@ -111,20 +111,43 @@ def create_customer(
     If the key is already taken (another worker got there first), that customer
     is returned with ``created`` False and nothing is overwritten.
     """
-    Customer = models.Customer
-    assert party.customer_key, "a customer is created only with a customer key"
     # No other customer holds the Stripe id: looking the customer up found none by it
     # first. One linked meanwhile by another worker makes this INSERT do nothing.
-    statement = cached_statement(
-        (Customer, "create", dialect_name(session)),
-        lambda: insert_on_conflict(
-            session,
-            Customer.__table__,
-            {name: sa.bindparam(name) for name in _CUSTOMER_FIELDS},
-            whole_row=True,
-        ),
+    created = insert_customer(
+        session, models, party, partner_key=partner_key, name=name, event_created=event_created
     )
-    created = insert_loading(
+    if created is not None:
+        return created, True
+    existing = find_customer(session, models, party, match_email=False)
+    if existing is None:  # pragma: no cover - a unique key conflicted yet nothing matches
+        raise RuntimeError(f"Customer {party.customer_key!r} conflicts but cannot be found")
+    return existing, False
+
+
+def insert_customer(
+    session: Session,
+    models: Models,
+    party: Party,
+    *,
+    partner_key: str | None,
+    name: str | None = None,
+    event_created: int | None = None,
+    unless_email: bool = False,
+) -> Any:
+    """The customer ``party`` names, inserted; None if its customer key or Stripe id is
+    taken (their unique constraints decide), or, with ``unless_email``, a customer with
+    its email exists. So a new customer is one statement, without a look-up first."""
+    Customer = models.Customer
+    assert party.customer_key, "a customer is created only with a customer key"
+    guarded = bool(unless_email and party.email)
+    dialect = dialect_name(session)
+    statement = cached_statement(
+        (Customer, "create", dialect, guarded),
+        lambda: _insert_statement(session, Customer.__table__, guarded),
+    )
+    if guarded and session.autoflush:
+        session.flush()  # as find_customer does: the host's pending changes count
+    return insert_loading(
         session,
         Customer,
         statement,
@@ -142,12 +165,22 @@ def create_customer(
             "updated_at": utcnow(),
         },
     )
-    if created is not None:
-        return created, True
-    existing = find_customer(session, models, party, match_email=False)
-    if existing is None:  # pragma: no cover - a unique key conflicted yet nothing matches
-        raise RuntimeError(f"Customer {party.customer_key!r} conflicts but cannot be found")
-    return existing, False
+
+
+def _insert_statement(session: Session, table: Any, guarded: bool) -> Any:
+    if not guarded:
+        values: Any = {name: sa.bindparam(name) for name in _CUSTOMER_FIELDS}
+        return insert_on_conflict(session, table, values, whole_row=True)
+    # INSERT ... SELECT <the values> WHERE NOT EXISTS (a customer with this email).
+    same_email = sa.exists().where(
+        table.c.account_scope == sa.bindparam("account_scope"),
+        table.c.livemode == sa.bindparam("livemode"),
+        table.c.email == sa.bindparam("email"),
+    )
+    row = sa.select(
+        *(sa.bindparam(name, type_=table.c[name].type) for name in _CUSTOMER_FIELDS)
+    ).where(~same_email)
+    return insert_on_conflict(session, table, row, columns=_CUSTOMER_FIELDS, whole_row=True)
 
 
 _CUSTOMER_FIELDS = (

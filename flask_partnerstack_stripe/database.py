@@ -59,12 +59,13 @@ def is_mysql(session: Session | Connection) -> bool:
 def insert_on_conflict(
     session: Session,
     table: Any,
-    values: dict[str, Any],
+    values: dict[str, Any] | sa.Select[Any],
     *,
     keys: list[Any] | None = None,
     update: Callable[[Any], dict[str, Any]] | None = None,
     where: Callable[[Any], Any] | None = None,
     whole_row: bool = False,
+    columns: Sequence[str] = (),
 ) -> Any:
     """``INSERT`` of ``values`` that, on a conflict on ``keys``, applies ``update``.
 
@@ -82,10 +83,11 @@ def insert_on_conflict(
     are assigned last, in ``update``'s order.
 
     ``whole_row``: also return every column after the id, for :func:`insert_loading`.
+    ``values`` may be a ``SELECT`` of the ``columns`` instead (``INSERT ... SELECT``).
     """
     dialect = session.get_bind().dialect.name
     if dialect not in MYSQL:
-        statement = upsert(session, table).values(values)
+        statement = _inserting(upsert(session, table), values, columns)
         if update is None:
             statement = statement.on_conflict_do_nothing(index_elements=keys)
         else:
@@ -96,7 +98,7 @@ def insert_on_conflict(
                 where=None if where is None else where(excluded),
             )
         return statement.returning(table.c.id, *(table.columns if whole_row else ()))
-    statement = mysql.insert(table).values(values)
+    statement = _inserting(mysql.insert(table), values, columns)
     if update is None:
         return statement.on_duplicate_key_update([("id", table.c.id)])
     inserted = statement.inserted
@@ -118,6 +120,14 @@ def insert_on_conflict(
     assignments = [("id", sa.func.if_(condition, sa.func.last_insert_id(table.c.id), table.c.id))]
     assignments += [(name, sa.func.if_(condition, value, table.c[name])) for name, value in ordered]
     return statement.on_duplicate_key_update(assignments)
+
+
+def _inserting(
+    statement: Any, values: dict[str, Any] | sa.Select[Any], columns: Sequence[str]
+) -> Any:
+    if isinstance(values, sa.Select):
+        return statement.from_select(list(columns), values)
+    return statement.values(values)
 
 
 def won_id(result: Any) -> int | None:
@@ -467,7 +477,3 @@ def cached_statement(key: Hashable, build: Callable[[], Any]) -> Any:
     """
     statements = _current_statements.get()
     return build() if statements is None else statements.get(key, build)
-
-
-#: The former name, for code written against it (payments.py).
-prepared = cached_statement

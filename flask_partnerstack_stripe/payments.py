@@ -24,11 +24,11 @@ from sqlalchemy.orm import Session
 
 from .customers import Party
 from .database import (
+    cached_statement,
     column_keys,
     insert_loading,
     insert_on_conflict,
     loaded,
-    prepared,
     write_changes,
 )
 from .database import dialect_name as _dialect
@@ -162,13 +162,21 @@ def settle_payment(
     facts: Facts,
     *,
     prorate: bool,
+    expect_known: bool = False,
 ) -> tuple[str | None, Any]:
     """Add ``facts`` to the payment's transaction; ``(RECORDED | UPDATED | DELETED | None, row)``.
 
     A payment seen for the first time is inserted already computed (one statement); a
-    known one is locked, merged and computed again.
+    known one is locked, merged and computed again. ``expect_known``: the event is one
+    that usually follows the payment's first record (an update, a refund), so the row is
+    locked first and the insert tried only if there is none; either order gives the same
+    result, this one a round trip less when the guess is right.
     """
     now = utcnow()
+    if expect_known:
+        locked = _lock(session, models, payment)
+        if locked is not None:
+            return _update(session, models, payment, customer_id, facts, now, locked, prorate)
     new = derive(
         gross=facts.gross,
         shown=facts.gross if facts.gross is not None else facts.nominal,
@@ -186,7 +194,10 @@ def settle_payment(
         for refund in facts.refunds:
             _record_refund(session, models, payment, refund, facts.seen_at, now)
         return (RECORDED if new.stands else None), row
-    return _update(session, models, payment, customer_id, facts, now, prorate=prorate)
+    # Another delivery recorded it first (its insert committed before ours conflicted).
+    locked = _lock(session, models, payment)
+    assert locked is not None, "the insert conflicted on this very row"
+    return _update(session, models, payment, customer_id, facts, now, locked, prorate)
 
 
 def _insert(
@@ -201,7 +212,7 @@ def _insert(
     """The new transaction, or None when the payment already has one."""
     Transaction = models.Transaction
     table = Transaction.__table__
-    statement = prepared(
+    statement = cached_statement(
         (Transaction, "settle-insert", _dialect(session)),
         lambda: insert_on_conflict(
             session,
@@ -242,6 +253,62 @@ def _insert(
     )
 
 
+@dataclass(frozen=True)
+class Locked:
+    """A payment's transaction row, locked for this transaction, and its known refunds."""
+
+    stored: dict[str, Any]  # every column, by attribute name
+    #: ``(amount, status, undone_at)`` rows, when read with the row (None: not read).
+    refunds: list[Any] | None
+
+
+def _lock(session: Session, models: Models, payment: Payment) -> Locked | None:
+    """Lock the payment's transaction and read it; None when it has none yet (nothing is
+    locked then).
+
+    SQLite and MySQL/MariaDB read its refunds in the same statement. PostgreSQL cannot:
+    a statement that waited for the lock sees the locked row as the other transaction
+    committed it, but the rows it joins as they were when the statement began, so the
+    refunds that transaction wrote would be missed. (SQLite has one writer at a time;
+    InnoDB's locking reads see, and lock, the newest committed rows.)
+    """
+    Transaction = models.Transaction
+    table, refund = Transaction.__table__, models.Refund.__table__
+    joined = _dialect(session) != "postgresql"
+
+    def build() -> Any:
+        if not joined:
+            return sa.select(*table.columns).where(matches).with_for_update()
+        refunds = table.outerjoin(
+            refund,
+            sa.and_(refund.c.account_scope == table.c.account_scope,
+                    refund.c.payment_key == table.c.key),
+        )  # fmt: skip
+        return (
+            sa.select(*table.columns, refund.c.amount, refund.c.status, refund.c.undone_at)
+            .select_from(refunds)
+            .where(matches)
+            .with_for_update()
+        )
+
+    matches = sa.and_(
+        table.c.account_scope == sa.bindparam("scope"), table.c.key == sa.bindparam("key")
+    )
+    statement = cached_statement((table, "settle-lock", joined), build)
+    party = payment.party
+    found = session.connection().execute(statement, {"scope": party.scope, "key": payment.key})
+    rows = found.all()
+    if not rows:
+        return None
+    width = len(table.columns)
+    stored = dict(zip(column_keys(Transaction), rows[0][:width], strict=True))
+    if not joined:
+        return Locked(stored, None)
+    # An outer join: a payment without refunds comes back as one row of NULLs there
+    # (a refund's amount is never NULL).
+    return Locked(stored, [row[width:] for row in rows if row[width] is not None])
+
+
 def _update(
     session: Session,
     models: Models,
@@ -249,32 +316,23 @@ def _update(
     customer_id: int | None,
     facts: Facts,
     now: datetime,
-    *,
+    locked: Locked,
     prorate: bool,
 ) -> tuple[str | None, Any]:
     Transaction = models.Transaction
     party = payment.party
     table = Transaction.__table__
-    statement = prepared(
-        (table, "settle-lock"),
-        lambda: (
-            sa.select(*table.columns)
-            .where(
-                table.c.account_scope == sa.bindparam("scope"), table.c.key == sa.bindparam("key")
-            )
-            .with_for_update()
-        ),
-    )
     # Computed on the row's values, written with Core, and only then an ORM instance
     # (for the signals): an ORM query and flush cost twice as much.
-    keys = column_keys(Transaction)
-    locked = session.connection().execute(statement, {"scope": party.scope, "key": payment.key})
-    stored = dict(zip(keys, locked.one(), strict=True))
+    stored = locked.stored
     row = SimpleNamespace(**stored)
     for refund in facts.refunds:
         _record_refund(session, models, payment, refund, facts.seen_at, now)
-    # Read before the row changes: a query after would flush it, then flush it again.
-    refunds = _known_refunds(session, models, row)
+    refunds = locked.refunds
+    if refunds is None or facts.refunds:
+        # Read after the upserts, which may have moved a status forward (and before the
+        # row changes: a query after would flush it, then flush it again).
+        refunds = _known_refunds(session, models, row)
     before = (row.deleted_at is None, row.amount, row.customer_id, row.product_key)
 
     if row.gross_amount is None and row.deleted_at is None:
@@ -322,7 +380,7 @@ def _update(
     if after != before:
         row.updated_at = now
     write_changes(session, table, stored, row)
-    row = loaded(session, Transaction, [getattr(row, key) for key in keys])
+    row = loaded(session, Transaction, [getattr(row, key) for key in stored])
     if new.stands and not before[0]:
         return RECORDED, row
     if before[0] and not new.stands:
@@ -380,7 +438,7 @@ def _record_refund(
             where=lambda new: sa.or_(forward(new), earlier(new)),
         )
 
-    statement = prepared((table, "refund", _dialect(session)), build)
+    statement = cached_statement((table, "refund", _dialect(session)), build)
     session.execute(
         statement,
         {
@@ -400,7 +458,7 @@ def _record_refund(
 def _known_refunds(session: Session, models: Models, row: Any) -> list[Any]:
     """The payment's known refunds: ``(amount, status, undone_at)`` rows."""
     table = models.Refund.__table__
-    statement = prepared(
+    statement = cached_statement(
         (table, "of-payment"),
         lambda: sa.select(table.c.amount, table.c.status, table.c.undone_at).where(
             table.c.account_scope == sa.bindparam("scope"),

@@ -59,15 +59,31 @@ def customer_upserted(context: EventContext) -> None:
     models, session = context.models, context.session
     match_email = context.settings.match_email
     partner_key = partner_key_of(obj)
+    if party.customer_key and partner_key:
+        # Usually a new customer: inserted at once unless one is known (one statement).
+        created = customers.insert_customer(
+            session,
+            models,
+            party,
+            partner_key=partner_key,
+            name=name_of(obj),
+            event_created=context.event["created"],
+            unless_email=match_email,
+        )
+        if created is not None:
+            context.notify(signals.customer_created, customer=created)
+            _attach_orphans(context, created)
+            return None
     customer = customers.find_customer(session, models, party, match_email=match_email)
-
     if customer is None:
         if not (party.customer_key and partner_key):
             raise Ignored(
                 "The customer matches no known customer and its metadata has no "
                 "customer_key and partner_key to create one."
             )
-        customer, created = customers.create_customer(
+        # What kept the insert above out is gone (a customer.deleted freed the Stripe
+        # id meanwhile, say), or there was none to try.
+        customer, created_now = customers.create_customer(
             session,
             models,
             party,
@@ -75,7 +91,7 @@ def customer_upserted(context: EventContext) -> None:
             name=name_of(obj),
             event_created=context.event["created"],
         )
-        if created:
+        if created_now:
             context.notify(signals.customer_created, customer=customer)
             _attach_orphans(context, customer)
             return None
@@ -233,6 +249,15 @@ def invoice_failed(context: EventContext) -> None:
     raise Ignored("A failed payment attempt deletes nothing: a retry may still pay the invoice.")
 
 
+#: The events that usually record their payment for the first time. Any other event that
+#: settles a payment (an update, a refund, a dispute) usually finds it recorded, and locks
+#: it before trying to insert it: a round trip less (``payments.settle_payment``).
+FIRST_RECORDS = frozenset(
+    {"charge.succeeded", "charge.captured", "charge.failed", "invoice.payment_succeeded",
+     "invoice.paid", "checkout.session.completed"}
+)  # fmt: skip
+
+
 def settle(
     context: EventContext, payment: Payment, facts: Facts, creates: dict[str, Any] | None = None
 ) -> None:
@@ -267,8 +292,9 @@ def settle(
 
     prorate = context.settings.refund_policy == "prorate"
     change, row = payments.settle_payment(
-        session, models, payment, customer_id, facts, prorate=prorate
-    )
+        session, models, payment, customer_id, facts,
+        prorate=prorate, expect_known=context.event["type"] not in FIRST_RECORDS,
+    )  # fmt: skip
     if change == payments.RECORDED:
         context.notify(signals.transaction_recorded, transaction=row)
     elif change == payments.UPDATED:

@@ -89,6 +89,33 @@ def test_email_matching_can_be_turned_off(client, rows, models, state):
     assert rows(models.Customer)[0].stripe_customer_id is None
 
 
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PARTNERSTACK_STRIPE_MATCH_EMAIL": True}, {"PARTNERSTACK_STRIPE_MATCH_EMAIL": False}],
+)
+def test_a_new_customers_email_finds_a_known_one_before_anything_is_created(
+    app, client, rows, models, state, app_config
+):
+    """customer.created with a new key and a partner, whose email a signup already has: with
+    email matching on, the signup gets the Stripe id (its partner stays) and no second
+    customer is created; with it off, it is a new customer."""
+    match_email = app_config["PARTNERSTACK_STRIPE_MATCH_EMAIL"]
+    with app.app_context():
+        state.extension.create_customer("user-E", "e@example.com", partner_key="p2")
+    metadata = {"customer_key": "user-X", "partner_key": "p9"}
+    obj = testing.customer("cus_X", email="E@example.com", metadata=metadata)
+    with testing.record_signals(signals.customer_created) as created:
+        deliver(client, "customer.created", obj)
+    customers = {c.customer_key: (c.stripe_customer_id, c.partner_key)
+                 for c in rows(models.Customer)}  # fmt: skip
+    if match_email:
+        assert customers == {"user-E": ("cus_X", "p2")}
+        assert created == []
+    else:
+        assert customers == {"user-E": (None, "p2"), "user-X": ("cus_X", "p9")}
+        assert len(created) == 1
+
+
 def test_partner_attribution_is_never_overwritten(client, rows, models):
     signup_customer(client, partner="first-partner")
     moved = {"customer_key": "user-A", "partner_key": "second-partner"}
