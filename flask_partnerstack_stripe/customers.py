@@ -42,6 +42,16 @@ class Party:
         return account_scope(self.stripe_account_id)
 
 
+@dataclass(frozen=True)
+class Created:
+    """A customer :func:`insert_customer` inserted."""
+
+    customer: Any
+    #: Its standing transactions recorded before it was known (:func:`attach_orphans`),
+    #: when the INSERT attached them itself; None when that is still to do.
+    attached: list[Any] | None = None
+
+
 def find_customer(
     session: Session, models: Models, party: Party, *, match_email: bool, load: bool = True
 ) -> Any:
@@ -51,24 +61,16 @@ def find_customer(
     ``load=False`` reads only its ``id`` and ``stripe_customer_id``, without the ORM:
     recording a payment needs no more.
     """
-    routes = tuple(
-        (column, value)
-        for column, value in (
-            ("customer_key", party.customer_key),
-            ("stripe_customer_id", party.stripe_customer_id),
-            ("email", party.email if match_email else None),
-        )
-        if value
-    )
+    routes = payer_routes(party, match_email=match_email)
     if not routes:
         return None
     table = models.Customer.__table__
-    names = tuple(column for column, _ in routes)
+    names = tuple(routes)
     statement = cached_statement(
         (table, "find", names, load),
         lambda: _find_statement(table, names, load),
     )
-    values = {"scope": party.scope, "livemode": party.livemode, **dict(routes)}
+    values = {"scope": party.scope, "livemode": party.livemode, **routes}
     if load and session.autoflush:
         session.flush()  # what an ORM query does first: it sees the session's changes
     found = session.connection().execute(statement, values).first()
@@ -90,6 +92,24 @@ def _find_statement(table: Any, names: tuple[str, ...], load: bool) -> Any:
     )
     selected = tuple(table.columns) if load else (table.c.id, table.c.stripe_customer_id)
     return sa.select(*selected).where(sa.or_(*matches)).order_by(rank, table.c.id).limit(1)
+
+
+def payer_routes(party: Party, *, match_email: bool) -> dict[str, str]:
+    """The ways ``party`` names its customer, best first, as :func:`find_customer` reads them
+    (the values of its ``customer_key``, ``stripe_customer_id`` and ``email`` parameters)."""
+    routes = {
+        "customer_key": party.customer_key,
+        "stripe_customer_id": party.stripe_customer_id,
+        "email": party.email if match_email else None,
+    }
+    return {name: value for name, value in routes.items() if value}
+
+
+def payer_cte(models: Models, names: tuple[str, ...]) -> Any:
+    """:func:`find_customer`'s look-up (id and Stripe id) as a CTE named ``payer``, for a
+    statement that records a payment and finds its payer at once. Its parameters are
+    ``scope``, ``livemode`` and the ``names`` (:func:`payer_routes`)."""
+    return _find_statement(models.Customer.__table__, names, load=False).cte("payer")
 
 
 def find_customer_by_stripe_id(session: Session, models: Models, party: Party) -> Any:
@@ -117,7 +137,7 @@ def create_customer(
         session, models, party, partner_key=partner_key, name=name, event_created=event_created
     )
     if created is not None:
-        return created, True
+        return created.customer, True
     existing = find_customer(session, models, party, match_email=False)
     if existing is None:  # pragma: no cover - a unique key conflicted yet nothing matches
         raise RuntimeError(f"Customer {party.customer_key!r} conflicts but cannot be found")
@@ -133,54 +153,105 @@ def insert_customer(
     name: str | None = None,
     event_created: int | None = None,
     unless_email: bool = False,
-) -> Any:
+    attach: bool | None = None,
+) -> Created | None:
     """The customer ``party`` names, inserted; None if its customer key or Stripe id is
     taken (their unique constraints decide), or, with ``unless_email``, a customer with
-    its email exists. So a new customer is one statement, without a look-up first."""
+    its email exists. So a new customer is one statement, without a look-up first.
+
+    ``attach`` (``match_email`` then, as for :func:`attach_orphans`): on PostgreSQL the
+    same statement also attaches the transactions recorded before the customer was
+    known, a data-modifying CTE: one round trip for what is otherwise two.
+    """
     Customer = models.Customer
     assert party.customer_key, "a customer is created only with a customer key"
     guarded = bool(unless_email and party.email)
     dialect = dialect_name(session)
+    attaching = attach is not None and dialect == "postgresql"
+    names = _attach_names(party.stripe_customer_id, party.customer_key, party.email, attach)
     statement = cached_statement(
-        (Customer, "create", dialect, guarded),
-        lambda: _insert_statement(session, Customer.__table__, guarded),
+        (Customer, "create", dialect, guarded, tuple(names) if attaching else None),
+        lambda: _insert_statement(session, models, guarded, tuple(names) if attaching else ()),
     )
     if guarded and session.autoflush:
         session.flush()  # as find_customer does: the host's pending changes count
-    return insert_loading(
-        session,
-        Customer,
-        statement,
-        {
-            "customer_key": party.customer_key,
-            "email": party.email,
-            "name": name,
-            "partner_key": partner_key,
-            "stripe_customer_id": party.stripe_customer_id,
-            "stripe_account_id": party.stripe_account_id,
-            "account_scope": party.scope,
-            "livemode": party.livemode,
-            "stripe_event_created": event_created,
-            "created_at": utcnow(),
-            "updated_at": utcnow(),
-        },
-    )
+    now = utcnow()
+    # Named c_*: an UPDATE in the same statement (attaching) would take parameters
+    # named after its table's columns as values to set.
+    values = {
+        f"c_{name}": value
+        for name, value in (
+            ("customer_key", party.customer_key),
+            ("email", party.email),
+            ("name", name),
+            ("partner_key", partner_key),
+            ("stripe_customer_id", party.stripe_customer_id),
+            ("stripe_account_id", party.stripe_account_id),
+            ("account_scope", party.scope),
+            ("livemode", party.livemode),
+            ("stripe_event_created", event_created),
+            ("created_at", now),
+            ("updated_at", now),
+        )
+    }
+    if not attaching:
+        customer = insert_loading(session, Customer, statement, values)
+        return None if customer is None else Created(customer)
+    values.update({f"b_{column}": value for column, value in names.items()})
+    values["b_now"] = now
+    row = session.connection().execute(statement, values).first()
+    if row is None:
+        return None
+    customer = loaded(session, Customer, row[:-1])
+    return Created(customer, _load_transactions(session, models.Transaction, list(row[-1])))
 
 
-def _insert_statement(session: Session, table: Any, guarded: bool) -> Any:
-    if not guarded:
-        values: Any = {name: sa.bindparam(name) for name in _CUSTOMER_FIELDS}
-        return insert_on_conflict(session, table, values, whole_row=True)
-    # INSERT ... SELECT <the values> WHERE NOT EXISTS (a customer with this email).
-    same_email = sa.exists().where(
-        table.c.account_scope == sa.bindparam("account_scope"),
-        table.c.livemode == sa.bindparam("livemode"),
-        table.c.email == sa.bindparam("email"),
+def _insert_statement(
+    session: Session, models: Models, guarded: bool, attach_names: tuple[str, ...]
+) -> Any:
+    table = models.Customer.__table__
+    values: Any = {name: sa.bindparam(f"c_{name}") for name in _CUSTOMER_FIELDS}
+    if guarded:
+        # INSERT ... SELECT <the values> WHERE NOT EXISTS (a customer with this email).
+        same_email = sa.exists().where(
+            table.c.account_scope == sa.bindparam("c_account_scope"),
+            table.c.livemode == sa.bindparam("c_livemode"),
+            table.c.email == sa.bindparam("c_email"),
+        )
+        values = sa.select(
+            *(sa.bindparam(f"c_{name}", type_=table.c[name].type) for name in _CUSTOMER_FIELDS)
+        ).where(~same_email)
+    inserting = insert_on_conflict(session, table, values, columns=_CUSTOMER_FIELDS, whole_row=True)
+    if not attach_names:
+        return inserting
+    # WITH created AS (INSERT ... RETURNING *), attached AS (UPDATE the orphans SET
+    # customer_id = created.id ... RETURNING id, deleted_at) SELECT created.*, the ids of
+    # the standing ones. The UPDATE runs only if the INSERT returned a row.
+    created = inserting.cte("created")  # RETURNING id, then every column
+    transactions = models.Transaction.__table__
+    attached = (
+        _attach_statement(transactions, attach_names, union=False, customer=created)
+        .cte("attached")
+    )  # fmt: skip
+    standing = sa.func.array(
+        sa.select(attached.c.id)
+        .where(attached.c.deleted_at.is_(None))
+        .order_by(attached.c.id)
+        .scalar_subquery()
     )
-    row = sa.select(
-        *(sa.bindparam(name, type_=table.c[name].type) for name in _CUSTOMER_FIELDS)
-    ).where(~same_email)
-    return insert_on_conflict(session, table, row, columns=_CUSTOMER_FIELDS, whole_row=True)
+    return sa.select(*list(created.c)[1:], standing)
+
+
+def _attach_names(
+    stripe_customer_id: str | None, customer_key: str | None, email: str | None, match_email: Any
+) -> dict[str, str]:
+    """The transaction columns a customer's orphans are found by, with its values."""
+    names = {
+        "stripe_customer_id": stripe_customer_id,
+        "customer_key": customer_key,
+        "customer_email": email if match_email else None,
+    }
+    return {name: value for name, value in names.items() if value}
 
 
 _CUSTOMER_FIELDS = (
@@ -223,13 +294,10 @@ def attach_orphans(
     """Give ``customer`` the transactions recorded before it was known; the standing ones."""
     Transaction = models.Transaction
     table = Transaction.__table__
-    names = [
-        ("stripe_customer_id", customer.stripe_customer_id),
-        ("customer_key", customer.customer_key),
-        ("customer_email", customer.email if match_email else None),
-    ]
     connection = session.connection()
-    values = {name: value for name, value in names if value}
+    values = _attach_names(
+        customer.stripe_customer_id, customer.customer_key, customer.email, match_email
+    )
     # Each way of naming must read its own index. PostgreSQL combines the indexes of an
     # OR (a bitmap OR); SQLite's planner would pick the customer_id index for an OR in an
     # UPDATE, so there the ids come from a UNION ALL of one indexed search per name.
@@ -270,8 +338,20 @@ def _load_transactions(session: Session, Transaction: Any, ids: list[int]) -> li
     )
 
 
-def _attach_statement(table: Any, columns: tuple[str, ...], *, union: bool) -> Any:
-    in_scope = table.c.account_scope == sa.bindparam("b_scope")
+def _attach_statement(
+    table: Any, columns: tuple[str, ...], *, union: bool, customer: Any = None
+) -> Any:
+    """``UPDATE`` the orphans ``columns`` name, giving them ``b_customer_id``; or, given the
+    ``customer`` row (a CTE's), its id, in its scope and mode."""
+    scope: Any
+    livemode: Any
+    customer_id: Any
+    if customer is None:
+        scope, livemode = sa.bindparam("b_scope"), sa.bindparam("b_livemode")
+        customer_id = sa.bindparam("b_customer_id")
+    else:  # UPDATE ... FROM the CTE: no row there (nothing inserted), nothing updated
+        scope, livemode, customer_id = customer.c.account_scope, customer.c.livemode, customer.c.id
+    in_scope = table.c.account_scope == scope
     named = [sa.and_(table.c[name] == sa.bindparam(f"b_{name}"), in_scope) for name in columns]
     if union:
         searches = [sa.select(table.c.id).where(condition) for condition in named]
@@ -280,12 +360,8 @@ def _attach_statement(table: Any, columns: tuple[str, ...], *, union: bool) -> A
         matching = sa.or_(*named)
     return (
         sa.update(table)
-        .where(
-            matching,
-            table.c.customer_id.is_(None),
-            table.c.livemode == sa.bindparam("b_livemode"),
-        )
-        .values(customer_id=sa.bindparam("b_customer_id"), updated_at=sa.bindparam("b_now"))
+        .where(matching, table.c.customer_id.is_(None), table.c.livemode == livemode)
+        .values(customer_id=customer_id, updated_at=sa.bindparam("b_now"))
         .returning(table.c.id, table.c.deleted_at)
     )
 

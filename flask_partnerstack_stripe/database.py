@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import random
+import sqlite3
 import threading
+import time
 from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -348,7 +351,8 @@ class UnitOfWork:
         try:
             connection = session.connection()
             if connection.dialect.name == "sqlite":
-                _begin_immediate(connection, self.busy_timeout)
+                shared = isinstance(connection.engine.pool, StaticPool)
+                _begin_immediate(connection, self.busy_timeout, shared)
             elif connection.dialect.name in MYSQL:
                 _read_committed(connection)
             yield
@@ -363,34 +367,46 @@ def _no_lock() -> Iterator[None]:
     yield
 
 
-def _begin_immediate(connection: Connection, busy_timeout: float) -> None:
+def _begin_immediate(connection: Connection, busy_timeout: float, shared: bool) -> None:
     """Start the transaction with SQLite's write lock, waiting up to ``busy_timeout`` for it.
 
     pysqlite begins a transaction only before the first write, so two workers could
     both read and then both try to write: one of them would get "database is locked"
     at once, whatever the busy timeout. ``BEGIN IMMEDIATE`` takes the lock before the
-    first read of the event's work and waits for it.
+    first read of the event's work.
+
+    We wait for it ourselves, trying again every millisecond or two, instead of through
+    SQLite's busy timeout: its handler sleeps 1, 2, 5, 10, 15, 20, 25, 25, 25, 50, 50 and
+    then 100 ms between tries, so under several writers a webhook could sleep long
+    after the lock was free (a p99 of 100 ms with 4 workers on one database file).
 
     This is SQLAlchemy's pysqlite recipe (emit our own ``BEGIN``), scoped to our own
-    transactions: the statement goes to the connection this session has checked out,
-    right after it began, and the busy timeout is set for the wait and put back before
-    anything else runs. Nothing is changed on the connection beyond that, so nothing
-    needs undoing after the commit hands it back to the pool, and the host's other
-    transactions keep pysqlite's behaviour (or their own recipe).
+    transactions: the busy timeout is set to 0 for the tries and put back before
+    anything else runs, so nothing needs undoing after the commit hands the connection
+    back to the pool, and the host's other transactions keep pysqlite's behaviour (or
+    their own recipe). ``shared``: the one connection of an in-memory database, which
+    our transactions take turns on (``UnitOfWork``): nobody else can hold its lock.
     """
     driver: Any = connection.connection.driver_connection
     if driver.in_transaction:
         # Someone already began: the host wrote in this transaction before calling us
         # (it holds the lock), or it runs its own BEGINs (its choice of lock stands).
         return
-    (previous_ms,) = driver.execute("PRAGMA busy_timeout").fetchone()
-    wanted_ms = int(busy_timeout * 1000)
-    if previous_ms == wanted_ms:
+    if shared:
         driver.execute("BEGIN IMMEDIATE")
         return
-    driver.execute(f"PRAGMA busy_timeout = {wanted_ms}")
+    (previous_ms,) = driver.execute("PRAGMA busy_timeout").fetchone()
+    driver.execute("PRAGMA busy_timeout = 0")
     try:
-        driver.execute("BEGIN IMMEDIATE")
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                driver.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(random.uniform(0.0005, 0.002))  # jittered: waiters do not march
     finally:
         driver.execute(f"PRAGMA busy_timeout = {int(previous_ms)}")
 

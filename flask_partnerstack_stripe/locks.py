@@ -43,6 +43,24 @@ def lock(session: Session, *names: str | None) -> bool:
     return True
 
 
+def advisory_keys(session: Session, *names: str | None) -> list[int] | None:
+    """The PostgreSQL advisory lock keys of ``names``, in the order :func:`lock` takes them;
+    None on other databases (for :func:`locking_null`)."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    return sorted({_lock_key(name) for name in names if name})
+
+
+def locking_null(count: int) -> Any:
+    """An expression that takes ``count`` advisory locks, the keys ``lock_0`` ... in order,
+    and is NULL: for a statement that locks only when it needs to (``COALESCE(found, this)``
+    evaluates it only when nothing was found), before it writes anything."""
+    taken = sa.select(
+        *(sa.func.pg_advisory_xact_lock(sa.bindparam(f"lock_{n}")) for n in range(count))
+    ).subquery("taken")
+    return sa.select(sa.cast(sa.null(), sa.Integer)).select_from(taken).scalar_subquery()
+
+
 def _mysql_lock(session: Session, names: tuple[str | None, ...]) -> None:
     # Lock names are at most 64 characters: a digest of the name, in one order.
     keys = sorted({"psk:" + _digest(name) for name in names if name})

@@ -22,8 +22,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .customers import Party
+from . import locks
+from .customers import Party, payer_cte
 from .database import (
+    MYSQL,
     cached_statement,
     column_keys,
     insert_loading,
@@ -177,7 +179,21 @@ def settle_payment(
         locked = _lock(session, models, payment)
         if locked is not None:
             return _update(session, models, payment, customer_id, facts, now, locked, prorate)
-    new = derive(
+    new = _first_standing(facts, prorate)
+    row = _insert(session, models, payment, customer_id, facts, new, now)
+    if row is not None:
+        for refund in facts.refunds:
+            _record_refund(session, models, payment, refund, facts.seen_at, now)
+        return (RECORDED if new.stands else None), row
+    # Another delivery recorded it first (its insert committed before ours conflicted).
+    locked = _lock(session, models, payment)
+    assert locked is not None, "the insert conflicted on this very row"
+    return _update(session, models, payment, customer_id, facts, now, locked, prorate)
+
+
+def _first_standing(facts: Facts, prorate: bool) -> Standing:
+    """Where a payment stands when ``facts`` are all that is known of it."""
+    return derive(
         gross=facts.gross,
         shown=facts.gross if facts.gross is not None else facts.nominal,
         charge_refunded=facts.refunded,
@@ -189,15 +205,98 @@ def settle_payment(
         prorate=prorate,
         charged=facts.charged,
     )
-    row = _insert(session, models, payment, customer_id, facts, new, now)
-    if row is not None:
-        for refund in facts.refunds:
-            _record_refund(session, models, payment, refund, facts.seen_at, now)
-        return (RECORDED if new.stands else None), row
-    # Another delivery recorded it first (its insert committed before ours conflicted).
-    locked = _lock(session, models, payment)
-    assert locked is not None, "the insert conflicted on this very row"
-    return _update(session, models, payment, customer_id, facts, now, locked, prorate)
+
+
+@dataclass(frozen=True)
+class First:
+    """A payment :func:`record_first` recorded, with the customer it found (or None)."""
+
+    change: str | None  # RECORDED, or None when it does not stand
+    row: Any
+    #: Nobody was known and the customer locks were taken (PostgreSQL): look again.
+    locked: bool
+
+
+def records_first(session: Session) -> bool:
+    """Whether :func:`record_first` works here: not on MySQL/MariaDB (no ``RETURNING``)."""
+    return _dialect(session) not in MYSQL
+
+
+def record_first(
+    session: Session,
+    models: Models,
+    payment: Payment,
+    facts: Facts,
+    *,
+    prorate: bool,
+    payer: dict[str, str],
+) -> First | None:
+    """Record a payment seen for the first time with its customer, in one statement.
+
+    ``WITH payer AS (the customer ``payer`` names, as ``find_customer`` looks it up)
+    INSERT ... SELECT ..., COALESCE(payer.id, <take the customer locks>) WHERE NOT EXISTS
+    (a payer still without the payment's Stripe id) ON CONFLICT DO NOTHING RETURNING``.
+
+    When nobody is known the statement takes the locks a customer event takes before it
+    writes the row, as ``_find_payer`` does before its second look: the lock order
+    (customer locks, customer, payment) stays the one every event keeps, so racing
+    events cannot deadlock. The caller looks again under them (a new statement sees
+    what committed meanwhile).
+
+    None when nothing was inserted: the payment is recorded already, or its customer
+    needs the payment's Stripe id first (both: :func:`settle_payment`). Not on
+    MySQL/MariaDB (:func:`records_first`), which cannot return the row.
+    """
+    dialect = _dialect(session)
+    Transaction = models.Transaction
+    table = Transaction.__table__
+    names = tuple(payer)
+    keys = locks.advisory_keys(session, *locks.party_lock_names(payment.party))
+
+    def build() -> Any:
+        found = payer_cte(models, names)
+        customer_id: Any = sa.select(found.c.id).scalar_subquery()
+        if keys:
+            customer_id = sa.func.coalesce(customer_id, locks.locking_null(len(keys)))
+        fields = [name for name in _INSERT_FIELDS if name != "customer_id"]
+        row = sa.select(
+            *(sa.bindparam(name, type_=table.c[name].type) for name in fields),
+            customer_id,
+        )
+        if "stripe_customer_id" in names:
+            row = row.where(~sa.exists().where(found.c.stripe_customer_id.is_(None)))
+        else:
+            row = row.where(sa.true())  # SQLite: an upsert's SELECT needs a WHERE
+        columns = [*fields, "customer_id"]
+        return insert_on_conflict(
+            session, table, row, columns=columns, keys=[table.c.account_scope, table.c.key],
+            whole_row=True,
+        )  # fmt: skip
+
+    statement = cached_statement((table, "record-first", dialect, names, len(keys or ())), build)
+    now = utcnow()
+    new = _first_standing(facts, prorate)
+    values = _insert_values(payment, None, facts, new, now)
+    values.update(payer, scope=payment.party.scope)
+    values.update({f"lock_{n}": key for n, key in enumerate(keys or ())})
+    found = session.connection().execute(statement, values).first()
+    if found is None:
+        return None
+    row = loaded(session, Transaction, found[1:])
+    for refund in facts.refunds:
+        _record_refund(session, models, payment, refund, facts.seen_at, now)
+    locked = bool(keys) and row.customer_id is None
+    return First(RECORDED if new.stands else None, row, locked)
+
+
+def give_customer(session: Session, models: Models, row: Any, customer_id: int) -> Any:
+    """Give the just-recorded ``row`` (no customer) its customer, found after all."""
+    Transaction = models.Transaction
+    stored = {key: getattr(row, key) for key in column_keys(Transaction)}
+    changed = SimpleNamespace(**stored)
+    changed.customer_id = customer_id
+    write_changes(session, Transaction.__table__, stored, changed)
+    return loaded(session, Transaction, list(vars(changed).values()))
 
 
 def _insert(
@@ -222,35 +321,38 @@ def _insert(
             whole_row=True,
         ),
     )
+    values = _insert_values(payment, customer_id, facts, new, now)
+    return insert_loading(session, Transaction, statement, values)
+
+
+def _insert_values(
+    payment: Payment, customer_id: int | None, facts: Facts, new: Standing, now: datetime
+) -> dict[str, Any]:
+    """The values of a new transaction (``_INSERT_FIELDS``)."""
     party = payment.party
-    return insert_loading(
-        session,
-        Transaction,
-        statement,
-        {
-            "key": payment.key,
-            "customer_id": customer_id,
-            "amount": new.amount,
-            "currency": payment.currency,
-            "product_key": payment.product_key,
-            "stripe_account_id": party.stripe_account_id,
-            "account_scope": party.scope,
-            "livemode": party.livemode,
-            "stripe_customer_id": party.stripe_customer_id,
-            "customer_key": party.customer_key,
-            "customer_email": party.email,
-            "created_at": now,
-            "updated_at": now,
-            "deleted_at": None if new.stands else now,
-            "deleted_reason": new.reason,
-            "gross_amount": facts.gross,
-            "charge_refunded": facts.refunded,
-            "charge_refunded_at": facts.charge_at,
-            "charged_amount": facts.charged,
-            "failed": facts.failed,
-            "dispute_lost": facts.dispute_lost,
-        },
-    )
+    return {
+        "key": payment.key,
+        "customer_id": customer_id,
+        "amount": new.amount,
+        "currency": payment.currency,
+        "product_key": payment.product_key,
+        "stripe_account_id": party.stripe_account_id,
+        "account_scope": party.scope,
+        "livemode": party.livemode,
+        "stripe_customer_id": party.stripe_customer_id,
+        "customer_key": party.customer_key,
+        "customer_email": party.email,
+        "created_at": now,
+        "updated_at": now,
+        "deleted_at": None if new.stands else now,
+        "deleted_reason": new.reason,
+        "gross_amount": facts.gross,
+        "charge_refunded": facts.refunded,
+        "charge_refunded_at": facts.charge_at,
+        "charged_amount": facts.charged,
+        "failed": facts.failed,
+        "dispute_lost": facts.dispute_lost,
+    }
 
 
 @dataclass(frozen=True)

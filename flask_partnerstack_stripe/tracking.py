@@ -69,10 +69,11 @@ def customer_upserted(context: EventContext) -> None:
             name=name_of(obj),
             event_created=context.event["created"],
             unless_email=match_email,
+            attach=match_email,
         )
         if created is not None:
-            context.notify(signals.customer_created, customer=created)
-            _attach_orphans(context, created)
+            context.notify(signals.customer_created, customer=created.customer)
+            _attach_orphans(context, created.customer, created.attached)
             return None
     customer = customers.find_customer(session, models, party, match_email=match_email)
     if customer is None:
@@ -132,10 +133,13 @@ def _sync_customer(
     return changed
 
 
-def _attach_orphans(context: EventContext, customer: Any) -> None:
-    for transaction in customers.attach_orphans(
-        context.session, context.models, customer, match_email=context.settings.match_email
-    ):
+def _attach_orphans(context: EventContext, customer: Any, attached: Any = None) -> None:
+    """Give ``customer`` its orphans (unless ``attached`` says which it was given already)."""
+    if attached is None:
+        attached = customers.attach_orphans(
+            context.session, context.models, customer, match_email=context.settings.match_email
+        )
+    for transaction in attached:
         context.notify(signals.transaction_updated, transaction=transaction)
     # Its payments' commissions: the orphans just attached, or all if it just got a partner.
     commissions.follow_customer_in(context, customer)
@@ -268,10 +272,21 @@ def settle(
     """
     session, models = context.session, context.models
     party = payment.party
+    prorate = context.settings.refund_policy == "prorate"
+    expect_known = context.event["type"] not in FIRST_RECORDS
+    partner_key = partner_key_of(creates) if creates is not None else None
+    may_create = creates is not None and bool(party.customer_key and partner_key)
+    payer = customers.payer_routes(party, match_email=context.settings.match_email)
+    if payer and not (expect_known or may_create) and payments.records_first(session):
+        # Usually a known customer's new payment: one INSERT finds its customer too.
+        first = payments.record_first(session, models, payment, facts, prorate=prorate, payer=payer)
+        if first is not None:
+            return _recorded_first(context, party, first)
+        expect_known = True  # recorded already: lock it first
+
     found = _find_payer(context, party)
     customer_id = found.id if found is not None else None
-    partner_key = partner_key_of(creates) if creates is not None else None
-    if creates is not None and found is None and party.customer_key and partner_key:
+    if creates is not None and may_create and found is None:
         # The e-commerce case: no signup tracking, the charge names customer and partner.
         customer, created = customers.create_customer(
             session, models, party, partner_key=partner_key, name=name_of(creates)
@@ -281,20 +296,46 @@ def settle(
             context.notify(signals.customer_created, customer=customer)
             _attach_orphans(context, customer)
     elif found is not None and party.stripe_customer_id and not found.stripe_customer_id:
-        # Found by key or email: the payment tells us its Stripe id too.
-        customer = session.get(models.Customer, found.id)
-        assert customer is not None, "found in this transaction, under its lock"
-        customers.unlink_stripe_id(session, models, party, keep=customer)
-        customer.stripe_customer_id = party.stripe_customer_id
-        session.flush()
-        context.notify(signals.customer_updated, customer=customer)
-        _attach_orphans(context, customer)
+        _link_stripe_id(context, party, found.id)
 
-    prorate = context.settings.refund_policy == "prorate"
     change, row = payments.settle_payment(
-        session, models, payment, customer_id, facts,
-        prorate=prorate, expect_known=context.event["type"] not in FIRST_RECORDS,
-    )  # fmt: skip
+        session, models, payment, customer_id, facts, prorate=prorate, expect_known=expect_known
+    )
+    _settled(context, change, row)
+
+
+def _recorded_first(context: EventContext, party: Party, first: payments.First) -> None:
+    """The rest of :func:`settle` for a payment :func:`payments.record_first` recorded."""
+    row = first.row
+    if first.locked:
+        # Nobody was known, and record_first took the customer locks before writing the
+        # row: a customer committed meanwhile is seen now (or will attach this payment).
+        found = customers.find_customer(
+            context.session, context.models, party,
+            match_email=context.settings.match_email, load=False,
+        )  # fmt: skip
+        if found is not None:
+            # Given its customer first: linking attaches orphans, which it is not.
+            row = payments.give_customer(context.session, context.models, row, found.id)
+            if party.stripe_customer_id and not found.stripe_customer_id:
+                _link_stripe_id(context, party, found.id)
+    _settled(context, first.change, row)
+
+
+def _link_stripe_id(context: EventContext, party: Party, customer_id: int) -> None:
+    """The customer was found by key or email: the payment tells us its Stripe id too."""
+    session, models = context.session, context.models
+    customer = session.get(models.Customer, customer_id)
+    assert customer is not None, "found in this transaction, under its lock"
+    customers.unlink_stripe_id(session, models, party, keep=customer)
+    customer.stripe_customer_id = party.stripe_customer_id
+    session.flush()
+    context.notify(signals.customer_updated, customer=customer)
+    _attach_orphans(context, customer)
+
+
+def _settled(context: EventContext, change: str | None, row: Any) -> None:
+    """Send the signal a payment's change calls for; its commission follows it."""
     if change == payments.RECORDED:
         context.notify(signals.transaction_recorded, transaction=row)
     elif change == payments.UPDATED:
@@ -302,7 +343,7 @@ def settle(
     elif change == payments.DELETED:
         context.notify(signals.transaction_deleted, transaction=row)
     if change is not None:
-        commissions.follow(context, row)  # the commission follows its payment
+        commissions.follow(context, row)
 
 
 def _find_payer(context: EventContext, party: Party) -> Any:
@@ -314,12 +355,20 @@ def _find_payer(context: EventContext, party: Party) -> Any:
     """
     if not (party.stripe_customer_id or party.customer_key or party.email):
         return None  # a refund or dispute names nobody: its transaction knows the customer
-    session, models = context.session, context.models
     match_email = context.settings.match_email
-    found = customers.find_customer(session, models, party, match_email=match_email, load=False)
-    if found is None and locks.lock(session, *locks.party_lock_names(party)):
-        found = customers.find_customer(session, models, party, match_email=match_email, load=False)
-    return found
+    found = customers.find_customer(
+        context.session, context.models, party, match_email=match_email, load=False
+    )
+    return found if found is not None else _find_payer_again(context, party)
+
+
+def _find_payer_again(context: EventContext, party: Party) -> Any:
+    """Under the locks a customer event takes, the customer ``party`` names (or None)."""
+    session, models = context.session, context.models
+    if not locks.lock(session, *locks.party_lock_names(party)):
+        return None  # SQLite: one writer at a time, so the first look was final
+    match_email = context.settings.match_email
+    return customers.find_customer(session, models, party, match_email=match_email, load=False)
 
 
 # --- accounts --------------------------------------------------------------------------

@@ -7,7 +7,9 @@ which is how a threaded server (``flask run``, gunicorn gthread) calls it.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -172,6 +174,57 @@ def test_sqlite_write_lock_leaves_the_hosts_connections_alone(tmp_path):
         before = connection_settings()
         testing.post_event(app.test_client(), testing.event("charge.succeeded", testing.charge()))
         assert connection_settings() == before
+        db.engine.dispose()
+
+
+def test_sqlite_waits_for_another_writer_then_applies_the_event(tmp_path):
+    """Another process holds the database file's write lock for a moment: the webhook
+    waits for it (SQLITE_BUSY_TIMEOUT), then applies the event."""
+    path = tmp_path / "busy.db"
+    app = create_app(f"sqlite:///{path}", PARTNERSTACK_STRIPE_SQLITE_BUSY_TIMEOUT=10)
+    db = get_state(app).db
+    with app.app_context():
+        db.create_all()
+    # Another writer (a connection of its own, as another process would have).
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    threading.Timer(0.3, other.execute, ("COMMIT",)).start()
+    response = testing.post_event(app.test_client(), charges(1, "ch_busy")[0])
+    assert (response.status_code, response.json["status"]) == (200, "processed")
+    with app.app_context():
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(
+            get_state(app).models.Transaction.__table__)) == 1  # fmt: skip
+        db.engine.dispose()
+    other.close()
+
+
+def test_sqlite_gives_up_after_the_busy_timeout_with_nothing_stored(tmp_path):
+    """The write lock stays taken past SQLITE_BUSY_TIMEOUT: a 500 (Stripe retries), after
+    waiting at least that long, and the host's busy timeout is as it was."""
+    path = tmp_path / "held.db"
+    app = create_app(f"sqlite:///{path}", PARTNERSTACK_STRIPE_SQLITE_BUSY_TIMEOUT=0.5)
+    db = get_state(app).db
+    with app.app_context():
+        db.create_all()
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        began = time.monotonic()
+        response = testing.post_event(app.test_client(), charges(1, "ch_held")[0])
+        waited = time.monotonic() - began
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert response.status_code == 500
+    assert waited >= 0.5
+    with app.app_context():
+        raw = db.engine.raw_connection()
+        try:
+            assert raw.execute("PRAGMA busy_timeout").fetchone()[0] == 5000  # pysqlite's
+        finally:
+            raw.close()
+        assert db.session.scalar(sa.select(sa.func.count()).select_from(
+            get_state(app).models.WebhookEvent.__table__)) == 0  # fmt: skip
         db.engine.dispose()
 
 
