@@ -388,8 +388,8 @@ def test_the_webhook_answers_before_the_broker_is_reached(
     database_url, queue, app, workers, rows, models, tmp_path
 ):
     """The message is published after the answer, by the app's publisher: a broker that
-    takes half a second to answer does not hold up Stripe's request."""
-    slow = Slow(REDIS, delay=0.5)
+    takes two seconds to answer does not hold up Stripe's request."""
+    slow = Slow(REDIS, delay=2.0)
     try:
         flask_app, _ = create_celery_app(
             database_url, broker_url("redis", slow.port), queue, **FAST
@@ -400,7 +400,7 @@ def test_the_webhook_answers_before_the_broker_is_reached(
             started = time.monotonic()
             answer = testing.post_event(client, customer_created(f"user-slow-{n}"))
             assert answer.json["status"] == "queued"
-            assert time.monotonic() - started < 0.4
+            assert time.monotonic() - started < 1.5  # a loaded machine, not the broker
         wait_for(lambda: statuses(rows, models) == Counter(processed=5), what="the workers")
         assert len(rows(models.Customer)) == 5
         assert len(deliveries(tmp_path)) == 5  # each applied once
@@ -411,8 +411,8 @@ def test_the_webhook_answers_before_the_broker_is_reached(
         slow.close()
 
 
-#: A web process that posts events and exits at once, without waiting for its publisher;
-#: halfway it forks (as gunicorn forks its workers), and the child posts the rest.
+#: A web process that posts events, forks halfway (as gunicorn forks its workers), and the
+#: child posts the rest and exits at once, without waiting for its publisher.
 EXITING_WEB = """
 import os, sys
 from flask_partnerstack_stripe import testing
@@ -424,6 +424,9 @@ client = app.test_client()
 count = int(sys.argv[4])
 for n in range(count // 2):
     assert testing.post_event(client, customer_created(f"user-exit-{n}")).json["status"] == "queued"
+# Forked while the publisher is idle, as gunicorn's arbiter, which serves nothing, forks:
+# a fork in the middle of the thread's first publish could copy a half-imported module.
+assert app.extensions["partnerstack_stripe"].publisher.flush(30)
 child = os.fork()
 if child == 0:
     client = app.test_client()
