@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -17,6 +17,7 @@ from .config import DEFAULTS, PREFIX, Settings
 from .database import SUPPORTED, SUPPORTED_BACKENDS, UnitOfWork
 from .models import Models, complete_models, default_models
 from .notify import send_notifications
+from .publisher import Publisher
 from .receiver import Handlers, HostHandler, Receiver
 from .referral import referred_partner_key, remember_referral
 from .rules import BUILTIN_HANDLERS, LOOKUPS
@@ -44,6 +45,8 @@ class State:
     receiver: Receiver
     #: ``with unit_of_work(session):`` one writing transaction (database.UnitOfWork).
     unit_of_work: UnitOfWork
+    #: ``celery`` processing: publishes the webhook's stored events off the request's path.
+    publisher: Publisher
 
 
 class PartnerStackStripe:
@@ -125,10 +128,13 @@ class PartnerStackStripe:
         # registered after init_app still count.
         handlers = Handlers(builtin=BUILTIN_HANDLERS, host=self._handlers, lookups=LOOKUPS)
         receiver = Receiver(self._models, settings, unit_of_work, handlers, send_notifications)
-        receiver.enqueue = self.enqueue
+        # Per app, and its thread starts only when a webhook first queues an event (in
+        # celery mode), in the process that serves it: after a server's fork.
+        publisher = Publisher(self._enqueue_many)
+        receiver.enqueue = publisher.submit
         self._apps.add(app)
         app.extensions[EXTENSION_KEY] = State(
-            self, settings, db, self._models, receiver, unit_of_work
+            self, settings, db, self._models, receiver, unit_of_work, publisher
         )
 
         if register_blueprint if register_blueprint is not None else self._register_blueprint:
@@ -298,13 +304,24 @@ class PartnerStackStripe:
         return self._tasks
 
     def enqueue(self, event_id: str) -> None:
-        """Hand a stored event to the Celery app given to :meth:`init_celery`."""
+        """Hand a stored event to the Celery app given to :meth:`init_celery`, now.
+
+        The webhook does not call this in the request: its app's publisher does, from a
+        background thread, once the event is committed (``State.publisher``).
+        """
         if self._tasks is None:
             raise RuntimeError(
                 "PARTNERSTACK_STRIPE_PROCESSING is 'celery' but partnerstack.init_celery("
                 "celery_app) was not called."
             )
         self._tasks.enqueue(event_id)
+
+    def _enqueue_many(self, event_ids: Sequence[str]) -> None:
+        """:meth:`enqueue` for several events at once (one message): the publisher's."""
+        if self._tasks is None:
+            self.enqueue(event_ids[0])  # raises what enqueue says
+        else:
+            self._tasks.enqueue_many(event_ids)
 
     def only_app(self) -> Flask:
         """The one app this extension is set up on (for a task run without an app context)."""

@@ -97,6 +97,19 @@ def log_deliveries(app: Flask, path: str) -> None:
         data_signal.connect(bound, sender=app, weak=False)
 
 
+def fail_each_once(app: Flask, path: str) -> None:
+    """A host handler that fails the first time it sees each ``customer.created`` event
+    (the ids it failed are kept in ``path``), and succeeds the next."""
+
+    @get_state(app).extension.handler("customer.created")
+    def fail_once(event: dict[str, Any]) -> None:
+        failed = Path(path).read_text().split() if Path(path).exists() else []
+        if event["id"] not in failed:
+            with Path(path).open("a") as file:
+                file.write(event["id"] + "\n")
+            raise RuntimeError(f"the first attempt at {event['id']} fails")
+
+
 if os.environ.get("PARTNERSTACK_TEST_BROKER"):  # the worker's process
     flask_app, celery = create_celery_app(
         os.environ["DATABASE_URL"],
@@ -106,3 +119,5 @@ if os.environ.get("PARTNERSTACK_TEST_BROKER"):  # the worker's process
     )
     if os.environ.get("PARTNERSTACK_TEST_DELIVERY_LOG"):
         log_deliveries(flask_app, os.environ["PARTNERSTACK_TEST_DELIVERY_LOG"])
+    if os.environ.get("PARTNERSTACK_TEST_FAIL_ONCE_FILE"):
+        fail_each_once(flask_app, os.environ["PARTNERSTACK_TEST_FAIL_ONCE_FILE"])

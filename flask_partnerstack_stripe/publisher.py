@@ -1,0 +1,188 @@
+"""Publishing queued events to the broker off the webhook's path (``celery`` processing).
+
+The webhook commits the event as ``received``, hands its id to the app's
+:class:`Publisher` and answers: a background thread publishes the Celery message. The
+row is the record, not the message: an id whose publish fails, or that a dying process
+never published, stays ``received``, and ``partnerstack.sweep`` enqueues it again after
+``SWEEP_AFTER``. So nothing here has to be durable; it only has to stay off the request.
+
+No Flask and no Celery here: the publisher gets the function that publishes ids (one
+message for one id, one for several: see ``tasks.Tasks.enqueue``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger("flask_partnerstack_stripe")
+
+_STOP = object()
+
+
+class Publisher:
+    """One app's background publisher: a bounded queue of event ids and a thread.
+
+    The thread publishes an id once ``linger`` seconds have passed or ``batch`` ids are
+    waiting, whichever comes first, as one message: one id while webhooks trickle in,
+    up to ``batch`` during a burst. A Celery publish costs about a millisecond of CPU
+    whatever it carries, in the web process, under its GIL: fewer messages is what
+    leaves the CPU to the requests.
+
+    The thread starts with the first id a process submits, so a server that forks its
+    workers after loading the app (gunicorn) gets one per worker; it ends after
+    ``idle`` seconds without work and starts again with the next id. When the queue
+    is full (the broker is slower than the webhooks), the id is published in the
+    caller's thread instead, as before there was a publisher: the requests slow down
+    to the broker's pace and nothing is dropped. At interpreter exit the queue is
+    drained for up to ``drain_timeout`` seconds.
+    """
+
+    def __init__(
+        self,
+        publish: Callable[[Sequence[str]], None],
+        *,
+        size: int = 10_000,
+        batch: int = 20,
+        linger: float = 0.01,
+        idle: float = 30.0,
+        drain_timeout: float = 5.0,
+    ) -> None:
+        self.publish = publish
+        self.size = size
+        self.batch = batch
+        self.linger = linger
+        self.idle = idle
+        self.drain_timeout = drain_timeout
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[object] = queue.Queue(size)
+        self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
+        self._exit_hook = False
+
+    def submit(self, event_id: str) -> None:
+        """Publish ``event_id`` soon, from the background thread; now when the queue is full.
+
+        Raises only what publishing in this thread raised (the queue was full).
+        """
+        with self._lock:
+            self._adopt_process()
+            if self._thread is None:
+                self._start()
+            try:
+                self._queue.put_nowait(event_id)
+                return
+            except queue.Full:
+                pass
+        self.publish([event_id])
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every id submitted so far was published (or failed); False on timeout."""
+        waiter = self._queue.all_tasks_done
+        with waiter:
+            return waiter.wait_for(lambda: not self._queue.unfinished_tasks, timeout)
+
+    def pending(self) -> int:
+        """How many submitted ids are not published yet (queued or being published)."""
+        return self._queue.unfinished_tasks
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Publish what is queued, then stop the thread; False when it was not done in time.
+
+        Ids left unpublished stay ``received`` in the database, for the sweep.
+        """
+        with self._lock:
+            thread = self._thread if self._pid == os.getpid() else None
+            if thread is None:
+                return True
+            self._thread = None
+        timeout = self.drain_timeout if timeout is None else timeout
+        with contextlib.suppress(queue.Full):  # still publishing: join waits as long
+            self._queue.put(_STOP, timeout=timeout)
+        thread.join(timeout)
+        if thread.is_alive():
+            log.warning(
+                "%d Stripe events were not published before the process exited; they are "
+                "stored as received and the sweep will enqueue them.", self.pending()
+            )  # fmt: skip
+            return False
+        return True
+
+    def _adopt_process(self) -> None:
+        """In a process forked from the one that started the thread, start afresh.
+
+        The child has a copy of the queue but not the thread; the parent publishes its
+        own ids (and an id the child inherited still waits in the parent, or in the
+        database for the sweep).
+        """
+        pid = os.getpid()
+        if pid != self._pid:
+            self._pid = pid
+            self._queue = queue.Queue(self.size)
+            self._thread = None
+
+    def _start(self) -> None:
+        thread = threading.Thread(target=self._run, name="partnerstack-publisher", daemon=True)
+        self._thread = thread
+        if not self._exit_hook:
+            # A weak reference: an app dropped by its owner (tests make many) takes its
+            # publisher with it; the hook then does nothing.
+            atexit.register(_close_at_exit, weakref.ref(self))
+            self._exit_hook = True
+        thread.start()
+
+    def _run(self) -> None:
+        work = self._queue
+        while True:
+            try:
+                first = work.get(timeout=self.idle)
+            except queue.Empty:
+                with self._lock:
+                    # Under the lock, so an id submitted now either is seen here or
+                    # starts a new thread.
+                    if work.empty() and self._thread is threading.current_thread():
+                        self._thread = None
+                        return
+                continue
+            taken, stop = [first], first is _STOP
+            deadline = time.monotonic() + self.linger
+            while not stop and len(taken) < self.batch:
+                try:
+                    item = work.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                taken.append(item)
+                stop = item is _STOP
+            try:
+                ids = [str(item) for item in taken if item is not _STOP]
+                if ids:
+                    self._publish(ids)
+            finally:
+                for _ in taken:
+                    work.task_done()
+            if stop:
+                return
+
+    def _publish(self, event_ids: list[str]) -> None:
+        try:
+            self.publish(event_ids)
+        except Exception as error:
+            # Committed as received: the sweep enqueues them once the broker is back.
+            log.warning(
+                "Could not enqueue Stripe events %s (%s: %s); they are stored as received "
+                "and the sweep will enqueue them.",
+                ", ".join(event_ids), type(error).__name__, error,
+            )  # fmt: skip
+
+
+def _close_at_exit(reference: weakref.ref[Publisher]) -> None:
+    publisher = reference()
+    if publisher is not None:
+        publisher.close()
