@@ -2,8 +2,9 @@
 the database, ours against the bare minimum.
 
 A round trip is a statement on the DBAPI cursor, or a BEGIN, COMMIT or ROLLBACK the driver
-sends (SQLAlchemy's engine events, and the pool's rollback-on-return). Counted once the
-app is warm, so a first connection's set-up queries are left out. A redelivery is counted
+sends: SQLAlchemy's engine events on PostgreSQL and SQLite; on MySQL/MariaDB every command
+PyMySQL sends (raw-cursor statements and the pool's rollback-on-return included). Counted
+once the app is warm, so a first connection's set-up queries are left out. A redelivery is counted
 twice: to the process that settled the event (ours remembers recent ids in memory) and
 to another one, which has only the database to ask.
 """
@@ -63,26 +64,45 @@ class Counter:
 
     def __init__(self) -> None:
         self.count = 0
+        self._pymysql: Any = None
 
     def watch(self, engine: sa.Engine) -> None:
-        # pymysql sends no BEGIN (MySQL opens a transaction with its first statement) but
-        # sends the pool's rollback-on-return even when no transaction is open; psycopg
-        # sends a BEGIN of its own and skips that rollback; pysqlite does as psycopg, in-process.
-        mysql = engine.dialect.name in ("mysql", "mariadb")
+        if engine.dialect.name in ("mysql", "mariadb"):
+            self._watch_pymysql()
+            return
+        # psycopg sends a BEGIN of its own and skips the pool's rollback-on-return when
+        # nothing is open; pysqlite does as psycopg, in-process.
         sa.event.listen(engine, "before_cursor_execute", self._one)
         sa.event.listen(engine, "commit", self._one)
         sa.event.listen(engine, "rollback", self._one)
-        if mysql:
-            sa.event.listen(engine, "reset", self._reset)
-        else:
-            sa.event.listen(engine, "begin", self._one)
+        sa.event.listen(engine, "begin", self._one)
+
+    def _watch_pymysql(self) -> None:
+        """PyMySQL: every command the driver sends (it sends no BEGIN), counted where it
+        sends it: statements on a raw cursor (the named locks' release, the isolation
+        level given back) and the pool's rollback-on-return included."""
+        if self._pymysql is not None:
+            return
+        import pymysql.connections
+
+        connection_class = pymysql.connections.Connection
+        original = connection_class._execute_command
+        self._pymysql = (connection_class, original)
+
+        def counting(connection: Any, command: int, sql: Any) -> Any:
+            self.count += 1
+            return original(connection, command, sql)
+
+        connection_class._execute_command = counting
+
+    def unwatch(self) -> None:
+        if self._pymysql is not None:
+            connection_class, original = self._pymysql
+            connection_class._execute_command = original
+            self._pymysql = None
 
     def _one(self, *args: Any) -> None:
         self.count += 1
-
-    def _reset(self, dbapi_connection: Any, record: Any, state: Any) -> None:
-        if not state.transaction_was_reset:  # the pool rolls back what was left open
-            self.count += 1
 
     def take(self) -> int:
         count, self.count = self.count, 0
@@ -143,6 +163,7 @@ def run(name: str, url: str) -> str:
     ]
     text = "\n".join(lines)
     print(text, flush=True)
+    counter.unwatch()
     for engine in engines:
         engine.dispose()
     return text
