@@ -53,6 +53,18 @@ def dialect_name(session: Session) -> str:
     return session.get_bind().dialect.name
 
 
+def autocommit_possible(session: Session) -> bool:
+    """Whether a one-statement unit may run in autocommit on ``session``: PostgreSQL, with
+    no transaction open, on a session bound to an engine (one bound to a connection, say a
+    test's that holds a transaction, must keep the transaction it was given)."""
+    bind = session.get_bind()
+    return (
+        isinstance(bind, sa.Engine)
+        and bind.dialect.name == "postgresql"
+        and not session.in_transaction()
+    )
+
+
 def is_mysql(session: Session | Connection) -> bool:
     """MySQL or MariaDB (SQLAlchemy's ``mysql`` dialect, also behind ``mariadb+...`` URLs)."""
     bind = session.get_bind() if isinstance(session, Session) else session

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
-from .database import UnitOfWork, cached_statement, dialect_name, is_mysql
+from .database import UnitOfWork, autocommit_possible, cached_statement, dialect_name, is_mysql
 from .models import Models, utcnow
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -138,7 +138,7 @@ def settle(
     now = utcnow()
     try:
         all_sent = all(error is None for _, error in results)
-        if all_sent and not session.in_transaction() and dialect_name(session) == "postgresql":
+        if all_sent and autocommit_possible(session):
             # The one UPDATE is the whole transaction: run it in autocommit, one round trip
             # instead of three (BEGIN, UPDATE, COMMIT), as durable. The session puts the
             # connection's level back when it hands it to the pool (psycopg: a flag on the

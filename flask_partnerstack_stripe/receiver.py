@@ -19,7 +19,13 @@ from sqlalchemy.orm import Session
 
 from . import outbox, signals
 from .config import Settings
-from .database import UnitOfWork, cached_statement, insert_on_conflict, won_id
+from .database import (
+    UnitOfWork,
+    autocommit_possible,
+    cached_statement,
+    insert_on_conflict,
+    won_id,
+)
 from .models import Models, account_scope, utcnow
 from .status import Status
 
@@ -318,7 +324,7 @@ class Receiver:
         answer does not wait for the broker; only the committed row has to exist first.
         """
         try:
-            if not session.in_transaction() and session.get_bind().dialect.name == "postgresql":
+            if autocommit_possible(session):
                 # The one statement is the whole transaction: run it in autocommit, one
                 # round trip instead of three (BEGIN, INSERT, COMMIT), equally durable.
                 # The session reverts the connection's level when it hands it back

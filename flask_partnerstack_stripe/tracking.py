@@ -12,6 +12,7 @@ from typing import Any, NoReturn
 from . import commissions, customers, locks, payments, signals
 from .accounts import uninstall
 from .customers import Party
+from .database import is_mysql
 from .invoices import invoice_of_charge
 from .payments import Facts, Payment
 from .readers import (
@@ -59,8 +60,10 @@ def customer_upserted(context: EventContext) -> None:
     models, session = context.models, context.session
     match_email = context.settings.match_email
     partner_key = partner_key_of(obj)
-    if party.customer_key and partner_key:
+    if party.customer_key and partner_key and not is_mysql(session):
         # Usually a new customer: inserted at once unless one is known (one statement).
+        # Not on MySQL/MariaDB: there an INSERT ... SELECT holds the table's AUTO-INC lock
+        # while it waits, and a duplicate key takes a next-key lock; find first there.
         created = customers.insert_customer(
             session,
             models,
@@ -315,16 +318,24 @@ def _recorded_first(context: EventContext, party: Party, first: payments.First) 
             match_email=context.settings.match_email, load=False,
         )  # fmt: skip
         if found is not None:
-            # Given its customer first: linking attaches orphans, which it is not.
             row = payments.give_customer(context.session, context.models, row, found.id)
+            # Its own signals first (transaction_recorded, then its commission); linking
+            # then attaches the other orphans and follows the customer's commissions.
+            _settled(context, first.change, row)
             if party.stripe_customer_id and not found.stripe_customer_id:
                 _link_stripe_id(context, party, found.id)
+            return
     _settled(context, first.change, row)
 
 
 def _link_stripe_id(context: EventContext, party: Party, customer_id: int) -> None:
-    """The customer was found by key or email: the payment tells us its Stripe id too."""
+    """The customer was found by key or email: the payment tells us its Stripe id too.
+
+    Under the customer locks, as a customer event links: a payment naming only that Stripe
+    id, recorded at this moment without a customer, then waits and finds it linked.
+    """
     session, models = context.session, context.models
+    locks.lock(session, *locks.party_lock_names(party))
     customer = session.get(models.Customer, customer_id)
     assert customer is not None, "found in this transaction, under its lock"
     customers.unlink_stripe_id(session, models, party, keep=customer)
