@@ -1,0 +1,127 @@
+"""Races between a customer being written and a payment that names it, held open on purpose.
+
+The server race tests start events together and check the end state; these hold one side
+open at the exact point that matters, so the other side must wait for it (DESIGN 3).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
+
+from flask_partnerstack_stripe import locks, signals, testing
+from flask_partnerstack_stripe.extension import get_state
+from flask_partnerstack_stripe.models import account_scope, utcnow
+
+
+def add_customer(connection: Any, models: Any, key: str, email: str) -> None:
+    connection.execute(
+        models.Customer.__table__.insert().values(
+            customer_key=key, email=email, partner_key="p1", account_scope=account_scope(None),
+            livemode=False, created_at=utcnow(), updated_at=utcnow(),
+        )
+    )  # fmt: skip
+
+
+def advisory_waiters(engine: sa.Engine) -> int:
+    with engine.connect() as probe:
+        return int(
+            probe.exec_driver_sql(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+            ).scalar()
+            or 0
+        )
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}])
+def test_a_payment_waiting_for_its_customer_signals_itself_before_its_commission(
+    app, database_url, rows, models
+):
+    """A signup (key, email, no Stripe id) is being written under the email's customer lock
+    while the customer's first charge arrives: the charge waits for it, ends attached, and
+    says transaction_recorded before its commission_created."""
+    seen: list[str] = []
+    for signal in (signals.transaction_recorded, signals.commission_created,
+                   signals.customer_updated):  # fmt: skip
+        signal.connect(lambda sender, _s=signal, **kw: seen.append(_s.name), sender=app,
+                       weak=False)  # fmt: skip
+    other = sa.create_engine(database_url, poolclass=NullPool)
+    try:
+        signup = other.connect()
+        held = signup.begin()
+        signup.exec_driver_sql(
+            "SELECT pg_advisory_xact_lock(%s)",
+            (locks._lock_key(f"{account_scope(None)}|False|email:a@x.com"),),
+        )
+        add_customer(signup, models, "u1", "a@x.com")
+        charge = testing.charge("ch_1", customer="cus_1", email="a@x.com")
+        codes: list[int] = []
+        posting = threading.Thread(target=lambda: codes.append(
+            testing.post_event(app.test_client(), testing.event("charge.succeeded", charge))
+            .status_code))  # fmt: skip
+        posting.start()
+        deadline = time.monotonic() + 20
+        while advisory_waiters(other) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert advisory_waiters(other) == 1, "the charge should wait for the signup's lock"
+        held.commit()
+        signup.close()
+        posting.join(30)
+    finally:
+        other.dispose()
+    assert codes == [200]
+    [customer] = rows(models.Customer)
+    [payment] = rows(models.Transaction)
+    assert (payment.customer_id, customer.stripe_customer_id) == (customer.id, "cus_1")
+    assert seen.index("transaction-recorded") < seen.index("commission-created"), seen
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
+def test_a_charge_naming_only_a_stripe_id_being_linked_waits_and_is_attached(
+    app, database_url, rows, models
+):
+    """Charge A finds a signup by email and links the Stripe id to it; before A commits,
+    charge B names only that Stripe id. B waits for A's customer locks and ends attached
+    (it used to be kept without a customer for good)."""
+    state = get_state(app)
+    other = sa.create_engine(database_url, poolclass=NullPool)
+    with other.begin() as connection:
+        add_customer(connection, models, "u2", "b@x.com")
+    other.dispose()
+    paused, release = threading.Event(), threading.Event()
+    event_a = testing.event("charge.succeeded", testing.charge("ch_A", customer="cus_2",
+                                                               email="b@x.com"))  # fmt: skip
+    event_b = testing.event("charge.succeeded", testing.charge("ch_B", customer="cus_2"))
+
+    @state.extension.handler("charge.succeeded")
+    def hold_a_open(event: dict[str, Any]) -> None:
+        if event["id"] == event_a["id"]:
+            paused.set()
+            release.wait(20)
+
+    codes: dict[str, int] = {}
+
+    def post(name: str, event: dict[str, Any]) -> None:
+        codes[name] = testing.post_event(app.test_client(), event).status_code
+
+    first = threading.Thread(target=post, args=("A", event_a))
+    first.start()
+    assert paused.wait(20), "A never reached the handler"
+    second = threading.Thread(target=post, args=("B", event_b))
+    second.start()
+    second.join(1.0)
+    b_waited = second.is_alive()
+    release.set()
+    first.join(30)
+    second.join(30)
+    assert codes == {"A": 200, "B": 200}
+    assert b_waited, "B should wait for A's customer locks"
+    [customer] = rows(models.Customer)
+    attached = {t.key: t.customer_id for t in rows(models.Transaction)}
+    assert attached == {"ch_A": customer.id, "ch_B": customer.id}
