@@ -60,19 +60,15 @@ def customer_upserted(context: EventContext) -> None:
     models, session = context.models, context.session
     match_email = context.settings.match_email
     partner_key = partner_key_of(obj)
+    new_customer = {
+        "partner_key": partner_key, "name": name_of(obj), "event_created": context.event["created"],
+    }  # fmt: skip
     if party.customer_key and partner_key and not is_mysql(session):
         # Usually a new customer: inserted at once unless one is known (one statement).
         # Not on MySQL/MariaDB: there an INSERT ... SELECT holds the table's AUTO-INC lock
         # while it waits, and a duplicate key takes a next-key lock; find first there.
         created = customers.insert_customer(
-            session,
-            models,
-            party,
-            partner_key=partner_key,
-            name=name_of(obj),
-            event_created=context.event["created"],
-            unless_email=match_email,
-            attach=match_email,
+            session, models, party, **new_customer, unless_email=match_email, attach=match_email
         )
         if created is not None:
             context.notify(signals.customer_created, customer=created.customer)
@@ -85,16 +81,9 @@ def customer_upserted(context: EventContext) -> None:
                 "The customer matches no known customer and its metadata has no "
                 "customer_key and partner_key to create one."
             )
-        # What kept the insert above out is gone (a customer.deleted freed the Stripe
-        # id meanwhile, say), or there was none to try.
-        customer, created_now = customers.create_customer(
-            session,
-            models,
-            party,
-            partner_key=partner_key,
-            name=name_of(obj),
-            event_created=context.event["created"],
-        )
+        # MySQL/MariaDB; or what kept the insert above out is gone (a customer.deleted
+        # freed the Stripe id meanwhile, say).
+        customer, created_now = customers.create_customer(session, models, party, **new_customer)
         if created_now:
             context.notify(signals.customer_created, customer=customer)
             _attach_orphans(context, customer)
