@@ -48,20 +48,6 @@ def celery_mode_app(url: str, queue: str) -> Flask:
     return app
 
 
-def latencies(client: Any, batch: list[tuple[bytes, dict[str, str]]]) -> tuple[float, float]:
-    """Requests per second and the p99 latency in milliseconds."""
-    times = []
-    start = time.perf_counter()
-    for body, headers in batch:
-        before = time.perf_counter()
-        response = client.post(OURS, data=body, headers=headers)
-        times.append(time.perf_counter() - before)
-        if response.status_code != 200:
-            raise RuntimeError(f"answered {response.status_code}: {response.data[:200]!r}")
-    total = time.perf_counter() - start
-    return len(batch) / total, statistics.quantiles(times, n=100)[98] * 1000
-
-
 def paced_p99(client: Any, batch: list[tuple[bytes, dict[str, str]]], rate: float) -> float:
     """The p99 latency in milliseconds of posts sent at ``rate`` ev/s (open loop).
 
@@ -99,7 +85,7 @@ def applied_rate(url: str, events: int, workers: int) -> float:
     app = celery_mode_app(url, queue)
     reset_tables(app)
     client = app.test_client()
-    latencies(client, Mix(prefix=f"applied-{queue}").batch(events))
+    posted(client, Mix(prefix=f"applied-{queue}").batch(events))
     app.extensions["partnerstack_stripe"].publisher.flush(60)  # all in the queue first
     env = {**os.environ, "BENCH_DATABASE_URL": url, "BENCH_QUEUE": queue, "PYTHONPATH": str(ROOT)}
     processes = [
@@ -171,8 +157,8 @@ def run(url: str, quick: bool, target: Callable[[str, bool, str], None]) -> None
     reset_tables(inline)  # one database: the same tables for both apps
     inline_client, client = inline.test_client(), queued.test_client()
     publisher = queued.extensions["partnerstack_stripe"].publisher
-    latencies(inline_client, Mix(prefix="inline-warm").batch(ROUND))  # both warm
-    latencies(client, Mix(prefix="queued-warm").batch(ROUND))
+    posted(inline_client, Mix(prefix="inline-warm").batch(ROUND))  # both warm
+    posted(client, Mix(prefix="queued-warm").batch(ROUND))
     publisher.flush(60)
     inline_batch = Mix(prefix="inline").batch(events)  # the same mix (same seed) for both
     queued_batch = Mix(prefix="queued").batch(events)

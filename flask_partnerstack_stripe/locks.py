@@ -35,7 +35,7 @@ def lock(session: Session, *names: str | None) -> bool:
         return True
     if dialect != "postgresql":
         return False
-    keys = sorted({_lock_key(name) for name in names if name})  # one order: no deadlocks
+    keys = _advisory_keys(names)
     if keys:
         # SELECT list items are evaluated in order, so the locks are taken in key order.
         locks = ", ".join(["pg_advisory_xact_lock(%s)"] * len(keys))
@@ -48,7 +48,11 @@ def advisory_keys(session: Session, *names: str | None) -> list[int] | None:
     None on other databases (for :func:`locking_null`)."""
     if session.get_bind().dialect.name != "postgresql":
         return None
-    return sorted({_lock_key(name) for name in names if name})
+    return _advisory_keys(names)
+
+
+def _advisory_keys(names: tuple[str | None, ...]) -> list[int]:
+    return sorted({_lock_key(name) for name in names if name})  # one order: no deadlocks
 
 
 def locking_null(count: int) -> Any:
