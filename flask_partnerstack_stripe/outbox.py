@@ -140,27 +140,14 @@ def settle(
         all_sent = all(error is None for _, error in results)
         if all_sent and autocommit_possible(session):
             # The one UPDATE is the whole transaction: run it in autocommit, one round trip
-            # instead of three (BEGIN, UPDATE, COMMIT), as durable. The session puts the
+            # instead of three (BEGIN, UPDATE, COMMIT). The session puts the
             # connection's level back when it hands it to the pool (psycopg: a flag on the
             # client, no round trip either way).
             session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         with unit_of_work(session):
             delivered = [delivery_id for delivery_id, error in results if error is None]
             if delivered:
-                table = SignalDelivery.__table__
-                statement = cached_statement(
-                    (table, "delivered"),
-                    lambda: (
-                        sa.update(table)
-                        .where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
-                        .values(
-                            status=DELIVERED,
-                            delivered_at=sa.bindparam("now"),
-                            attempts=table.c.attempts + 1,
-                            error=None,
-                        )
-                    ),
-                )
+                statement = _delivered_statement(session, SignalDelivery.__table__)
                 session.connection().execute(statement, {"ids": delivered, "now": now})
             for delivery_id, error in results:
                 if error is None:
@@ -179,6 +166,35 @@ def settle(
                     )  # fmt: skip
     except Exception:
         log.exception("Could not record how signal deliveries went; they stay pending")
+
+
+def _delivered_statement(session: Session, table: Any) -> Any:
+    """The ``UPDATE`` that marks deliveries delivered.
+
+    On PostgreSQL it also turns ``synchronous_commit`` off for its own transaction
+    (``set_config(..., true)``, in the statement: no round trip of its own). The data and
+    its outbox rows were committed durably already; a mark lost to a crash in the next
+    moment only sends that delivery again, with the same ``delivery_id``, which receivers
+    are told to expect. Waiting for a second WAL flush per event is not worth that.
+    """
+
+    def build() -> Any:
+        statement = (
+            sa.update(table)
+            .where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .values(
+                status=DELIVERED,
+                delivered_at=sa.bindparam("now"),
+                attempts=table.c.attempts + 1,
+                error=None,
+            )
+        )
+        if dialect_name(session) == "postgresql":
+            relaxed = sa.func.set_config("synchronous_commit", "off", sa.true())
+            statement = statement.where(relaxed.is_not(None))
+        return statement
+
+    return cached_statement((table, "delivered", dialect_name(session)), build)
 
 
 @dataclass

@@ -9,10 +9,13 @@ import textwrap
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from flask_partnerstack_stripe import signals, testing
+from flask_partnerstack_stripe.extension import get_state
 
-from .conftest import ROOT
+from .apphost import create_app
+from .conftest import ROOT, use_postgres
 
 DURABLE = {
     "PARTNERSTACK_STRIPE_DURABLE_SIGNALS": True,
@@ -214,3 +217,26 @@ def test_the_durable_signals_default_shows_in_the_apps_config(config, durable):
     app = create_app("sqlite://", **config)
     assert app.config["PARTNERSTACK_STRIPE_DURABLE_SIGNALS"] is durable
     assert app.extensions["partnerstack_stripe"].settings.durable_signals is durable
+
+
+def test_marking_deliveries_leaves_the_hosts_later_commits_durable():
+    """On PostgreSQL the mark 'delivered' skips its own WAL flush (a lost mark only re-sends,
+    with the same delivery_id). That holds for its own transaction only: the pooled
+    connection the host gets next still commits with ``synchronous_commit`` on."""
+    app = create_app(use_postgres(), SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1}, **DURABLE)
+    db = get_state(app).db
+    with app.app_context():
+        db.create_all()
+    try:
+        with testing.record_signals(signals.customer_created) as sent:
+            testing.post_event(app.test_client(), customer_created())
+        assert len(sent) == 1
+        with app.app_context():
+            status = get_state(app).models.SignalDelivery.status
+            assert db.session.scalars(sa.select(status)).all() == ["delivered"]
+            assert db.session.execute(sa.text("SHOW synchronous_commit")).scalar() == "on"
+            db.session.remove()
+    finally:
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()
