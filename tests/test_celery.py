@@ -125,10 +125,12 @@ class Worker:
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
+        # The test is over: a warm shutdown on RabbitMQ can take ten seconds to close its
+        # channel; what the worker had not acknowledged goes back to the queue either way.
         self.process.send_signal(signal.SIGTERM)
         try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:  # pragma: no cover
+            self.process.wait(timeout=3)
+        except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
 
@@ -384,12 +386,13 @@ class Slow(Outage):
             upstream.close()
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # about the broker
 def test_the_webhook_answers_before_the_broker_is_reached(
     database_url, queue, app, workers, rows, models, tmp_path
 ):
     """The message is published after the answer, by the app's publisher: a broker that
-    takes two seconds to answer does not hold up Stripe's request."""
-    slow = Slow(REDIS, delay=2.0)
+    takes a second for each answer does not hold up Stripe's request."""
+    slow = Slow(REDIS, delay=1.0)
     try:
         flask_app, _ = create_celery_app(
             database_url, broker_url("redis", slow.port), queue, **FAST
@@ -400,7 +403,7 @@ def test_the_webhook_answers_before_the_broker_is_reached(
             started = time.monotonic()
             answer = testing.post_event(client, customer_created(f"user-slow-{n}"))
             assert answer.json["status"] == "queued"
-            assert time.monotonic() - started < 1.5  # a loaded machine, not the broker
+            assert time.monotonic() - started < 0.8  # a loaded machine, not the broker
         wait_for(lambda: statuses(rows, models) == Counter(processed=5), what="the workers")
         assert len(rows(models.Customer)) == 5
         assert len(deliveries(tmp_path)) == 5  # each applied once
