@@ -20,7 +20,7 @@ from .notify import send_notifications
 from .publisher import Publisher
 from .receiver import Handlers, HostHandler, Receiver
 from .referral import referred_partner_key, remember_referral
-from .rules import BUILTIN_HANDLERS, LOOKUPS
+from .rules import BUILTIN_HANDLERS, CLAIM_LOCKS, LOOKUPS
 from .signup import record_signup, signup_details, signup_party
 from .values import ID_LENGTH, STRIPE_ID, argument
 
@@ -126,7 +126,9 @@ class PartnerStackStripe:
         unit_of_work = UnitOfWork(settings.sqlite_busy_timeout)
         # The receiver reads the extension's own handler mapping, so handlers
         # registered after init_app still count.
-        handlers = Handlers(builtin=BUILTIN_HANDLERS, host=self._handlers, lookups=LOOKUPS)
+        handlers = Handlers(
+            builtin=BUILTIN_HANDLERS, host=self._handlers, lookups=LOOKUPS, claim_locks=CLAIM_LOCKS
+        )
         receiver = Receiver(self._models, settings, unit_of_work, handlers, send_notifications)
         # Per app, and its thread starts only when a webhook first queues an event (in
         # celery mode), in the process that serves it: after a server's fork.

@@ -3,18 +3,19 @@ the values each rule reads, checked before the event is stored."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .checkout import check_session, checkout_completed
 from .invoices import look_up_invoice, may_look_up_invoice
 from .readers import charge_facts, check_charge, check_customer, check_invoice
-from .receiver import BuiltinHandler, Lookup
+from .receiver import BuiltinHandler, EventContext, Lookup
 from .refunds import check_dispute, check_refund, dispute_changed, refund_changed
 from .tracking import (
     account_deauthorized,
     charge_changed,
     customer_deleted,
+    customer_lock_names,
     customer_upserted,
     invoice_failed,
     invoice_paid,
@@ -82,6 +83,15 @@ LOOKUPS: dict[str, Lookup] = {
         ),
         INVOICE,
     ),
+}
+
+
+#: The locks a rule takes before anything else, which the event's claim can take with its
+#: own statement (PostgreSQL): a customer event's, always needed. A payment's rule locks
+#: only when its customer is unknown, so it keeps its own lock.
+CLAIM_LOCKS: dict[str, Callable[[EventContext], Sequence[str | None]]] = {
+    "customer.created": customer_lock_names,
+    "customer.updated": customer_lock_names,
 }
 
 

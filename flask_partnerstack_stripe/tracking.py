@@ -50,13 +50,21 @@ def transaction_source(context: EventContext) -> str:
 # --- customers -------------------------------------------------------------------------
 
 
+def customer_lock_names(context: EventContext) -> list[str | None]:
+    """The locks :func:`customer_upserted` begins with (the claim takes them on PostgreSQL)."""
+    obj = context.object
+    return locks.party_lock_names(party_of(context, obj, obj.get("id")))
+
+
 def customer_upserted(context: EventContext) -> None:
     """``customer.created`` / ``customer.updated``: create, match and sync the customer."""
     obj = context.object
     party = party_of(context, obj, obj.get("id"))
     if party.stripe_customer_id is None:
         raise Ignored("The customer object has no id.")
-    locks.lock(context.session, *locks.party_lock_names(party))
+    names = locks.party_lock_names(party)
+    if not context.holds(names):
+        locks.lock(context.session, *names)
     models, session = context.models, context.session
     match_email = context.settings.match_email
     partner_key = partner_key_of(obj)

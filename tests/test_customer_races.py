@@ -125,3 +125,42 @@ def test_a_charge_naming_only_a_stripe_id_being_linked_waits_and_is_attached(
     [customer] = rows(models.Customer)
     attached = {t.key: t.customer_id for t in rows(models.Transaction)}
     assert attached == {"ch_A": customer.id, "ch_B": customer.id}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
+def test_a_customer_event_waiting_for_a_signup_by_email_matches_it(app, database_url, rows, models):
+    """A signup (key u1, email c@x.com, no Stripe id) is being written under the email's
+    customer lock when Stripe's customer.created for that email arrives, with another key.
+    The event waits for the signup, then matches it by email: one customer, linked to its
+    Stripe id, never a second customer with the same email."""
+    other = sa.create_engine(database_url, poolclass=NullPool)
+    signup = other.connect()
+    try:
+        held = signup.begin()
+        email_lock = f"{account_scope(None)}|False|email:c@x.com"
+        if database_url.startswith("postgresql"):
+            signup.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(%s)", (locks._lock_key(email_lock),)
+            )
+        else:
+            signup.exec_driver_sql("SELECT GET_LOCK(%s, 30)", ("psk:" + locks._digest(email_lock),))
+        add_customer(signup, models, "u1", "c@x.com")
+        obj = testing.customer(
+            "cus_3", email="c@x.com", metadata={"customer_key": "k2", "partner_key": "p1"}
+        )
+        codes: list[int] = []
+        posting = threading.Thread(target=lambda: codes.append(
+            testing.post_event(app.test_client(), testing.event("customer.created", obj))
+            .status_code))  # fmt: skip
+        posting.start()
+        posting.join(1.0)
+        assert posting.is_alive(), "the customer event should wait for the signup's lock"
+        held.commit()
+        signup.close()  # MariaDB's named locks go with the connection
+        posting.join(30)
+    finally:
+        signup.close()  # a failed assertion rolls the signup back: nothing waits on it
+        other.dispose()
+    assert codes == [200]
+    [customer] = rows(models.Customer)
+    assert (customer.customer_key, customer.stripe_customer_id) == ("u1", "cus_3")
