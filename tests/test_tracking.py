@@ -180,6 +180,28 @@ def test_charge_finds_customer_by_metadata_key_and_by_email(client, rows, models
     assert owners == {"ch_k": keyed, "ch_b": mailed, "ch_r": mailed}
 
 
+def test_an_update_naming_the_stripe_id_links_the_customer_its_charge_found_by_key(
+    client, rows, models, state
+):
+    """A charge recorded under a customer found by its metadata key, with no Stripe
+    customer yet; its charge.updated names the Stripe customer: the customer is linked to
+    it (customer_updated), and a later charge naming only that Stripe id finds it."""
+    with client.application.app_context():
+        keyed = state.extension.create_customer("user-1", None, partner_key="p").id
+    metadata = {"customer_key": "user-1"}
+    deliver(client, "charge.succeeded", testing.charge("ch_1", metadata=metadata))
+    with testing.record_signals(signals.customer_updated) as sent:
+        deliver(
+            client, "charge.updated", testing.charge("ch_1", customer="cus_K", metadata=metadata)
+        )
+    assert [s.name for s in sent] == ["customer-updated"]
+    [customer] = rows(models.Customer)
+    assert (customer.id, customer.stripe_customer_id) == (keyed, "cus_K")
+    deliver(client, "charge.succeeded", testing.charge("ch_2", customer="cus_K"))
+    owners = {t.key: t.customer_id for t in rows(models.Transaction)}
+    assert owners == {"ch_1": keyed, "ch_2": keyed}
+
+
 def test_ecommerce_charge_creates_its_customer(client, rows, models):
     metadata = {"customer_key": "order-9", "partner_key": "p-shop", "product_key": "mug"}
     with testing.record_signals(signals.customer_created, signals.transaction_recorded) as sent:
