@@ -406,8 +406,20 @@ def _lock(
     Transaction = models.Transaction
     table, refund = Transaction.__table__, models.Refund.__table__
     joined = _dialect(session) != "postgresql"
+    party = payment.party
+    parameters: dict[str, Any] = {"scope": party.scope, "key": payment.key}
+    named = attached and party.stripe_customer_id is not None
+    if named:
+        parameters["stripe_id"] = party.stripe_customer_id
 
     def build() -> Any:
+        matches = sa.and_(
+            table.c.account_scope == sa.bindparam("scope"), table.c.key == sa.bindparam("key")
+        )
+        if attached:
+            matches = sa.and_(matches, table.c.customer_id.is_not(None))
+        if named:
+            matches = sa.and_(matches, table.c.stripe_customer_id == sa.bindparam("stripe_id"))
         if not joined:
             return sa.select(*table.columns).where(matches).with_for_update()
         refunds = table.outerjoin(
@@ -422,17 +434,6 @@ def _lock(
             .with_for_update()
         )
 
-    matches = sa.and_(
-        table.c.account_scope == sa.bindparam("scope"), table.c.key == sa.bindparam("key")
-    )
-    party = payment.party
-    parameters: dict[str, Any] = {"scope": party.scope, "key": payment.key}
-    named = attached and party.stripe_customer_id is not None
-    if attached:
-        matches = sa.and_(matches, table.c.customer_id.is_not(None))
-    if named:
-        matches = sa.and_(matches, table.c.stripe_customer_id == sa.bindparam("stripe_id"))
-        parameters["stripe_id"] = party.stripe_customer_id
     statement = cached_statement((table, "settle-lock", joined, attached, named), build)
     found = session.connection().execute(statement, parameters)
     rows = found.all()
