@@ -22,7 +22,6 @@ from .database import (
     insert_loading,
     insert_on_conflict,
     loaded,
-    update_returning,
 )
 from .models import Models, account_scope, utcnow
 
@@ -369,18 +368,44 @@ def _attach_statement(
 def _attach_mysql(
     session: Session, models: Models, table: Any, customer: Any, values: dict[str, Any]
 ) -> list[Any]:
-    """:func:`attach_transactions` on MySQL/MariaDB, which has no ``UPDATE ... RETURNING``."""
-    Transaction = models.Transaction
-    in_scope = table.c.account_scope == customer.account_scope
-    named = [sa.and_(table.c[name] == value, in_scope) for name, value in values.items()]
-    rows = update_returning(
-        session,
-        table,
-        sa.and_(
-            sa.or_(*named), table.c.customer_id.is_(None), table.c.livemode == customer.livemode
+    """:func:`attach_orphans` on MySQL/MariaDB, which has no ``UPDATE ... RETURNING``: the
+    orphans are read and locked (``SELECT ... FOR UPDATE``), then updated by id."""
+    columns = tuple(values)
+
+    def build_search() -> Any:
+        in_scope = table.c.account_scope == sa.bindparam("b_scope")
+        named = [sa.and_(table.c[name] == sa.bindparam(f"b_{name}"), in_scope) for name in columns]
+        return (
+            sa.select(table.c.id, table.c.deleted_at)
+            .where(
+                sa.or_(*named),
+                table.c.customer_id.is_(None),
+                table.c.livemode == sa.bindparam("b_livemode"),
+            )
+            .with_for_update()
+        )
+
+    connection = session.connection()
+    search = cached_statement((table, "attach", "mysql", columns), build_search)
+    rows = connection.execute(
+        search,
+        {
+            **{f"b_{name}": value for name, value in values.items()},
+            "b_scope": customer.account_scope,
+            "b_livemode": customer.livemode,
+        },
+    ).all()
+    if not rows:
+        return []  # usually: one statement then
+    give = cached_statement(
+        (table, "attach by id", "mysql"),
+        lambda: (
+            sa.update(table)
+            .where(table.c.id.in_(sa.bindparam("b_ids", expanding=True)))
+            .values(customer_id=sa.bindparam("b_customer_id"), updated_at=sa.bindparam("b_now"))
         ),
-        {"customer_id": customer.id, "updated_at": utcnow()},
-        table.c.deleted_at,
     )
+    ids = [row.id for row in rows]
+    connection.execute(give, {"b_ids": ids, "b_customer_id": customer.id, "b_now": utcnow()})
     attached = [row.id for row in rows if row.deleted_at is None]
-    return _load_transactions(session, Transaction, attached)
+    return _load_transactions(session, models.Transaction, attached)

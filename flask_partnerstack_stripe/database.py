@@ -319,25 +319,6 @@ def column_keys(model: Any) -> list[str]:
     return keys
 
 
-def update_returning(
-    session: Session, table: Any, where: Any, values: dict[str, Any], *columns: Any
-) -> list[Any]:
-    """``UPDATE table SET values WHERE where RETURNING columns`` on every database.
-
-    MySQL has no ``UPDATE ... RETURNING`` (nor MariaDB before 11.x): the rows are read
-    and locked first (``SELECT ... FOR UPDATE``), then updated by id.
-    """
-    if session.get_bind().dialect.update_returning:
-        return list(
-            session.execute(sa.update(table).where(where).values(values).returning(*columns))
-        )
-    rows = list(session.execute(sa.select(table.c.id, *columns).where(where).with_for_update()))
-    if rows:
-        ids = [row.id for row in rows]
-        session.execute(sa.update(table).where(table.c.id.in_(ids)).values(values))
-    return rows
-
-
 def delete_returning(session: Session, table: Any, where: Any, *columns: Any) -> list[Any]:
     """``DELETE FROM table WHERE where RETURNING columns`` on every database.
 
