@@ -147,8 +147,11 @@ def settle(
         with unit_of_work(session):
             delivered = [delivery_id for delivery_id, error in results if error is None]
             if delivered:
-                statement = _delivered_statement(session, SignalDelivery.__table__)
-                session.connection().execute(statement, {"ids": delivered, "now": now})
+                # Usually one: "id = :id" then, not an IN list expanded at every execution.
+                one = len(delivered) == 1
+                statement = _delivered_statement(session, SignalDelivery.__table__, one=one)
+                ids = delivered[0] if one else delivered
+                session.connection().execute(statement, {"ids": ids, "now": now})
             for delivery_id, error in results:
                 if error is None:
                     continue
@@ -168,8 +171,8 @@ def settle(
         log.exception("Could not record how signal deliveries went; they stay pending")
 
 
-def _delivered_statement(session: Session, table: Any) -> Any:
-    """The ``UPDATE`` that marks deliveries delivered.
+def _delivered_statement(session: Session, table: Any, *, one: bool) -> Any:
+    """The ``UPDATE`` that marks deliveries delivered: the ``ids`` (``one``: the id).
 
     On PostgreSQL it also turns ``synchronous_commit`` off for its own transaction
     (``set_config(..., true)``, in the statement: no round trip of its own). The data and
@@ -181,7 +184,11 @@ def _delivered_statement(session: Session, table: Any) -> Any:
     def build() -> Any:
         statement = (
             sa.update(table)
-            .where(table.c.id.in_(sa.bindparam("ids", expanding=True)))
+            .where(
+                table.c.id == sa.bindparam("ids")
+                if one
+                else table.c.id.in_(sa.bindparam("ids", expanding=True))
+            )
             .values(
                 status=DELIVERED,
                 delivered_at=sa.bindparam("now"),
@@ -194,7 +201,7 @@ def _delivered_statement(session: Session, table: Any) -> Any:
             statement = statement.where(relaxed.is_not(None))
         return statement
 
-    return cached_statement((table, "delivered", dialect_name(session)), build)
+    return cached_statement((table, "delivered", dialect_name(session), one), build)
 
 
 @dataclass
