@@ -138,7 +138,8 @@ def settle(
     now = utcnow()
     try:
         all_sent = all(error is None for _, error in results)
-        if all_sent and autocommit_possible(session):
+        alone = all_sent and autocommit_possible(session)
+        if alone:
             # The one UPDATE is the whole transaction: run it in autocommit, one round trip
             # instead of three (BEGIN, UPDATE, COMMIT). The session puts the
             # connection's level back when it hands it to the pool (psycopg: a flag on the
@@ -149,7 +150,8 @@ def settle(
             if delivered:
                 # Usually one: "id = :id" then, not an IN list expanded at every execution.
                 one = len(delivered) == 1
-                statement = _delivered_statement(session, SignalDelivery.__table__, one=one)
+                table = SignalDelivery.__table__
+                statement = _delivered_statement(session, table, one=one, relaxed=alone)
                 ids = delivered[0] if one else delivered
                 session.connection().execute(statement, {"ids": ids, "now": now})
             for delivery_id, error in results:
@@ -171,14 +173,16 @@ def settle(
         log.exception("Could not record how signal deliveries went; they stay pending")
 
 
-def _delivered_statement(session: Session, table: Any, *, one: bool) -> Any:
+def _delivered_statement(session: Session, table: Any, *, one: bool, relaxed: bool) -> Any:
     """The ``UPDATE`` that marks deliveries delivered: the ``ids`` (``one``: the id).
 
-    On PostgreSQL it also turns ``synchronous_commit`` off for its own transaction
-    (``set_config(..., true)``, in the statement: no round trip of its own). The data and
-    its outbox rows were committed durably already; a mark lost to a crash in the next
-    moment only sends that delivery again, with the same ``delivery_id``, which receivers
-    are told to expect. Waiting for a second WAL flush per event is not worth that.
+    ``relaxed`` (PostgreSQL, the statement alone in its transaction): it also turns
+    ``synchronous_commit`` off for that transaction (``set_config(..., true)``, in the
+    statement: no round trip of its own). The data and its outbox rows were committed
+    durably already; a mark lost to a crash in the next moment only sends that delivery
+    again, with the same ``delivery_id``, which receivers are told to expect. Waiting for
+    a second WAL flush per event is not worth that. Not when the session holds other
+    writes (a receiver's, say): those commit with this, and keep their durability.
     """
 
     def build() -> Any:
@@ -196,12 +200,12 @@ def _delivered_statement(session: Session, table: Any, *, one: bool) -> Any:
                 error=None,
             )
         )
-        if dialect_name(session) == "postgresql":
-            relaxed = sa.func.set_config("synchronous_commit", "off", sa.true())
-            statement = statement.where(relaxed.is_not(None))
+        if relaxed:
+            unflushed = sa.func.set_config("synchronous_commit", "off", sa.true())
+            statement = statement.where(unflushed.is_not(None))
         return statement
 
-    return cached_statement((table, "delivered", dialect_name(session), one), build)
+    return cached_statement((table, "delivered", dialect_name(session), one, relaxed), build)
 
 
 @dataclass

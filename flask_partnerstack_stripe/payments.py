@@ -365,13 +365,24 @@ class Locked:
 
 
 def settle_attached(
-    session: Session, models: Models, payment: Payment, facts: Facts, *, prorate: bool
+    session: Session,
+    models: Models,
+    payment: Payment,
+    facts: Facts,
+    *,
+    prorate: bool,
+    payer: dict[str, str],
 ) -> tuple[str | None, Any] | None:
-    """:func:`settle_payment` for a payment already recorded with its customer, without
-    looking the customer up: ``(change, row)``, or None (nothing locked, nothing written)
-    when the payment is not recorded, has no customer yet, or was recorded under another
-    Stripe customer id than ``payment`` names. Those need the look-up, and the customer
-    locks it may take come before the payment's lock.
+    """:func:`settle_payment` for a payment already recorded with its customer, when the
+    look-up would change nothing: ``(change, row)``, or None (nothing locked, nothing
+    written) otherwise, and the caller looks the customer up first, as before.
+
+    The look-up changes nothing when the payment has its customer and the customer
+    ``payer`` names (:func:`customers.payer_routes`) is known and, if the payment names
+    a Stripe customer id, has one: then there is no customer to give and no Stripe id to
+    link. The locking read checks that in its own condition (:func:`customers.payer_cte`),
+    so a payment that needs the look-up is not locked: the customer locks the look-up may
+    take come before the payment's lock.
 
     For an update, a refund or a dispute of a charge that names its customer: the usual
     case, and a round trip less than looking the customer up first.
@@ -383,19 +394,21 @@ def settle_attached(
     """
     if _dialect(session) in MYSQL:
         return None
-    locked = _lock(session, models, payment, attached=True)
+    locked = _lock(session, models, payment, payer=payer)
     if locked is None:
         return None
     return _update(session, models, payment, None, facts, utcnow(), locked, prorate)
 
 
 def _lock(
-    session: Session, models: Models, payment: Payment, *, attached: bool = False
+    session: Session, models: Models, payment: Payment, *, payer: dict[str, str] | None = None
 ) -> Locked | None:
     """Lock the payment's transaction and read it; None when it has none yet (nothing is
-    locked then). ``attached``: only if it has its customer, under the Stripe customer id
-    the payment names (if it names one); else None, and nothing is locked either (a row
-    is locked only if it matches, and those columns only ever go from NULL to a value).
+    locked then). ``payer``: only when :func:`settle_attached` may skip the look-up; else
+    None, and nothing is locked either. (On PostgreSQL a row that changed while the
+    statement waited for it is checked again; its customer columns only go from NULL to
+    a value, unless the host deletes a customer meanwhile, a cycle PostgreSQL's deadlock
+    detector would break, answering 500 for nothing committed.)
 
     SQLite and MySQL/MariaDB read its refunds in the same statement. PostgreSQL cannot:
     a statement that waited for the lock sees the locked row as the other transaction
@@ -408,18 +421,20 @@ def _lock(
     joined = _dialect(session) != "postgresql"
     party = payment.party
     parameters: dict[str, Any] = {"scope": party.scope, "key": payment.key}
-    named = attached and party.stripe_customer_id is not None
-    if named:
-        parameters["stripe_id"] = party.stripe_customer_id
+    names = tuple(payer) if payer is not None else None
+    if payer is not None:
+        parameters.update(payer, livemode=party.livemode)
 
     def build() -> Any:
         matches = sa.and_(
             table.c.account_scope == sa.bindparam("scope"), table.c.key == sa.bindparam("key")
         )
-        if attached:
-            matches = sa.and_(matches, table.c.customer_id.is_not(None))
-        if named:
-            matches = sa.and_(matches, table.c.stripe_customer_id == sa.bindparam("stripe_id"))
+        if names is not None:
+            found = payer_cte(models, names)
+            settled = sa.exists().select_from(found)
+            if "stripe_customer_id" in names:
+                settled = settled.where(found.c.stripe_customer_id.is_not(None))
+            matches = sa.and_(matches, table.c.customer_id.is_not(None), settled)
         if not joined:
             return sa.select(*table.columns).where(matches).with_for_update()
         refunds = table.outerjoin(
@@ -434,7 +449,7 @@ def _lock(
             .with_for_update()
         )
 
-    statement = cached_statement((table, "settle-lock", joined, attached, named), build)
+    statement = cached_statement((table, "settle-lock", joined, names), build)
     found = session.connection().execute(statement, parameters)
     rows = found.all()
     if not rows:

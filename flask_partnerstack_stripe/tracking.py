@@ -284,9 +284,12 @@ def settle(
             return _recorded_first(context, party, first)
         expect_known = True  # recorded already: lock it first
     elif payer and expect_known and not may_create:
-        # Usually an update or a refund of a payment recorded with its customer: no
-        # look-up then. Otherwise nothing is locked yet, and the look-up below comes first.
-        settled = payments.settle_attached(session, models, payment, facts, prorate=prorate)
+        # Usually an update or a refund of a payment recorded with its customer, which
+        # the look-up would not change: none then. Otherwise nothing is locked yet, and
+        # the look-up below comes first.
+        settled = payments.settle_attached(
+            session, models, payment, facts, prorate=prorate, payer=payer
+        )
         if settled is not None:
             return _settled(context, *settled)
 

@@ -240,3 +240,41 @@ def test_marking_deliveries_leaves_the_hosts_later_commits_durable():
         with app.app_context():
             db.drop_all()
             db.engine.dispose()
+
+
+def test_a_receivers_uncommitted_write_commits_durably_with_the_mark():
+    """A receiver that writes through db.session and leaves the commit to whoever commits
+    next has it committed with the mark 'delivered': then with ``synchronous_commit`` on,
+    the mark relaxed only when it is alone in its transaction. (Found in review.)"""
+    app = create_app(use_postgres(), SQLALCHEMY_ENGINE_OPTIONS={"pool_size": 1}, **DURABLE)
+    db = get_state(app).db
+    with app.app_context():
+        db.create_all()
+        with db.engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE host_log (note text)")
+        engine = db.engine
+    seen: list[tuple[str, int]] = []
+
+    def on_commit(connection: Any) -> None:
+        cursor = connection.connection.driver_connection.cursor()
+        cursor.execute(
+            "SELECT current_setting('synchronous_commit'), (SELECT count(*) FROM host_log)"
+        )
+        seen.append(tuple(cursor.fetchone()))
+
+    def receiver(sender: Any, customer: Any, **extra: Any) -> None:
+        db.session.execute(sa.text("INSERT INTO host_log VALUES ('welcome mail queued')"))
+
+    sa.event.listen(engine, "commit", on_commit)
+    try:
+        with signals.customer_created.connected_to(receiver, sender=app):
+            testing.post_event(app.test_client(), customer_created())
+    finally:
+        sa.event.remove(engine, "commit", on_commit)
+        with app.app_context():
+            db.session.remove()
+            with db.engine.begin() as connection:
+                connection.exec_driver_sql("DROP TABLE host_log")
+            db.drop_all()
+            db.engine.dispose()
+    assert [setting for setting, count in seen if count == 1][:1] == ["on"], seen

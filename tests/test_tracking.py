@@ -202,6 +202,34 @@ def test_an_update_naming_the_stripe_id_links_the_customer_its_charge_found_by_k
     assert owners == {"ch_1": keyed, "ch_2": keyed}
 
 
+@pytest.mark.parametrize("by", ["key", "email"])
+def test_an_update_links_the_customer_a_signup_attached_its_orphan_to(
+    client, rows, models, state, by
+):
+    """A first charge names cus_K before its customer is known; the signup attaches it
+    (by key or email) without the Stripe id. Its update naming cus_K links the customer
+    (customer_updated), so that a renewal naming only cus_K finds it. (Found in review:
+    an update of an attached payment had skipped the look-up, and the link with it.)"""
+    names: dict[str, Any] = (
+        {"metadata": {"customer_key": "user-1"}} if by == "key" else {"email": "a@x.io"}
+    )
+    deliver(client, "charge.succeeded", testing.charge("ch_1", customer="cus_K", **names))
+    with client.application.app_context():
+        email = "a@x.io" if by == "email" else None
+        keyed = state.extension.create_customer("user-1", email, partner_key="p").id
+    assert rows(models.Transaction)[0].customer_id == keyed
+    with testing.record_signals(signals.customer_updated) as sent:
+        deliver(client, "charge.updated", testing.charge("ch_1", customer="cus_K", **names))
+    [customer] = rows(models.Customer)
+    deliver(client, "charge.succeeded", testing.charge("ch_2", customer="cus_K"))
+    owners = {t.key: t.customer_id for t in rows(models.Transaction)}
+    assert (customer.stripe_customer_id, [s.name for s in sent], owners) == (
+        "cus_K",
+        ["customer-updated"],
+        {"ch_1": keyed, "ch_2": keyed},
+    )
+
+
 def test_ecommerce_charge_creates_its_customer(client, rows, models):
     metadata = {"customer_key": "order-9", "partner_key": "p-shop", "product_key": "mug"}
     with testing.record_signals(signals.customer_created, signals.transaction_recorded) as sent:
