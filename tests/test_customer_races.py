@@ -32,7 +32,11 @@ def advisory_waiters(engine: sa.Engine) -> int:
     with engine.connect() as probe:
         return int(
             probe.exec_driver_sql(
+                # This test's database only: advisory locks are the whole server's, and
+                # another test session may be waiting on one of its own at this moment.
                 "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                " AND database = (SELECT oid FROM pg_database"
+                " WHERE datname = current_database())"
             ).scalar()
             or 0
         )
@@ -52,8 +56,8 @@ def test_a_payment_waiting_for_its_customer_signals_itself_before_its_commission
         signal.connect(lambda sender, _s=signal, **kw: seen.append(_s.name), sender=app,
                        weak=False)  # fmt: skip
     other = sa.create_engine(database_url, poolclass=NullPool)
+    signup = other.connect()
     try:
-        signup = other.connect()
         held = signup.begin()
         signup.exec_driver_sql(
             "SELECT pg_advisory_xact_lock(%s)",
@@ -74,6 +78,7 @@ def test_a_payment_waiting_for_its_customer_signals_itself_before_its_commission
         signup.close()
         posting.join(30)
     finally:
+        signup.close()  # a failed assertion rolls the signup back: nothing waits on it
         other.dispose()
     assert codes == [200]
     [customer] = rows(models.Customer)
