@@ -293,32 +293,30 @@ def attach_orphans(
     """Give ``customer`` the transactions recorded before it was known; the standing ones."""
     Transaction = models.Transaction
     table = Transaction.__table__
-    connection = session.connection()
     values = _attach_names(
         customer.stripe_customer_id, customer.customer_key, customer.email, match_email
     )
+    columns = tuple(values)
+    parameters = {
+        **{f"b_{name}": value for name, value in values.items()},
+        "b_scope": customer.account_scope,
+        "b_livemode": customer.livemode,
+        "b_customer_id": customer.id,
+        "b_now": utcnow(),
+    }
     # Each way of naming must read its own index. PostgreSQL combines the indexes of an
     # OR (a bitmap OR); SQLite's planner would pick the customer_id index for an OR in an
     # UPDATE, so there the ids come from a UNION ALL of one indexed search per name.
     # Core, returning ids: usually there is nothing to attach, and that should cost little.
     dialect = dialect_name(session)
     if dialect in MYSQL:
-        return _attach_mysql(session, models, table, customer, values)
-    columns = tuple(values)
-    statement = cached_statement(
-        (table, "attach", dialect, columns),
-        functools.partial(_attach_statement, table, columns, union=dialect == "sqlite"),
-    )
-    rows = connection.execute(
-        statement,
-        {
-            **{f"b_{name}": value for name, value in values.items()},
-            "b_scope": customer.account_scope,
-            "b_livemode": customer.livemode,
-            "b_customer_id": customer.id,
-            "b_now": utcnow(),
-        },
-    )
+        rows = _attach_mysql(session, table, columns, parameters)
+    else:
+        statement = cached_statement(
+            (table, "attach", dialect, columns),
+            functools.partial(_attach_statement, table, columns, union=dialect == "sqlite"),
+        )
+        rows = list(session.connection().execute(statement, parameters))
     attached = [row.id for row in rows if row.deleted_at is None]
     return _load_transactions(session, Transaction, attached)
 
@@ -337,6 +335,21 @@ def _load_transactions(session: Session, Transaction: Any, ids: list[int]) -> li
     )
 
 
+def _orphans(
+    table: Any, columns: tuple[str, ...], *, union: bool, scope: Any, livemode: Any
+) -> Any:
+    """The transactions without a customer that ``columns`` name (``b_<column>``
+    parameters), in ``scope`` and ``livemode``."""
+    in_scope = table.c.account_scope == scope
+    named = [sa.and_(table.c[name] == sa.bindparam(f"b_{name}"), in_scope) for name in columns]
+    if union:
+        searches = [sa.select(table.c.id).where(condition) for condition in named]
+        matching: Any = table.c.id.in_(sa.union_all(*searches))
+    else:
+        matching = sa.or_(*named)
+    return sa.and_(matching, table.c.customer_id.is_(None), table.c.livemode == livemode)
+
+
 def _attach_statement(
     table: Any, columns: tuple[str, ...], *, union: bool, customer: Any = None
 ) -> Any:
@@ -350,62 +363,38 @@ def _attach_statement(
         customer_id = sa.bindparam("b_customer_id")
     else:  # UPDATE ... FROM the CTE: no row there (nothing inserted), nothing updated
         scope, livemode, customer_id = customer.c.account_scope, customer.c.livemode, customer.c.id
-    in_scope = table.c.account_scope == scope
-    named = [sa.and_(table.c[name] == sa.bindparam(f"b_{name}"), in_scope) for name in columns]
-    if union:
-        searches = [sa.select(table.c.id).where(condition) for condition in named]
-        matching: Any = table.c.id.in_(sa.union_all(*searches))
-    else:
-        matching = sa.or_(*named)
     return (
         sa.update(table)
-        .where(matching, table.c.customer_id.is_(None), table.c.livemode == livemode)
+        .where(_orphans(table, columns, union=union, scope=scope, livemode=livemode))
         .values(customer_id=customer_id, updated_at=sa.bindparam("b_now"))
         .returning(table.c.id, table.c.deleted_at)
     )
 
 
 def _attach_mysql(
-    session: Session, models: Models, table: Any, customer: Any, values: dict[str, Any]
+    session: Session, table: Any, columns: tuple[str, ...], parameters: dict[str, Any]
 ) -> list[Any]:
-    """:func:`attach_orphans` on MySQL/MariaDB, which has no ``UPDATE ... RETURNING``: the
-    orphans are read and locked (``SELECT ... FOR UPDATE``), then updated by id."""
-    columns = tuple(values)
+    """:func:`attach_orphans`' ``UPDATE`` on MySQL/MariaDB, which has no ``UPDATE ...
+    RETURNING``: the orphans are read and locked (``SELECT ... FOR UPDATE``), then updated
+    by id. Their ``(id, deleted_at)`` rows."""
 
     def build_search() -> Any:
-        in_scope = table.c.account_scope == sa.bindparam("b_scope")
-        named = [sa.and_(table.c[name] == sa.bindparam(f"b_{name}"), in_scope) for name in columns]
-        return (
-            sa.select(table.c.id, table.c.deleted_at)
-            .where(
-                sa.or_(*named),
-                table.c.customer_id.is_(None),
-                table.c.livemode == sa.bindparam("b_livemode"),
-            )
-            .with_for_update()
-        )
+        scope: Any = sa.bindparam("b_scope")
+        livemode: Any = sa.bindparam("b_livemode")
+        orphans = _orphans(table, columns, union=False, scope=scope, livemode=livemode)
+        return sa.select(table.c.id, table.c.deleted_at).where(orphans).with_for_update()
 
     connection = session.connection()
     search = cached_statement((table, "attach", "mysql", columns), build_search)
-    rows = connection.execute(
-        search,
-        {
-            **{f"b_{name}": value for name, value in values.items()},
-            "b_scope": customer.account_scope,
-            "b_livemode": customer.livemode,
-        },
-    ).all()
-    if not rows:
-        return []  # usually: one statement then
-    give = cached_statement(
-        (table, "attach by id", "mysql"),
-        lambda: (
-            sa.update(table)
-            .where(table.c.id.in_(sa.bindparam("b_ids", expanding=True)))
-            .values(customer_id=sa.bindparam("b_customer_id"), updated_at=sa.bindparam("b_now"))
-        ),
-    )
-    ids = [row.id for row in rows]
-    connection.execute(give, {"b_ids": ids, "b_customer_id": customer.id, "b_now": utcnow()})
-    attached = [row.id for row in rows if row.deleted_at is None]
-    return _load_transactions(session, models.Transaction, attached)
+    rows = list(connection.execute(search, parameters))
+    if rows:  # usually none: one statement then
+        give = cached_statement(
+            (table, "attach by id", "mysql"),
+            lambda: (
+                sa.update(table)
+                .where(table.c.id.in_(sa.bindparam("b_ids", expanding=True)))
+                .values(customer_id=sa.bindparam("b_customer_id"), updated_at=sa.bindparam("b_now"))
+            ),
+        )
+        connection.execute(give, {**parameters, "b_ids": [row.id for row in rows]})
+    return rows
