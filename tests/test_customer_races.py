@@ -6,8 +6,10 @@ open at the exact point that matters, so the other side must wait for it (DESIGN
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +28,47 @@ def add_customer(connection: Any, models: Any, key: str, email: str) -> None:
             livemode=False, created_at=utcnow(), updated_at=utcnow(),
         )
     )  # fmt: skip
+
+
+@contextlib.contextmanager
+def signup_in_progress(
+    database_url: str, models: Any, key: str, email: str
+) -> Iterator[tuple[sa.Engine, Callable[[], None]]]:
+    """A signup (``key``, ``email``, no Stripe id) being written under the email's customer
+    lock, on a connection of its own. Yields an engine on the database and ``finish``,
+    which commits the signup and lets its locks go (MariaDB's named locks go with the
+    connection). If the block raises first, the signup is rolled back: nothing waits."""
+    other = sa.create_engine(database_url, poolclass=NullPool)
+    signup = other.connect()
+    try:
+        held = signup.begin()
+        email_lock = f"{account_scope(None)}|False|email:{email}"
+        if database_url.startswith("postgresql"):
+            signup.exec_driver_sql(
+                "SELECT pg_advisory_xact_lock(%s)", (locks._lock_key(email_lock),)
+            )
+        else:
+            signup.exec_driver_sql("SELECT GET_LOCK(%s, 30)", ("psk:" + locks._digest(email_lock),))
+        add_customer(signup, models, key, email)
+
+        def finish() -> None:
+            held.commit()
+            signup.close()
+
+        yield other, finish
+    finally:
+        signup.close()
+        other.dispose()
+
+
+def post_in_background(app: Any, event: dict[str, Any]) -> tuple[threading.Thread, list[int]]:
+    """A thread posting ``event`` (started), and the list its status code goes to."""
+    codes: list[int] = []
+    posting = threading.Thread(
+        target=lambda: codes.append(testing.post_event(app.test_client(), event).status_code)
+    )
+    posting.start()
+    return posting, codes
 
 
 def advisory_waiters(engine: sa.Engine) -> int:
@@ -55,31 +98,15 @@ def test_a_payment_waiting_for_its_customer_signals_itself_before_its_commission
                    signals.customer_updated):  # fmt: skip
         signal.connect(lambda sender, _s=signal, **kw: seen.append(_s.name), sender=app,
                        weak=False)  # fmt: skip
-    other = sa.create_engine(database_url, poolclass=NullPool)
-    signup = other.connect()
-    try:
-        held = signup.begin()
-        signup.exec_driver_sql(
-            "SELECT pg_advisory_xact_lock(%s)",
-            (locks._lock_key(f"{account_scope(None)}|False|email:a@x.com"),),
-        )
-        add_customer(signup, models, "u1", "a@x.com")
-        charge = testing.charge("ch_1", customer="cus_1", email="a@x.com")
-        codes: list[int] = []
-        posting = threading.Thread(target=lambda: codes.append(
-            testing.post_event(app.test_client(), testing.event("charge.succeeded", charge))
-            .status_code))  # fmt: skip
-        posting.start()
+    charge = testing.charge("ch_1", customer="cus_1", email="a@x.com")
+    with signup_in_progress(database_url, models, "u1", "a@x.com") as (other, finish):
+        posting, codes = post_in_background(app, testing.event("charge.succeeded", charge))
         deadline = time.monotonic() + 20
         while advisory_waiters(other) == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
         assert advisory_waiters(other) == 1, "the charge should wait for the signup's lock"
-        held.commit()
-        signup.close()
-        posting.join(30)
-    finally:
-        signup.close()  # a failed assertion rolls the signup back: nothing waits on it
-        other.dispose()
+        finish()
+    posting.join(30)
     assert codes == [200]
     [customer] = rows(models.Customer)
     [payment] = rows(models.Transaction)
@@ -138,34 +165,15 @@ def test_a_customer_event_waiting_for_a_signup_by_email_matches_it(app, database
     customer lock when Stripe's customer.created for that email arrives, with another key.
     The event waits for the signup, then matches it by email: one customer, linked to its
     Stripe id, never a second customer with the same email."""
-    other = sa.create_engine(database_url, poolclass=NullPool)
-    signup = other.connect()
-    try:
-        held = signup.begin()
-        email_lock = f"{account_scope(None)}|False|email:c@x.com"
-        if database_url.startswith("postgresql"):
-            signup.exec_driver_sql(
-                "SELECT pg_advisory_xact_lock(%s)", (locks._lock_key(email_lock),)
-            )
-        else:
-            signup.exec_driver_sql("SELECT GET_LOCK(%s, 30)", ("psk:" + locks._digest(email_lock),))
-        add_customer(signup, models, "u1", "c@x.com")
-        obj = testing.customer(
-            "cus_3", email="c@x.com", metadata={"customer_key": "k2", "partner_key": "p1"}
-        )
-        codes: list[int] = []
-        posting = threading.Thread(target=lambda: codes.append(
-            testing.post_event(app.test_client(), testing.event("customer.created", obj))
-            .status_code))  # fmt: skip
-        posting.start()
+    obj = testing.customer(
+        "cus_3", email="c@x.com", metadata={"customer_key": "k2", "partner_key": "p1"}
+    )
+    with signup_in_progress(database_url, models, "u1", "c@x.com") as (_, finish):
+        posting, codes = post_in_background(app, testing.event("customer.created", obj))
         posting.join(1.0)
         assert posting.is_alive(), "the customer event should wait for the signup's lock"
-        held.commit()
-        signup.close()  # MariaDB's named locks go with the connection
-        posting.join(30)
-    finally:
-        signup.close()  # a failed assertion rolls the signup back: nothing waits on it
-        other.dispose()
+        finish()
+    posting.join(30)
     assert codes == [200]
     [customer] = rows(models.Customer)
     assert (customer.customer_key, customer.stripe_customer_id) == ("u1", "cus_3")
