@@ -17,7 +17,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.orm import Session, make_transient_to_detached
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import Pool, StaticPool
 from sqlalchemy.sql import visitors
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -524,10 +524,8 @@ def _begin_read_committed(session: Session) -> Connection:
         connection = session.connection()
         _read_committed(connection)
         return connection
-    pool = bind.engine.pool
-    if not sa.event.contains(pool, "checkout", _restore_level):
-        # First, so that a host's own checkout listeners see the host's level.
-        sa.event.listen(pool, "checkout", _restore_level, insert=True)
+    # First, so that a host's own checkout listeners see the host's level.
+    listen_once(bind.engine.pool, "checkout", _restore_level, insert=True)
     with _checking_out_as_ours() as checked_out:
         connection = session.connection()
     if not checked_out:
@@ -546,6 +544,19 @@ def _begin_read_committed(session: Session) -> Connection:
         )
         record.info[_SESSION_READ_COMMITTED] = True
     return connection
+
+
+def listen_once(pool: Pool, identifier: str, listener: Any, *, insert: bool = False) -> None:
+    """Make ``listener`` listen for ``identifier`` on ``pool``, unless it already does.
+
+    Asks the pool's own listeners. ``sa.event.contains`` would answer from a registry
+    keyed by the ``id()`` of the pool first listened on, and a pool that
+    ``engine.dispose()`` recreates inherits that key: once the first pool is freed,
+    a new engine's pool allocated at its address passes for one that listens, and never
+    gets the listener (seen in CI: a new app's MariaDB pool without it).
+    """
+    if listener not in getattr(pool.dispatch, identifier):
+        sa.event.listen(pool, identifier, listener, insert=insert)
 
 
 @contextmanager

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .customers import Party
-from .database import MYSQL
+from .database import MYSQL, listen_once
 
 #: How long a MySQL transaction waits for another naming the same customer (seconds).
 MYSQL_LOCK_TIMEOUT = 30
@@ -72,8 +72,7 @@ def _mysql_lock(session: Session, names: tuple[str | None, ...]) -> None:
         return
     connection = session.connection()
     engine = connection.engine
-    if not sa.event.contains(engine.pool, "checkin", _release_named_locks):
-        sa.event.listen(engine.pool, "checkin", _release_named_locks)
+    listen_once(engine.pool, "checkin", _release_named_locks)
     record = connection.connection._connection_record
     if record is not None:
         record.info[_HELD] = True

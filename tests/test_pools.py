@@ -251,3 +251,22 @@ def test_create_customer_inside_a_handler_joins_the_event(app, client, rows, mod
     [customer] = rows(models.Customer)
     assert customer.partner_key == "partner-cs"
     assert [s.signal for s in sent] == [signals.event_processed, signals.customer_created]
+
+
+def test_a_new_pool_where_a_disposed_one_was_gets_our_listeners() -> None:
+    # Our pool listeners (the MariaDB level restore, the named locks' release) are added
+    # once per pool. A pool recreated by engine.dispose() keeps its predecessor's
+    # listeners, and SQLAlchemy's registry the predecessor's id(): a new engine's pool
+    # allocated where the predecessor was must still get them (CI once saw it go without).
+    from flask_partnerstack_stripe.database import listen_once
+
+    def released(dbapi_connection: Any, record: Any) -> None:
+        pass
+
+    survivors = []
+    for _ in range(20):
+        pool = QueuePool(sqlite3.connect)
+        listen_once(pool, "checkin", released)
+        assert released in pool.dispatch.checkin
+        survivors.append(pool.recreate())  # what engine.dispose() does; it lives on
+        del pool  # CPython hands its address to the next pool of the same size
