@@ -23,6 +23,7 @@ from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
 from . import signals
+from .customers import Partner
 from .database import (
     cached_statement,
     column_keys,
@@ -51,17 +52,27 @@ def status_of(commission: Any) -> str:
 
 
 def earned(
-    session: Session, models: Models, rules: Sequence[Rule], transaction: Any
+    session: Session,
+    models: Models,
+    rules: Sequence[Rule],
+    transaction: Any,
+    partner: Partner | None = None,
 ) -> tuple[int, str | None]:
-    """``(amount, partner_key)``: what ``transaction`` earns now, and its customer's partner."""
+    """``(amount, partner_key)``: what ``transaction`` earns now, and its customer's partner
+    (read here unless ``partner`` gives it)."""
     if transaction.customer_id is None:
         return 0, None
-    table = models.Customer.__table__
-    statement = cached_statement(
-        (table, "partner"),
-        lambda: sa.select(table.c.partner_key).where(table.c.id == sa.bindparam("id")),
-    )
-    partner_key = session.connection().execute(statement, {"id": transaction.customer_id}).scalar()
+    if partner is not None:
+        partner_key = partner.key
+    else:
+        table = models.Customer.__table__
+        statement = cached_statement(
+            (table, "partner"),
+            lambda: sa.select(table.c.partner_key).where(table.c.id == sa.bindparam("id")),
+        )
+        partner_key = (
+            session.connection().execute(statement, {"id": transaction.customer_id}).scalar()
+        )
     if transaction.deleted_at is not None or not partner_key:
         return 0, partner_key
     months_in = 0
@@ -91,12 +102,19 @@ def follow_payment(
     transaction: Any,
     *,
     event: dict[str, Any] | None = None,
+    partner: Partner | None = None,
+    expect_known: bool = False,
 ) -> Notifications:
     """Bring ``transaction``'s commission in line with it; the signals to send after commit.
 
     Created when the payment stands, its customer is known and has a partner, and a
     rule pays something; lowered or raised with the payment's amount; reversed (amount
     0) when it is deleted or earns nothing; restored when it stands again.
+
+    ``expect_known``: the payment was updated, so its commission usually exists: it is
+    locked first, and created only if there is none (either order gives the same
+    result; this one is a round trip less when the guess is right). ``partner``: its
+    customer's partner, when the caller read it already (:func:`earned`).
 
     Read and written with Core statements built once; the ORM instance the signals
     carry is made from the row (``database.loaded``), as for transactions.
@@ -105,9 +123,22 @@ def follow_payment(
         return []
     Commission = models.Commission
     table = Commission.__table__
-    target, partner_key = earned(session, models, rules, transaction)
+    target, partner_key = earned(session, models, rules, transaction, partner)
     now = utcnow()
-    if target > 0:
+    lock = cached_statement(
+        (table, "lock"),
+        lambda: (
+            sa.select(*table.columns)
+            .where(table.c.transaction_id == sa.bindparam("transaction_id"))
+            .with_for_update()
+        ),
+    )
+
+    def locked() -> Any:
+        return session.connection().execute(lock, {"transaction_id": transaction.id}).first()
+
+    found = locked() if expect_known else None
+    if found is None and target > 0:
         # The new row comes back whole; only an existing one needs reading (and locking).
         created = insert_loading(
             session,
@@ -129,15 +160,9 @@ def follow_payment(
         if created is not None:
             kwargs = {"commission": created, "transaction": transaction, "event": event}
             return [(signals.commission_created, kwargs)]
-    lock = cached_statement(
-        (table, "lock"),
-        lambda: (
-            sa.select(*table.columns)
-            .where(table.c.transaction_id == sa.bindparam("transaction_id"))
-            .with_for_update()
-        ),
-    )
-    found = session.connection().execute(lock, {"transaction_id": transaction.id}).first()
+        found = locked()  # the insert conflicted: it exists after all
+    elif found is None and not expect_known:
+        found = locked()
     if found is None:
         return []
     keys = column_keys(Commission)
@@ -215,12 +240,21 @@ def _notify(context: EventContext, notifications: Notifications) -> None:
         context.notify(signal, **{k: v for k, v in kwargs.items() if k != "event"})
 
 
-def follow(context: EventContext, transaction: Any) -> None:
+def follow(
+    context: EventContext,
+    transaction: Any,
+    *,
+    partner: Partner | None = None,
+    expect_known: bool = False,
+) -> None:
     """:func:`follow_payment` inside a webhook event: its signals go out after the commit."""
     _notify(
         context,
-        follow_payment(context.session, context.models, context.settings.rewards, transaction),
-    )
+        follow_payment(
+            context.session, context.models, context.settings.rewards, transaction,
+            partner=partner, expect_known=expect_known,
+        ),
+    )  # fmt: skip
 
 
 def follow_customer_in(context: EventContext, customer: Any) -> None:

@@ -279,7 +279,10 @@ def settle(
     payer = customers.payer_routes(party, match_email=context.settings.match_email)
     if payer and not (expect_known or may_create) and payments.records_first(session):
         # Usually a known customer's new payment: one INSERT finds its customer too.
-        first = payments.record_first(session, models, payment, facts, prorate=prorate, payer=payer)
+        first = payments.record_first(
+            session, models, payment, facts,
+            prorate=prorate, payer=payer, with_partner=bool(context.settings.rewards),
+        )  # fmt: skip
         if first is not None:
             return _recorded_first(context, party, first)
         expect_known = True  # recorded already: lock it first
@@ -331,7 +334,7 @@ def _recorded_first(context: EventContext, party: Party, first: payments.First) 
             if party.stripe_customer_id and not found.stripe_customer_id:
                 _link_stripe_id(context, party, found.id)
             return
-    _settled(context, first.change, row)
+    _settled(context, first.change, row, first.partner)
 
 
 def _link_stripe_id(context: EventContext, party: Party, customer_id: int) -> None:
@@ -351,8 +354,11 @@ def _link_stripe_id(context: EventContext, party: Party, customer_id: int) -> No
     _attach_orphans(context, customer)
 
 
-def _settled(context: EventContext, change: str | None, row: Any) -> None:
-    """Send the signal a payment's change calls for; its commission follows it."""
+def _settled(
+    context: EventContext, change: str | None, row: Any, partner: customers.Partner | None = None
+) -> None:
+    """Send the signal a payment's change calls for; its commission follows it (which,
+    once the payment was recorded, usually exists: locked first then)."""
     if change == payments.RECORDED:
         context.notify(signals.transaction_recorded, transaction=row)
     elif change == payments.UPDATED:
@@ -360,7 +366,8 @@ def _settled(context: EventContext, change: str | None, row: Any) -> None:
     elif change == payments.DELETED:
         context.notify(signals.transaction_deleted, transaction=row)
     if change is not None:
-        commissions.follow(context, row)
+        expect_known = change != payments.RECORDED
+        commissions.follow(context, row, partner=partner, expect_known=expect_known)
 
 
 def _find_payer(context: EventContext, party: Party) -> Any:

@@ -153,6 +153,20 @@ def test_no_rule_no_commission(client, rows, models):
     assert rows(models.Commission) == []
 
 
+@pytest.mark.parametrize(
+    "app_config", [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 10, "product_key": "pro"}]}]
+)
+def test_an_update_that_makes_a_payment_earn_creates_its_commission(client, rows, models):
+    # An update usually finds its payment's commission (it is looked for first); this one
+    # has none yet: the product came with the update.
+    customer(client, 1)
+    pay(client, 1, "ch_later_pro", 1000)
+    assert owed(rows, models, "ch_later_pro") is None
+    pro = {"product_key": "pro"}
+    post(client, "charge.updated", testing.charge("ch_later_pro", customer="cus_1", metadata=pro))
+    assert owed(rows, models, "ch_later_pro") == (100, "usd", "pending")
+
+
 @pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": "12.5"}]}])
 def test_percentages_round_half_even_in_minor_units(client, rows, models):
     customer(client, 1)
