@@ -107,7 +107,7 @@ def checkout_completed(context: EventContext) -> None:
         )
         if created:
             context.notify(signals.customer_created, customer=customer)
-            _attach_orphans(context, customer)
+            _attach_orphans(context, customer, created=True)
             return None
     if typed and (
         party.stripe_customer_id is None or customer.stripe_customer_id != party.stripe_customer_id

@@ -207,12 +207,26 @@ _COMMISSION_FIELDS = (
 
 
 def follow_customer(
-    session: Session, models: Models, rules: Sequence[Rule], customer: Any
+    session: Session,
+    models: Models,
+    rules: Sequence[Rule],
+    customer: Any,
+    new_with: Sequence[Any] | None = None,
 ) -> Notifications:
     """Give commissions to ``customer``'s standing payments that have none: its orphans
-    just attached, or all of them when it has just got its partner. Usually none."""
+    just attached, or all of them when it has just got its partner. Usually none.
+
+    ``new_with``: the customer was created in this transaction and was given these
+    standing payments (its orphans, locked by the attaching): they are all it has, so
+    they are followed without looking for others.
+    """
     if not rules or not customer.partner_key:
         return []
+    if new_with is not None:
+        notifications: Notifications = []
+        for transaction in sorted(new_with, key=lambda each: each.id):  # the lock order
+            notifications += follow_payment(session, models, rules, transaction)
+        return notifications
     Transaction, Commission = models.Transaction, models.Commission
     table = Transaction.__table__
     without = cached_statement(
@@ -228,7 +242,7 @@ def follow_customer(
             .with_for_update()
         ),
     )
-    notifications: Notifications = []
+    notifications = []
     for row in session.connection().execute(without, {"customer_id": customer.id}).all():
         transaction = loaded(session, Transaction, row)
         notifications += follow_payment(session, models, rules, transaction)
@@ -257,12 +271,12 @@ def follow(
     )  # fmt: skip
 
 
-def follow_customer_in(context: EventContext, customer: Any) -> None:
+def follow_customer_in(
+    context: EventContext, customer: Any, new_with: Sequence[Any] | None = None
+) -> None:
     """:func:`follow_customer` inside a webhook event."""
-    _notify(
-        context,
-        follow_customer(context.session, context.models, context.settings.rewards, customer),
-    )
+    rewards = context.settings.rewards
+    _notify(context, follow_customer(context.session, context.models, rewards, customer, new_with))
 
 
 def approve(

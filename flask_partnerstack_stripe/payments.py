@@ -306,13 +306,14 @@ def _partner_of_row(session: Session, models: Models, table: Any) -> Any:
     """``(SELECT partner_key FROM customers AS partner_of WHERE partner_of.id =
     transactions.customer_id)``, for the ``RETURNING`` of an insert into ``table``.
 
-    The row's column is named by text: SQLAlchemy would otherwise add ``table`` to the
-    subquery's FROM (it does not correlate a subquery of ``RETURNING``), and the subquery
-    would read every transaction instead of the row just inserted.
+    The row's column is named by text: SQLAlchemy does not correlate a subquery of
+    ``RETURNING``, and would add ``table`` to its FROM (every transaction, not the row).
     """
     customer = models.Customer.__table__.alias("partner_of")
     quote = session.get_bind().dialect.identifier_preparer
-    row_customer = sa.literal_column(f"{quote.format_table(table)}.{quote.quote('customer_id')}")
+    row_customer: Any = sa.literal_column(
+        f"{quote.format_table(table)}.{quote.quote('customer_id')}"
+    )
     return sa.select(customer.c.partner_key).where(customer.c.id == row_customer).scalar_subquery()
 
 

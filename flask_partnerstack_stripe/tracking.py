@@ -80,7 +80,7 @@ def customer_upserted(context: EventContext) -> None:
         )
         if created is not None:
             context.notify(signals.customer_created, customer=created.customer)
-            _attach_orphans(context, created.customer, created.attached)
+            _attach_orphans(context, created.customer, created.attached, created=True)
             return None
     customer = customers.find_customer(session, models, party, match_email=match_email)
     if customer is None:
@@ -94,7 +94,7 @@ def customer_upserted(context: EventContext) -> None:
         customer, created_now = customers.create_customer(session, models, party, **new_customer)
         if created_now:
             context.notify(signals.customer_created, customer=customer)
-            _attach_orphans(context, customer)
+            _attach_orphans(context, customer, created=True)
             return None
 
     if _sync_customer(context, customer, party, obj, partner_key):
@@ -133,8 +133,14 @@ def _sync_customer(
     return changed
 
 
-def _attach_orphans(context: EventContext, customer: Any, attached: Any = None) -> None:
-    """Give ``customer`` its orphans (unless ``attached`` says which it was given already)."""
+def _attach_orphans(
+    context: EventContext, customer: Any, attached: Any = None, *, created: bool = False
+) -> None:
+    """Give ``customer`` its orphans (unless ``attached`` says which it was given already).
+
+    ``created``: the customer is new in this transaction, so those orphans are all its
+    payments.
+    """
     if attached is None:
         attached = customers.attach_orphans(
             context.session, context.models, customer, match_email=context.settings.match_email
@@ -142,7 +148,7 @@ def _attach_orphans(context: EventContext, customer: Any, attached: Any = None) 
     for transaction in attached:
         context.notify(signals.transaction_updated, transaction=transaction)
     # Its payments' commissions: the orphans just attached, or all if it just got a partner.
-    commissions.follow_customer_in(context, customer)
+    commissions.follow_customer_in(context, customer, attached if created else None)
 
 
 def customer_deleted(context: EventContext) -> None:
@@ -306,7 +312,7 @@ def settle(
         customer_id = customer.id
         if created:
             context.notify(signals.customer_created, customer=customer)
-            _attach_orphans(context, customer)
+            _attach_orphans(context, customer, created=True)
     elif found is not None and party.stripe_customer_id and not found.stripe_customer_id:
         _link_stripe_id(context, party, found.id)
 
