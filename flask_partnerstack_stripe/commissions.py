@@ -23,7 +23,6 @@ from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
 from . import signals
-from .customers import Partner
 from .database import (
     cached_statement,
     column_keys,
@@ -52,27 +51,22 @@ def status_of(commission: Any) -> str:
 
 
 def earned(
-    session: Session,
-    models: Models,
-    rules: Sequence[Rule],
-    transaction: Any,
-    partner: Partner | None = None,
+    session: Session, models: Models, rules: Sequence[Rule], transaction: Any
 ) -> tuple[int, str | None]:
-    """``(amount, partner_key)``: what ``transaction`` earns now, and its customer's partner
-    (read here unless ``partner`` gives it)."""
+    """``(amount, partner_key)``: what ``transaction`` earns now, and its customer's partner.
+
+    The partner is read by a statement of its own, after the payment's row was written:
+    on PostgreSQL that row's foreign key check may have waited for a transaction giving
+    the customer its partner, and only a new statement sees what that one committed.
+    """
     if transaction.customer_id is None:
         return 0, None
-    if partner is not None:
-        partner_key = partner.key
-    else:
-        table = models.Customer.__table__
-        statement = cached_statement(
-            (table, "partner"),
-            lambda: sa.select(table.c.partner_key).where(table.c.id == sa.bindparam("id")),
-        )
-        partner_key = (
-            session.connection().execute(statement, {"id": transaction.customer_id}).scalar()
-        )
+    table = models.Customer.__table__
+    statement = cached_statement(
+        (table, "partner"),
+        lambda: sa.select(table.c.partner_key).where(table.c.id == sa.bindparam("id")),
+    )
+    partner_key = session.connection().execute(statement, {"id": transaction.customer_id}).scalar()
     if transaction.deleted_at is not None or not partner_key:
         return 0, partner_key
     months_in = 0
@@ -102,7 +96,6 @@ def follow_payment(
     transaction: Any,
     *,
     event: dict[str, Any] | None = None,
-    partner: Partner | None = None,
     expect_known: bool = False,
 ) -> Notifications:
     """Bring ``transaction``'s commission in line with it; the signals to send after commit.
@@ -113,8 +106,7 @@ def follow_payment(
 
     ``expect_known``: the payment was updated, so its commission usually exists: it is
     locked first, and created only if there is none (either order gives the same
-    result; this one is a round trip less when the guess is right). ``partner``: its
-    customer's partner, when the caller read it already (:func:`earned`).
+    result; this one is a round trip less when the guess is right).
 
     Read and written with Core statements built once; the ORM instance the signals
     carry is made from the row (``database.loaded``), as for transactions.
@@ -123,7 +115,7 @@ def follow_payment(
         return []
     Commission = models.Commission
     table = Commission.__table__
-    target, partner_key = earned(session, models, rules, transaction, partner)
+    target, partner_key = earned(session, models, rules, transaction)
     now = utcnow()
     lock = cached_statement(
         (table, "lock"),
@@ -254,21 +246,13 @@ def _notify(context: EventContext, notifications: Notifications) -> None:
         context.notify(signal, **{k: v for k, v in kwargs.items() if k != "event"})
 
 
-def follow(
-    context: EventContext,
-    transaction: Any,
-    *,
-    partner: Partner | None = None,
-    expect_known: bool = False,
-) -> None:
+def follow(context: EventContext, transaction: Any, *, expect_known: bool = False) -> None:
     """:func:`follow_payment` inside a webhook event: its signals go out after the commit."""
-    _notify(
-        context,
-        follow_payment(
-            context.session, context.models, context.settings.rewards, transaction,
-            partner=partner, expect_known=expect_known,
-        ),
-    )  # fmt: skip
+    rewards = context.settings.rewards
+    notifications = follow_payment(
+        context.session, context.models, rewards, transaction, expect_known=expect_known
+    )
+    _notify(context, notifications)
 
 
 def follow_customer_in(

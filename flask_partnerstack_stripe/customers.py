@@ -93,14 +93,6 @@ def _find_statement(table: Any, names: tuple[str, ...], load: bool) -> Any:
     return sa.select(*selected).where(sa.or_(*matches)).order_by(rank, table.c.id).limit(1)
 
 
-@dataclass(frozen=True)
-class Partner:
-    """A customer's partner, read by the statement that recorded one of its payments
-    (``key`` None: the customer has none), so that its commission need not read it."""
-
-    key: str | None
-
-
 def payer_routes(party: Party, *, match_email: bool) -> dict[str, str]:
     """The ways ``party`` names its customer, best first, as :func:`find_customer` reads them
     (the values of its ``customer_key``, ``stripe_customer_id`` and ``email`` parameters)."""

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import locks
-from .customers import Partner, Party, payer_cte
+from .customers import Party, payer_cte
 from .database import (
     MYSQL,
     cached_statement,
@@ -215,8 +215,6 @@ class First:
     row: Any
     #: Nobody was known and the customer locks were taken (PostgreSQL): look again.
     locked: bool
-    #: The customer's partner, read by the same statement (``with_partner``), if found.
-    partner: Partner | None = None
 
 
 def records_first(session: Session) -> bool:
@@ -232,7 +230,6 @@ def record_first(
     *,
     prorate: bool,
     payer: dict[str, str],
-    with_partner: bool = False,
 ) -> First | None:
     """Record a payment seen for the first time with its customer, in one statement.
 
@@ -249,9 +246,6 @@ def record_first(
     None when nothing was inserted: the payment is recorded already, or its customer
     needs the payment's Stripe id first (both: :func:`settle_payment`). Not on
     MySQL/MariaDB (:func:`records_first`), which cannot return the row.
-
-    ``with_partner``: it also returns the customer's partner (for its commission, one
-    read less), read at the statement's start as the look-up is.
     """
     dialect = _dialect(session)
     Transaction = models.Transaction
@@ -274,17 +268,12 @@ def record_first(
         else:
             row = row.where(sa.true())  # SQLite: an upsert's SELECT needs a WHERE
         columns = [*fields, "customer_id"]
-        statement = insert_on_conflict(
+        return insert_on_conflict(
             session, table, row, columns=columns, keys=[table.c.account_scope, table.c.key],
             whole_row=True,
         )  # fmt: skip
-        if with_partner:
-            statement = statement.returning(_partner_of_row(session, models, table))
-        return statement
 
-    statement = cached_statement(
-        (table, "record-first", dialect, names, len(keys or ()), with_partner), build
-    )
+    statement = cached_statement((table, "record-first", dialect, names, len(keys or ())), build)
     now = utcnow()
     new = _first_standing(facts, prorate)
     values = _insert_values(payment, None, facts, new, now)
@@ -293,28 +282,11 @@ def record_first(
     found = session.connection().execute(statement, values).first()
     if found is None:
         return None
-    width = len(table.columns)
-    row = loaded(session, Transaction, found[1 : 1 + width])
+    row = loaded(session, Transaction, found[1:])
     for refund in facts.refunds:
         _record_refund(session, models, payment, refund, facts.seen_at, now)
     locked = bool(keys) and row.customer_id is None
-    partner = Partner(found[-1]) if with_partner and row.customer_id is not None else None
-    return First(RECORDED if new.stands else None, row, locked, partner)
-
-
-def _partner_of_row(session: Session, models: Models, table: Any) -> Any:
-    """``(SELECT partner_key FROM customers AS partner_of WHERE partner_of.id =
-    transactions.customer_id)``, for the ``RETURNING`` of an insert into ``table``.
-
-    The row's column is named by text: SQLAlchemy does not correlate a subquery of
-    ``RETURNING``, and would add ``table`` to its FROM (every transaction, not the row).
-    """
-    customer = models.Customer.__table__.alias("partner_of")
-    quote = session.get_bind().dialect.identifier_preparer
-    row_customer: Any = sa.literal_column(
-        f"{quote.format_table(table)}.{quote.quote('customer_id')}"
-    )
-    return sa.select(customer.c.partner_key).where(customer.c.id == row_customer).scalar_subquery()
+    return First(RECORDED if new.stands else None, row, locked)
 
 
 def give_customer(session: Session, models: Models, row: Any, customer_id: int) -> Any:

@@ -285,10 +285,7 @@ def settle(
     payer = customers.payer_routes(party, match_email=context.settings.match_email)
     if payer and not (expect_known or may_create) and payments.records_first(session):
         # Usually a known customer's new payment: one INSERT finds its customer too.
-        first = payments.record_first(
-            session, models, payment, facts,
-            prorate=prorate, payer=payer, with_partner=bool(context.settings.rewards),
-        )  # fmt: skip
+        first = payments.record_first(session, models, payment, facts, prorate=prorate, payer=payer)
         if first is not None:
             return _recorded_first(context, party, first)
         expect_known = True  # recorded already: lock it first
@@ -340,7 +337,7 @@ def _recorded_first(context: EventContext, party: Party, first: payments.First) 
             if party.stripe_customer_id and not found.stripe_customer_id:
                 _link_stripe_id(context, party, found.id)
             return
-    _settled(context, first.change, row, first.partner)
+    _settled(context, first.change, row)
 
 
 def _link_stripe_id(context: EventContext, party: Party, customer_id: int) -> None:
@@ -360,9 +357,7 @@ def _link_stripe_id(context: EventContext, party: Party, customer_id: int) -> No
     _attach_orphans(context, customer)
 
 
-def _settled(
-    context: EventContext, change: str | None, row: Any, partner: customers.Partner | None = None
-) -> None:
+def _settled(context: EventContext, change: str | None, row: Any) -> None:
     """Send the signal a payment's change calls for; its commission follows it (which,
     once the payment was recorded, usually exists: locked first then)."""
     if change == payments.RECORDED:
@@ -373,7 +368,7 @@ def _settled(
         context.notify(signals.transaction_deleted, transaction=row)
     if change is not None:
         expect_known = change != payments.RECORDED
-        commissions.follow(context, row, partner=partner, expect_known=expect_known)
+        commissions.follow(context, row, expect_known=expect_known)
 
 
 def _find_payer(context: EventContext, party: Party) -> Any:

@@ -21,10 +21,12 @@ from flask_partnerstack_stripe.extension import get_state
 from flask_partnerstack_stripe.models import account_scope, utcnow
 
 
-def add_customer(connection: Any, models: Any, key: str, email: str) -> None:
+def add_customer(
+    connection: Any, models: Any, key: str, email: str, partner: str | None = "p1"
+) -> None:
     connection.execute(
         models.Customer.__table__.insert().values(
-            customer_key=key, email=email, partner_key="p1", account_scope=account_scope(None),
+            customer_key=key, email=email, partner_key=partner, account_scope=account_scope(None),
             livemode=False, created_at=utcnow(), updated_at=utcnow(),
         )
     )  # fmt: skip
@@ -177,3 +179,67 @@ def test_a_customer_event_waiting_for_a_signup_by_email_matches_it(app, database
     assert codes == [200]
     [customer] = rows(models.Customer)
     assert (customer.customer_key, customer.stripe_customer_id) == ("u1", "cus_3")
+
+
+def lock_waiters(engine: sa.Engine) -> int:
+    """Sessions of this test's database waiting for any lock (another test session's
+    waiters are not ours)."""
+    with engine.connect() as probe:
+        return int(
+            probe.exec_driver_sql(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE NOT l.granted AND a.datname = current_database()"
+            ).scalar()
+            or 0
+        )
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}])
+def test_a_payment_recorded_while_its_customer_gets_its_partner_earns_its_commission(
+    app, database_url, rows, models
+):
+    # A signup (no partner, no Stripe id) gets both from a customer.created held open after
+    # its rule; meanwhile a charge names the customer by key, and its row's foreign key
+    # check waits for the customer's row lock. The customer event's commission pass ran
+    # before the payment was visible: the charge alone can give it its commission, so it
+    # must read the partner after that wait. (Found by review: a version that read the
+    # partner in the payment's own INSERT, as of its start, earned nothing here.)
+    state = get_state(app)
+    other = sa.create_engine(database_url, poolclass=NullPool)
+    with other.begin() as connection:
+        add_customer(connection, models, "u1", "a@x.com", partner=None)
+    paused, release = threading.Event(), threading.Event()
+    metadata = {"customer_key": "u1", "partner_key": "p1"}
+    created = testing.event(
+        "customer.created", testing.customer("cus_1", email="a@x.com", metadata=metadata)
+    )
+    charge = testing.event(
+        "charge.succeeded", testing.charge("ch_B", amount=1000, metadata={"customer_key": "u1"})
+    )
+
+    @state.extension.handler("customer.created")
+    def hold_open(event: dict[str, Any]) -> None:
+        paused.set()
+        release.wait(20)
+
+    first, first_status = post_in_background(app, created)
+    try:
+        assert paused.wait(20), "the customer event never reached its handler"
+        second, second_status = post_in_background(app, charge)
+        deadline = time.monotonic() + 10
+        while lock_waiters(other) == 0 and time.monotonic() < deadline and second.is_alive():
+            time.sleep(0.05)
+        waited = second.is_alive()
+    finally:
+        release.set()
+        first.join(30)
+    second.join(30)
+    other.dispose()
+    assert (first_status, second_status) == ([200], [200])
+    assert waited, "the charge should wait for the customer's row"
+    [customer] = rows(models.Customer)
+    assert (customer.partner_key, customer.stripe_customer_id) == ("p1", "cus_1")
+    [payment] = rows(models.Transaction)
+    assert payment.customer_id == customer.id
+    assert [(c.amount, c.partner_key) for c in rows(models.Commission)] == [(200, "p1")]
