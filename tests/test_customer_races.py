@@ -73,18 +73,19 @@ def post_in_background(app: Any, event: dict[str, Any]) -> tuple[threading.Threa
     return posting, codes
 
 
-def advisory_waiters(engine: sa.Engine) -> int:
+def lock_waiters(engine: sa.Engine, locktype: str | None = None) -> int:
+    """Sessions of this test's database waiting for a lock (of ``locktype``, if given):
+    locks are the whole server's, and another test session may be waiting on one of its
+    own at this moment."""
+    query = (
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+        " WHERE NOT l.granted AND a.datname = current_database()"
+    )
+    if locktype is not None:
+        query += " AND l.locktype = %s"
     with engine.connect() as probe:
-        return int(
-            probe.exec_driver_sql(
-                # This test's database only: advisory locks are the whole server's, and
-                # another test session may be waiting on one of its own at this moment.
-                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
-                " AND database = (SELECT oid FROM pg_database"
-                " WHERE datname = current_database())"
-            ).scalar()
-            or 0
-        )
+        parameters = (locktype,) if locktype is not None else ()
+        return int(probe.exec_driver_sql(query, parameters).scalar() or 0)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -104,9 +105,9 @@ def test_a_payment_waiting_for_its_customer_signals_itself_before_its_commission
     with signup_in_progress(database_url, models, "u1", "a@x.com") as (other, finish):
         posting, codes = post_in_background(app, testing.event("charge.succeeded", charge))
         deadline = time.monotonic() + 20
-        while advisory_waiters(other) == 0 and time.monotonic() < deadline:
+        while lock_waiters(other, "advisory") == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert advisory_waiters(other) == 1, "the charge should wait for the signup's lock"
+        assert lock_waiters(other, "advisory") == 1, "the charge should wait for the signup's lock"
         finish()
     posting.join(30)
     assert codes == [200]
@@ -179,19 +180,6 @@ def test_a_customer_event_waiting_for_a_signup_by_email_matches_it(app, database
     assert codes == [200]
     [customer] = rows(models.Customer)
     assert (customer.customer_key, customer.stripe_customer_id) == ("u1", "cus_3")
-
-
-def lock_waiters(engine: sa.Engine) -> int:
-    """Sessions of this test's database waiting for any lock (another test session's
-    waiters are not ours)."""
-    with engine.connect() as probe:
-        return int(
-            probe.exec_driver_sql(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
-                " WHERE NOT l.granted AND a.datname = current_database()"
-            ).scalar()
-            or 0
-        )
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
