@@ -215,10 +215,17 @@ def follow_customer(
     if not rules or not customer.partner_key:
         return []
     if new_with is not None:
-        notifications: Notifications = []
-        for transaction in sorted(new_with, key=lambda each: each.id):  # the lock order
-            notifications += follow_payment(session, models, rules, transaction)
-        return notifications
+        payments = sorted(new_with, key=lambda each: each.id)  # the lock order
+    else:
+        payments = _without_commission(session, models, customer)
+    notifications: Notifications = []
+    for transaction in payments:
+        notifications += follow_payment(session, models, rules, transaction)
+    return notifications
+
+
+def _without_commission(session: Session, models: Models, customer: Any) -> list[Any]:
+    """``customer``'s standing payments that have no commission, locked, in id order."""
     Transaction, Commission = models.Transaction, models.Commission
     table = Transaction.__table__
     without = cached_statement(
@@ -234,11 +241,8 @@ def follow_customer(
             .with_for_update()
         ),
     )
-    notifications = []
-    for row in session.connection().execute(without, {"customer_id": customer.id}).all():
-        transaction = loaded(session, Transaction, row)
-        notifications += follow_payment(session, models, rules, transaction)
-    return notifications
+    rows = session.connection().execute(without, {"customer_id": customer.id}).all()
+    return [loaded(session, Transaction, row) for row in rows]
 
 
 def _notify(context: EventContext, notifications: Notifications) -> None:
