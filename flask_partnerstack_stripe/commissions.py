@@ -28,6 +28,7 @@ from .database import (
     column_keys,
     insert_loading,
     insert_on_conflict,
+    is_mysql,
     loaded,
     write_changes,
 )
@@ -58,8 +59,12 @@ def earned(
     The partner is read by a statement of its own, after the payment's row was written:
     on PostgreSQL that row's foreign key check may have waited for a transaction giving
     the customer its partner, and only a new statement sees what that one committed.
+    It is not read when the payment would earn nothing whoever the partner (deleted,
+    or paying nothing under rules that name no partner).
     """
-    if transaction.customer_id is None:
+    if transaction.customer_id is None or transaction.deleted_at is not None:
+        return 0, None
+    if partner_blind(rules) and _blind_amount(rules, transaction) == 0:
         return 0, None
     table = models.Customer.__table__
     statement = cached_statement(
@@ -67,7 +72,7 @@ def earned(
         lambda: sa.select(table.c.partner_key).where(table.c.id == sa.bindparam("id")),
     )
     partner_key = session.connection().execute(statement, {"id": transaction.customer_id}).scalar()
-    if transaction.deleted_at is not None or not partner_key:
+    if not partner_key:
         return 0, partner_key
     months_in = 0
     if any(rule.months is not None for rule in rules):  # else no rule asks how long
@@ -89,6 +94,24 @@ def earned(
     return amount, partner_key
 
 
+def partner_blind(rules: Sequence[Rule]) -> bool:
+    """Whether ``rules`` pay the same whoever the partner and whenever the payment:
+    then only whether the customer has a partner at all is left to read."""
+    return all(rule.partner_key is None and rule.months is None for rule in rules)
+
+
+def _blind_amount(rules: Sequence[Rule], transaction: Any) -> int:
+    """What ``transaction`` earns under :func:`partner_blind` rules, if it has a partner."""
+    return commission_for(
+        rules,
+        amount=transaction.amount,
+        currency=transaction.currency,
+        partner_key=None,
+        product_key=transaction.product_key,
+        months_in=0,
+    )
+
+
 def follow_payment(
     session: Session,
     models: Models,
@@ -97,6 +120,7 @@ def follow_payment(
     *,
     event: dict[str, Any] | None = None,
     expect_known: bool = False,
+    new: bool = False,
 ) -> Notifications:
     """Bring ``transaction``'s commission in line with it; the signals to send after commit.
 
@@ -108,11 +132,17 @@ def follow_payment(
     locked first, and created only if there is none (either order gives the same
     result; this one is a round trip less when the guess is right).
 
+    ``new``: this transaction inserted the payment's row, so it has no commission yet:
+    nothing to lock or reverse. With :func:`partner_blind` rules its commission is then
+    one statement, which reads the partner itself (:func:`_first_commission`).
+
     Read and written with Core statements built once; the ORM instance the signals
     carry is made from the row (``database.loaded``), as for transactions.
     """
     if not rules:
         return []
+    if new and partner_blind(rules) and not is_mysql(session):
+        return _first_commission(session, models, rules, transaction, event)
     Commission = models.Commission
     table = Commission.__table__
     target, partner_key = earned(session, models, rules, transaction)
@@ -153,7 +183,7 @@ def follow_payment(
             kwargs = {"commission": created, "transaction": transaction, "event": event}
             return [(signals.commission_created, kwargs)]
         found = locked()  # the insert conflicted: it exists after all
-    elif found is None and not expect_known:
+    elif found is None and not (expect_known or new):
         found = locked()
     if found is None:
         return []
@@ -177,6 +207,71 @@ def follow_payment(
     if commission.status == REVERSED:
         return [(signals.commission_reversed, kwargs)]
     return [(signals.commission_updated, kwargs)]
+
+
+def _first_commission(
+    session: Session,
+    models: Models,
+    rules: Sequence[Rule],
+    transaction: Any,
+    event: dict[str, Any] | None,
+) -> Notifications:
+    """The commission of a payment this transaction inserted, under :func:`partner_blind`
+    rules: ``INSERT … SELECT`` from its customer row when that has a partner, so the
+    partner read and the insert are one statement.
+
+    A statement of its own after the payment's row, as :func:`earned`'s read is (it sees
+    a partner committed while that row's foreign key check waited). Not on MySQL/MariaDB,
+    where an ``INSERT … SELECT`` holds the table's AUTO-INC lock while it waits (for the
+    customer row its foreign key check locks).
+    """
+    if transaction.customer_id is None or transaction.deleted_at is not None:
+        return []
+    target = _blind_amount(rules, transaction)
+    if target == 0:
+        return []
+    now = utcnow()
+    created = insert_loading(
+        session,
+        models.Commission,
+        _create_for_partner_statement(session, models),
+        {
+            "transaction_id": transaction.id,
+            "customer_id": transaction.customer_id,
+            "product_key": transaction.product_key,
+            "amount": target,
+            "currency": transaction.currency,
+            "paid_amount": 0,
+            "status": PENDING,
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    if created is None:
+        return []  # the customer has no partner (the row is new: no commission yet)
+    kwargs = {"commission": created, "transaction": transaction, "event": event}
+    return [(signals.commission_created, kwargs)]
+
+
+def _create_for_partner_statement(session: Session, models: Models) -> Any:
+    table, customer = models.Commission.__table__, models.Customer.__table__
+
+    def build() -> Any:
+        given = [name for name in _COMMISSION_FIELDS if name != "partner_key"]
+        row = sa.select(
+            *(sa.bindparam(name, type_=table.c[name].type) for name in given),
+            customer.c.partner_key,
+        ).where(
+            customer.c.id == sa.bindparam("customer_id"),
+            customer.c.partner_key.is_not(None),
+            customer.c.partner_key != "",
+        )
+        return insert_on_conflict(
+            session, table, row, columns=[*given, "partner_key"],
+            keys=[table.c.transaction_id], whole_row=True,
+        )  # fmt: skip
+
+    return cached_statement((table, "create for partner"), build)
 
 
 def _create_statement(session: Session, table: Any) -> Any:
@@ -250,12 +345,15 @@ def _notify(context: EventContext, notifications: Notifications) -> None:
         context.notify(signal, **{k: v for k, v in kwargs.items() if k != "event"})
 
 
-def follow(context: EventContext, transaction: Any, *, expect_known: bool = False) -> None:
+def follow(
+    context: EventContext, transaction: Any, *, expect_known: bool = False, new: bool = False
+) -> None:
     """:func:`follow_payment` inside a webhook event: its signals go out after the commit."""
     rewards = context.settings.rewards
     notifications = follow_payment(
-        context.session, context.models, rewards, transaction, expect_known=expect_known
-    )
+        context.session, context.models, rewards, transaction, expect_known=expect_known,
+        new=new,
+    )  # fmt: skip
     _notify(context, notifications)
 
 

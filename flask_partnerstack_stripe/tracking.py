@@ -333,11 +333,11 @@ def _recorded_first(context: EventContext, party: Party, first: payments.First) 
             row = payments.give_customer(context.session, context.models, row, found.id)
             # Its own signals first (transaction_recorded, then its commission); linking
             # then attaches the other orphans and follows the customer's commissions.
-            _settled(context, first.change, row)
+            _settled(context, first.change, row, new=True)
             if party.stripe_customer_id and not found.stripe_customer_id:
                 _link_stripe_id(context, party, found.id)
             return
-    _settled(context, first.change, row)
+    _settled(context, first.change, row, new=True)
 
 
 def _link_stripe_id(context: EventContext, party: Party, customer_id: int) -> None:
@@ -357,9 +357,10 @@ def _link_stripe_id(context: EventContext, party: Party, customer_id: int) -> No
     _attach_orphans(context, customer)
 
 
-def _settled(context: EventContext, change: str | None, row: Any) -> None:
+def _settled(context: EventContext, change: str | None, row: Any, *, new: bool = False) -> None:
     """Send the signal a payment's change calls for; its commission follows it (which,
-    once the payment was recorded, usually exists: locked first then)."""
+    once the payment was recorded, usually exists: locked first then). ``new``: this
+    transaction inserted the row (it has no commission yet)."""
     if change == payments.RECORDED:
         context.notify(signals.transaction_recorded, transaction=row)
     elif change == payments.UPDATED:
@@ -368,7 +369,7 @@ def _settled(context: EventContext, change: str | None, row: Any) -> None:
         context.notify(signals.transaction_deleted, transaction=row)
     if change is not None:
         expect_known = change != payments.RECORDED
-        commissions.follow(context, row, expect_known=expect_known)
+        commissions.follow(context, row, expect_known=expect_known, new=new)
 
 
 def _find_payer(context: EventContext, party: Party) -> Any:
