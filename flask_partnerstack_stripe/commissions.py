@@ -62,9 +62,7 @@ def earned(
     It is not read when the payment would earn nothing whoever the partner (deleted,
     or paying nothing under rules that name no partner).
     """
-    if transaction.customer_id is None or transaction.deleted_at is not None:
-        return 0, None
-    if partner_blind(rules) and _blind_amount(rules, transaction) == 0:
+    if earns_nothing(rules, transaction):
         return 0, None
     table = models.Customer.__table__
     statement = cached_statement(
@@ -100,6 +98,14 @@ def partner_blind(rules: Sequence[Rule]) -> bool:
     return all(rule.partner_key is None and rule.months is None for rule in rules)
 
 
+def earns_nothing(rules: Sequence[Rule], transaction: Any) -> bool:
+    """Whether ``transaction`` earns nothing whoever its customer's partner is: it has no
+    customer, is deleted, or pays nothing under :func:`partner_blind` rules."""
+    if transaction.customer_id is None or transaction.deleted_at is not None:
+        return True
+    return partner_blind(rules) and _blind_amount(rules, transaction) == 0
+
+
 def _blind_amount(rules: Sequence[Rule], transaction: Any) -> int:
     """What ``transaction`` earns under :func:`partner_blind` rules, if it has a partner."""
     return commission_for(
@@ -132,6 +138,10 @@ def follow_payment(
     locked first, and created only if there is none (either order gives the same
     result; this one is a round trip less when the guess is right).
 
+    ``expect_known`` for a payment that earns nothing (:func:`earns_nothing`, usually a
+    refunded one): its commission is reversed by one ``UPDATE … RETURNING``
+    (:func:`_reverse`), not locked, read and then written.
+
     ``new``: this transaction inserted the payment's row, so it has no commission yet:
     nothing to lock or reverse. With :func:`partner_blind` rules its commission is then
     one statement, which reads the partner itself (:func:`_first_commission`).
@@ -143,6 +153,10 @@ def follow_payment(
         return []
     if new and partner_blind(rules) and not is_mysql(session):
         return _first_commission(session, models, rules, transaction, event)
+    if expect_known and earns_nothing(rules, transaction) and not is_mysql(session):
+        reversal = _reverse(session, models, transaction, event)
+        if reversal is not None:
+            return reversal
     Commission = models.Commission
     table = Commission.__table__
     target, partner_key = earned(session, models, rules, transaction)
@@ -251,6 +265,51 @@ def _first_commission(
         return []  # the customer has no partner (the row is new: no commission yet)
     kwargs = {"commission": created, "transaction": transaction, "event": event}
     return [(signals.commission_created, kwargs)]
+
+
+def _reverse(
+    session: Session, models: Models, transaction: Any, event: dict[str, Any] | None
+) -> Notifications | None:
+    """Reverse the commission of ``transaction``, which earns nothing now, in one
+    statement: ``UPDATE … WHERE`` it is not reversed yet ``RETURNING`` the row.
+
+    None when no row came back and the payment has a product key: the commission may be
+    reversed already yet lack that key, which :func:`follow_payment`'s usual way fills
+    in (it finds no commission otherwise, as this did). Not on MySQL/MariaDB, whose
+    ``UPDATE`` returns no rows.
+    """
+    Commission = models.Commission
+    table = Commission.__table__
+
+    def build() -> Any:
+        unreversed = sa.or_(table.c.amount != 0, table.c.status != REVERSED)
+        return (
+            sa.update(table)
+            .where(table.c.transaction_id == sa.bindparam("b_transaction_id"), unreversed)
+            .values(
+                amount=0,
+                status=REVERSED,
+                updated_at=sa.bindparam("now"),
+                reversed_at=sa.bindparam("now"),
+                product_key=sa.func.coalesce(
+                    table.c.product_key, sa.bindparam("b_product_key", type_=sa.String())
+                ),
+            )
+            .returning(*table.columns)
+        )
+
+    statement = cached_statement((table, "reverse"), build)
+    parameters = {
+        "b_transaction_id": transaction.id,
+        "now": utcnow(),
+        "b_product_key": transaction.product_key,
+    }
+    row = session.connection().execute(statement, parameters).first()
+    if row is None:
+        return None if transaction.product_key is not None else []
+    instance = loaded(session, Commission, row)
+    kwargs = {"commission": instance, "transaction": transaction, "event": event}
+    return [(signals.commission_reversed, kwargs)]
 
 
 def _create_for_partner_statement(session: Session, models: Models) -> Any:

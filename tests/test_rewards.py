@@ -227,6 +227,27 @@ def test_the_commission_follows_refunds_and_their_failure(client, rows, models):
     assert len(rows(models.Commission)) == 1
 
 
+@pytest.mark.parametrize("app_config", [PRORATE_TWENTY])
+def test_a_commission_is_reversed_once(client, rows, models):
+    # A refund leaves 0.02 standing, which earns nothing (20% rounds to 0): the commission
+    # is reversed then. Refunding the rest deletes the payment, and changes nothing more.
+    customer(client, 1)
+    with testing.record_signals(signals.commission_reversed) as sent:
+        pay(client, 1, "ch_1", 10000)
+        post(client, "refund.created", testing.refund("re_1", charge="ch_1", amount=9998,
+                                                      status="succeeded"))  # fmt: skip
+        assert owed(rows, models, "ch_1") == (0, "usd", "reversed")
+        first = commission_of(rows, models, "ch_1")
+        post(client, "refund.created", testing.refund("re_2", charge="ch_1", amount=2,
+                                                      status="succeeded"))  # fmt: skip
+    [transaction] = rows(models.Transaction, key="ch_1")
+    assert transaction.deleted_at is not None
+    again = commission_of(rows, models, "ch_1")
+    assert (again.amount, again.status) == (0, "reversed")
+    assert (again.reversed_at, again.updated_at) == (first.reversed_at, first.updated_at)
+    assert [s.signal.name for s in sent] == ["commission-reversed"]
+
+
 @pytest.mark.parametrize("app_config", [TWENTY])
 def test_a_lost_dispute_reverses_the_commission(client, rows, models):
     customer(client, 1)
