@@ -138,20 +138,17 @@ def settle(
     now = utcnow()
     try:
         all_sent = all(error is None for _, error in results)
-        alone = all_sent and autocommit_possible(session)
-        if alone:
-            # The one UPDATE is the whole transaction: run it in autocommit, one round trip
-            # instead of three (BEGIN, UPDATE, COMMIT). The session puts the
-            # connection's level back when it hands it to the pool (psycopg: a flag on the
-            # client, no round trip either way).
-            session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        if all_sent and autocommit_possible(session):
+            _mark_delivered_alone(session, unit_of_work, SignalDelivery.__table__, results, now)
+            return
         with unit_of_work(session):
             delivered = [delivery_id for delivery_id, error in results if error is None]
             if delivered:
                 # Usually one: "id = :id" then, not an IN list expanded at every execution.
                 one = len(delivered) == 1
                 table = SignalDelivery.__table__
-                statement = _delivered_statement(session, table, one=one, relaxed=alone)
+                key, build = _delivered_statement(session, table, one=one, relaxed=False)
+                statement = cached_statement(key, build)
                 ids = delivered[0] if one else delivered
                 session.connection().execute(statement, {"ids": ids, "now": now})
             for delivery_id, error in results:
@@ -173,8 +170,36 @@ def settle(
         log.exception("Could not record how signal deliveries went; they stay pending")
 
 
-def _delivered_statement(session: Session, table: Any, *, one: bool, relaxed: bool) -> Any:
-    """The ``UPDATE`` that marks deliveries delivered: the ``ids`` (``one``: the id).
+def _mark_delivered_alone(
+    session: Session,
+    unit_of_work: UnitOfWork,
+    table: Any,
+    results: list[tuple[int, BaseException | None]],
+    now: Any,
+) -> None:
+    """Mark every delivery of ``results`` delivered, when nothing else is to commit.
+
+    The one ``UPDATE`` is the whole transaction: it runs in autocommit on a connection of
+    the session's engine, one round trip instead of three (BEGIN, UPDATE, COMMIT), and
+    without the session's transaction around it (it holds nothing to commit; the pool
+    puts the connection's level back, for psycopg a flag on the client).
+    """
+    ids = [delivery_id for delivery_id, _ in results]
+    one = len(ids) == 1
+    key, build = _delivered_statement(session, table, one=one, relaxed=True)
+    statement = unit_of_work.statements.get(key, build)
+    engine = session.get_bind()
+    assert isinstance(engine, sa.Engine), "autocommit_possible: bound to an engine"
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(statement, {"ids": ids[0] if one else ids, "now": now})
+
+
+def _delivered_statement(
+    session: Session, table: Any, *, one: bool, relaxed: bool
+) -> tuple[Any, Callable[[], Any]]:
+    """The cache key and builder of the ``UPDATE`` that marks deliveries delivered: the
+    ``ids`` (``one``: the id).
 
     ``relaxed`` (PostgreSQL, the statement alone in its transaction): it also turns
     ``synchronous_commit`` off for that transaction (``set_config(..., true)``, in the
@@ -205,7 +230,7 @@ def _delivered_statement(session: Session, table: Any, *, one: bool, relaxed: bo
             statement = statement.where(unflushed.is_not(None))
         return statement
 
-    return cached_statement((table, "delivered", dialect_name(session), one, relaxed), build)
+    return (table, "delivered", dialect_name(session), one, relaxed), build
 
 
 @dataclass
