@@ -26,6 +26,7 @@ from . import signals
 from .database import (
     cached_statement,
     column_keys,
+    dialect_name,
     insert_loading,
     insert_on_conflict,
     is_mysql,
@@ -52,7 +53,7 @@ def status_of(commission: Any) -> str:
 
 
 def earned(
-    session: Session, models: Models, rules: Sequence[Rule], transaction: Any
+    session: Session, models: Models, rules: Sequence[Rule], transaction: Any, *, new: bool = False
 ) -> tuple[int, str | None]:
     """``(amount, partner_key)``: what ``transaction`` earns now, and its customer's partner.
 
@@ -60,15 +61,20 @@ def earned(
     on PostgreSQL that row's foreign key check may have waited for a transaction giving
     the customer its partner, and only a new statement sees what that one committed.
     It is not read when the payment would earn nothing whoever the partner (deleted,
-    or paying nothing under rules that name no partner).
+    or paying nothing under rules that name no partner). ``new``: this transaction
+    inserted the payment's row; on PostgreSQL the customer row is read ``FOR SHARE``
+    then (see :func:`_first_commission`).
     """
     if earns_nothing(rules, transaction):
         return 0, None
     table = models.Customer.__table__
-    statement = cached_statement(
-        (table, "partner"),
-        lambda: sa.select(table.c.partner_key).where(table.c.id == sa.bindparam("id")),
-    )
+    locking = new and dialect_name(session) == "postgresql"
+
+    def build() -> Any:
+        statement = sa.select(table.c.partner_key).where(table.c.id == sa.bindparam("id"))
+        return statement.with_for_update(read=True) if locking else statement
+
+    statement = cached_statement((table, "partner", locking), build)
     partner_key = session.connection().execute(statement, {"id": transaction.customer_id}).scalar()
     if not partner_key:
         return 0, partner_key
@@ -159,7 +165,7 @@ def follow_payment(
             return reversal
     Commission = models.Commission
     table = Commission.__table__
-    target, partner_key = earned(session, models, rules, transaction)
+    target, partner_key = earned(session, models, rules, transaction, new=new)
     now = utcnow()
     lock = cached_statement(
         (table, "lock"),
@@ -235,9 +241,15 @@ def _first_commission(
     partner read and the insert are one statement.
 
     A statement of its own after the payment's row, as :func:`earned`'s read is (it sees
-    a partner committed while that row's foreign key check waited). Not on MySQL/MariaDB,
-    where an ``INSERT … SELECT`` holds the table's AUTO-INC lock while it waits (for the
-    customer row its foreign key check locks).
+    a partner committed while that row's foreign key check waited). On PostgreSQL it
+    reads the customer row ``FOR SHARE``: a customer event giving the customer its
+    partner right now gives commissions only to the payments it can see, not to this
+    one, so this one waits for that event to commit and reads the partner it gave. (Safe
+    for a new payment only: nobody waits on a row not committed yet, so no cycle;
+    a known payment's lock comes after the customer's in every event's order.) SQLite has
+    one writer at a time. Not on MySQL/MariaDB, where an ``INSERT … SELECT`` holds the
+    table's AUTO-INC lock while it waits (for the customer row its foreign key check
+    locks).
     """
     if transaction.customer_id is None or transaction.deleted_at is not None:
         return []
@@ -314,23 +326,28 @@ def _reverse(
 
 def _create_for_partner_statement(session: Session, models: Models) -> Any:
     table, customer = models.Commission.__table__, models.Customer.__table__
+    locking = dialect_name(session) == "postgresql"
 
     def build() -> Any:
         given = [name for name in _COMMISSION_FIELDS if name != "partner_key"]
+        payer: Any = sa.select(customer.c.partner_key).where(
+            customer.c.id == sa.bindparam("customer_id")
+        )
+        if locking:
+            # Shared, whatever its partner: a condition on the partner would skip a row
+            # whose partner is being given by a transaction not committed yet, not wait.
+            payer = payer.with_for_update(read=True)
+        payer = payer.cte("payer")
         row = sa.select(
             *(sa.bindparam(name, type_=table.c[name].type) for name in given),
-            customer.c.partner_key,
-        ).where(
-            customer.c.id == sa.bindparam("customer_id"),
-            customer.c.partner_key.is_not(None),
-            customer.c.partner_key != "",
-        )
+            payer.c.partner_key,
+        ).where(payer.c.partner_key.is_not(None), payer.c.partner_key != "")
         return insert_on_conflict(
             session, table, row, columns=[*given, "partner_key"],
             keys=[table.c.transaction_id], whole_row=True,
         )  # fmt: skip
 
-    return cached_statement((table, "create for partner"), build)
+    return cached_statement((table, "create for partner", locking), build)
 
 
 def _create_statement(session: Session, table: Any) -> Any:

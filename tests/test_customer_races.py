@@ -231,3 +231,67 @@ def test_a_payment_recorded_while_its_customer_gets_its_partner_earns_its_commis
     [payment] = rows(models.Transaction)
     assert payment.customer_id == customer.id
     assert [(c.amount, c.partner_key) for c in rows(models.Commission)] == [(200, "p1")]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize(
+    "app_config",
+    [
+        {"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]},
+        # A rule for one partner: the partner is read before the commission is written.
+        {"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20, "partner_key": "p1"}]},
+    ],
+)
+def test_a_known_customers_new_payment_earns_while_the_customer_gets_its_partner(
+    app, database_url, rows, models
+):
+    # A known customer (Stripe id, no partner yet) gets its partner from a customer.updated
+    # held open after its rule; meanwhile a charge names it by Stripe id. The charge's row
+    # waits for nothing (its foreign key check shares the customer row with the update),
+    # and the customer event's commission pass ran before that row existed: the charge
+    # alone can give the commission, so it reads the partner under the customer row's
+    # lock, after the update committed.
+    state = get_state(app)
+    other = sa.create_engine(database_url, poolclass=NullPool)
+    with other.begin() as connection:
+        connection.execute(
+            models.Customer.__table__.insert().values(
+                customer_key="u1", email="a@x.com", stripe_customer_id="cus_1",
+                account_scope=account_scope(None), livemode=False, created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )  # fmt: skip
+    paused, release = threading.Event(), threading.Event()
+    metadata = {"customer_key": "u1", "partner_key": "p1"}
+    updated = testing.event(
+        "customer.updated", testing.customer("cus_1", email="a@x.com", metadata=metadata)
+    )
+    charge = testing.event(
+        "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=1000)
+    )
+
+    @state.extension.handler("customer.updated")
+    def hold_open(event: dict[str, Any]) -> None:
+        paused.set()
+        release.wait(20)
+
+    first, first_status = post_in_background(app, updated)
+    try:
+        assert paused.wait(20), "the customer event never reached its handler"
+        second, second_status = post_in_background(app, charge)
+        deadline = time.monotonic() + 10
+        while lock_waiters(other) == 0 and time.monotonic() < deadline and second.is_alive():
+            time.sleep(0.05)
+        waited = second.is_alive()
+    finally:
+        release.set()
+        first.join(30)
+    second.join(30)
+    other.dispose()
+    assert (first_status, second_status) == ([200], [200])
+    assert waited, "the charge should wait for the customer's row before reading its partner"
+    [customer] = rows(models.Customer)
+    assert customer.partner_key == "p1"
+    [payment] = rows(models.Transaction)
+    assert payment.customer_id == customer.id
+    assert [(c.amount, c.partner_key) for c in rows(models.Commission)] == [(200, "p1")]
