@@ -23,7 +23,14 @@ from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
-from .database import UnitOfWork, autocommit_possible, cached_statement, dialect_name, is_mysql
+from .database import (
+    UnitOfWork,
+    autocommit_connection,
+    autocommit_possible,
+    cached_statement,
+    dialect_name,
+    is_mysql,
+)
 from .models import Models, utcnow
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -177,21 +184,13 @@ def _mark_delivered_alone(
     results: list[tuple[int, BaseException | None]],
     now: Any,
 ) -> None:
-    """Mark every delivery of ``results`` delivered, when nothing else is to commit.
-
-    The one ``UPDATE`` is the whole transaction: it runs in autocommit on a connection of
-    the session's engine, one round trip instead of three (BEGIN, UPDATE, COMMIT), and
-    without the session's transaction around it (it holds nothing to commit; the pool
-    puts the connection's level back, for psycopg a flag on the client).
-    """
+    """Mark every delivery of ``results`` delivered, when nothing else is to commit: the
+    one ``UPDATE`` is the whole transaction (:func:`~.database.autocommit_connection`)."""
     ids = [delivery_id for delivery_id, _ in results]
     one = len(ids) == 1
     key, build = _delivered_statement(session, table, one=one, relaxed=True)
     statement = unit_of_work.statements.get(key, build)
-    engine = session.get_bind()
-    assert isinstance(engine, sa.Engine), "autocommit_possible: bound to an engine"
-    with engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
+    with autocommit_connection(session) as connection:
         connection.execute(statement, {"ids": ids[0] if one else ids, "now": now})
 
 

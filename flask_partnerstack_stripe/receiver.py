@@ -21,6 +21,7 @@ from . import locks, outbox, signals
 from .config import Settings
 from .database import (
     UnitOfWork,
+    autocommit_connection,
     autocommit_possible,
     cached_statement,
     insert_on_conflict,
@@ -336,23 +337,25 @@ class Receiver:
         app's publisher: it takes the id and publishes it from its own thread, so the
         answer does not wait for the broker; only the committed row has to exist first.
         """
+        table = self.models.WebhookEvent.__table__
+        key = (table, "receive", session.get_bind().dialect.name)
         try:
+            values = _event_row(event, payload, stripe_account_id)
             if autocommit_possible(session):
-                # The one statement is the whole transaction: run it in autocommit, one
-                # round trip instead of three (BEGIN, INSERT, COMMIT), equally durable.
-                # The session reverts the connection's level when it hands it back
-                # to the pool (psycopg: a client-side flag, no round trip either way).
-                # Inside a transaction the host began, the store joins it as before.
-                session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
-            with self.unit_of_work(session):
-                connection = session.connection()
-                table = self.models.WebhookEvent.__table__
-                statement = cached_statement(
-                    (table, "receive", connection.dialect.name),
-                    lambda: self._receive_statement(session, table),
+                # The one statement is the whole transaction: autocommit, outside the
+                # session. Inside a transaction the host began, the store joins it.
+                statement = self.unit_of_work.statements.get(
+                    key, lambda: self._receive_statement(session, table)
                 )
-                values = _event_row(event, payload, stripe_account_id)
-                stored = won_id(connection.execute(statement, values)) is not None
+                with autocommit_connection(session) as connection:
+                    stored = won_id(connection.execute(statement, values)) is not None
+            else:
+                with self.unit_of_work(session):
+                    statement = cached_statement(
+                        key, lambda: self._receive_statement(session, table)
+                    )
+                    result = session.connection().execute(statement, values)
+                    stored = won_id(result) is not None
         except Exception as error:
             self.unit_of_work.take_deferred(session)
             log.error(
