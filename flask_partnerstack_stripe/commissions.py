@@ -182,26 +182,10 @@ def follow_payment(
     found = locked() if expect_known else None
     if found is None and target > 0:
         # The new row comes back whole; only an existing one needs reading (and locking).
-        created = insert_loading(
-            session,
-            Commission,
-            _create_statement(session, table),
-            {
-                "transaction_id": transaction.id,
-                "customer_id": transaction.customer_id,
-                "partner_key": partner_key,
-                "product_key": transaction.product_key,
-                "amount": target,
-                "currency": transaction.currency,
-                "paid_amount": 0,
-                "status": PENDING,
-                "created_at": now,
-                "updated_at": now,
-            },
-        )
+        values = {**_new_commission(transaction, target, now), "partner_key": partner_key}
+        created = insert_loading(session, Commission, _create_statement(session, table), values)
         if created is not None:
-            kwargs = {"commission": created, "transaction": transaction, "event": event}
-            return [(signals.commission_created, kwargs)]
+            return _created(created, transaction, event)
         found = locked()  # the insert conflicted: it exists after all
     elif found is None and not (expect_known or new):
         found = locked()
@@ -256,26 +240,31 @@ def _first_commission(
     target = _blind_amount(rules, transaction)
     if target == 0:
         return []
-    now = utcnow()
-    created = insert_loading(
-        session,
-        models.Commission,
-        _create_for_partner_statement(session, models),
-        {
-            "transaction_id": transaction.id,
-            "customer_id": transaction.customer_id,
-            "product_key": transaction.product_key,
-            "amount": target,
-            "currency": transaction.currency,
-            "paid_amount": 0,
-            "status": PENDING,
-            "created_at": now,
-            "updated_at": now,
-        },
-    )
+    statement = _create_for_partner_statement(session, models)
+    values = _new_commission(transaction, target, utcnow())
+    created = insert_loading(session, models.Commission, statement, values)
     if created is None:
         return []  # the customer has no partner (the row is new: no commission yet)
-    kwargs = {"commission": created, "transaction": transaction, "event": event}
+    return _created(created, transaction, event)
+
+
+def _new_commission(transaction: Any, amount: int, now: datetime) -> dict[str, Any]:
+    """A new commission's values for ``transaction``, but its partner."""
+    return {
+        "transaction_id": transaction.id,
+        "customer_id": transaction.customer_id,
+        "product_key": transaction.product_key,
+        "amount": amount,
+        "currency": transaction.currency,
+        "paid_amount": 0,
+        "status": PENDING,
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+def _created(commission: Any, transaction: Any, event: dict[str, Any] | None) -> Notifications:
+    kwargs = {"commission": commission, "transaction": transaction, "event": event}
     return [(signals.commission_created, kwargs)]
 
 

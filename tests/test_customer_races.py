@@ -88,6 +88,49 @@ def lock_waiters(engine: sa.Engine, locktype: str | None = None) -> int:
         return int(probe.exec_driver_sql(query, parameters).scalar() or 0)
 
 
+def while_held_open(
+    app: Any, held: dict[str, Any], meanwhile: dict[str, Any], waits: Callable[[Any], bool]
+) -> tuple[int, int, bool]:
+    """Post ``held``, whose transaction a handler of its type holds open after the built-in
+    rule, then ``meanwhile``; let ``held`` go once ``waits(thread posting meanwhile)``
+    said whether ``meanwhile`` waits for it. Both status codes and that answer."""
+    paused, release = threading.Event(), threading.Event()
+
+    @get_state(app).extension.handler(held["type"])
+    def hold_open(event: dict[str, Any]) -> None:
+        if event["id"] == held["id"]:
+            paused.set()
+            release.wait(20)
+
+    first, first_status = post_in_background(app, held)
+    try:
+        assert paused.wait(20), "the held event never reached its handler"
+        second, second_status = post_in_background(app, meanwhile)
+        waited = waits(second)
+    finally:
+        release.set()
+        first.join(30)
+    second.join(30)
+    return first_status[0], second_status[0], waited
+
+
+def waits_for_a_lock(engine: sa.Engine) -> Callable[[Any], bool]:
+    """PostgreSQL: whether the thread ends up waiting for a lock (seen in ``pg_locks``)."""
+
+    def waits(thread: Any) -> bool:
+        deadline = time.monotonic() + 10
+        while lock_waiters(engine) == 0 and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.05)
+        return bool(thread.is_alive())
+
+    return waits
+
+
+def still_running_after_a_second(thread: Any) -> bool:
+    thread.join(1.0)
+    return bool(thread.is_alive())
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 @pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}])
 def test_a_payment_waiting_for_its_customer_signals_itself_before_its_commission(
@@ -193,11 +236,9 @@ def test_a_payment_recorded_while_its_customer_gets_its_partner_earns_its_commis
     # before the payment was visible: the charge alone can give it its commission, so it
     # must read the partner after that wait. (Found by review: a version that read the
     # partner in the payment's own INSERT, as of its start, earned nothing here.)
-    state = get_state(app)
     other = sa.create_engine(database_url, poolclass=NullPool)
     with other.begin() as connection:
         add_customer(connection, models, "u1", "a@x.com", partner=None)
-    paused, release = threading.Event(), threading.Event()
     metadata = {"customer_key": "u1", "partner_key": "p1"}
     created = testing.event(
         "customer.created", testing.customer("cus_1", email="a@x.com", metadata=metadata)
@@ -205,27 +246,9 @@ def test_a_payment_recorded_while_its_customer_gets_its_partner_earns_its_commis
     charge = testing.event(
         "charge.succeeded", testing.charge("ch_B", amount=1000, metadata={"customer_key": "u1"})
     )
-
-    @state.extension.handler("customer.created")
-    def hold_open(event: dict[str, Any]) -> None:
-        paused.set()
-        release.wait(20)
-
-    first, first_status = post_in_background(app, created)
-    try:
-        assert paused.wait(20), "the customer event never reached its handler"
-        second, second_status = post_in_background(app, charge)
-        deadline = time.monotonic() + 10
-        while lock_waiters(other) == 0 and time.monotonic() < deadline and second.is_alive():
-            time.sleep(0.05)
-        waited = second.is_alive()
-    finally:
-        release.set()
-        first.join(30)
-    second.join(30)
+    codes = while_held_open(app, created, charge, waits_for_a_lock(other))
     other.dispose()
-    assert (first_status, second_status) == ([200], [200])
-    assert waited, "the charge should wait for the customer's row"
+    assert codes == (200, 200, True), "the charge should wait for the customer's row"
     [customer] = rows(models.Customer)
     assert (customer.partner_key, customer.stripe_customer_id) == ("p1", "cus_1")
     [payment] = rows(models.Transaction)
@@ -252,7 +275,6 @@ def test_a_known_customers_new_payment_earns_while_the_customer_gets_its_partner
     # alone can give the commission, so it reads the partner under the customer row's
     # lock, after the update committed. (PostgreSQL: it reads that row FOR SHARE. InnoDB's
     # foreign key check locks the customer row in share mode itself: the row waits.)
-    state = get_state(app)
     other = sa.create_engine(database_url, poolclass=NullPool)
     with other.begin() as connection:
         connection.execute(
@@ -262,7 +284,7 @@ def test_a_known_customers_new_payment_earns_while_the_customer_gets_its_partner
                 updated_at=utcnow(),
             )
         )  # fmt: skip
-    paused, release = threading.Event(), threading.Event()
+    other.dispose()
     metadata = {"customer_key": "u1", "partner_key": "p1"}
     updated = testing.event(
         "customer.updated", testing.customer("cus_1", email="a@x.com", metadata=metadata)
@@ -270,25 +292,8 @@ def test_a_known_customers_new_payment_earns_while_the_customer_gets_its_partner
     charge = testing.event(
         "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=1000)
     )
-
-    @state.extension.handler("customer.updated")
-    def hold_open(event: dict[str, Any]) -> None:
-        paused.set()
-        release.wait(20)
-
-    first, first_status = post_in_background(app, updated)
-    try:
-        assert paused.wait(20), "the customer event never reached its handler"
-        second, second_status = post_in_background(app, charge)
-        second.join(1.0)
-        waited = second.is_alive()
-    finally:
-        release.set()
-        first.join(30)
-    second.join(30)
-    other.dispose()
-    assert (first_status, second_status) == ([200], [200])
-    assert waited, "the charge should wait for the customer's row before reading its partner"
+    codes = while_held_open(app, updated, charge, still_running_after_a_second)
+    assert codes == (200, 200, True), "the charge should wait for the customer's row"
     [customer] = rows(models.Customer)
     assert customer.partner_key == "p1"
     [payment] = rows(models.Transaction)
