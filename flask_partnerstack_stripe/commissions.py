@@ -60,13 +60,10 @@ def earned(
     The partner is read by a statement of its own, after the payment's row was written:
     on PostgreSQL that row's foreign key check may have waited for a transaction giving
     the customer its partner, and only a new statement sees what that one committed.
-    It is not read when the payment would earn nothing whoever the partner (deleted,
-    or paying nothing under rules that name no partner). ``new``: this transaction
-    inserted the payment's row; on PostgreSQL the customer row is read ``FOR SHARE``
-    then (see :func:`_first_commission`).
+    For a payment that may earn something (not :func:`earns_nothing`, where the partner
+    need not be read). ``new``: this transaction inserted the payment's row; on
+    PostgreSQL the customer row is read ``FOR SHARE`` then (see :func:`_first_commission`).
     """
-    if earns_nothing(rules, transaction):
-        return 0, None
     table = models.Customer.__table__
     locking = new and dialect_name(session) == "postgresql"
 
@@ -159,13 +156,17 @@ def follow_payment(
         return []
     if new and partner_blind(rules) and not is_mysql(session):
         return _first_commission(session, models, rules, transaction, event)
-    if expect_known and earns_nothing(rules, transaction) and not is_mysql(session):
+    nothing = earns_nothing(rules, transaction)
+    if expect_known and nothing and not is_mysql(session):
         reversal = _reverse(session, models, transaction, event)
         if reversal is not None:
             return reversal
     Commission = models.Commission
     table = Commission.__table__
-    target, partner_key = earned(session, models, rules, transaction, new=new)
+    if nothing:
+        target, partner_key = 0, None
+    else:
+        target, partner_key = earned(session, models, rules, transaction, new=new)
     now = utcnow()
     lock = cached_statement(
         (table, "lock"),
@@ -185,7 +186,7 @@ def follow_payment(
         values = {**_new_commission(transaction, target, now), "partner_key": partner_key}
         created = insert_loading(session, Commission, _create_statement(session, table), values)
         if created is not None:
-            return _created(created, transaction, event)
+            return _signalled(signals.commission_created, created, transaction, event)
         found = locked()  # the insert conflicted: it exists after all
     elif found is None and not (expect_known or new):
         found = locked()
@@ -207,10 +208,9 @@ def follow_payment(
     if not moved:
         return []
     instance = loaded(session, Commission, [getattr(commission, key) for key in keys])
-    kwargs = {"commission": instance, "transaction": transaction, "event": event}
-    if commission.status == REVERSED:
-        return [(signals.commission_reversed, kwargs)]
-    return [(signals.commission_updated, kwargs)]
+    reversed_ = commission.status == REVERSED
+    signal = signals.commission_reversed if reversed_ else signals.commission_updated
+    return _signalled(signal, instance, transaction, event)
 
 
 def _first_commission(
@@ -245,7 +245,7 @@ def _first_commission(
     created = insert_loading(session, models.Commission, statement, values)
     if created is None:
         return []  # the customer has no partner (the row is new: no commission yet)
-    return _created(created, transaction, event)
+    return _signalled(signals.commission_created, created, transaction, event)
 
 
 def _new_commission(transaction: Any, amount: int, now: datetime) -> dict[str, Any]:
@@ -263,9 +263,12 @@ def _new_commission(transaction: Any, amount: int, now: datetime) -> dict[str, A
     }
 
 
-def _created(commission: Any, transaction: Any, event: dict[str, Any] | None) -> Notifications:
-    kwargs = {"commission": commission, "transaction": transaction, "event": event}
-    return [(signals.commission_created, kwargs)]
+def _signalled(
+    signal: NamedSignal, commission: Any, transaction: Any, event: dict[str, Any] | None
+) -> Notifications:
+    """The one notification of a commission's change (``event`` is dropped inside a
+    webhook event, see :func:`_notify`)."""
+    return [(signal, {"commission": commission, "transaction": transaction, "event": event})]
 
 
 def _reverse(
@@ -309,8 +312,7 @@ def _reverse(
     if row is None:
         return None if transaction.product_key is not None else []
     instance = loaded(session, Commission, row)
-    kwargs = {"commission": instance, "transaction": transaction, "event": event}
-    return [(signals.commission_reversed, kwargs)]
+    return _signalled(signals.commission_reversed, instance, transaction, event)
 
 
 def _create_for_partner_statement(session: Session, models: Models) -> Any:

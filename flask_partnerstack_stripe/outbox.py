@@ -19,11 +19,13 @@ from typing import Any, Final
 
 import sqlalchemy as sa
 from blinker import NamedSignal
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
 from .database import (
+    Statements,
     UnitOfWork,
     autocommit_connection,
     autocommit_possible,
@@ -144,20 +146,17 @@ def settle(
     SignalDelivery = models.SignalDelivery
     now = utcnow()
     try:
-        all_sent = all(error is None for _, error in results)
-        if all_sent and autocommit_possible(session):
-            _mark_delivered_alone(session, unit_of_work, SignalDelivery.__table__, results, now)
+        table, statements = SignalDelivery.__table__, unit_of_work.statements
+        delivered = [delivery_id for delivery_id, error in results if error is None]
+        if len(delivered) == len(results) and autocommit_possible(session):
+            # The one UPDATE is the whole transaction: autocommit, outside the session.
+            with autocommit_connection(session) as connection:
+                _mark_delivered(connection, statements, table, delivered, now, relaxed=True)
             return
         with unit_of_work(session):
-            delivered = [delivery_id for delivery_id, error in results if error is None]
             if delivered:
-                # Usually one: "id = :id" then, not an IN list expanded at every execution.
-                one = len(delivered) == 1
-                table = SignalDelivery.__table__
-                key, build = _delivered_statement(session, table, one=one, relaxed=False)
-                statement = cached_statement(key, build)
-                ids = delivered[0] if one else delivered
-                session.connection().execute(statement, {"ids": ids, "now": now})
+                connection = session.connection()
+                _mark_delivered(connection, statements, table, delivered, now, relaxed=False)
             for delivery_id, error in results:
                 if error is None:
                     continue
@@ -177,28 +176,27 @@ def settle(
         log.exception("Could not record how signal deliveries went; they stay pending")
 
 
-def _mark_delivered_alone(
-    session: Session,
-    unit_of_work: UnitOfWork,
+def _mark_delivered(
+    connection: Connection,
+    statements: Statements,
     table: Any,
-    results: list[tuple[int, BaseException | None]],
+    ids: list[int],
     now: Any,
+    *,
+    relaxed: bool,
 ) -> None:
-    """Mark every delivery of ``results`` delivered, when nothing else is to commit: the
-    one ``UPDATE`` is the whole transaction (:func:`~.database.autocommit_connection`)."""
-    ids = [delivery_id for delivery_id, _ in results]
+    """Mark the deliveries ``ids`` delivered on ``connection``: usually one, by
+    ``id = :id`` then, not an IN list expanded at every execution."""
     one = len(ids) == 1
-    key, build = _delivered_statement(session, table, one=one, relaxed=True)
-    statement = unit_of_work.statements.get(key, build)
-    with autocommit_connection(session) as connection:
-        connection.execute(statement, {"ids": ids[0] if one else ids, "now": now})
+    statement = statements.get(
+        (table, "delivered", connection.dialect.name, one, relaxed),
+        lambda: _delivered_statement(table, one=one, relaxed=relaxed),
+    )
+    connection.execute(statement, {"ids": ids[0] if one else ids, "now": now})
 
 
-def _delivered_statement(
-    session: Session, table: Any, *, one: bool, relaxed: bool
-) -> tuple[Any, Callable[[], Any]]:
-    """The cache key and builder of the ``UPDATE`` that marks deliveries delivered: the
-    ``ids`` (``one``: the id).
+def _delivered_statement(table: Any, *, one: bool, relaxed: bool) -> Any:
+    """The ``UPDATE`` that marks deliveries delivered: the ``ids`` (``one``: the id).
 
     ``relaxed`` (PostgreSQL, the statement alone in its transaction): it also turns
     ``synchronous_commit`` off for that transaction (``set_config(..., true)``, in the
@@ -208,28 +206,24 @@ def _delivered_statement(
     a second WAL flush per event is not worth that. Not when the session holds other
     writes (a receiver's, say): those commit with this, and keep their durability.
     """
-
-    def build() -> Any:
-        statement = (
-            sa.update(table)
-            .where(
-                table.c.id == sa.bindparam("ids")
-                if one
-                else table.c.id.in_(sa.bindparam("ids", expanding=True))
-            )
-            .values(
-                status=DELIVERED,
-                delivered_at=sa.bindparam("now"),
-                attempts=table.c.attempts + 1,
-                error=None,
-            )
+    statement = (
+        sa.update(table)
+        .where(
+            table.c.id == sa.bindparam("ids")
+            if one
+            else table.c.id.in_(sa.bindparam("ids", expanding=True))
         )
-        if relaxed:
-            unflushed = sa.func.set_config("synchronous_commit", "off", sa.true())
-            statement = statement.where(unflushed.is_not(None))
-        return statement
-
-    return (table, "delivered", dialect_name(session), one, relaxed), build
+        .values(
+            status=DELIVERED,
+            delivered_at=sa.bindparam("now"),
+            attempts=table.c.attempts + 1,
+            error=None,
+        )
+    )
+    if relaxed:
+        unflushed = sa.func.set_config("synchronous_commit", "off", sa.true())
+        statement = statement.where(unflushed.is_not(None))
+    return statement
 
 
 @dataclass

@@ -338,22 +338,19 @@ class Receiver:
         answer does not wait for the broker; only the committed row has to exist first.
         """
         table = self.models.WebhookEvent.__table__
-        key = (table, "receive", session.get_bind().dialect.name)
         try:
+            statement = self.unit_of_work.statements.get(
+                (table, "receive", session.get_bind().dialect.name),
+                lambda: self._receive_statement(session, table),
+            )
             values = _event_row(event, payload, stripe_account_id)
             if autocommit_possible(session):
                 # The one statement is the whole transaction: autocommit, outside the
                 # session. Inside a transaction the host began, the store joins it.
-                statement = self.unit_of_work.statements.get(
-                    key, lambda: self._receive_statement(session, table)
-                )
                 with autocommit_connection(session) as connection:
                     stored = won_id(connection.execute(statement, values)) is not None
             else:
                 with self.unit_of_work(session):
-                    statement = cached_statement(
-                        key, lambda: self._receive_statement(session, table)
-                    )
                     result = session.connection().execute(statement, values)
                     stored = won_id(result) is not None
         except Exception as error:
