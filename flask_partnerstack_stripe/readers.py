@@ -24,6 +24,7 @@ from .values import (
     metadata_value,
     normal_email,
     object_id,
+    signed_amount,
     text,
 )
 
@@ -155,8 +156,15 @@ def invoice_metadata(invoice: dict[str, Any]) -> dict[str, str]:
 
 
 def invoice_amount(invoice: dict[str, Any], field: str) -> int | None:
-    """The invoice's amount ``field`` (one of ``INVOICE_AMOUNTS``, or ``total``)."""
-    return amount(invoice.get(field), field=field)
+    """The invoice's amount ``field`` (one of ``INVOICE_AMOUNTS``, or ``total``).
+
+    What was paid is never below 0; the totals are when the invoice's credits (a
+    downgrade's proration, say) exceed its charges: Stripe credits the difference to
+    the customer's balance and sends the invoice as paid all the same.
+    """
+    if field == "amount_paid":
+        return amount(invoice.get(field), field=field)
+    return signed_amount(invoice.get(field), field=field)
 
 
 # --- values ----------------------------------------------------------------------------

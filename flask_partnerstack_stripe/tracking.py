@@ -166,6 +166,10 @@ def customer_deleted(context: EventContext) -> None:
 # --- payments --------------------------------------------------------------------------
 
 ZERO_AMOUNT = "zero amount: a payment of 0 (a trial, a 100% coupon) earns nothing"
+CREDIT_INVOICE = (
+    "zero amount: the invoice's credits exceed its charges (its total is below 0); "
+    "nothing was paid"
+)
 
 
 def _payment(key: str, party: Party, obj: dict[str, Any]) -> Payment:
@@ -244,12 +248,15 @@ def invoice_paid(context: EventContext) -> None:
     key, paid = id_of(obj), invoice_amount(obj, field)
     if key is None or paid is None:
         raise Ignored(f"The invoice has no id or no valid {field}.")
-    if paid == 0 or invoice_amount(obj, "total") == 0:
+    total = invoice_amount(obj, "total")
+    if paid == 0 or total == 0:
         raise Ignored(ZERO_AMOUNT)
+    if paid < 0 or (total is not None and total < 0):
+        raise Ignored(CREDIT_INVOICE)
     obj = {**obj, "metadata": invoice_metadata(obj)}
     party = party_of(context, obj, obj.get("customer"))
     # Refunds come in what the payer was charged (tax and discounts included).
-    charged = invoice_amount(obj, "amount_paid") or invoice_amount(obj, "total")
+    charged = invoice_amount(obj, "amount_paid") or total
     facts = Facts(gross=paid, nominal=paid, charged=charged)
     return settle(context, _payment(key, party, obj), facts, creates=obj)
 

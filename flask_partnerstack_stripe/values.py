@@ -112,6 +112,16 @@ def amount(value: Any, *, field: str = "amount") -> int | None:
     return value
 
 
+def signed_amount(value: Any, *, field: str) -> int | None:
+    """An amount that may be below 0 (an invoice's ``total`` when credits exceed its
+    charges), or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not abs(value) <= MAX_AMOUNT:
+        raise InvalidValue(f"{field} must be an integer from -(2**63-1) to 2**63-1.")
+    return value
+
+
 def argument(
     name: str, value: Any, limit: int, *, optional: bool = True, email: bool = False
 ) -> str | None:

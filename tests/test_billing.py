@@ -202,6 +202,23 @@ def test_a_payment_of_zero_records_nothing(client, rows, models, invoice):
     assert rows(models.Transaction) == [] and sent == []
 
 
+@pytest.mark.parametrize("app_config", [INVOICE_MODE, {}], ids=["invoice-mode", "charge-mode"])
+@pytest.mark.parametrize("field", ["subtotal", "total_excluding_tax"])
+def test_a_credit_invoice_is_paid_and_records_nothing(client, rows, models, field):
+    """A downgrade invoiced at once: its proration credit exceeds the new price, so its
+    totals are below 0; Stripe credits the customer's balance and sends the invoice as
+    paid ("Invoice object": ``total``; amount_due and amount_paid stay 0). A valid event:
+    answered 200, not 400 (which Stripe would retry for days), and no payment."""
+    signup_customer(client)
+    invoice = testing.invoice("in_credit", customer="cus_A", subtotal=-4500)
+    invoice.update(total=-4500, total_excluding_tax=-4500, amount_due=0, amount_paid=0)
+    with testing.record_signals(signals.transaction_recorded) as sent:
+        for event_type in ("invoice.paid", "invoice.payment_succeeded"):
+            answer = deliver(client, event_type, invoice)
+            assert answer["status"] == "ignored", answer
+    assert rows(models.Transaction) == [] and sent == []
+
+
 # --- partial capture ---------------------------------------------------------------------
 
 
