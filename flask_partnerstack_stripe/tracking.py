@@ -166,10 +166,7 @@ def customer_deleted(context: EventContext) -> None:
 # --- payments --------------------------------------------------------------------------
 
 ZERO_AMOUNT = "zero amount: a payment of 0 (a trial, a 100% coupon) earns nothing"
-CREDIT_INVOICE = (
-    "zero amount: the invoice's credits exceed its charges (its total is below 0); "
-    "nothing was paid"
-)
+CREDIT_INVOICE = "zero amount: a credit invoice (its total is below 0) paid nothing"
 
 
 def _payment(key: str, party: Party, obj: dict[str, Any]) -> Payment:
