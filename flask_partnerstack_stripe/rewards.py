@@ -4,12 +4,14 @@
 ``{"flat": 500, "currency": "usd"}``, optionally narrowed by ``product_key``,
 ``partner_key`` and ``months``. The most specific rule that matches a payment wins
 (partner and product, then product, then partner, then neither); among rules equally
-specific, the first in the list wins, so a ``months`` rule listed before an open-ended
-one pays its rate during its window and the other afterwards. No rule, no commission.
+specific, the first in the list that pays in the payment's currency wins, so a
+``months`` rule listed before an open-ended one pays its rate during its window and the
+other afterwards. No rule, no commission.
 
 Amounts are integers in the currency's minor unit. A percentage is rounded half-even
-(``Decimal``, never float). A flat rule pays only payments in its own currency: a
-payment in another currency earns nothing from it (no exchange rate is guessed).
+(``Decimal``, never float). A flat rule pays only payments in its own currency (no
+exchange rate is guessed), so rules may differ by currency alone: one flat rule per
+currency, or a flat rule for one currency before a percentage for the others.
 """
 
 from __future__ import annotations
@@ -52,13 +54,17 @@ class Rule:
             and (self.months is None or months_in < self.months)
         )
 
+    def pays_in(self, currency: str) -> bool:
+        """Whether the rule pays payments in ``currency`` (a flat rule: its own only)."""
+        return self.flat is None or self.currency == currency
+
     def commission(self, amount: int, currency: str) -> int:
         """What the rule pays on ``amount`` (minor units) in ``currency``; 0 for a flat
         rule in another currency."""
         if amount <= 0:
             return 0
         if self.flat is not None:
-            return self.flat if currency == self.currency else 0
+            return self.flat if self.pays_in(currency) else 0
         assert self.percent is not None
         value = (Decimal(amount) * self.percent / 100).quantize(
             Decimal(1), rounding=ROUND_HALF_EVEN
@@ -75,11 +81,12 @@ def parse_rules(value: Any) -> tuple[Rule, ...]:
     rules = tuple(_rule(name, index, raw) for index, raw in enumerate(value))
     seen: dict[tuple[Any, ...], int] = {}
     for index, rule in enumerate(rules):
-        scope = (rule.product_key, rule.partner_key, rule.months)
+        # Rules that differ by currency alone pay different payments (see choose_rule).
+        scope = (rule.product_key, rule.partner_key, rule.months, rule.currency)
         if scope in seen:
             raise ConfigurationError(
-                f"{name}[{index}] has the same product_key, partner_key and months as "
-                f"rule {seen[scope]}: only one of them could ever apply"
+                f"{name}[{index}] has the same product_key, partner_key, months and "
+                f"currency as rule {seen[scope]}: only one of them could ever apply"
             )
         seen[scope] = index
     return rules
@@ -145,13 +152,26 @@ def _percent(where: str, value: Any) -> Decimal:
 
 
 def choose_rule(
-    rules: Sequence[Rule], partner_key: str | None, product_key: str | None, months_in: int
+    rules: Sequence[Rule],
+    partner_key: str | None,
+    product_key: str | None,
+    months_in: int,
+    currency: str,
 ) -> Rule | None:
-    """The most specific rule that matches; the first listed among equally specific ones."""
+    """The most specific rule that matches; among equally specific ones the first listed
+    that pays in ``currency`` (else the first listed, a flat rule that pays nothing)."""
     best: Rule | None = None
     for rule in rules:
-        if rule.matches(partner_key, product_key, months_in) and (
-            best is None or rule.specificity > best.specificity
+        if not rule.matches(partner_key, product_key, months_in):
+            continue
+        if (
+            best is None
+            or rule.specificity > best.specificity
+            or (
+                rule.specificity == best.specificity
+                and rule.pays_in(currency)
+                and not best.pays_in(currency)
+            )
         ):
             best = rule
     return best
@@ -175,5 +195,5 @@ def commission_for(
     months_in: int,
 ) -> int:
     """The commission a standing payment earns under ``rules`` (0 when none applies)."""
-    rule = choose_rule(rules, partner_key, product_key, months_in)
+    rule = choose_rule(rules, partner_key, product_key, months_in, currency)
     return rule.commission(amount, currency) if rule is not None else 0

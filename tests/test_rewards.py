@@ -78,6 +78,10 @@ def export(app) -> list[dict[str, str]]:
         ([{"percent": 10, "product": "pro"}], "REWARDS[0] has unknown key(s) product"),
         ([{"percent": 10, "partner_key": ""}], "'partner_key' must be a non-empty string"),
         ([{"percent": 10}, {"percent": 20}], "REWARDS[1] has the same product_key"),
+        (
+            [{"flat": 5, "currency": "usd"}, {"flat": 6, "currency": "USD"}],
+            "REWARDS[1] has the same product_key, partner_key, months and currency as rule 0",
+        ),
         ("20%", "must be a list"),
     ],
 )
@@ -141,6 +145,36 @@ def test_the_most_specific_rule_wins(client, rows, models):
     assert owed(rows, models, "ch_euro_in_usd") is None
     c = commission_of(rows, models, "ch_both")
     assert (c.partner_key, c.product_key, c.customer_id is not None) == ("vip", "pro", True)
+
+
+PER_CURRENCY = {
+    "PARTNERSTACK_STRIPE_REWARDS": [
+        {"percent": 20},
+        {"flat": 500, "currency": "usd", "partner_key": "vip"},
+        {"flat": 450, "currency": "eur", "partner_key": "vip"},
+        {"flat": 300, "currency": "usd", "product_key": "pro"},
+        {"percent": 15, "product_key": "pro"},
+    ]
+}
+
+
+@pytest.mark.parametrize("app_config", [PER_CURRENCY])
+def test_rules_may_differ_by_currency_alone(client, rows, models):
+    """The README's advice for flat rules, "a rule per currency if you sell in several",
+    can be followed; a flat rule listed before its percentage twin pays its own currency,
+    the percentage the others."""
+    customer(client, 1, "plain")
+    customer(client, 2, "vip")
+    pay(client, 2, "ch_vip_usd", 10000)  # vip, USD: flat 5.00
+    pay(client, 2, "ch_vip_eur", 10000, currency="eur")  # vip, EUR: flat 4.50
+    pay(client, 2, "ch_vip_gbp", 10000, currency="gbp")  # vip, no GBP rule for vip: nothing
+    pay(client, 1, "ch_pro_usd", 10000, "pro")  # pro, USD: flat 3.00
+    pay(client, 1, "ch_pro_eur", 10000, "pro", currency="eur")  # pro, EUR: 15%
+    assert owed(rows, models, "ch_vip_usd") == (500, "usd", "pending")
+    assert owed(rows, models, "ch_vip_eur") == (450, "eur", "pending")
+    assert owed(rows, models, "ch_vip_gbp") is None
+    assert owed(rows, models, "ch_pro_usd") == (300, "usd", "pending")
+    assert owed(rows, models, "ch_pro_eur") == (1500, "eur", "pending")
 
 
 @pytest.mark.parametrize(
