@@ -78,9 +78,13 @@ def earned(
     months_in = 0
     if any(rule.months is not None for rule in rules):  # else no rule asks how long
         Transaction = models.Transaction
+        # The first payment: not a declined attempt, nor a row that never settled (a
+        # refund seen before its charge), which paid nothing.
         first = session.scalar(
             sa.select(sa.func.min(Transaction.created_at)).where(
-                Transaction.customer_id == transaction.customer_id
+                Transaction.customer_id == transaction.customer_id,
+                Transaction.failed.is_(False),
+                sa.or_(Transaction.gross_amount.is_not(None), Transaction.deleted_at.is_(None)),
             )
         )
         months_in = months_between(_aware(first), _aware(transaction.created_at)) if first else 0

@@ -233,6 +233,25 @@ def test_a_months_rule_pays_only_within_its_window(app, client, rows, models, st
     assert owed(rows, models, "ch_later")[0] == 100  # after the window: the open-ended rule
 
 
+@pytest.mark.parametrize("app_config", [MONTHS])
+def test_a_declined_card_does_not_start_the_months_window(app, client, rows, models, state):
+    """DESIGN 6a: the window counts from the customer's first recorded *payment*. A
+    declined attempt (kept as a transaction deleted for "failure") paid nothing."""
+    customer(client, 1)
+    declined = testing.charge("ch_declined", customer="cus_1", amount=1000, status="failed")
+    post(client, "charge.failed", declined)
+    with app.app_context():
+        Transaction = models.Transaction
+        state.db.session.execute(
+            sa.update(Transaction)
+            .where(Transaction.key == "ch_declined")
+            .values(created_at=datetime.now(timezone.utc) - timedelta(days=125))
+        )
+        state.db.session.commit()
+    pay(client, 1, "ch_first_paid", 1000)
+    assert owed(rows, models, "ch_first_paid")[0] == 500  # within the window
+
+
 # --- following the payment ---------------------------------------------------------------
 
 
