@@ -202,8 +202,8 @@ def follow_payment(
     before = (commission.amount, commission.status)
     commission.amount = target
     commission.status = status_of(commission)
-    if commission.product_key is None:
-        commission.product_key = transaction.product_key
+    if transaction.product_key is not None:
+        commission.product_key = transaction.product_key  # the rate followed it too
     moved = (commission.amount, commission.status) != before
     if moved:
         commission.updated_at = now
@@ -282,8 +282,8 @@ def _reverse(
     statement: ``UPDATE … WHERE`` it is not reversed yet ``RETURNING`` the row.
 
     None when no row came back and the payment has a product key: the commission may be
-    reversed already yet lack that key, which :func:`follow_payment`'s usual way fills
-    in (it finds no commission otherwise, as this did). Not on MySQL/MariaDB, whose
+    reversed already yet show an older key (or none), which :func:`follow_payment`'s usual
+    way brings up to date (it finds no commission otherwise, as this did). Not on MySQL/MariaDB, whose
     ``UPDATE`` returns no rows.
     """
     Commission = models.Commission
@@ -300,7 +300,7 @@ def _reverse(
                 updated_at=sa.bindparam("now"),
                 reversed_at=sa.bindparam("now"),
                 product_key=sa.func.coalesce(
-                    table.c.product_key, sa.bindparam("b_product_key", type_=sa.String())
+                    sa.bindparam("b_product_key", type_=sa.String()), table.c.product_key
                 ),
             )
             .returning(*table.columns)

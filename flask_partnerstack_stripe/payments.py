@@ -491,10 +491,19 @@ def _update(
 
     if row.gross_amount is None and row.deleted_at is None:
         row.gross_amount = row.amount  # stood before gross_amount existed: settled at its amount
-    if row.gross_amount is None and facts.gross is not None:
+    if facts.gross is not None and (row.gross_amount is None or facts.gross > row.gross_amount):
+        # What was captured only grows (several captures of one charge), whatever the order.
         row.gross_amount = facts.gross
+    shown_at = -1 if row.charge_refunded_at is None else row.charge_refunded_at
+    if payment.product_key is not None and (
+        row.product_key is None
+        or facts.charge_at is None  # an invoice: its events show the same metadata
+        or (facts.charge_at, payment.product_key) > (shown_at, row.product_key)
+    ):
+        # The newest charge object's metadata; at the same second, one of them for good.
+        row.product_key = payment.product_key
     if facts.charge_at is not None and (facts.charge_at, facts.refunded) > (
-        -1 if row.charge_refunded_at is None else row.charge_refunded_at,
+        shown_at,
         row.charge_refunded or 0,
     ):
         row.charge_refunded, row.charge_refunded_at = facts.refunded, facts.charge_at
@@ -504,8 +513,6 @@ def _update(
     row.dispute_lost = bool(row.dispute_lost) or facts.dispute_lost
     if row.customer_id is None:
         row.customer_id = customer_id
-    if payment.product_key is not None:
-        row.product_key = payment.product_key
     for field in ("stripe_customer_id", "customer_key"):
         if getattr(row, field) is None:
             setattr(row, field, getattr(party, field))

@@ -222,6 +222,18 @@ def test_a_credit_invoice_is_paid_and_records_nothing(client, rows, models, fiel
 # --- partial capture ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("order", ["in-order", "reversed"])
+def test_several_captures_of_one_charge_count_all_that_was_captured(client, rows, models, order):
+    """Multicapture: ``amount_captured`` is the total captured so far, so it only grows;
+    whichever capture arrives last, the payment is all of it."""
+    signup_customer(client)
+    captures = [(2000, 1_700_000_000), (5000, 1_700_000_060)]
+    for captured, created in captures if order == "in-order" else captures[::-1]:
+        obj = testing.charge("ch_multi", customer="cus_A", amount=5000, amount_captured=captured)
+        deliver(client, "charge.captured", obj, created=created)
+    assert ledger(rows, models) == {"ch_multi": (5000, True, None)}
+
+
 @pytest.mark.parametrize("app_config", [{}, PRORATE], ids=["delete", "prorate"])
 def test_partial_capture_records_the_captured_amount(client, rows, models, app_config):
     """Authorized 5000, captured 3000. API reference, "The Charge object": ``amount_captured``

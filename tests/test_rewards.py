@@ -177,6 +177,31 @@ def test_rules_may_differ_by_currency_alone(client, rows, models):
     assert owed(rows, models, "ch_pro_eur") == (1500, "eur", "pending")
 
 
+UPGRADED = {"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 10}, {"percent": 30, "product_key": "pro"}]}
+
+
+@pytest.mark.parametrize("app_config", [UPGRADED])
+@pytest.mark.parametrize("order", ["in-order", "reversed"])
+def test_the_newest_charge_names_the_product_whatever_the_order(client, rows, models, order):
+    """The charge's metadata changed from basic to pro (``charge.updated``): the newer
+    object's product, and its rate, stand whichever event arrives last."""
+    customer(client, 1)
+    now = int(datetime.now(timezone.utc).timestamp())
+    shown = [
+        ("charge.succeeded", "basic", now - 60),
+        ("charge.updated", "pro", now),
+    ]
+    for event_type, product, created in shown if order == "in-order" else shown[::-1]:
+        obj = testing.charge("ch_up", customer="cus_1", amount=1000,
+                             metadata={"product_key": product})  # fmt: skip
+        response = testing.post_event(client, testing.event(event_type, obj, created=created))
+        assert response.status_code == 200, response.json
+    [transaction] = rows(models.Transaction, key="ch_up")
+    assert transaction.product_key == "pro"
+    assert owed(rows, models, "ch_up") == (300, "usd", "pending")
+    assert commission_of(rows, models, "ch_up").product_key == "pro"
+
+
 @pytest.mark.parametrize(
     "app_config", [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 10, "product_key": "pro"}]}]
 )
