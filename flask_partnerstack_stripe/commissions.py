@@ -283,8 +283,8 @@ def _reverse(
 
     None when no row came back and the payment has a product key: the commission may be
     reversed already yet show an older key (or none), which :func:`follow_payment`'s usual
-    way brings up to date (it finds no commission otherwise, as this did). Not on MySQL/MariaDB, whose
-    ``UPDATE`` returns no rows.
+    way brings up to date (it finds no commission otherwise, as this did). Not on
+    MySQL/MariaDB, whose ``UPDATE`` returns no rows.
     """
     Commission = models.Commission
     table = Commission.__table__
