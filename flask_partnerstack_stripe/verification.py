@@ -60,7 +60,7 @@ _TOO_DEEP = f"The body nests deeper than {MAX_DEPTH} levels: it is not a Stripe 
 
 def check_depth(value: Any) -> None:
     """Refuse JSON nested deeper than :data:`MAX_DEPTH`, without recursing."""
-    level: list[Any] = [value]
+    level: list[Any] = [value] if isinstance(value, (dict, list)) else []  # `null`: no depth
     for _ in range(MAX_DEPTH):
         level = [
             child
@@ -84,6 +84,9 @@ def verify_signature(
     """Accept ``text`` if any secret signed it within ``tolerance`` seconds of now, either way."""
     if not signature_header:
         raise InvalidEvent("The Stripe-Signature header is missing.")
+    if not signature_header.isascii():
+        # Stripe's is ASCII (hex digests); the digest comparison would raise on anything else.
+        raise InvalidEvent("Signature verification failed: the header is not ASCII.")
     timestamp = signed_timestamp(signature_header)
     reason = "No webhook signing secret is configured for this endpoint."
     for secret in secrets:

@@ -248,6 +248,8 @@ def test_future_timestamp_hidden_behind_another_t_is_refused(client, rows, model
         "v1={sig}",
         "t={now}=1,v1={sig}",
         "t=" + "9" * 5000 + ",v1={sig}",
+        "t={now},v1=\u00e9",  # not ASCII: no secret needed to send it
+        "t={now},v1={sig}\u00ff",
     ],
 )
 def test_ambiguous_or_broken_signature_headers_are_a_400(client, rows, models, header):
@@ -256,6 +258,12 @@ def test_ambiguous_or_broken_signature_headers_are_a_400(client, rows, models, h
     sig = testing.sign(payload, SECRET, timestamp=now).split("v1=")[1]
     response = post_signed(client, payload, header.format(now=now, future=now + 10**5, sig=sig))
     assert_refused(response, rows, models, "Signature verification failed")
+
+
+@pytest.mark.parametrize("body", ["null", "1", "true", "1.5", '"evt"'])
+def test_a_signed_json_scalar_is_a_400(client, rows, models, body):
+    response = post_signed(client, body, testing.sign(body, SECRET))
+    assert_refused(response, rows, models, "not a Stripe event")
 
 
 def test_plain_signature_still_verifies(client):
