@@ -62,12 +62,31 @@ def list_command(partner_key: str | None, status: str | None) -> None:
 @with_appcontext
 def export_command(currency: str | None, out: Path | None) -> None:
     """Pay approved commissions and clawbacks: one CSV line per partner and currency."""
+    created = out is not None and not out.exists()
+    if out is not None:
+        # Before anything is marked paid: a path that cannot be written loses no payout.
+        try:
+            with out.open("a"):
+                pass
+        except OSError as error:
+            raise click.ClickException(f"Cannot write {out}: {error.strerror}.") from None
     lines = get_state().extension.export_payouts(currency=currency)
     text = payouts_csv(lines)
-    if out is not None:
-        out.write_text(text)
-    else:
+    if out is None:
         click.echo(text, nl=False)
+    elif not lines:
+        if created:
+            out.unlink()  # made only to check it could be; an earlier payout's file stays
+    else:
+        try:
+            out.write_text(text)
+        except OSError as error:
+            # Paid already: the lines must not be lost with the file.
+            click.echo(text, nl=False)
+            raise click.ClickException(
+                f"Payout {lines[0].payout_id} was made but {out} could not be written "
+                f"({error.strerror}); its lines are printed above."
+            ) from None
     if not lines:
         click.echo("Nothing is due: no payout was made.", err=True)
     else:

@@ -474,6 +474,22 @@ def test_export_options_and_the_list_command(app, client, rows, models, tmp_path
     assert (line["currency"], line["amount"]) == ("eur", "400")
     assert owed(rows, models, "ch_usd")[2] == "approved"  # the other currency waits
     assert "No commissions match." in cli(app, "commissions", "list", "--status", "reversed").output
+    # Nothing due in euros now: the first payout's file is left as it was.
+    cli(app, "payouts", "export", "--currency", "eur", "--out", str(out))
+    assert [line["amount"] for line in csv.DictReader(io.StringIO(out.read_text()))] == ["400"]
+
+
+@pytest.mark.parametrize("app_config", [PAY_NOW])
+def test_an_export_to_a_path_that_cannot_be_written_pays_nothing(app, client, rows, models):
+    customer(client, 1)
+    pay(client, 1, "ch_1", 1000)
+    cli(app, "commissions", "approve")
+    result = app.test_cli_runner().invoke(
+        args=["partnerstack", "payouts", "export", "--out", "/nonexistent/dir/payouts.csv"]
+    )
+    assert result.exit_code != 0 and "Cannot write /nonexistent/dir/payouts.csv" in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert owed(rows, models, "ch_1") == (200, "usd", "approved")  # not paid: still due
 
 
 @pytest.mark.parametrize("app_config", [PAY_NOW])
