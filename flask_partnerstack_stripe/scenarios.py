@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -146,6 +147,8 @@ def deliver(event: dict[str, Any], url: str | None) -> tuple[int, dict[str, Any]
         response = testing.post_event(current_app.test_client(), event, secret=secrets[0])
         return response.status_code, response.get_json(silent=True) or {}
     payload = json.dumps(event)
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise click.ClickException(f"--url must be an http:// or https:// URL, got {url!r}.")
     request = urllib.request.Request(
         url,
         data=payload.encode(),
@@ -154,11 +157,23 @@ def deliver(event: dict[str, Any], url: str | None) -> tuple[int, dict[str, Any]
     )  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return int(response.status), json.loads(response.read() or b"{}")
+            return int(response.status), _answer(response.read())
     except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read() or b"{}")
-    except urllib.error.URLError as error:
-        raise click.ClickException(f"Could not reach {url}: {error.reason}") from None
+        return error.code, _answer(error.read())
+    except (urllib.error.URLError, OSError, ValueError) as error:
+        reason = getattr(error, "reason", None) or error
+        raise click.ClickException(f"Could not reach {url}: {reason}") from None
+
+
+def _answer(body: bytes) -> dict[str, Any]:
+    """The webhook's JSON answer; another server's page (a wrong --url) says so."""
+    try:
+        answer = json.loads(body or b"{}")
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        return {"error": "the answer is not our webhook's JSON (is --url the webhook's URL?)"}
+    return answer
 
 
 def show_state(story: TestEvent, *keys: str | None) -> None:
@@ -206,6 +221,8 @@ def run_step(story: TestEvent, event_type: str, url: str | None, *shown: str | N
     reason = f" ({answer['reason']})" if answer.get("reason") else ""
     verdict = answer.get("status") or answer.get("error") or ""
     click.echo(f"{event_type} {event['id']} -> HTTP {status} {verdict}{reason}")
+    if status >= 400:
+        raise click.ClickException(f"The webhook refused {event_type} (HTTP {status}).")
     obj = event["data"]["object"]
     if not shown:
         is_payment = obj.get("object") in ("charge", "invoice")

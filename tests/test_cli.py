@@ -98,6 +98,26 @@ def test_send_test_event_to_a_running_app(app, server, rows, models):
     assert [t.amount for t in rows(models.Transaction)] == [777]
 
 
+@pytest.mark.parametrize(
+    ("path", "said"),
+    [
+        ("/no-such-webhook", "is not our webhook's JSON"),  # Flask's HTML 404
+        ("/partnerstack/webhook/we_not_an_endpoint", "HTTP 404"),
+    ],
+)
+def test_send_test_event_to_a_wrong_url_says_so(app, server, path, said):
+    url = f"http://127.0.0.1:{server.port}{path}"
+    result = run(app, "send-test-event", "charge.succeeded", "--url", url)
+    assert result.exit_code == 1 and said in result.output, result.output
+    assert "The webhook refused charge.succeeded" in result.output
+    assert "Traceback" not in result.output and not isinstance(result.exception, ValueError)
+
+
+def test_send_test_event_needs_an_http_url(app):
+    result = run(app, "send-test-event", "charge.succeeded", "--url", "notaurl")
+    assert result.exit_code == 1 and "--url must be an http:// or https:// URL" in result.output
+
+
 def test_send_test_event_needs_a_secret(database_url):
     app = create_app(database_url, PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[])
     result = run(app, "send-test-event", "customer.created")
