@@ -18,6 +18,8 @@ from urllib.parse import urlencode
 import stripe
 from stripe._http_client import new_default_http_client
 
+from .values import STRIPE_ID
+
 
 class OAuthFailed(stripe.StripeError):
     """Stripe answered an OAuth call with an error; ``code`` is Stripe's error code only."""
@@ -30,7 +32,11 @@ class OAuthFailed(stripe.StripeError):
 
 def token(api_key: str, code: str) -> dict[str, Any]:
     """Exchange an authorization code for the connected account's tokens."""
-    return _post("/oauth/token", api_key, {"grant_type": "authorization_code", "code": code})
+    answer = _post("/oauth/token", api_key, {"grant_type": "authorization_code", "code": code})
+    account = answer.get("stripe_user_id")
+    if not (isinstance(account, str) and STRIPE_ID.fullmatch(account)):
+        raise OAuthFailed(200, "no_account_in_answer")  # not an answer Stripe gives
+    return answer
 
 
 def deauthorize(api_key: str, client_id: str, stripe_user_id: str) -> dict[str, Any]:

@@ -257,6 +257,16 @@ def test_callback_refuses_bad_state_without_exchanging(
         assert rows(models.StripeAccount) == []
 
 
+@pytest.mark.parametrize(
+    "reply", [{"access_token": "sk_x"}, {"stripe_user_id": None}, {"stripe_user_id": ""}]
+)
+def test_a_token_reply_without_an_account_installs_nothing(admin, stripe_api, rows, models, reply):
+    stripe_api.reply("POST", "/oauth/token", reply)
+    response = finish_install(admin, start_install(admin)["state"][0])
+    assert response.status_code == 400 and "<h1>" in response.get_data(as_text=True)
+    assert rows(models.StripeAccount) == []
+
+
 @pytest.mark.parametrize("target", ["//evil.example", "https://evil.example", "/\\evil.example"])
 def test_redirect_parameters_are_ignored(admin, stripe_api, target):
     response = admin.get("/partnerstack/install?mode=test&next=" + target)
