@@ -51,12 +51,24 @@ def endpoints() -> None:
 @click.option("--secret", help="The endpoint's signing secret (whsec_...), if Stripe gave it.")
 @click.option("--live", is_flag=True, help="For the account's live mode (default: test).")
 @click.option("--base-url", help="The app's public URL, e.g. https://example.com.")
+@click.option(
+    "--replace", is_flag=True, help="Replace the account's endpoint (its URL stops working)."
+)
 @with_appcontext
 def create_endpoint(
-    stripe_account_id: str, secret: str | None, live: bool, base_url: str | None
+    stripe_account_id: str, secret: str | None, live: bool, base_url: str | None, replace: bool
 ) -> None:
     """Create the endpoint of STRIPE_ACCOUNT_ID and print the URL to give Stripe."""
-    extension = get_state().extension
+    state = get_state()
+    extension = state.extension
+    existing = accounts.find_account(state.db.session(), state.models, stripe_account_id, live)
+    if existing is not None and existing.endpoint_id and not replace:
+        # A second create would give it a new URL: the one pasted into Stripe would 404.
+        raise click.ClickException(
+            f"{stripe_account_id} already has an endpoint ({'live' if live else 'test'} "
+            f"mode): {endpoint_url(existing.endpoint_id, base_url)}. Pass --replace for a "
+            "new one (the old URL then stops working)."
+        )
     try:
         account = extension.create_endpoint(stripe_account_id, secret, livemode=live)
     except ValueError as error:

@@ -404,6 +404,19 @@ def test_endpoint_cli_create_list_set_secret_delete(app, client, rows, models):
     event = testing.event("charge.succeeded", testing.charge("ch_1"))
     assert endpoint_post(client, account.endpoint_id, event, ENDPOINT_SECRET).status_code == 200
 
+    # Running create again would give it a new URL, and the one in Stripe would 404.
+    again = runner.invoke(args=["partnerstack", "endpoints", "create", "acct_cli"])
+    assert again.exit_code == 1 and "already has an endpoint" in again.output
+    assert account.endpoint_id in again.output and "--replace" in again.output
+    [kept] = rows(models.StripeAccount)
+    assert (kept.endpoint_id, kept.endpoint_secret) == (account.endpoint_id, ENDPOINT_SECRET)
+    replaced = runner.invoke(args=["partnerstack", "endpoints", "create", "acct_cli", "--replace"])
+    assert replaced.exit_code == 0, replaced.output
+    [account] = rows(models.StripeAccount)
+    assert account.endpoint_id != kept.endpoint_id
+    late = testing.event("charge.succeeded", testing.charge("ch_old_url"))
+    assert endpoint_post(client, kept.endpoint_id, late, ENDPOINT_SECRET).status_code == 404
+
     deleted = runner.invoke(args=["partnerstack", "endpoints", "delete", account.endpoint_id])
     assert deleted.exit_code == 0
     late = testing.event("charge.succeeded", testing.charge("ch_2"))
