@@ -626,6 +626,21 @@ def _read_committed(connection: Connection) -> None:
             raise
 
 
+def end_request_transaction(session: Session) -> None:
+    """Commit what the host's code began on ``session`` earlier in this request (a
+    ``before_request`` hook's query), so that a webhook's event gets a transaction of
+    its own: on MySQL/MariaDB one already open keeps its REPEATABLE READ snapshot, taken
+    before the event's customer locks, and the rules would not see what other workers
+    committed meanwhile. Loaded objects stay loaded. Pending changes the host has not
+    flushed are left for the event's transaction, as before (they are committed with it).
+    """
+    if not session.in_transaction() or UnitOfWork.is_open(session):
+        return
+    if session.new or session.dirty or session.deleted:
+        return
+    _commit(session, session.connection())
+
+
 def _commit(session: Session, connection: Connection) -> None:
     """Commit, keeping loaded objects loaded; raise only if the commit did not happen.
 

@@ -10,6 +10,7 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import accounts, install
+from .database import end_request_transaction
 from .extension import State, get_state
 from .status import Status
 from .verification import InvalidEvent, verify_event
@@ -71,8 +72,10 @@ def _receive(
         log.warning("Refused a webhook request: %s", error)
         return jsonify(error=str(error)), 400
 
+    session = state.db.session()
+    end_request_transaction(session)
     outcome = state.receiver.run(
-        state.db.session(), event, payload.decode("utf-8"), stripe_account_id=stripe_account_id
+        session, event, payload.decode("utf-8"), stripe_account_id=stripe_account_id
     )
     if outcome.status == Status.FAILED:
         if outcome.recorded:

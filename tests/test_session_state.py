@@ -4,6 +4,8 @@ committed values and relationships, and each durable signal has its own delivery
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import sqlalchemy as sa
 from flask import Flask
@@ -222,3 +224,37 @@ def test_create_customer_keeps_the_hosts_unflushed_change_of_its_payment(databas
         with app.app_context():
             db.drop_all()
             db.engine.dispose()
+
+
+def test_a_before_request_read_does_not_hide_what_other_workers_committed(app, models, rows):
+    """A host hook that queries on every request opens the session's transaction before
+    the webhook. On MySQL/MariaDB that transaction is REPEATABLE READ, its snapshot taken
+    then: a customer another worker commits right after would be invisible to the
+    charge's rules, and the charge would stay without its customer for good."""
+    db = app.extensions["sqlalchemy"]
+    delivered_meanwhile: list[int] = []
+    hooked: list[bool] = []
+    customer = testing.event(
+        "customer.created",
+        testing.customer("cus_1", metadata={"customer_key": "u1", "partner_key": "p1"}),
+    )
+
+    @app.before_request
+    def load_settings() -> None:
+        db.session.execute(sa.select(models.WebhookEvent.id).limit(1)).all()
+        if not hooked:  # another worker delivers the customer now
+            hooked.append(True)
+            worker = threading.Thread(
+                target=lambda: delivered_meanwhile.append(
+                    testing.post_event(app.test_client(), customer, secret=SECRET).status_code
+                )
+            )
+            worker.start()
+            worker.join()
+
+    charge = testing.event("charge.succeeded", testing.charge("ch_1", customer="cus_1"))
+    response = testing.post_event(app.test_client(), charge, secret=SECRET)
+    assert delivered_meanwhile == [200] and response.status_code == 200, response.json
+    [found] = rows(models.Customer)
+    [transaction] = rows(models.Transaction)
+    assert transaction.customer_id == found.id
