@@ -627,16 +627,19 @@ def _read_committed(connection: Connection) -> None:
 
 
 def end_request_transaction(session: Session) -> None:
-    """Commit what the host's code began on ``session`` earlier in this request (a
-    ``before_request`` hook's query), so that a webhook's event gets a transaction of
-    its own: on MySQL/MariaDB one already open keeps its REPEATABLE READ snapshot, taken
-    before the event's customer locks, and the rules would not see what other workers
-    committed meanwhile. Loaded objects stay loaded. Pending changes the host has not
-    flushed are left for the event's transaction, as before (they are committed with it).
+    """MySQL/MariaDB: commit what the host's code began on ``session`` earlier in this
+    request (a ``before_request`` hook's query), so that a webhook's event gets a
+    transaction of its own. One already open keeps its level, REPEATABLE READ, and its
+    snapshot, taken before the event's customer locks: the rules would not see what
+    other workers committed meanwhile. Loaded objects stay loaded; pending changes the
+    host has not flushed are left for the event's transaction (committed with it).
+
+    Elsewhere the event joins it, as any transaction of the host's: PostgreSQL and
+    SQLite run it at a level where each statement sees what committed before it.
     """
-    if not session.in_transaction() or UnitOfWork.is_open(session):
+    if not session.in_transaction() or session.get_bind().dialect.name not in MYSQL:
         return
-    if session.new or session.dirty or session.deleted:
+    if UnitOfWork.is_open(session) or session.new or session.dirty or session.deleted:
         return
     _commit(session, session.connection())
 

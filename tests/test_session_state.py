@@ -5,6 +5,7 @@ committed values and relationships, and each durable signal has its own delivery
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -22,8 +23,9 @@ from flask_partnerstack_stripe import (
     signals,
     testing,
 )
+from flask_partnerstack_stripe.extension import get_state
 
-from .apphost import SECRET
+from .apphost import SECRET, create_app
 
 
 def host_app(database_url: str, session_options=None, **config):
@@ -258,3 +260,55 @@ def test_a_before_request_read_does_not_hide_what_other_workers_committed(app, m
     [found] = rows(models.Customer)
     [transaction] = rows(models.Transaction)
     assert transaction.customer_id == found.id
+
+
+def test_a_webhook_never_commits_another_requests_event_on_a_shared_connection():
+    """In-memory SQLite is one connection all threads share: a webhook that began a
+    read there (a manual endpoint looks its account up) must not commit it, or it
+    would commit another thread's event halfway, whose 500 would then be a lie."""
+    app = create_app("sqlite://")
+    state = get_state(app)
+    with app.app_context():
+        state.db.create_all()
+        endpoint_id = state.extension.create_endpoint("acct_1ABC", "whsec_endpoint_1").endpoint_id
+    inside, go = threading.Event(), threading.Event()
+
+    @state.extension.handler("charge.succeeded")
+    def fails_once_the_other_request_came(event):
+        inside.set()
+        go.wait(10)
+        raise RuntimeError("the host handler fails: the whole event rolls back")
+
+    answers = {}
+
+    def failing():
+        event = testing.event("charge.succeeded", testing.charge("ch_fail", amount=5000))
+        answers["failing"] = testing.post_event(app.test_client(), event).status_code
+
+    first = threading.Thread(target=failing)
+    first.start()
+    assert inside.wait(10)
+    other = testing.event("customer.created", testing.customer("cus_B"), account="acct_1ABC")
+    second = threading.Thread(
+        target=lambda: answers.setdefault(
+            "other",
+            testing.post_event(
+                app.test_client(),
+                other,
+                secret="whsec_endpoint_1",
+                url=f"/partnerstack/webhook/{endpoint_id}",
+            ).status_code,
+        )
+    )
+    second.start()
+    time.sleep(0.5)  # the second request waits for the shared connection
+    go.set()
+    first.join(20)
+    second.join(20)
+    assert answers == {"failing": 500, "other": 200}
+    with app.app_context(), state.db.engine.connect() as connection:
+        events = dict(connection.execute(sa.select(
+            state.models.WebhookEvent.stripe_event_id, state.models.WebhookEvent.status
+        )).all())  # fmt: skip
+        paid = connection.execute(sa.select(state.models.Transaction.key)).all()
+    assert paid == [] and sorted(events.values()) == ["failed", "ignored"]
