@@ -202,8 +202,7 @@ def follow_payment(
     before = (commission.amount, commission.status)
     commission.amount = target
     commission.status = status_of(commission)
-    if transaction.product_key is not None:
-        commission.product_key = transaction.product_key  # the rate followed it too
+    commission.product_key = transaction.product_key  # the rate followed it too
     moved = (commission.amount, commission.status) != before
     if moved:
         commission.updated_at = now
@@ -281,10 +280,11 @@ def _reverse(
     """Reverse the commission of ``transaction``, which earns nothing now, in one
     statement: ``UPDATE … WHERE`` it is not reversed yet ``RETURNING`` the row.
 
-    None when no row came back and the payment has a product key: the commission may be
-    reversed already yet show an older key (or none), which :func:`follow_payment`'s usual
-    way brings up to date (it finds no commission otherwise, as this did). Not on
-    MySQL/MariaDB, whose ``UPDATE`` returns no rows.
+    None when no row came back: the commission may be reversed already yet show another
+    product key, which :func:`follow_payment`'s usual way brings up to date (it finds no
+    commission otherwise, as this did; rare: a payment's events after its reversal
+    usually change nothing, and follow nothing). Not on MySQL/MariaDB, whose ``UPDATE``
+    returns no rows.
     """
     Commission = models.Commission
     table = Commission.__table__
@@ -299,9 +299,7 @@ def _reverse(
                 status=REVERSED,
                 updated_at=sa.bindparam("now"),
                 reversed_at=sa.bindparam("now"),
-                product_key=sa.func.coalesce(
-                    sa.bindparam("b_product_key", type_=sa.String()), table.c.product_key
-                ),
+                product_key=sa.bindparam("b_product_key", type_=sa.String()),
             )
             .returning(*table.columns)
         )
@@ -314,7 +312,7 @@ def _reverse(
     }
     row = session.connection().execute(statement, parameters).first()
     if row is None:
-        return None if transaction.product_key is not None else []
+        return None
     instance = loaded(session, Commission, row)
     return _signalled(signals.commission_reversed, instance, transaction, event)
 

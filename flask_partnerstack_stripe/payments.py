@@ -45,6 +45,10 @@ class Payment:
     party: Party
     currency: str
     product_key: str | None = None
+    #: The object shown is the charge or invoice itself, whose metadata names the product
+    #: (None: it names none); a refund or dispute object, or a charge in invoice mode,
+    #: says nothing about it.
+    names_product: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,9 @@ class Facts:
 
 #: ``settle_payment``'s answer: which signal the change calls for, if any.
 RECORDED, UPDATED, DELETED = "recorded", "updated", "deleted"
+#: It does not stand, and only its product changed: no signal, but its commission's
+#: ``product_key`` follows it.
+RELABELED = "relabeled"
 
 
 @dataclass(frozen=True)
@@ -166,7 +173,8 @@ def settle_payment(
     prorate: bool,
     expect_known: bool = False,
 ) -> tuple[str | None, Any]:
-    """Add ``facts`` to the payment's transaction; ``(RECORDED | UPDATED | DELETED | None, row)``.
+    """Add ``facts`` to the payment's transaction; ``(RECORDED | UPDATED | DELETED | RELABELED |
+    None, row)``.
 
     A payment seen for the first time is inserted already computed (one statement); a
     known one is locked, merged and computed again. ``expect_known``: the event is one
@@ -495,13 +503,13 @@ def _update(
         # What was captured only grows (several captures of one charge), whatever the order.
         row.gross_amount = facts.gross
     shown_at = -1 if row.charge_refunded_at is None else row.charge_refunded_at
-    if payment.product_key is not None and (
-        row.product_key is None
-        or facts.charge_at is None  # an invoice: its events show the same metadata
-        or (facts.charge_at, payment.product_key) > (shown_at, row.product_key)
-    ):
-        # The newest charge object's metadata; at the same second, one of them for good.
-        row.product_key = payment.product_key
+    if payment.names_product and facts.charge_at is not None:
+        # A charge object: the newest one's metadata names the product, or none (at the
+        # same second, the greater key). The same newest object as the refunded total's.
+        if (facts.charge_at, payment.product_key or "") > (shown_at, row.product_key or ""):
+            row.product_key = payment.product_key
+    elif payment.product_key is not None:
+        row.product_key = payment.product_key  # an invoice: its events show the same metadata
     if facts.charge_at is not None and (facts.charge_at, facts.refunded) > (
         shown_at,
         row.charge_refunded or 0,
@@ -548,6 +556,8 @@ def _update(
         return DELETED, row
     if new.stands and after != before:
         return UPDATED, row
+    if after[3] != before[3]:
+        return RELABELED, row
     return None, row
 
 

@@ -175,6 +175,7 @@ def _payment(key: str, party: Party, obj: dict[str, Any]) -> Payment:
         party=party,
         currency=currency(obj.get("currency")),
         product_key=product_key_of(obj),
+        names_product=True,
     )
 
 

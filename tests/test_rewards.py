@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -180,26 +181,61 @@ def test_rules_may_differ_by_currency_alone(client, rows, models):
 UPGRADED = {"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 10}, {"percent": 30, "product_key": "pro"}]}
 
 
+def charge_shown(event_type: str, charge: str, product: str | None, created: int) -> dict:
+    metadata = {"product_key": product} if product else None
+    obj = testing.charge(charge, customer="cus_1", amount=1000, metadata=metadata)
+    return testing.event(event_type, obj, created=created)
+
+
+def deliver_each(client, events) -> None:
+    for event in events:
+        response = testing.post_event(client, event)
+        assert response.status_code == 200, response.json
+
+
 @pytest.mark.parametrize("app_config", [UPGRADED])
-@pytest.mark.parametrize("order", ["in-order", "reversed"])
-def test_the_newest_charge_names_the_product_whatever_the_order(client, rows, models, order):
-    """The charge's metadata changed from basic to pro (``charge.updated``): the newer
-    object's product, and its rate, stand whichever event arrives last."""
+def test_the_newest_charge_names_the_product_whatever_the_order(client, rows, models):
+    """The charge's metadata went from basic to pro (``charge.updated``), then lost its
+    product key: the newest object's metadata stands, and its rate, in any order."""
     customer(client, 1)
     now = int(datetime.now(timezone.utc).timestamp())
-    shown = [
-        ("charge.succeeded", "basic", now - 60),
-        ("charge.updated", "pro", now),
-    ]
-    for event_type, product, created in shown if order == "in-order" else shown[::-1]:
-        obj = testing.charge("ch_up", customer="cus_1", amount=1000,
-                             metadata={"product_key": product})  # fmt: skip
-        response = testing.post_event(client, testing.event(event_type, obj, created=created))
-        assert response.status_code == 200, response.json
-    [transaction] = rows(models.Transaction, key="ch_up")
-    assert transaction.product_key == "pro"
-    assert owed(rows, models, "ch_up") == (300, "usd", "pending")
-    assert commission_of(rows, models, "ch_up").product_key == "pro"
+    for order in itertools.permutations(range(3)):
+        charge = "ch_" + "".join(map(str, order))
+        shown = [
+            charge_shown("charge.succeeded", charge, "basic", now - 120),
+            charge_shown("charge.updated", charge, "pro", now - 60),
+            charge_shown("charge.updated", charge, "pro", now),
+        ]
+        deliver_each(client, [shown[n] for n in order])
+        [transaction] = rows(models.Transaction, key=charge)
+        assert transaction.product_key == "pro", order
+        assert owed(rows, models, charge) == (300, "usd", "pending"), order
+        assert commission_of(rows, models, charge).product_key == "pro", order
+        # The newest object names no product now: the default rate.
+        deliver_each(client, [charge_shown("charge.updated", charge, None, now + 60)])
+        assert rows(models.Transaction, key=charge)[0].product_key is None, order
+        assert owed(rows, models, charge) == (100, "usd", "pending"), order
+
+
+@pytest.mark.parametrize("app_config", [UPGRADED])
+def test_a_refunded_payments_commission_follows_its_product_in_any_order(client, rows, models):
+    customer(client, 1)
+    now = int(datetime.now(timezone.utc).timestamp())
+    for order in itertools.permutations(range(4)):
+        charge = "ch_" + "".join(map(str, order))
+        refunded = testing.refund(f"re_{charge}", charge=charge, amount=1000)
+        events = [
+            charge_shown("charge.succeeded", charge, "basic", now - 180),
+            charge_shown("charge.updated", charge, "pro", now - 120),
+            charge_shown("charge.updated", charge, None, now - 60),
+            testing.event("refund.created", refunded, created=now),
+        ]
+        deliver_each(client, [events[n] for n in order])
+        [transaction] = rows(models.Transaction, key=charge)
+        assert (transaction.product_key, transaction.deleted_reason) == (None, "refund"), order
+        commission = commission_of(rows, models, charge)
+        shown = None if commission is None else (commission.status, commission.product_key)
+        assert shown in (None, ("reversed", None)), order
 
 
 @pytest.mark.parametrize(
