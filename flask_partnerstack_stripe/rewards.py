@@ -79,16 +79,20 @@ def parse_rules(value: Any) -> tuple[Rule, ...]:
     if not isinstance(value, (list, tuple)):
         raise ConfigurationError(f"{name} must be a list of rules, got {type(value).__name__}")
     rules = tuple(_rule(name, index, raw) for index, raw in enumerate(value))
-    seen: dict[tuple[Any, ...], int] = {}
+    # Per scope, the rules listed so far by the currency they pay in (None: every one).
+    # Rules of one scope that differ by currency pay different payments (choose_rule);
+    # one listed after a rule that pays in its currency already could never apply.
+    seen: dict[tuple[Any, ...], dict[str | None, int]] = {}
     for index, rule in enumerate(rules):
-        # Rules that differ by currency alone pay different payments (see choose_rule).
-        scope = (rule.product_key, rule.partner_key, rule.months, rule.currency)
-        if scope in seen:
+        earlier = seen.setdefault((rule.product_key, rule.partner_key, rule.months), {})
+        shadow = earlier.get(None, earlier.get(rule.currency))
+        if shadow is not None:
             raise ConfigurationError(
-                f"{name}[{index}] has the same product_key, partner_key, months and "
-                f"currency as rule {seen[scope]}: only one of them could ever apply"
+                f"{name}[{index}] has the same product_key, partner_key and months as rule "
+                f"{shadow}, which pays in {rule.currency or 'every currency'} too: only one "
+                "of them could ever apply"
             )
-        seen[scope] = index
+        earlier[rule.currency] = index
     return rules
 
 

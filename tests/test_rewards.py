@@ -81,7 +81,17 @@ def export(app) -> list[dict[str, str]]:
         ([{"percent": 10}, {"percent": 20}], "REWARDS[1] has the same product_key"),
         (
             [{"flat": 5, "currency": "usd"}, {"flat": 6, "currency": "USD"}],
-            "REWARDS[1] has the same product_key, partner_key, months and currency as rule 0",
+            "REWARDS[1] has the same product_key, partner_key and months as rule 0, which "
+            "pays in usd too",
+        ),
+        (  # a percentage pays in every currency: a flat rule after it never applies
+            [{"percent": 10}, {"flat": 500, "currency": "usd"}],
+            "REWARDS[1] has the same product_key, partner_key and months as rule 0",
+        ),
+        (
+            [{"flat": 500, "currency": "usd"}, {"percent": 10}, {"percent": 20}],
+            "REWARDS[2] has the same product_key, partner_key and months as rule 1, which "
+            "pays in every currency too",
         ),
         ("20%", "must be a list"),
     ],
