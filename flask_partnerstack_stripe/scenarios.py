@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import urllib.error
@@ -147,7 +148,11 @@ def deliver(event: dict[str, Any], url: str | None) -> tuple[int, dict[str, Any]
         response = testing.post_event(current_app.test_client(), event, secret=secrets[0])
         return response.status_code, response.get_json(silent=True) or {}
     payload = json.dumps(event)
-    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+    try:
+        scheme = urllib.parse.urlsplit(url).scheme
+    except ValueError:  # an unclosed [IPv6 address]
+        scheme = ""
+    if scheme not in ("http", "https"):
         raise click.ClickException(f"--url must be an http:// or https:// URL, got {url!r}.")
     request = urllib.request.Request(
         url,
@@ -160,7 +165,7 @@ def deliver(event: dict[str, Any], url: str | None) -> tuple[int, dict[str, Any]
             return int(response.status), _answer(response.read())
     except urllib.error.HTTPError as error:
         return error.code, _answer(error.read())
-    except (urllib.error.URLError, OSError, ValueError) as error:
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
         reason = getattr(error, "reason", None) or error
         raise click.ClickException(f"Could not reach {url}: {reason}") from None
 

@@ -113,9 +113,17 @@ def test_send_test_event_to_a_wrong_url_says_so(app, server, path, said):
     assert "Traceback" not in result.output and not isinstance(result.exception, ValueError)
 
 
-def test_send_test_event_needs_an_http_url(app):
-    result = run(app, "send-test-event", "charge.succeeded", "--url", "notaurl")
-    assert result.exit_code == 1 and "--url must be an http:// or https:// URL" in result.output
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("notaurl", "--url must be an http:// or https:// URL"),
+        ("http://[::1", "--url must be an http:// or https:// URL"),
+        ("http://exa mple.com/", "Could not reach"),
+    ],
+)
+def test_send_test_event_needs_an_http_url(app, url, said):
+    result = run(app, "send-test-event", "charge.succeeded", "--url", url)
+    assert result.exit_code == 1 and said in result.output, result.output
 
 
 def test_send_test_event_needs_a_secret(database_url):
