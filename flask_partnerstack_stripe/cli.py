@@ -320,6 +320,8 @@ def check(base_url: str | None, with_stripe: bool) -> None:
         f"  transactions from  {settings.transaction_source}s, refunds {settings.refund_policy}"
     )
     click.echo(f"  match by email     {settings.match_email}")
+    signals_after = "the commit, durable (outbox)" if settings.durable_signals else "the commit"
+    click.echo(f"  processing         {settings.processing}, signals after {signals_after}")
     if not current_app.secret_key:
         problems.append("SECRET_KEY is not set: referral cookies and install state need it.")
 

@@ -294,6 +294,7 @@ def test_check_passes_on_a_complete_install(app):
     assert "https://shop.example/partnerstack/webhook" in result.output
     assert "whsec_…" in result.output and "present" in result.output
     assert "whsec_test_7a1c9e1d0b5f4e2a" not in result.output
+    assert "processing         inline, signals after the commit" in result.output
 
 
 def test_check_fails_on_missing_secrets_tables_and_failures(database_url, app, state):
