@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import urllib.parse
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -33,6 +34,19 @@ def mask(secret: str | None) -> str:
     return f"{kind}…{secret[-4:]}"
 
 
+def public_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A ``--base-url`` option's value: an absolute http(s) URL (printed URLs build on it)."""
+    if value is None:
+        return None
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:  # an unclosed [IPv6 address]
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+        raise click.BadParameter(f"must be an http:// or https:// URL, got {value!r}.")
+    return value
+
+
 def endpoint_url(endpoint_id: str, base_url: str | None) -> str:
     with current_app.test_request_context(base_url=base_url or "http://localhost"):
         url = url_for(
@@ -50,7 +64,9 @@ def endpoints() -> None:
 @click.argument("stripe_account_id")
 @click.option("--secret", help="The endpoint's signing secret (whsec_...), if Stripe gave it.")
 @click.option("--live", is_flag=True, help="For the account's live mode (default: test).")
-@click.option("--base-url", help="The app's public URL, e.g. https://example.com.")
+@click.option(
+    "--base-url", callback=public_url, help="The app's public URL, e.g. https://example.com."
+)
 @click.option(
     "--replace", is_flag=True, help="Replace the account's endpoint (its URL stops working)."
 )
@@ -103,7 +119,7 @@ def set_secret(endpoint_id: str, secret: str) -> None:
 
 
 @endpoints.command("list")
-@click.option("--base-url", help="The app's public URL, to print full URLs.")
+@click.option("--base-url", callback=public_url, help="The app's public URL, to print full URLs.")
 @with_appcontext
 def list_endpoints(base_url: str | None) -> None:
     """List the endpoints, their accounts and (masked) secrets."""
@@ -211,6 +227,9 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
         state.db.session(), ids=delivery_ids, dead=dead, limit=None
     )
     click.echo(f"{result.delivered} delivered, {result.failed} failed ({result.dead} now dead).")
+    unsent = len(set(delivery_ids)) - result.delivered - result.failed
+    if unsent > 0:
+        click.echo(f"Not sent: {unsent} of the ids given (unknown, or delivered already).")
     if result.failed:
         raise SystemExit(1)
 
@@ -295,7 +314,9 @@ def backfill_command(since: datetime, account: str | None) -> None:
 
 
 @partnerstack_cli.command("check")
-@click.option("--base-url", help="The app's public URL, to print full route URLs.")
+@click.option(
+    "--base-url", callback=public_url, help="The app's public URL, to print full route URLs."
+)
 @click.option(
     "--stripe", "with_stripe", is_flag=True,
     help="Also read the account's webhook endpoints from Stripe and check their events.",

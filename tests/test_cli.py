@@ -12,7 +12,7 @@ from flask_partnerstack_stripe import testing
 from flask_partnerstack_stripe.models import utcnow
 from flask_partnerstack_stripe.scenarios import EVENT_TYPES
 
-from .apphost import create_app
+from .apphost import NO_DATABASE, create_app
 
 
 def run(app, *args: str):
@@ -295,6 +295,13 @@ def test_check_passes_on_a_complete_install(app):
     assert "whsec_…" in result.output and "present" in result.output
     assert "whsec_test_7a1c9e1d0b5f4e2a" not in result.output
     assert "processing         inline, signals after the commit" in result.output
+
+
+@pytest.mark.parametrize("command", [["check"], ["endpoints", "list"]])
+@pytest.mark.parametrize("url", ["notaurl", "shop.example", "ftp://shop.example", "http://[::1"])
+def test_a_base_url_must_be_an_http_url(command, url):
+    result = run(create_app(NO_DATABASE), *command, "--base-url", url)
+    assert result.exit_code == 2 and "must be an http:// or https:// URL" in result.output
 
 
 def test_check_fails_on_missing_secrets_tables_and_failures(database_url, app, state):

@@ -107,6 +107,8 @@ def test_an_always_failing_receiver_goes_dead_and_check_says_so(app, client, row
     assert result.exit_code == 0, result.output
     assert [s.kwargs["delivery_id"] for s in sent] == [delivery.id]
     assert rows(models.SignalDelivery)[0].status == "delivered"
+    again = run(app, "deliver", str(delivery.id), "999999")
+    assert "0 delivered" in again.output and "Not sent: 2 of the ids given" in again.output
 
 
 DIES_AFTER_COMMIT = textwrap.dedent(
