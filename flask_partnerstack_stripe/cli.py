@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import urllib.parse
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -22,6 +21,7 @@ from .models import utcnow
 from .queued import EventFailed, apply_stored, received_before
 from .scenarios import send_test_event
 from .status import Status
+from .values import is_http_url
 
 partnerstack_cli = AppGroup("partnerstack", help="Stripe payment tracking for partners.")
 
@@ -36,13 +36,7 @@ def mask(secret: str | None) -> str:
 
 def public_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """A ``--base-url`` option's value: an absolute http(s) URL (printed URLs build on it)."""
-    if value is None:
-        return None
-    try:
-        parts = urllib.parse.urlsplit(value)
-    except ValueError:  # an unclosed [IPv6 address]
-        parts = None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc:
+    if value is not None and not is_http_url(value):
         raise click.BadParameter(f"must be an http:// or https:// URL, got {value!r}.")
     return value
 

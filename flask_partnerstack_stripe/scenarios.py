@@ -6,7 +6,6 @@ import http.client
 import json
 import re
 import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from flask.cli import with_appcontext
 
 from . import testing
 from .extension import get_state
+from .values import is_http_url
 
 EVENT_TYPES = (
     "customer.created",
@@ -148,11 +148,7 @@ def deliver(event: dict[str, Any], url: str | None) -> tuple[int, dict[str, Any]
         response = testing.post_event(current_app.test_client(), event, secret=secrets[0])
         return response.status_code, response.get_json(silent=True) or {}
     payload = json.dumps(event)
-    try:
-        scheme = urllib.parse.urlsplit(url).scheme
-    except ValueError:  # an unclosed [IPv6 address]
-        scheme = ""
-    if scheme not in ("http", "https"):
+    if not is_http_url(url):
         raise click.ClickException(f"--url must be an http:// or https:// URL, got {url!r}.")
     request = urllib.request.Request(
         url,

@@ -7,6 +7,7 @@ stored whole or refused, never cut, because a cut identifier can name somebody e
 from __future__ import annotations
 
 import re
+import urllib.parse
 from typing import Any
 
 #: Stripe object ids (``cus_``, ``ch_``, ``in_``, ``acct_``, ``evt_`` ...).
@@ -110,6 +111,15 @@ def amount(value: Any, *, field: str = "amount") -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_AMOUNT:
         raise InvalidValue(f"{field} must be an integer from 0 to 2**63-1.")
     return value
+
+
+def is_http_url(value: str) -> bool:
+    """Whether ``value`` is an absolute http(s) URL (a command's ``--url``, ``--base-url``)."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+    except ValueError:  # an unclosed [IPv6 address]
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 
 def signed_amount(value: Any, *, field: str) -> int | None:
