@@ -108,7 +108,9 @@ def _sync_customer(
 ) -> bool:
     """Copy Stripe's view onto ``customer``; True if anything changed.
 
-    An event older than the last one applied only fills in what is still empty.
+    An event older than the last one applied only fills in what is still empty, and never
+    links the Stripe id: that was unlinked by something newer (``customer.deleted``, or
+    the id moved to another customer), since every customer event applied links it.
     An existing partner attribution is never replaced: the first partner wins.
     """
     newer = (customer.stripe_event_created or 0) <= context.event["created"]
@@ -124,6 +126,8 @@ def _sync_customer(
         if value is None or value == current or (current is not None and not newer):
             continue
         if field == "stripe_customer_id":
+            if not newer:
+                continue
             customers.unlink_stripe_id(context.session, context.models, party, keep=customer)
         setattr(customer, field, value)
         changed = True
@@ -158,6 +162,10 @@ def customer_deleted(context: EventContext) -> None:
     if customer is None:
         raise Ignored("The deleted Stripe customer is not linked to a known customer.")
     customer.stripe_customer_id = None
+    # The deletion is the newest thing said of this customer: an older customer event
+    # delivered after it must not link the Stripe id again (see _sync_customer).
+    created = context.event["created"]
+    customer.stripe_event_created = max(customer.stripe_event_created or 0, created)
     context.session.flush()
     context.notify(signals.customer_updated, customer=customer)
     return None

@@ -148,6 +148,20 @@ def test_customer_deleted_unlinks_and_keeps_everything(client, rows, models):
     assert len(sent) == 1
 
 
+def test_an_older_customer_event_after_the_deletion_does_not_link_it_again(client, rows, models):
+    """Stripe sent created, updated, deleted; the update is delivered last."""
+    signup_customer(client, created=1000)
+    deliver(client, "customer.deleted", testing.customer("cus_A"), created=3000)
+    late = testing.customer("cus_A", email="late@x.io", metadata={"customer_key": "user-A"})
+    deliver(client, "customer.updated", late, created=2000)
+    [customer] = rows(models.Customer)
+    assert customer.stripe_customer_id is None
+    assert customer.email == "late@x.io"  # what was still empty is filled in
+    # A newer event links it again (Stripe never reuses an id; this is the host's own doing).
+    deliver(client, "customer.updated", late, created=4000)
+    assert rows(models.Customer)[0].stripe_customer_id == "cus_A"
+
+
 # --- charges ---------------------------------------------------------------------------
 
 
