@@ -52,15 +52,21 @@ class Created:
 
 
 def find_customer(
-    session: Session, models: Models, party: Party, *, match_email: bool, load: bool = True
+    session: Session,
+    models: Models,
+    party: Party,
+    *,
+    match_email: bool,
+    load: bool = True,
+    payment: bool = False,
 ) -> Any:
-    """The known customer ``party`` names: by customer key, then Stripe id, then email.
+    """The known customer ``party`` names, in the order of :func:`payer_routes`.
 
     One query: each way of naming reads its own index, and the best match wins.
     ``load=False`` reads only its ``id`` and ``stripe_customer_id``, without the ORM:
-    recording a payment needs no more.
+    recording a payment needs no more. ``payment``: ``party`` is a payment's payer.
     """
-    routes = payer_routes(party, match_email=match_email)
+    routes = payer_routes(party, match_email=match_email, payment=payment)
     if not routes:
         return None
     table = models.Customer.__table__
@@ -93,14 +99,22 @@ def _find_statement(table: Any, names: tuple[str, ...], load: bool) -> Any:
     return sa.select(*selected).where(sa.or_(*matches)).order_by(rank, table.c.id).limit(1)
 
 
-def payer_routes(party: Party, *, match_email: bool) -> dict[str, str]:
+def payer_routes(party: Party, *, match_email: bool, payment: bool = False) -> dict[str, str]:
     """The ways ``party`` names its customer, best first, as :func:`find_customer` reads them
-    (the values of its ``customer_key``, ``stripe_customer_id`` and ``email`` parameters)."""
-    routes = {
-        "customer_key": party.customer_key,
-        "stripe_customer_id": party.stripe_customer_id,
-        "email": party.email if match_email else None,
-    }
+    (the values of its ``customer_key``, ``stripe_customer_id`` and ``email`` parameters).
+
+    A customer event (and a Checkout session) names its customer by customer key first:
+    its metadata says whose Stripe customer it is. A payment (``payment``) belongs to the
+    Stripe customer who paid: Stripe id first, then the key in its metadata, then email
+    (DESIGN 4), so a key in a charge's metadata never moves a known Stripe customer, and
+    its later payments, to another customer.
+    """
+    key, stripe_id = party.customer_key, party.stripe_customer_id
+    email = party.email if match_email else None
+    if payment:
+        routes = {"stripe_customer_id": stripe_id, "customer_key": key, "email": email}
+    else:
+        routes = {"customer_key": key, "stripe_customer_id": stripe_id, "email": email}
     return {name: value for name, value in routes.items() if value}
 
 

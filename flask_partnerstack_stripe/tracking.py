@@ -295,7 +295,7 @@ def settle(
     expect_known = context.event["type"] not in FIRST_RECORDS
     partner_key = partner_key_of(creates) if creates is not None else None
     may_create = creates is not None and bool(party.customer_key and partner_key)
-    payer = customers.payer_routes(party, match_email=context.settings.match_email)
+    payer = customers.payer_routes(party, match_email=context.settings.match_email, payment=True)
     if payer and not (expect_known or may_create) and payments.records_first(session):
         # Usually a known customer's new payment: one INSERT finds its customer too.
         first = payments.record_first(session, models, payment, facts, prorate=prorate, payer=payer)
@@ -340,7 +340,7 @@ def _recorded_first(context: EventContext, party: Party, first: payments.First) 
         # row: a customer committed meanwhile is seen now (or will attach this payment).
         found = customers.find_customer(
             context.session, context.models, party,
-            match_email=context.settings.match_email, load=False,
+            match_email=context.settings.match_email, load=False, payment=True,
         )  # fmt: skip
         if found is not None:
             row = payments.give_customer(context.session, context.models, row, found.id)
@@ -396,7 +396,7 @@ def _find_payer(context: EventContext, party: Party) -> Any:
         return None  # a refund or dispute names nobody: its transaction knows the customer
     match_email = context.settings.match_email
     found = customers.find_customer(
-        context.session, context.models, party, match_email=match_email, load=False
+        context.session, context.models, party, match_email=match_email, load=False, payment=True
     )
     return found if found is not None else _find_payer_again(context, party)
 
@@ -407,7 +407,9 @@ def _find_payer_again(context: EventContext, party: Party) -> Any:
     if not locks.lock(session, *locks.party_lock_names(party)):
         return None  # SQLite: one writer at a time, so the first look was final
     match_email = context.settings.match_email
-    return customers.find_customer(session, models, party, match_email=match_email, load=False)
+    return customers.find_customer(
+        session, models, party, match_email=match_email, load=False, payment=True
+    )
 
 
 # --- accounts --------------------------------------------------------------------------

@@ -194,6 +194,25 @@ def test_charge_finds_customer_by_metadata_key_and_by_email(client, rows, models
     assert owners == {"ch_k": keyed, "ch_b": mailed, "ch_r": mailed}
 
 
+def test_a_charge_belongs_to_its_stripe_customer_before_the_key_in_its_metadata(
+    client, rows, models, state
+):
+    """DESIGN 4: a charge's customer is found by Stripe customer id, then metadata key."""
+    signup_customer(client, "cus_A", "user-A", "partner-1")
+    with client.application.app_context():
+        other = state.extension.create_customer("user-B", None, partner_key="partner-2").id
+    stale_key = testing.charge("ch_1", customer="cus_A", metadata={"customer_key": "user-B"})
+    deliver(client, "charge.succeeded", stale_key)
+    deliver(client, "charge.succeeded", testing.charge("ch_2", customer="cus_A"))
+    # A key that names a customer without a Stripe customer: the payment still is cus_A's.
+    deliver(client, "charge.succeeded", testing.charge("ch_3", metadata={"customer_key": "user-B"}))
+    customers = {c.customer_key: c for c in rows(models.Customer)}
+    owners = {t.key: t.customer_id for t in rows(models.Transaction)}
+    assert owners == {"ch_1": customers["user-A"].id, "ch_2": customers["user-A"].id, "ch_3": other}
+    assert customers["user-A"].stripe_customer_id == "cus_A"
+    assert customers["user-B"].stripe_customer_id is None
+
+
 def test_an_update_naming_the_stripe_id_links_the_customer_its_charge_found_by_key(
     client, rows, models, state
 ):
