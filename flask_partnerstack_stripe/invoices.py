@@ -49,13 +49,19 @@ def invoice_of_charge(context: EventContext, obj: dict[str, Any]) -> str | None:
     return context.lookups.get(_lookup_key(payment_intent))
 
 
+def _api_key(settings: Settings, event: dict[str, Any]) -> str | None:
+    """The platform's key for the event's mode: a live key cannot read test-mode objects
+    (Stripe refuses the call), nor a test key live ones."""
+    return settings.api_key_for(event.get("livemode") is True)
+
+
 def may_look_up_invoice(settings: Settings, event: dict[str, Any]) -> bool:
-    """Whether :func:`look_up_invoice` could call Stripe for ``event`` on some account: an
-    API key is set and the object has a payment intent but does not name its invoice
-    (a dispute only once lost, the only dispute news invoice mode acts on)."""
+    """Whether :func:`look_up_invoice` could call Stripe for ``event`` on some account: a
+    key for the event's mode is set and the object has a payment intent but does not name
+    its invoice (a dispute only once lost, the only dispute news invoice mode acts on)."""
     obj = event["data"]["object"]
     return (
-        settings.api_key is not None
+        _api_key(settings, event) is not None
         and isinstance(obj, dict)
         and payment_intent_of(obj) is not None
         and named_invoice(obj) is None
@@ -74,7 +80,7 @@ def look_up_invoice(
     if source != "invoice" or not may_look_up_invoice(settings, event):
         return {}
     payment_intent = payment_intent_of(event["data"]["object"])
-    api_key = settings.api_key
+    api_key = _api_key(settings, event)
     assert payment_intent is not None and api_key is not None  # may_look_up_invoice
     payments = stripe.InvoicePayment.list(
         payment={"type": "payment_intent", "payment_intent": payment_intent},

@@ -402,6 +402,39 @@ def test_invoice_mode_refund_object_finds_its_invoice(client, rows, models):
     assert len(api.requests) == 2
 
 
+LIVE_KEY = {"PARTNERSTACK_STRIPE_API_KEY": "sk_live_platform"}
+BOTH_KEYS = {**LIVE_KEY, "PARTNERSTACK_STRIPE_TEST_API_KEY": "sk_test_platform"}
+
+
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **BOTH_KEYS}])
+@pytest.mark.parametrize("livemode", [False, True], ids=["test-mode", "live"])
+def test_the_invoice_look_up_uses_the_key_of_the_events_mode(client, rows, models, livemode):
+    """Stripe refuses a live key's call for a test-mode object (and the reverse)."""
+    signup_customer(client, livemode=livemode)
+    deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"), livemode=livemode)
+    refund = testing.refund("re_1", charge="ch_1", payment_intent="pi_1")
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/invoice_payments", invoice_payments(("pi_1", "in_1")))
+        deliver(client, "refund.created", refund, livemode=livemode)
+    assert ledger(rows, models) == {"in_1": (1000, False, "refund")}
+    [asked] = api.requests
+    key = "sk_live_platform" if livemode else "sk_test_platform"
+    assert asked.headers["Authorization"] == f"Bearer {key}"
+
+
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **LIVE_KEY}])
+def test_a_test_mode_refund_with_only_a_live_key_is_kept_as_unmatched(client, rows, models):
+    """No key can read it: kept visible as unmatched (as without any key), not a 500."""
+    signup_customer(client)
+    deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"))
+    refund = testing.refund("re_1", charge="ch_1", payment_intent="pi_1")
+    with testing.fake_stripe_api() as api:
+        answer = deliver(client, "refund.created", refund)
+    assert answer["status"] == "ignored" and answer["reason"].startswith("Unmatched refund")
+    assert ledger(rows, models) == {"in_1": (1000, True, None)}
+    assert api.requests == []
+
+
 @pytest.mark.parametrize(
     ("app_config", "expected"),
     [({}, (1000, False, "refund")), (PRORATE, (500, True, None))],
