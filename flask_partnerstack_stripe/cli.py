@@ -15,6 +15,7 @@ from flask.cli import AppGroup, with_appcontext
 from . import accounts, outbox
 from .backfill import backfill
 from .cli_rewards import commissions_cli, payouts_cli
+from .config import PREFIX
 from .endpoints_check import endpoint_warnings
 from .extension import State, get_state
 from .models import utcnow
@@ -335,6 +336,7 @@ def check(base_url: str | None, with_stripe: bool) -> None:
         f"  transactions from  {settings.transaction_source}s, refunds {settings.refund_policy}"
     )
     click.echo(f"  match by email     {settings.match_email}")
+    click.echo(f"  mode               {_mode_line(settings.livemode)}")
     signals_after = "the commit, durable (outbox)" if settings.durable_signals else "the commit"
     click.echo(f"  processing         {settings.processing}, signals after {signals_after}")
     if not current_app.secret_key:
@@ -412,6 +414,22 @@ def check(base_url: str | None, with_stripe: bool) -> None:
             click.echo(f"  - {problem}")
         raise SystemExit(1)
     click.echo("Everything a production install needs is in place.")
+
+
+def _mode_line(livemode: bool) -> str:
+    """The app's mode (signup customers, payouts, partner summaries) and where it came from:
+    left to its default, a production app records its signups in test mode, and live
+    payments never reach them."""
+    mode = "live" if livemode else "test"
+    if current_app.config.get(PREFIX + "LIVEMODE") is not None:
+        return f"{mode} (PARTNERSTACK_STRIPE_LIVEMODE)"
+    if livemode:
+        return "live (API_KEY is a live key)"
+    return (
+        "test (PARTNERSTACK_STRIPE_LIVEMODE is not set and API_KEY is not a live key): "
+        "customers recorded at signup are test-mode, and live payments will not reach "
+        "them; set PARTNERSTACK_STRIPE_LIVEMODE = True in production"
+    )
 
 
 partnerstack_cli.add_command(send_test_event)

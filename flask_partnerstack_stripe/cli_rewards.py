@@ -57,11 +57,21 @@ def list_command(partner_key: str | None, status: str | None) -> None:
 
 @payouts_cli.command("export")
 @click.option("--currency", help="Only commissions in this currency (e.g. usd).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Write the CSV to this file (default: print it).")  # fmt: skip
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write the CSV to this file (default: print it).",
+)
+@click.option("--live/--test", "livemode", default=None,
+              help="Pay commissions on live (or test-mode) payments; default: the "
+                   "app's mode (PARTNERSTACK_STRIPE_LIVEMODE). Never both at once.")  # fmt: skip
 @with_appcontext
-def export_command(currency: str | None, out: Path | None) -> None:
+def export_command(currency: str | None, out: Path | None, livemode: bool | None) -> None:
     """Pay approved commissions and clawbacks: one CSV line per partner and currency."""
+    state = get_state()
+    mode = state.settings.livemode if livemode is None else livemode
+    if currency is not None and not (len(currency) == 3 and currency.isalpha()):
+        raise click.BadParameter("a three-letter code such as usd", param_hint="--currency")
     created = out is not None and not out.exists()
     if out is not None:
         # Before anything is marked paid: a path that cannot be written loses no payout.
@@ -70,7 +80,7 @@ def export_command(currency: str | None, out: Path | None) -> None:
                 pass
         except OSError as error:
             raise click.ClickException(f"Cannot write {out}: {error.strerror}.") from None
-    lines = get_state().extension.export_payouts(currency=currency)
+    lines = state.extension.export_payouts(currency=currency, livemode=mode)
     text = payouts_csv(lines)
     if out is None:
         click.echo(text, nl=False)
@@ -87,7 +97,8 @@ def export_command(currency: str | None, out: Path | None) -> None:
                 f"Payout {lines[0].payout_id} was made but {out} could not be written "
                 f"({error.strerror}); its lines are printed above."
             ) from None
+    which = "live" if mode else "test-mode"
     if not lines:
-        click.echo("Nothing is due: no payout was made.", err=True)
+        click.echo(f"Nothing is due on {which} payments: no payout was made.", err=True)
     else:
-        click.echo(f"Payout {lines[0].payout_id}: {len(lines)} lines.", err=True)
+        click.echo(f"Payout {lines[0].payout_id} ({which} payments): {len(lines)} lines.", err=True)

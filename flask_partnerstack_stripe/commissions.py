@@ -477,23 +477,38 @@ def list_commissions(
 
 
 def partner_summary(
-    session: Session, models: Models, partner_key: str, *, since: datetime | None = None
+    session: Session,
+    models: Models,
+    partner_key: str,
+    *,
+    livemode: bool,
+    since: datetime | None = None,
 ) -> dict[str, Any]:
-    """A partner's customers, payments and commissions, for a host's partner page.
+    """A partner's customers, payments and commissions in one mode (``livemode``), for a
+    host's partner page.
 
     ``payments``: ``{currency: {"count": n, "amount": total}}`` of standing payments.
     ``commissions``: ``{status: {currency: amount}}``; ``due``: ``{currency: amount}``
-    the next payout would pay (clawbacks netted).
+    the next payout (of that mode) would pay (clawbacks netted).
     """
     Customer, Transaction, Commission = models.Customer, models.Transaction, models.Commission
-    customers = sa.select(sa.func.count()).where(Customer.partner_key == partner_key)
+    customers = sa.select(sa.func.count()).where(
+        Customer.partner_key == partner_key, Customer.livemode == livemode
+    )
     payments = (
         sa.select(Transaction.currency, sa.func.count(), sa.func.sum(Transaction.amount))
         .join(Customer, Transaction.customer_id == Customer.id)
-        .where(Customer.partner_key == partner_key, Transaction.deleted_at.is_(None))
+        .where(
+            Customer.partner_key == partner_key,
+            Transaction.deleted_at.is_(None),
+            Transaction.livemode == livemode,
+        )
         .group_by(Transaction.currency)
     )
-    commissions = sa.select(Commission).where(Commission.partner_key == partner_key)
+    in_mode = sa.select(Transaction.id).where(Transaction.livemode == livemode)
+    commissions = sa.select(Commission).where(
+        Commission.partner_key == partner_key, Commission.transaction_id.in_(in_mode)
+    )
     if since is not None:
         customers = customers.where(Customer.created_at >= since)
         payments = payments.where(Transaction.created_at >= since)

@@ -336,17 +336,21 @@ class PartnerStackStripe:
             )
         return apps[0]
 
-    def partner_summary(self, partner_key: str, *, since: datetime | None = None) -> dict[str, Any]:
+    def partner_summary(
+        self, partner_key: str, *, since: datetime | None = None, livemode: bool | None = None
+    ) -> dict[str, Any]:
         """A partner's customers, standing payments and commissions (by status and
         currency), and what its next payout would pay (``due``), for a partner page.
 
         ``{"partner_key", "customers": n, "payments": {currency: {"count", "amount"}},
         "commissions": {status: {currency: amount}}, "due": {currency: amount}}``;
         amounts in minor units. ``since`` counts only what was created from then on.
+        Only one mode's data (``livemode``; None: the app's, ``PARTNERSTACK_STRIPE_LIVEMODE``).
         """
         state = get_state()
+        mode = state.settings.livemode if livemode is None else _mode("livemode", livemode)
         return commissions.partner_summary(
-            state.db.session(), state.models, partner_key, since=since
+            state.db.session(), state.models, partner_key, since=since, livemode=mode
         )
 
     def approve_commissions(self, *, now: datetime | None = None) -> list[Any]:
@@ -371,13 +375,25 @@ class PartnerStackStripe:
         state.receiver.deliver(session, notifications)
         return approved
 
-    def export_payouts(self, *, currency: str | None = None) -> list[payouts.PayoutLine]:
+    def export_payouts(
+        self, *, currency: str | None = None, livemode: bool | None = None
+    ) -> list[payouts.PayoutLine]:
         """Pay what is due, one line per partner and currency (clawbacks netted), under
-        a new payout id; commits. Running it again pays nothing twice."""
+        a new payout id; commits. Running it again pays nothing twice. Only commissions
+        on payments of one mode (``livemode``; None: the app's,
+        ``PARTNERSTACK_STRIPE_LIVEMODE``): test-mode payments are never paid out with
+        live ones."""
+        if currency is not None and not (
+            isinstance(currency, str) and len(currency) == 3 and currency.isalpha()
+        ):
+            raise ValueError(
+                f"currency must be a three-letter code such as 'usd', got {currency!r}."
+            )
         state = get_state()
+        mode = state.settings.livemode if livemode is None else _mode("livemode", livemode)
         session = state.db.session()
         with state.unit_of_work(session):
-            lines = payouts.export_payouts(session, state.models, currency=currency)
+            lines = payouts.export_payouts(session, state.models, livemode=mode, currency=currency)
         return lines
 
     def _bind_db(self, app: Flask, db: Any) -> Any:
@@ -409,6 +425,13 @@ def _remember_referral(response: Response) -> Response:
     if not request.query_string:  # most requests (a webhook's, say): nothing to parse
         return response
     return remember_referral(response, request, get_state().settings.referral_cookie_days)
+
+
+def _mode(name: str, value: Any) -> bool:
+    """A Python API's mode argument: True (live) or False (test)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True (live), False (test) or None, got {value!r}.")
+    return value
 
 
 def get_state(app: Flask | None = None) -> State:

@@ -44,17 +44,25 @@ def new_payout_id() -> str:
 
 
 def export_payouts(
-    session: Session, models: Models, *, currency: str | None = None, now: datetime | None = None
+    session: Session,
+    models: Models,
+    *,
+    livemode: bool,
+    currency: str | None = None,
+    now: datetime | None = None,
 ) -> list[PayoutLine]:
-    """Pay everything due (in ``currency`` only, if given); the lines, one per partner
+    """Pay everything due on payments of one mode (``livemode``; test-mode payments are
+    never paid with live ones), in ``currency`` only if given; the lines, one per partner
     and currency, sorted. Nothing due: no lines, and nothing is written."""
-    Commission, Payout = models.Commission, models.Payout
+    Commission, Payout, Transaction = models.Commission, models.Payout, models.Transaction
     now = now or utcnow()
+    in_mode = sa.select(Transaction.id).where(Transaction.livemode == livemode)
     due = (
         sa.select(Commission)
         .where(
             Commission.amount != Commission.paid_amount,
             sa.or_(Commission.approved_at.is_not(None), Commission.paid_amount != 0),
+            Commission.transaction_id.in_(in_mode),
         )
         .order_by(Commission.id)
         .with_for_update()

@@ -295,6 +295,21 @@ def test_check_passes_on_a_complete_install(app):
     assert "whsec_…" in result.output and "present" in result.output
     assert "whsec_test_7a1c9e1d0b5f4e2a" not in result.output
     assert "processing         inline, signals after the commit" in result.output
+    # No PARTNERSTACK_STRIPE_LIVEMODE and a test key: said, since signups are then test-mode.
+    assert "mode               test (PARTNERSTACK_STRIPE_LIVEMODE is not set" in result.output
+
+
+@pytest.mark.parametrize(
+    ("config", "said"),
+    [
+        ({"PARTNERSTACK_STRIPE_LIVEMODE": True}, "live (PARTNERSTACK_STRIPE_LIVEMODE)"),
+        ({"PARTNERSTACK_STRIPE_LIVEMODE": False}, "test (PARTNERSTACK_STRIPE_LIVEMODE)"),
+        ({"PARTNERSTACK_STRIPE_API_KEY": "sk_live_x"}, "live (API_KEY is a live key)"),
+    ],
+)
+def test_check_says_the_apps_mode_and_why(config, said):
+    result = run(create_app(NO_DATABASE, **config), "check")
+    assert f"mode               {said}\n" in result.output
 
 
 @pytest.mark.parametrize("command", [["check"], ["endpoints", "list"]])

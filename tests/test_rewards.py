@@ -562,6 +562,36 @@ def test_partner_summary(app, client, state):
     }
 
 
+@pytest.mark.parametrize("app_config", [{**PAY_NOW, "PARTNERSTACK_STRIPE_LIVEMODE": True}])
+def test_test_mode_payments_are_never_paid_out_with_live_ones(app, client, state):
+    """A live Connect endpoint receives its accounts' test-mode events too (Stripe), and
+    ``send-test-event`` may be pointed at production: none of that is real money."""
+    for livemode in (False, True):
+        metadata = {"customer_key": "user-1", "partner_key": "partner-1"}
+        customer_created = testing.customer("cus_1", metadata=metadata)
+        paid = testing.charge("ch_1" if livemode else "ch_t", customer="cus_1", amount=10000)
+        for event in (("customer.created", customer_created), ("charge.succeeded", paid)):
+            answer = testing.post_event(client, testing.event(*event, livemode=livemode))
+            assert answer.status_code == 200, answer.json
+    cli(app, "commissions", "approve")
+    with app.app_context():
+        summary = state.extension.partner_summary("partner-1")
+        test_summary = state.extension.partner_summary("partner-1", livemode=False)
+    assert (summary["customers"], summary["payments"], summary["due"]) == (
+        1, {"usd": {"count": 1, "amount": 10000}}, {"usd": 2000},
+    )  # fmt: skip
+    assert test_summary["due"] == {"usd": 2000}
+    [line] = export(app)  # the app's mode: live
+    assert (line["amount"], line["commissions"]) == ("2000", "1")
+    assert export(app) == []
+    result = cli(app, "payouts", "export", "--test")
+    [line] = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert (line["amount"], line["commissions"]) == ("2000", "1")
+    assert "(test-mode payments)" in result.stderr
+    with app.app_context(), pytest.raises(ValueError, match="livemode must be True"):
+        state.extension.export_payouts(livemode="live")
+
+
 WORKED_EXAMPLE = {
     "PARTNERSTACK_STRIPE_REWARDS": [{"percent": 15}, {"percent": 25, "product_key": "team"}],
     "PARTNERSTACK_STRIPE_COMMISSION_HOLD_DAYS": 0,
