@@ -87,7 +87,7 @@ def customer_upserted(context: EventContext) -> None:
         if not (party.customer_key and partner_key):
             raise Ignored(
                 "The customer matches no known customer and its metadata has no "
-                "customer_key and partner_key to create one."
+                "customer_key and partner_key to create one." + _mode_hint(context)
             )
         # MySQL/MariaDB; or what kept the insert above out is gone (a customer.deleted
         # freed the Stripe id meanwhile, say).
@@ -101,6 +101,16 @@ def customer_upserted(context: EventContext) -> None:
         context.notify(signals.customer_updated, customer=customer)
         _attach_orphans(context, customer)
     return None
+
+
+def _mode_hint(context: EventContext) -> str:
+    """Why a live customer may match nobody: the app records signups in test mode."""
+    if context.livemode and not context.settings.livemode:
+        return (
+            " This app records signups in test mode (PARTNERSTACK_STRIPE_LIVEMODE is not"
+            " True), and live events only match live customers."
+        )
+    return ""
 
 
 def _sync_customer(

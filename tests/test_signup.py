@@ -107,6 +107,22 @@ def test_signup_customer_takes_the_mode_of_the_api_key():
     assert app.extensions["partnerstack_stripe"].settings.livemode is True
 
 
+def test_a_live_customer_that_matches_no_test_mode_signup_says_why(
+    app, client, state, rows, models
+):
+    """Left to its default (no LIVEMODE, no live key), the app records signups in test
+    mode: a live customer event then matches none, and its answer says why."""
+    with app.app_context():
+        state.extension.create_customer("user-1", None, partner_key="partner-1")
+    metadata = {"customer_key": "user-1"}
+    obj = testing.customer("cus_1", metadata=metadata)
+    answer = testing.post_event(client, testing.event("customer.updated", obj, livemode=True))
+    assert answer.json["status"] == "ignored"
+    assert "records signups in test mode (PARTNERSTACK_STRIPE_LIVEMODE" in answer.json["reason"]
+    test_mode = testing.post_event(client, testing.event("customer.updated", obj))
+    assert test_mode.json["status"] == "processed"
+
+
 def test_create_customer_checks_its_arguments(app, state):
     with app.app_context():
         with pytest.raises(ValueError, match="customer_key"):
