@@ -2,10 +2,13 @@
 
 No Flask and no Celery here: the receive pipeline writes the deliveries in the event's
 transaction (:func:`record`), sends them after its commit and settles them
-(:func:`settle`); ``flask partnerstack deliver`` and the ``partnerstack.deliver_signals``
-task send the ones still pending (:func:`deliver`). A delivery is kept as JSON: a model
-instance as its field name in :class:`~.models.Models` and its primary key (read again
-from the database when it is re-sent), everything else (the Stripe event) as it is.
+(:func:`send_and_settle`); ``flask partnerstack deliver`` and the
+``partnerstack.deliver_signals`` task send the ones still pending (:func:`deliver`).
+Either way, what a delivery's receivers left in the session commits with its mark
+``delivered``, or is rolled back when one of them raised (:func:`settle`). A delivery is
+kept as JSON: a model instance as its field name in :class:`~.models.Models` and its
+primary key (read again from the database when it is re-sent), everything else (the
+Stripe event) as it is.
 """
 
 from __future__ import annotations
@@ -129,6 +132,38 @@ def backoff(settings: Settings, attempts: int) -> timedelta:
     return min(wait, MAX_BACKOFF)
 
 
+def send_and_settle(
+    session: Session,
+    unit_of_work: UnitOfWork,
+    models: Models,
+    settings: Settings,
+    send: Sender,
+    notifications: Sequence[Notification],
+) -> None:
+    """Send committed signals, then settle the durable ones among them (:func:`settle`).
+
+    A delivery whose receivers left a transaction open in the session is settled at
+    once, alone: what they left commits with its mark, or is rolled back when one of
+    them raised, before the next signal goes out. The others (the common case: the
+    receivers left the session as they found it) are settled together at the end, in
+    one statement. Without durable signals this only sends them.
+    """
+    if not any(kwargs.get("delivery_id") is not None for _, kwargs in notifications):
+        send(notifications)
+        return
+    results: list[tuple[int, BaseException | None]] = []
+    for notification in notifications:
+        [error] = send([notification])
+        delivery_id = notification[1].get("delivery_id")
+        if delivery_id is None:
+            continue
+        if session.in_transaction():
+            settle(session, unit_of_work, models, settings, [(delivery_id, error)])
+        else:
+            results.append((delivery_id, error))
+    settle(session, unit_of_work, models, settings, results)
+
+
 def settle(
     session: Session,
     unit_of_work: UnitOfWork,
@@ -138,11 +173,20 @@ def settle(
 ) -> None:
     """Mark each delivery delivered, or count a failed attempt (dead after the last one).
 
+    What the receivers left in the session commits with the marks when they all
+    returned. When one raised, it is rolled back first, never committed with the
+    failed attempt: the delivery is sent again with the same ``delivery_id``, every
+    receiver runs again, and one that kept the id (the README's idempotent receiver)
+    must not find it kept by a run that failed. So ``results`` holds the deliveries
+    that left nothing in the session, or one delivery (:func:`send_and_settle`).
+
     Never raises: the deliveries stay pending, and are sent again, when this fails.
     """
     results = list(results)
     if not results:
         return
+    if session.in_transaction() and any(error is not None for _, error in results):
+        session.rollback()
     SignalDelivery = models.SignalDelivery
     now = utcnow()
     try:
@@ -280,9 +324,12 @@ def deliver(
         if signal is None:
             error: BaseException | None = LookupError(f"No signal is named {name!r}")
         else:
-            kwargs = {**decode(session, models, arguments), "delivery_id": delivery_id}
+            # The read ends before the send, as after the first send's commit: what the
+            # receivers leave in the session is theirs alone (settle commits it with the
+            # mark, or rolls it back), and the mark alone keeps PostgreSQL's autocommit.
+            with unit_of_work.read(session):
+                kwargs = {**decode(session, models, arguments), "delivery_id": delivery_id}
             [error] = send([(signal, kwargs)])
-        session.rollback()
         settle(session, unit_of_work, models, settings, [(delivery_id, error)])
         if error is None:
             result.delivered += 1

@@ -303,13 +303,9 @@ class Receiver:
 
     def deliver(self, session: Session, notifications: list[Notification]) -> None:
         """Send committed signals; mark durable ones delivered (or count the failed attempt)."""
-        errors = self.send(notifications)
-        results = [
-            (kwargs["delivery_id"], error)
-            for (_, kwargs), error in zip(notifications, errors, strict=True)
-            if kwargs.get("delivery_id") is not None
-        ]
-        outbox.settle(session, self.unit_of_work, self.models, self.settings, results)
+        outbox.send_and_settle(
+            session, self.unit_of_work, self.models, self.settings, self.send, notifications
+        )
 
     def deliver_stored(
         self,
