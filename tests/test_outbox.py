@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -30,6 +32,34 @@ def customer_created(key: str = "user-1") -> dict[str, Any]:
 
 def run(app, *args: str):
     return app.test_cli_runner().invoke(args=["partnerstack", *args])
+
+
+@contextmanager
+def host_log(app) -> Iterator[Callable[[], list[str]]]:
+    """A host table that receivers write to through ``db.session``; yields a reader of
+    what it holds committed (a connection of its own)."""
+    db = get_state(app).db
+    with app.app_context(), db.engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE host_log (note varchar(100))")
+
+    def committed() -> list[str]:
+        with app.app_context(), db.engine.connect() as connection:
+            return sorted(row[0] for row in connection.exec_driver_sql("SELECT note FROM host_log"))
+
+    try:
+        yield committed
+    finally:
+        with app.app_context():
+            db.session.remove()
+            with db.engine.begin() as connection:
+                connection.exec_driver_sql("DROP TABLE host_log")
+
+
+def log_note(app, note: str) -> None:
+    """What a receiver does: add a row to ``db.session``, leaving the commit to others."""
+    get_state(app).db.session.execute(
+        sa.text("INSERT INTO host_log (note) VALUES (:note)"), {"note": note}
+    )
 
 
 def test_without_durable_signals_data_signals_carry_no_delivery_id(client, rows, models):
@@ -109,6 +139,106 @@ def test_an_always_failing_receiver_goes_dead_and_check_says_so(app, client, row
     assert rows(models.SignalDelivery)[0].status == "delivered"
     again = run(app, "deliver", str(delivery.id), "999999")
     assert "0 delivered" in again.output and "Not sent: 2 of the ids given" in again.output
+
+
+@pytest.mark.parametrize("app_config", [DURABLE])
+def test_a_retried_receivers_uncommitted_write_commits_with_the_mark(app, client, rows, models):
+    """README (Signals): what a receiver leaves in ``db.session`` commits with the mark
+    'delivered'. It did on the first send; a retry (``deliver``) rolled it back and marked
+    the delivery delivered all the same, so the receiver's work was lost for good. (Found
+    in review.)"""
+    down = {"on": True}
+
+    def welcome(sender: Any, customer: Any, delivery_id: int, **extra: Any) -> None:
+        if down["on"]:
+            raise RuntimeError("the mail server is down")
+        log_note(app, f"welcome {customer.customer_key} ({delivery_id})")
+
+    with host_log(app) as committed, signals.customer_created.connected_to(welcome, sender=app):
+        testing.post_event(client, customer_created("user-w"))
+        assert rows(models.SignalDelivery)[0].status == "pending"
+        down["on"] = False
+        result = run(app, "deliver")
+        assert result.exit_code == 0, result.output
+        [delivery] = rows(models.SignalDelivery)
+        assert (delivery.status, delivery.attempts) == ("delivered", 2)
+        assert committed() == [f"welcome user-w ({delivery.id})"]
+
+
+@pytest.mark.parametrize("app_config", [DURABLE])
+def test_what_a_failing_receiver_left_in_the_session_is_rolled_back(app, client, rows, models):
+    """A receiver written as the README shows (keep the delivery_id, skip an id kept
+    already) that keeps the id, then raises before its own commit: the first send committed
+    the id with the failed attempt, so every retry found it kept and skipped the work, and
+    the delivery ended delivered. What receivers leave in the session is rolled back when
+    one raises, on the first send and on every retry. (Found in review.)"""
+    failures = {"left": 2}
+    mailed: list[int] = []
+
+    def welcome(sender: Any, customer: Any, delivery_id: int, **extra: Any) -> None:
+        db = get_state(app).db
+        kept = db.session.execute(
+            sa.text("SELECT count(*) FROM host_log WHERE note = :note"), {"note": str(delivery_id)}
+        ).scalar()
+        if kept:
+            return  # handled already
+        log_note(app, str(delivery_id))
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("the mail server is down")
+        mailed.append(delivery_id)
+        db.session.commit()
+
+    with host_log(app) as committed, signals.customer_created.connected_to(welcome, sender=app):
+        testing.post_event(client, customer_created("user-f"))
+        [delivery] = rows(models.SignalDelivery)
+        assert (delivery.status, delivery.attempts, committed()) == ("pending", 1, [])
+        assert run(app, "deliver").exit_code == 1  # the retry fails too
+        assert (rows(models.SignalDelivery)[0].attempts, committed()) == (2, [])
+        result = run(app, "deliver")
+        assert result.exit_code == 0, result.output
+        [delivery] = rows(models.SignalDelivery)
+        assert (delivery.status, delivery.attempts) == ("delivered", 3)
+        assert mailed == [delivery.id]
+        assert committed() == [str(delivery.id)]
+
+
+@pytest.mark.parametrize(
+    "app_config", [{**DURABLE, "PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}]
+)
+def test_each_delivery_keeps_or_loses_what_its_own_receivers_left(app, client, rows, models):
+    """One event, two signals: the receiver of one leaves a write and returns, the other's
+    leaves one and raises. The first write commits with its delivery's mark; the second is
+    rolled back with its failed attempt, and done when that delivery is sent again."""
+    testing.post_event(client, customer_created("user-m"))
+    charge = testing.charge("ch_m", customer=None, amount=1000, metadata={"customer_key": "user-m"})
+    down = {"on": True}
+
+    def on_transaction(sender: Any, transaction: Any, delivery_id: int, **extra: Any) -> None:
+        log_note(app, f"transaction {delivery_id}")
+
+    def on_commission(sender: Any, commission: Any, delivery_id: int, **extra: Any) -> None:
+        log_note(app, f"commission {delivery_id}")
+        if down["on"]:
+            raise RuntimeError("the ledger is down")
+
+    with (
+        host_log(app) as committed,
+        signals.transaction_recorded.connected_to(on_transaction, sender=app),
+        signals.commission_created.connected_to(on_commission, sender=app),
+    ):
+        response = testing.post_event(client, testing.event("charge.succeeded", charge))
+        assert response.json["status"] == "processed", response.json
+        by_signal = {row.signal: row for row in rows(models.SignalDelivery)}
+        recorded, created = by_signal["transaction-recorded"], by_signal["commission-created"]
+        assert (recorded.status, created.status, created.attempts) == ("delivered", "pending", 1)
+        assert committed() == [f"transaction {recorded.id}"]
+        down["on"] = False
+        result = run(app, "deliver")
+        assert result.exit_code == 0, result.output
+        assert "1 delivered" in result.output
+        assert rows(models.SignalDelivery, id=created.id)[0].status == "delivered"
+        assert committed() == [f"commission {created.id}", f"transaction {recorded.id}"]
 
 
 DIES_AFTER_COMMIT = textwrap.dedent(
