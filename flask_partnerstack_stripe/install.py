@@ -19,7 +19,7 @@ from urllib.parse import urlencode, urlsplit
 
 import sqlalchemy as sa
 import stripe
-from flask import abort, current_app, redirect, render_template, request, session, url_for
+from flask import abort, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
 from . import accounts, oauth, signals
@@ -233,9 +233,13 @@ def uninstall() -> ResponseReturnValue:
 
 
 def _require_same_site() -> None:
-    """Refuse cross-site posts: Flask-WTF's token when the app uses it, else the Origin."""
-    if "csrf" in current_app.extensions:
-        return  # CSRFProtect checked this post's token before the view ran
+    """Refuse cross-site posts: Flask-WTF's token when it checked this one, else the Origin.
+
+    Only a token it validated counts (``g.csrf_valid``): an app may have ``CSRFProtect``
+    and not check this view (``WTF_CSRF_CHECK_DEFAULT = False``, or checks turned off).
+    """
+    if g.get("csrf_valid", False):
+        return  # CSRFProtect validated this post's token before the view ran
     origin = request.headers.get("Origin") or request.headers.get("Referer")
     expected = urlsplit(request.host_url)
     if origin:

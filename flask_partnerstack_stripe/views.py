@@ -32,12 +32,37 @@ def create_blueprint(app: Flask) -> Blueprint:
     blueprint.add_url_rule("/uninstall", "uninstall", install.uninstall, methods=["POST"])
     blueprint.register_error_handler(HTTPException, _http_error)
 
-    csrf = app.extensions.get("csrf")
-    if csrf is not None:
-        # Stripe cannot send a CSRF token; the signature is what authenticates it.
+    _exempt_from_csrf(app)
+    return blueprint
+
+
+def _exempt_from_csrf(app: Flask) -> None:
+    """Exempt the webhooks from Flask-WTF's CSRF protection, if the app has it: Stripe
+    cannot send a CSRF token; the signature is what authenticates its posts.
+
+    Flask-WTF keeps exemptions on its ``CSRFProtect``, which app factories often set up
+    after ``init_app``: then a hook registered now makes them on the first request, before
+    the check ``CSRFProtect`` registers later runs (hooks run in the order they were
+    registered, and none can be registered once the app has served a request).
+    """
+
+    def exempt(csrf: Any) -> None:
         csrf.exempt(webhook)
         csrf.exempt(endpoint_webhook)
-    return blueprint
+
+    csrf = app.extensions.get("csrf")
+    if csrf is not None:
+        exempt(csrf)
+        return
+    looked: list[bool] = []  # this app's: whether its first request has looked
+
+    @app.before_request
+    def exempt_once_set_up() -> None:
+        if not looked:
+            looked.append(True)
+            later = app.extensions.get("csrf")
+            if later is not None:
+                exempt(later)
 
 
 def webhook() -> ResponseReturnValue:

@@ -207,7 +207,9 @@ def test_custom_models_from_the_mixins(database_url):
             db.engine.dispose()
 
 
-def test_webhook_is_exempt_from_flask_wtf_csrf(database_url):
+@pytest.mark.parametrize("csrf_first", [True, False], ids=["csrf-first", "csrf-after-init-app"])
+def test_webhook_is_exempt_from_flask_wtf_csrf(database_url, csrf_first):
+    """Whichever is set up first: app factories often set up CSRFProtect last."""
     from flask_wtf.csrf import CSRFProtect
 
     app, db = make_app(
@@ -215,13 +217,16 @@ def test_webhook_is_exempt_from_flask_wtf_csrf(database_url):
         SECRET_KEY="k",
         PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[SECRET],
     )
-    CSRFProtect(app)
 
     @app.post("/form")
     def form():
         return "ok"
 
+    if csrf_first:
+        CSRFProtect(app)
     PartnerStackStripe(app)
+    if not csrf_first:
+        CSRFProtect(app)
     with app.app_context():
         db.drop_all()
         db.create_all()

@@ -300,6 +300,35 @@ def test_uninstall_refuses_get_and_cross_site_posts(admin, stripe_api, rows, mod
     assert [r.path for r in stripe_api.requests] == ["/oauth/token"]
 
 
+@pytest.mark.parametrize(
+    "csrf_config",
+    [{"WTF_CSRF_CHECK_DEFAULT": False}, {"WTF_CSRF_ENABLED": False}],
+    ids=["checks-chosen-views-only", "checks-off"],
+)
+def test_uninstall_with_flask_wtf_not_checking_it_still_refuses_cross_site_posts(
+    database_url, stripe_api, csrf_config
+):
+    """CSRFProtect set up but not checking this view: the Origin check still applies."""
+    from flask_wtf.csrf import CSRFProtect
+
+    app = create_app(database_url, **INSTALL_CONFIG, **csrf_config)
+    CSRFProtect(app)
+    app.extensions["partnerstack_stripe"].extension.install_guard(lambda action, account: True)
+    db = app.extensions["partnerstack_stripe"].db
+    with app.app_context():
+        db.create_all()
+    try:
+        client = app.test_client()
+        assert uninstall(client, origin="https://evil.example").status_code == 403
+        assert uninstall(client, origin=None).status_code == 403
+        assert uninstall(client).status_code == 404  # same site: on to the account
+        assert stripe_api.requests == []
+    finally:
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()
+
+
 def test_uninstall_with_flask_wtf_needs_its_token(database_url, stripe_api):
     from flask_wtf.csrf import CSRFProtect, generate_csrf
 
