@@ -22,7 +22,7 @@ from .receiver import Handlers, HostHandler, Receiver
 from .referral import referred_partner_key, remember_referral
 from .rules import BUILTIN_HANDLERS, CLAIM_LOCKS, LOOKUPS
 from .signup import record_signup, signup_details, signup_party
-from .values import ID_LENGTH, STRIPE_ID, argument
+from .values import ID_LENGTH, METADATA_LENGTH, STRIPE_ID, argument, utc_datetime
 
 if TYPE_CHECKING:
     from .tasks import Tasks
@@ -205,6 +205,9 @@ class PartnerStackStripe:
 
     def set_endpoint_secret(self, endpoint_id: str, signing_secret: str) -> Any:
         """Set the signing secret Stripe gave for the endpoint ``endpoint_id``."""
+        argument("endpoint_id", endpoint_id, ID_LENGTH, optional=False)
+        if argument("signing_secret", signing_secret, ID_LENGTH) is None:
+            raise ValueError("signing_secret must be the endpoint's signing secret (whsec_...).")
         state = get_state()
         account = accounts.find_endpoint(state.db.session(), state.models, endpoint_id)
         if account is None:
@@ -347,20 +350,24 @@ class PartnerStackStripe:
         amounts in minor units. ``since`` counts only what was created from then on.
         Only one mode's data (``livemode``; None: the app's, ``PARTNERSTACK_STRIPE_LIVEMODE``).
         """
+        partner = argument("partner_key", partner_key, METADATA_LENGTH, optional=False)
+        assert partner is not None  # not optional
+        start = utc_datetime("since", since)
         state = get_state()
         mode = state.settings.livemode if livemode is None else _mode("livemode", livemode)
         return commissions.partner_summary(
-            state.db.session(), state.models, partner_key, since=since, livemode=mode
+            state.db.session(), state.models, partner, since=start, livemode=mode
         )
 
     def approve_commissions(self, *, now: datetime | None = None) -> list[Any]:
         """Approve the pending commissions older than ``PARTNERSTACK_STRIPE_COMMISSION_HOLD_DAYS``;
         commits, sends ``commission_updated`` for each, returns them."""
+        moment = utc_datetime("now", now)
         state = get_state()
         session = state.db.session()
         with state.unit_of_work(session):
             approved = commissions.approve(
-                session, state.models, hold_days=state.settings.commission_hold_days, now=now
+                session, state.models, hold_days=state.settings.commission_hold_days, now=moment
             )
             notifications = state.receiver.record(
                 session,

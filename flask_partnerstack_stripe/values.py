@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import urllib.parse
+from datetime import datetime, timezone
 from typing import Any
 
 #: Stripe object ids (``cus_``, ``ch_``, ``in_``, ``acct_``, ``evt_`` ...).
@@ -161,3 +162,17 @@ def argument(
     if len(checked) > limit:
         raise ValueError(f"{name} is longer than {limit} characters.")
     return checked
+
+
+def utc_datetime(name: str, value: Any) -> datetime | None:
+    """A moment a Python API was given (None stays None), in UTC: the columns hold UTC
+    and not every database keeps an offset, so an aware value in another zone would be
+    compared by its wall-clock time. A naive value is taken as UTC. :class:`ValueError`
+    names ``name`` for anything but a datetime."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise ValueError(f"{name} must be a datetime, got {type(value).__name__}.")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)

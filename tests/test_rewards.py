@@ -592,6 +592,42 @@ def test_test_mode_payments_are_never_paid_out_with_live_ones(app, client, state
         state.extension.export_payouts(livemode="live")
 
 
+@pytest.mark.parametrize("app_config", [TWENTY])
+@pytest.mark.parametrize("hours", [5, -8])
+def test_moments_in_any_time_zone_mean_the_same_instant(app, client, state, hours):
+    """``since`` and ``now`` compare as instants, not as wall-clock times."""
+    customer(client, 1)
+    pay(client, 1, "ch_1", 1000)
+    zone = timezone(timedelta(hours=hours))
+    now = datetime.now(zone)
+    with app.app_context():
+        summary = state.extension.partner_summary
+        assert summary("partner-1", since=now - timedelta(minutes=10))["payments"] != {}
+        assert summary("partner-1", since=now + timedelta(minutes=10))["payments"] == {}
+        assert state.extension.approve_commissions(now=now + timedelta(days=29)) == []
+        [approved] = state.extension.approve_commissions(now=now + timedelta(days=30, hours=1))
+        assert approved.status == "approved"
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda ext: ext.partner_summary(""), "partner_key"),
+        (lambda ext: ext.partner_summary(5), "partner_key"),
+        (lambda ext: ext.partner_summary("p", since="yesterday"), "since must be a datetime"),
+        (lambda ext: ext.approve_commissions(now=5), "now must be a datetime"),
+        (lambda ext: ext.export_payouts(currency="dollars"), "currency"),
+        (lambda ext: ext.export_payouts(currency=5), "currency"),
+        (lambda ext: ext.set_endpoint_secret("", "whsec_1"), "endpoint_id"),
+        (lambda ext: ext.set_endpoint_secret("a\x00b", "whsec_1"), "endpoint_id"),
+        (lambda ext: ext.set_endpoint_secret("ep", ""), "signing_secret"),
+    ],
+)
+def test_python_apis_name_the_bad_argument(app, state, call, message):
+    with app.app_context(), pytest.raises(ValueError, match=message):
+        call(state.extension)
+
+
 WORKED_EXAMPLE = {
     "PARTNERSTACK_STRIPE_REWARDS": [{"percent": 15}, {"percent": 25, "product_key": "team"}],
     "PARTNERSTACK_STRIPE_COMMISSION_HOLD_DAYS": 0,
