@@ -125,6 +125,42 @@ def payer_cte(models: Models, names: tuple[str, ...]) -> Any:
     return _find_statement(models.Customer.__table__, names, load=False).cte("payer")
 
 
+def former_owner(session: Session, models: Models, party: Party) -> int | None:
+    """The customer an earlier payment of ``party``'s Stripe customer went to, for a
+    payment whose Stripe customer no customer holds any more.
+
+    ``customer.deleted`` unlinks the Stripe id, but Stripe may still be retrying a
+    payment of that customer (its webhook failed before the deletion): it is still that
+    customer's payment. Asked only when no customer was found; the Stripe id is not
+    linked again.
+    """
+    if party.stripe_customer_id is None:
+        return None
+    table = models.Transaction.__table__
+
+    def build() -> Any:
+        return (
+            sa.select(table.c.customer_id)
+            .where(
+                table.c.stripe_customer_id == sa.bindparam("stripe_customer_id"),
+                table.c.account_scope == sa.bindparam("scope"),
+                table.c.livemode == sa.bindparam("livemode"),
+                table.c.customer_id.is_not(None),
+            )
+            .order_by(table.c.id.desc())
+            .limit(1)
+        )
+
+    statement = cached_statement((table, "former-owner"), build)
+    values = {
+        "stripe_customer_id": party.stripe_customer_id,
+        "scope": party.scope,
+        "livemode": party.livemode,
+    }
+    found: int | None = session.connection().execute(statement, values).scalar()
+    return found
+
+
 def find_customer_by_stripe_id(session: Session, models: Models, party: Party) -> Any:
     only_stripe_id = Party(party.stripe_account_id, party.livemode, party.stripe_customer_id)
     return find_customer(session, models, only_stripe_id, match_email=False)

@@ -335,6 +335,8 @@ def settle(
             _attach_orphans(context, customer, created=True)
     elif found is not None and party.stripe_customer_id and not found.stripe_customer_id:
         _link_stripe_id(context, party, found.id)
+    elif found is None:
+        customer_id = customers.former_owner(session, models, party)
 
     change, row = payments.settle_payment(
         session, models, payment, customer_id, facts, prorate=prorate, expect_known=expect_known
@@ -344,22 +346,26 @@ def settle(
 
 def _recorded_first(context: EventContext, party: Party, first: payments.First) -> None:
     """The rest of :func:`settle` for a payment :func:`payments.record_first` recorded."""
-    row = first.row
+    session, models, row = context.session, context.models, first.row
     if first.locked:
         # Nobody was known, and record_first took the customer locks before writing the
         # row: a customer committed meanwhile is seen now (or will attach this payment).
         found = customers.find_customer(
-            context.session, context.models, party,
+            session, models, party,
             match_email=context.settings.match_email, load=False, payment=True,
         )  # fmt: skip
         if found is not None:
-            row = payments.give_customer(context.session, context.models, row, found.id)
+            row = payments.give_customer(session, models, row, found.id)
             # Its own signals first (transaction_recorded, then its commission); linking
             # then attaches the other orphans and follows the customer's commissions.
             _settled(context, first.change, row, new=True)
             if party.stripe_customer_id and not found.stripe_customer_id:
                 _link_stripe_id(context, party, found.id)
             return
+    if row.customer_id is None:
+        former = customers.former_owner(session, models, party)
+        if former is not None:
+            row = payments.give_customer(session, models, row, former)
     _settled(context, first.change, row, new=True)
 
 

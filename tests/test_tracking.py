@@ -162,6 +162,31 @@ def test_an_older_customer_event_after_the_deletion_does_not_link_it_again(clien
     assert rows(models.Customer)[0].stripe_customer_id == "cus_A"
 
 
+@pytest.mark.parametrize(
+    "app_config", [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 10}]}], ids=["rewards"]
+)
+def test_a_payment_stripe_retried_past_the_customers_deletion_is_still_theirs(client, rows, models):
+    """A charge whose webhook failed before ``customer.deleted`` arrives after it: it
+    names only the deleted Stripe id, which earlier payments tie to their customer."""
+    signup_customer(client, created=1000)
+    deliver(client, "charge.succeeded", testing.charge("ch_0", customer="cus_A"), created=1500)
+    deliver(client, "customer.deleted", testing.customer("cus_A"), created=3000)
+    deliver(
+        client, "charge.succeeded", testing.charge("ch_1", customer="cus_A", amount=700),
+        created=2000,
+    )  # fmt: skip
+    [customer] = rows(models.Customer)
+    transactions = rows(models.Transaction)
+    assert {t.key: t.customer_id for t in transactions} == {
+        "ch_0": customer.id,
+        "ch_1": customer.id,
+    }
+    assert customer.stripe_customer_id is None  # not linked again
+    keys = {t.id: t.key for t in transactions}
+    earned = {keys[c.transaction_id]: c.amount for c in rows(models.Commission)}
+    assert earned == {"ch_0": 100, "ch_1": 70}
+
+
 # --- charges ---------------------------------------------------------------------------
 
 
