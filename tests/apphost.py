@@ -95,11 +95,14 @@ def log_signals(app: Flask, path: str) -> None:
 
 def add_hanging_handler(partnerstack: PartnerStackStripe, hang_file: str) -> None:
     """For the fault tests: while ``hang_file`` exists, a ``checkout.session.completed``
-    handler writes its worker's pid there and hangs, mid-transaction, to be killed."""
+    handler writes its worker's pid there and hangs, mid-transaction, to be killed (or
+    until the file is deleted, at most a minute)."""
 
     @partnerstack.handler("checkout.session.completed")
     def hang(event: dict[str, Any]) -> None:
         path = Path(hang_file)
         if path.exists():
             path.write_text(str(os.getpid()))
-            time.sleep(60)
+            deadline = time.monotonic() + 60
+            while path.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)

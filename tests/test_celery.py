@@ -478,3 +478,86 @@ def test_a_batch_message_applies_each_event_once_and_retries_a_failed_one_alone(
     sent = deliveries(tmp_path)
     assert len(sent) == 6 and len({d for _, d in sent}) == 6
     assert "retrying it alone" in (tmp_path / "w1.log").read_text()
+
+
+def cut_connections(database_url: str) -> int:
+    """End every connection to the test's database but the one asking, as a database
+    restart does (the pooled connections of the worker die with it); how many ended."""
+    engine = sa.create_engine(database_url, isolation_level="AUTOCOMMIT", poolclass=sa.NullPool)
+    try:
+        with engine.connect() as connection:
+            if engine.dialect.name == "postgresql":
+                query = (
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+                return len(connection.exec_driver_sql(query).all())
+            query = (
+                "SELECT id FROM information_schema.processlist"
+                " WHERE db = DATABASE() AND id <> CONNECTION_ID()"
+            )
+            ids = connection.exec_driver_sql(query).scalars().all()
+            for connection_id in ids:
+                connection.exec_driver_sql(f"KILL {int(connection_id)}")
+            return len(ids)
+    finally:
+        engine.dispose()
+
+
+def dispose(*apps: Flask) -> None:
+    """Close this process's pooled connections: only the worker's are cut then."""
+    for flask_app in apps:
+        with flask_app.app_context():
+            get_state(flask_app).db.engine.dispose()
+
+
+@pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
+def test_an_event_after_the_database_restarted_is_applied_without_the_sweep(
+    web, app, workers, rows, models, tmp_path, database_url
+):
+    """The worker's pooled connection died between two events: the second one's task
+    meets it at its first read, and is retried (with a fresh connection) like any
+    failure, not acknowledged and left received for the sweep."""
+    flask_app, _ = web
+    workers("w1")
+    client = flask_app.test_client()
+    assert testing.post_event(client, customer_created("user-1")).json["status"] == "queued"
+    # Its signal settled too: the worker is done with its connection, which stays pooled.
+    wait_for(
+        lambda: [row.status for row in rows(models.SignalDelivery)] == ["delivered"],
+        what="the first event",
+    )
+    dispose(flask_app, app)
+    assert cut_connections(database_url) >= 1  # the worker's
+    assert testing.post_event(client, customer_created("user-2")).json["status"] == "queued"
+    # No sweep runs here (nor beat): the task itself, retried, applies it.
+    wait_for(lambda: statuses(rows, models) == Counter(processed=2), 30, "the second event")
+    assert len(rows(models.Customer)) == 2
+    sent = deliveries(tmp_path)
+    assert len(sent) == 2 and len({d for _, d in sent}) == 2  # each applied once
+
+
+def test_a_connection_lost_mid_apply_is_stored_failed_and_retried(
+    web, app, workers, rows, models, tmp_path, database_url
+):
+    """The database restarts while the worker's transaction is open: the failure is
+    rolled back, stored as failed with its error, and the task's retry applies it."""
+    flask_app, _ = web
+    hang_file = tmp_path / "hang"
+    hang_file.write_text("")
+    workers("w1", PARTNERSTACK_TEST_HANG_FILE=str(hang_file))
+    session = testing.checkout_session(
+        customer="cus_cut", client_reference_id="user-cut", metadata={"partner_key": "p"}
+    )
+    event = testing.event("checkout.session.completed", session)
+    assert testing.post_event(flask_app.test_client(), event).json["status"] == "queued"
+    wait_for(lambda: hang_file.read_text() != "", what="the worker to hang mid-transaction")
+    dispose(flask_app, app)
+    assert cut_connections(database_url) >= 1
+    hang_file.unlink()  # the handler returns; the transaction's next statement fails
+    wait_for(lambda: statuses(rows, models) == Counter(processed=1), 30, "the retry")
+    log = (tmp_path / "w1.log").read_text()
+    assert f"Applying Stripe event {event['id']} (checkout.session.completed) failed" in log
+    assert "Retry in" in log
+    [customer] = rows(models.Customer)
+    assert customer.customer_key == "user-cut"
