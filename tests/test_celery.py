@@ -561,3 +561,30 @@ def test_a_connection_lost_mid_apply_is_stored_failed_and_retried(
     assert "Retry in" in log
     [customer] = rows(models.Customer)
     assert customer.customer_key == "user-cut"
+
+
+def test_a_batch_after_the_database_restarted_applies_each_event_once(
+    web, app, workers, rows, models, tmp_path, database_url
+):
+    """``partnerstack.apply_events`` whose first event meets the dead pooled connection:
+    that one is retried alone, the others are applied with fresh connections."""
+    flask_app, celery_app = web
+    workers("w1")
+    testing.post_event(flask_app.test_client(), customer_created("user-0"))
+    wait_for(
+        lambda: [row.status for row in rows(models.SignalDelivery)] == ["delivered"],
+        what="the first event",
+    )
+    # Stored received, and published by nobody (no init_celery): only the batch carries them.
+    unpublished = create_app(database_url, PARTNERSTACK_STRIPE_PROCESSING="celery", **FAST)
+    events = [customer_created(f"user-batch-{n}") for n in range(1, 4)]
+    for event in events:
+        assert testing.post_event(unpublished.test_client(), event).json["status"] == "queued"
+    dispose(unpublished, flask_app, app)
+    assert cut_connections(database_url) >= 1  # the worker's
+    celery_app.send_task("partnerstack.apply_events", ([event["id"] for event in events],))
+    wait_for(lambda: statuses(rows, models) == Counter(processed=4), 30, "the batch")
+    assert len(rows(models.Customer)) == 4
+    sent = deliveries(tmp_path)
+    assert len(sent) == 4 and len({d for _, d in sent}) == 4
+    dispose(unpublished)
