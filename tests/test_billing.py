@@ -431,6 +431,7 @@ def test_a_test_mode_refund_with_only_a_live_key_is_kept_as_unmatched(client, ro
     with testing.fake_stripe_api() as api:
         answer = deliver(client, "refund.created", refund)
     assert answer["status"] == "ignored" and answer["reason"].startswith("Unmatched refund")
+    assert "set PARTNERSTACK_STRIPE_TEST_API_KEY to look it up" in answer["reason"]
     assert ledger(rows, models) == {"in_1": (1000, True, None)}
     assert api.requests == []
 
