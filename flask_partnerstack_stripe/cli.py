@@ -425,10 +425,12 @@ def _mode_line(livemode: bool) -> str:
         return f"{mode} (PARTNERSTACK_STRIPE_LIVEMODE)"
     if livemode:
         return "live (API_KEY is a live key)"
+    if current_app.config.get(PREFIX + "API_KEY"):
+        return "test (API_KEY is a test key)"
     return (
-        "test (PARTNERSTACK_STRIPE_LIVEMODE is not set and API_KEY is not a live key): "
-        "customers recorded at signup are test-mode, and live payments will not reach "
-        "them; set PARTNERSTACK_STRIPE_LIVEMODE = True in production"
+        "test (PARTNERSTACK_STRIPE_LIVEMODE is not set, nor API_KEY): customers recorded "
+        "at signup are test-mode, and live payments will not reach them; set "
+        "PARTNERSTACK_STRIPE_LIVEMODE = True in production"
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from flask.cli import AppGroup, with_appcontext
 
-from .commissions import list_commissions
+from .commissions import counted_mode, list_commissions
 from .extension import get_state
 from .models import COMMISSION_STATUSES
 from .payouts import payouts_csv
@@ -64,12 +64,11 @@ def list_command(partner_key: str | None, status: str | None) -> None:
 )
 @click.option("--live/--test", "livemode", default=None,
               help="Pay commissions on live (or test-mode) payments; default: the "
-                   "app's mode (PARTNERSTACK_STRIPE_LIVEMODE). Never both at once.")  # fmt: skip
+                   "app's mode (see the README). Never both at once.")  # fmt: skip
 @with_appcontext
 def export_command(currency: str | None, out: Path | None, livemode: bool | None) -> None:
     """Pay approved commissions and clawbacks: one CSV line per partner and currency."""
     state = get_state()
-    mode = state.settings.livemode if livemode is None else livemode
     if currency is not None and not (len(currency) == 3 and currency.isalpha()):
         raise click.BadParameter("a three-letter code such as usd", param_hint="--currency")
     created = out is not None and not out.exists()
@@ -80,7 +79,12 @@ def export_command(currency: str | None, out: Path | None, livemode: bool | None
                 pass
         except OSError as error:
             raise click.ClickException(f"Cannot write {out}: {error.strerror}.") from None
-    lines = state.extension.export_payouts(currency=currency, livemode=mode)
+    lines = state.extension.export_payouts(currency=currency, livemode=livemode)
+    mode = livemode
+    if mode is None:  # what export_payouts chose, for the summary line
+        session = state.db.session()
+        mode = counted_mode(session, state.models, state.settings, None)
+        session.rollback()
     text = payouts_csv(lines)
     if out is None:
         click.echo(text, nl=False)

@@ -37,6 +37,7 @@ from .models import APPROVED, PAID, PENDING, REVERSED, Models, utcnow
 from .rewards import Rule, commission_for, months_between
 
 if TYPE_CHECKING:
+    from .config import Settings
     from .receiver import EventContext
 
 Notifications = list[tuple[NamedSignal, dict[str, Any]]]
@@ -474,6 +475,23 @@ def list_commissions(
     if status is not None:
         statement = statement.where(Commission.status == status)
     return list(session.scalars(statement))
+
+
+def counted_mode(
+    session: Session, models: Models, settings: Settings, livemode: bool | None
+) -> bool:
+    """The mode whose payments a payout pays and a partner summary counts: ``livemode``
+    if given, else the app's (``LIVEMODE``, or the ``API_KEY``'s). When neither says it,
+    live once the app has a live payment (only live money is real; a live-only app that
+    set neither still pays its partners), else test (a development app on test events).
+    """
+    if livemode is not None:
+        return livemode
+    if settings.mode_known:
+        return settings.livemode
+    Transaction = models.Transaction
+    live = sa.select(Transaction.id).where(Transaction.livemode.is_(True)).limit(1)
+    return session.scalar(live) is not None
 
 
 def partner_summary(

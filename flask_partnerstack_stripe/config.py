@@ -86,6 +86,8 @@ class Settings:
     #: ``rewards.Rule`` objects from ``PARTNERSTACK_STRIPE_REWARDS``.
     rewards: tuple[Any, ...] = ()
     commission_hold_days: int = 30
+    #: Whether LIVEMODE or API_KEY says the app's mode (else ``livemode`` is a default).
+    mode_known: bool = False
 
     def api_key_for(self, livemode: bool) -> str | None:
         """The platform's secret key for the mode, if one is configured."""
@@ -119,6 +121,9 @@ class Settings:
             store_ignored_events=_bool("STORE_IGNORED_EVENTS", get("STORE_IGNORED_EVENTS")),
             sqlite_busy_timeout=_positive_number("SQLITE_BUSY_TIMEOUT", get("SQLITE_BUSY_TIMEOUT")),
             livemode=_livemode(get("LIVEMODE"), get("API_KEY")),
+            mode_known=(
+                get("LIVEMODE") is not None or _optional_str("API_KEY", get("API_KEY")) is not None
+            ),
             test_api_key=_optional_str("TEST_API_KEY", get("TEST_API_KEY")),
             install_method=_choice("INSTALL_METHOD", get("INSTALL_METHOD"), INSTALL_METHODS),
             install_scope=_choice(

@@ -309,8 +309,9 @@ _CUSTOMER_FIELDS = (
 )  # fmt: skip
 
 
-def unlink_stripe_id(session: Session, models: Models, party: Party, keep: Any = None) -> None:
-    """Free ``party``'s Stripe customer id from every other customer (it is unique)."""
+def unlink_stripe_id(session: Session, models: Models, party: Party, keep: Any = None) -> bool:
+    """Free ``party``'s Stripe customer id from every customer but ``keep`` (it is unique);
+    whether a customer held it."""
     Customer = models.Customer
     statement = cached_statement(
         (Customer, "unlink"),
@@ -326,7 +327,7 @@ def unlink_stripe_id(session: Session, models: Models, party: Party, keep: Any =
             .execution_options(synchronize_session=False)
         ),
     )
-    session.execute(
+    result = session.execute(
         statement,
         {
             "b_scope": party.scope,
@@ -335,6 +336,7 @@ def unlink_stripe_id(session: Session, models: Models, party: Party, keep: Any =
             "b_keep": keep.id if keep is not None else -1,
         },
     )
+    return bool(result.rowcount)  # type: ignore[attr-defined]
 
 
 def attach_orphans(

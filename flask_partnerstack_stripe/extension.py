@@ -348,15 +348,17 @@ class PartnerStackStripe:
         ``{"partner_key", "customers": n, "payments": {currency: {"count", "amount"}},
         "commissions": {status: {currency: amount}}, "due": {currency: amount}}``;
         amounts in minor units. ``since`` counts only what was created from then on.
-        Only one mode's data (``livemode``; None: the app's, ``PARTNERSTACK_STRIPE_LIVEMODE``).
+        Only one mode's data (``livemode``; None: the app's, see ``commissions.counted_mode``).
         """
         partner = argument("partner_key", partner_key, METADATA_LENGTH, optional=False)
         assert partner is not None  # not optional
         start = utc_datetime("since", since)
+        chosen = None if livemode is None else _mode("livemode", livemode)
         state = get_state()
-        mode = state.settings.livemode if livemode is None else _mode("livemode", livemode)
+        session = state.db.session()
+        mode = commissions.counted_mode(session, state.models, state.settings, chosen)
         return commissions.partner_summary(
-            state.db.session(), state.models, partner, since=start, livemode=mode
+            session, state.models, partner, since=start, livemode=mode
         )
 
     def approve_commissions(self, *, now: datetime | None = None) -> list[Any]:
@@ -387,19 +389,19 @@ class PartnerStackStripe:
     ) -> list[payouts.PayoutLine]:
         """Pay what is due, one line per partner and currency (clawbacks netted), under
         a new payout id; commits. Running it again pays nothing twice. Only commissions
-        on payments of one mode (``livemode``; None: the app's,
-        ``PARTNERSTACK_STRIPE_LIVEMODE``): test-mode payments are never paid out with
-        live ones."""
+        on payments of one mode (``livemode``; None: the app's, see
+        ``commissions.counted_mode``): test-mode payments are never paid with live ones."""
         if currency is not None and not (
             isinstance(currency, str) and len(currency) == 3 and currency.isalpha()
         ):
             raise ValueError(
                 f"currency must be a three-letter code such as 'usd', got {currency!r}."
             )
+        chosen = None if livemode is None else _mode("livemode", livemode)
         state = get_state()
-        mode = state.settings.livemode if livemode is None else _mode("livemode", livemode)
         session = state.db.session()
         with state.unit_of_work(session):
+            mode = commissions.counted_mode(session, state.models, state.settings, chosen)
             lines = payouts.export_payouts(session, state.models, livemode=mode, currency=currency)
         return lines
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
+from sqlalchemy.orm.attributes import set_committed_value
+
 from . import commissions, customers, locks, payments, signals
 from .accounts import uninstall
 from .customers import Party
@@ -119,8 +121,8 @@ def _sync_customer(
     """Copy Stripe's view onto ``customer``; True if anything changed.
 
     An event older than the last one applied only fills in what is still empty, and never
-    links the Stripe id: that was unlinked by something newer (``customer.deleted``, or
-    the id moved to another customer), since every customer event applied links it.
+    links the Stripe id: every customer event applied links it, so it was unlinked since
+    (by ``customer.deleted``, or a newer event that moved the id to another customer).
     An existing partner attribution is never replaced: the first partner wins.
     """
     newer = (customer.stripe_event_created or 0) <= context.event["created"]
@@ -167,16 +169,15 @@ def _attach_orphans(
 
 def customer_deleted(context: EventContext) -> None:
     """``customer.deleted``: unlink the Stripe id; the customer and its transactions stay."""
+    session, models = context.session, context.models
     party = party_of(context, context.object, context.object.get("id"))
-    customer = customers.find_customer_by_stripe_id(context.session, context.models, party)
-    if customer is None:
+    customer = customers.find_customer_by_stripe_id(session, models, party)
+    # Unlinked only where it is still linked, in the UPDATE's own condition: a customer
+    # event giving the customer another Stripe id meanwhile (a replacement customer)
+    # keeps it; this takes no customer lock, and its read above may predate that commit.
+    if customer is None or not customers.unlink_stripe_id(session, models, party):
         raise Ignored("The deleted Stripe customer is not linked to a known customer.")
-    customer.stripe_customer_id = None
-    # The deletion is the newest thing said of this customer: an older customer event
-    # delivered after it must not link the Stripe id again (see _sync_customer).
-    created = context.event["created"]
-    customer.stripe_event_created = max(customer.stripe_event_created or 0, created)
-    context.session.flush()
+    set_committed_value(customer, "stripe_customer_id", None)
     context.notify(signals.customer_updated, customer=customer)
     return None
 
@@ -329,7 +330,11 @@ def settle(
 
     found = _find_payer(context, party)
     customer_id = found.id if found is not None else None
-    if creates is not None and may_create and found is None:
+    if found is None:
+        # A payment of a Stripe customer nobody holds any more (customer.deleted) is the
+        # customer's its earlier payments went to, before its own metadata may create one.
+        customer_id = customers.former_owner(session, models, party)
+    if creates is not None and may_create and customer_id is None:
         # The e-commerce case: no signup tracking, the charge names customer and partner.
         customer, created = customers.create_customer(
             session, models, party, partner_key=partner_key, name=name_of(creates)
@@ -340,8 +345,6 @@ def settle(
             _attach_orphans(context, customer, created=True)
     elif found is not None and party.stripe_customer_id and not found.stripe_customer_id:
         _link_stripe_id(context, party, found.id)
-    elif found is None:
-        customer_id = customers.former_owner(session, models, party)
 
     change, row = payments.settle_payment(
         session, models, payment, customer_id, facts, prorate=prorate, expect_known=expect_known

@@ -54,15 +54,15 @@ def _exempt_from_csrf(app: Flask) -> None:
     if csrf is not None:
         exempt(csrf)
         return
-    looked: list[bool] = []  # this app's: whether its first request has looked
+    looked: list[bool] = []  # this app's: whether a request has looked (and exempted)
 
     @app.before_request
     def exempt_once_set_up() -> None:
         if not looked:
-            looked.append(True)
             later = app.extensions.get("csrf")
             if later is not None:
-                exempt(later)
+                exempt(later)  # idempotent: concurrent first requests may all get here
+            looked.append(True)  # only once exempted, or a concurrent request skips ahead
 
 
 def webhook() -> ResponseReturnValue:

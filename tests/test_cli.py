@@ -305,6 +305,7 @@ def test_check_passes_on_a_complete_install(app):
         ({"PARTNERSTACK_STRIPE_LIVEMODE": True}, "live (PARTNERSTACK_STRIPE_LIVEMODE)"),
         ({"PARTNERSTACK_STRIPE_LIVEMODE": False}, "test (PARTNERSTACK_STRIPE_LIVEMODE)"),
         ({"PARTNERSTACK_STRIPE_API_KEY": "sk_live_x"}, "live (API_KEY is a live key)"),
+        ({"PARTNERSTACK_STRIPE_API_KEY": "sk_test_x"}, "test (API_KEY is a test key)"),
     ],
 )
 def test_check_says_the_apps_mode_and_why(config, said):

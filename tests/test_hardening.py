@@ -393,9 +393,11 @@ def test_create_endpoint_refuses_what_cannot_be_stored(app, state, rows, models,
     assert rows(models.StripeAccount) == []
 
 
-def test_set_endpoint_secret_for_an_impossible_id_is_unknown(app, state):
-    with app.app_context(), pytest.raises(LookupError):
+def test_set_endpoint_secret_names_an_impossible_id_and_looks_up_a_possible_one(app, state):
+    with app.app_context(), pytest.raises(ValueError, match="endpoint_id"):
         state.extension.set_endpoint_secret("abc\x00", "whsec_1")
+    with app.app_context(), pytest.raises(LookupError):
+        state.extension.set_endpoint_secret("abc", "whsec_1")
 
 
 def test_create_customer_takes_empty_optional_fields_as_absent(app, state, rows, models):

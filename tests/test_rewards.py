@@ -592,6 +592,31 @@ def test_test_mode_payments_are_never_paid_out_with_live_ones(app, client, state
         state.extension.export_payouts(livemode="live")
 
 
+@pytest.mark.parametrize(
+    ("app_config", "paid"),
+    [(PAY_NOW, True), ({**PAY_NOW, "PARTNERSTACK_STRIPE_LIVEMODE": False}, False)],
+    ids=["mode-unset", "test-mode-app"],
+)
+def test_a_live_app_that_never_said_its_mode_still_pays_its_partners(app, client, state, paid):
+    """Neither LIVEMODE nor API_KEY (both optional): live payments are what it has, so
+    live payments are what payouts pay and summaries count; an app that says it runs in
+    test mode pays test-mode ones only."""
+    metadata = {"customer_key": "user-1", "partner_key": "partner-1"}
+    for event in (
+        ("customer.created", testing.customer("cus_1", metadata=metadata)),
+        ("charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=10000)),
+    ):
+        answer = testing.post_event(client, testing.event(*event, livemode=True))
+        assert answer.status_code == 200, answer.json
+    cli(app, "commissions", "approve")
+    with app.app_context():
+        summary = state.extension.partner_summary("partner-1")
+    assert summary["due"] == ({"usd": 2000} if paid else {})
+    result = cli(app, "payouts", "export")
+    assert len(list(csv.DictReader(io.StringIO(result.stdout)))) == (1 if paid else 0)
+    assert ("(live payments)" if paid else "on test-mode payments") in result.stderr
+
+
 @pytest.mark.parametrize("app_config", [TWENTY])
 @pytest.mark.parametrize("hours", [5, -8])
 def test_moments_in_any_time_zone_mean_the_same_instant(app, client, state, hours):

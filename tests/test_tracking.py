@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -148,18 +150,54 @@ def test_customer_deleted_unlinks_and_keeps_everything(client, rows, models):
     assert len(sent) == 1
 
 
-def test_an_older_customer_event_after_the_deletion_does_not_link_it_again(client, rows, models):
-    """Stripe sent created, updated, deleted; the update is delivered last."""
-    signup_customer(client, created=1000)
-    deliver(client, "customer.deleted", testing.customer("cus_A"), created=3000)
-    late = testing.customer("cus_A", email="late@x.io", metadata={"customer_key": "user-A"})
-    deliver(client, "customer.updated", late, created=2000)
+@pytest.mark.parametrize("deleted_first", [False, True], ids=["in-order", "deleted-first"])
+def test_a_replacement_stripe_customer_is_linked_whichever_arrives_first(
+    client, rows, models, deleted_first
+):
+    """The host replaces the Stripe customer: creates cus_B for the same customer key,
+    then deletes cus_A; Stripe may deliver the deletion first."""
+    signup_customer(client, "cus_A", "user-A", created=1000)
+    metadata = {"customer_key": "user-A", "partner_key": "partner-1"}
+    events = [
+        ("customer.created", testing.customer("cus_B", metadata=metadata), 2000),
+        ("customer.deleted", testing.customer("cus_A"), 2001),
+    ]
+    for type_, obj, created in reversed(events) if deleted_first else events:
+        deliver(client, type_, obj, created=created)
+    deliver(client, "charge.succeeded", testing.charge("ch_B", customer="cus_B"), created=3000)
     [customer] = rows(models.Customer)
-    assert customer.stripe_customer_id is None
-    assert customer.email == "late@x.io"  # what was still empty is filled in
-    # A newer event links it again (Stripe never reuses an id; this is the host's own doing).
-    deliver(client, "customer.updated", late, created=4000)
-    assert rows(models.Customer)[0].stripe_customer_id == "cus_A"
+    assert customer.stripe_customer_id == "cus_B"
+    assert [t.customer_id for t in rows(models.Transaction)] == [customer.id]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
+def test_a_deletion_racing_the_link_of_a_replacement_leaves_the_replacement(
+    app, rows, models, state
+):
+    """customer.deleted of cus_A while another worker's customer.created gives user-A
+    cus_B and has not committed yet: the deletion must not unlink cus_B."""
+    signup_customer(app.test_client(), "cus_A", "user-A", created=1000)
+    inside = threading.Event()
+
+    @state.extension.handler("customer.created")
+    def hold(event: dict[str, Any]) -> None:  # runs inside the event's transaction
+        if event["data"]["object"]["id"] == "cus_B":
+            inside.set()
+            time.sleep(1.0)
+
+    metadata = {"customer_key": "user-A", "partner_key": "partner-1"}
+    created = testing.event("customer.created", testing.customer("cus_B", metadata=metadata))
+    answers = []
+    worker = threading.Thread(
+        target=lambda: answers.append(testing.post_event(app.test_client(), created).status_code)
+    )
+    worker.start()
+    assert inside.wait(10)
+    deleted = testing.event("customer.deleted", testing.customer("cus_A"))
+    answers.append(testing.post_event(app.test_client(), deleted).status_code)
+    worker.join()
+    assert answers == [200, 200]
+    assert [c.stripe_customer_id for c in rows(models.Customer)] == ["cus_B"]
 
 
 @pytest.mark.parametrize(
