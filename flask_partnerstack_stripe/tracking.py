@@ -120,9 +120,8 @@ def _sync_customer(
 ) -> bool:
     """Copy Stripe's view onto ``customer``; True if anything changed.
 
-    An event older than the last one applied only fills in what is still empty, and never
-    links the Stripe id: every customer event applied links it, so it was unlinked since
-    (by ``customer.deleted``, or a newer event that moved the id to another customer).
+    An event older than the last one applied only fills in what is still empty, and
+    never takes the Stripe id from another customer: a newer event moved it there.
     An existing partner attribution is never replaced: the first partner wins.
     """
     newer = (customer.stripe_event_created or 0) <= context.event["created"]
@@ -138,7 +137,7 @@ def _sync_customer(
         if value is None or value == current or (current is not None and not newer):
             continue
         if field == "stripe_customer_id":
-            if not newer:
+            if not newer and _held_by_another(context, party, customer):
                 continue
             customers.unlink_stripe_id(context.session, context.models, party, keep=customer)
         setattr(customer, field, value)
@@ -147,6 +146,14 @@ def _sync_customer(
         customer.stripe_event_created = context.event["created"]
     context.session.flush()
     return changed
+
+
+def _held_by_another(context: EventContext, party: Party, customer: Any) -> bool:
+    holder = customers.find_customer(
+        context.session, context.models, Party(party.stripe_account_id, party.livemode,
+        party.stripe_customer_id), match_email=False, load=False,
+    )  # fmt: skip
+    return holder is not None and holder.id != customer.id
 
 
 def _attach_orphans(

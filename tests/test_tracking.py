@@ -170,6 +170,24 @@ def test_a_replacement_stripe_customer_is_linked_whichever_arrives_first(
     assert [t.customer_id for t in rows(models.Transaction)] == [customer.id]
 
 
+def test_a_replacement_created_before_the_old_customers_last_update_is_linked(client, rows, models):
+    """cus_B was created (4000) before cus_A's last update (5000) and deletion (6000), and
+    is delivered last: older than what the customer row saw, it still links, as nobody
+    else holds cus_B; but an older event never takes a Stripe id from another customer."""
+    signup_customer(client, "cus_A", "user-A", created=1000)
+    deliver(client, "customer.updated", testing.customer("cus_A", name="Ann"), created=5000)
+    deliver(client, "customer.deleted", testing.customer("cus_A"), created=6000)
+    metadata = {"customer_key": "user-A", "partner_key": "partner-1"}
+    other = {"customer_key": "user-C", "partner_key": "partner-2"}
+    deliver(client, "customer.created", testing.customer("cus_C", metadata=other), created=7000)
+    deliver(client, "customer.updated", testing.customer("cus_C", metadata=metadata), created=4500)
+    links = {c.customer_key: c.stripe_customer_id for c in rows(models.Customer)}
+    assert links == {"user-A": None, "user-C": "cus_C"}
+    deliver(client, "customer.created", testing.customer("cus_B", metadata=metadata), created=4000)
+    links = {c.customer_key: c.stripe_customer_id for c in rows(models.Customer)}
+    assert links == {"user-A": "cus_B", "user-C": "cus_C"}
+
+
 @pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
 def test_a_deletion_racing_the_link_of_a_replacement_leaves_the_replacement(
     app, rows, models, state
