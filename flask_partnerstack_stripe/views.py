@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
@@ -54,6 +55,8 @@ def _exempt_from_csrf(app: Flask) -> None:
     if csrf is not None:
         exempt(csrf)
         return
+    if importlib.util.find_spec("flask_wtf") is None:
+        return  # no Flask-WTF to set up later: no hook on every request
     looked: list[bool] = []  # this app's: whether a request has looked (and exempted)
 
     @app.before_request
