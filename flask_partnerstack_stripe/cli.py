@@ -20,6 +20,7 @@ from .endpoints_check import endpoint_warnings
 from .extension import State, get_state
 from .models import utcnow
 from .queued import EventFailed, apply_stored, received_before
+from .receiver import KEPT_REASONS
 from .scenarios import send_test_event
 from .status import Status
 from .values import is_http_url
@@ -260,19 +261,46 @@ def sweep_command(seconds: float | None, apply_here: bool) -> None:
               help="Days to keep (default: PARTNERSTACK_STRIPE_EVENT_RETENTION_DAYS).")  # fmt: skip
 @with_appcontext
 def prune(days: int | None) -> None:
-    """Delete stored events older than the retention, except failed ones (still to replay)."""
+    """Delete stored events older than the retention whose work is done.
+
+    Deletes processed events and ignored ones; keeps, whatever their age, failed events
+    (to replay), received ones (never applied: for the sweep) and ignored ones kept on
+    purpose (unmatched refunds, to replay once an API key is set).
+    """
     state = get_state()
     days = days or state.settings.event_retention_days
     WebhookEvent = state.models.WebhookEvent
     cutoff = utcnow() - timedelta(days=days)
+    kept_on_purpose = sa.or_(*(WebhookEvent.error.startswith(r, autoescape=True)
+                               for r in KEPT_REASONS))  # fmt: skip
+    done = sa.or_(
+        WebhookEvent.status == Status.PROCESSED,
+        sa.and_(
+            WebhookEvent.status == Status.IGNORED,
+            sa.or_(WebhookEvent.error.is_(None), sa.not_(kept_on_purpose)),
+        ),
+    )
     session = state.db.session()
     with state.unit_of_work(session):
         deleted = session.execute(
-            sa.delete(WebhookEvent).where(
-                WebhookEvent.received_at < cutoff, WebhookEvent.status != Status.FAILED
-            )
+            sa.delete(WebhookEvent).where(WebhookEvent.received_at < cutoff, done)
         ).rowcount
-    click.echo(f"Deleted {deleted} stored events older than {days} days (failed ones are kept).")
+        kept: dict[str, int] = dict(
+            session.execute(
+                sa.select(WebhookEvent.status, sa.func.count())
+                .where(WebhookEvent.received_at < cutoff)
+                .group_by(WebhookEvent.status)
+            ).all()
+        )
+    click.echo(f"Deleted {deleted} stored events older than {days} days.")
+    why = {
+        Status.FAILED: "failed (to replay)",
+        Status.RECEIVED: "received and never applied (for `flask partnerstack sweep`)",
+        Status.IGNORED: "unmatched refunds (to replay once PARTNERSTACK_STRIPE_API_KEY is set)",
+    }
+    reasons = [f"{n} {why.get(status, status)}" for status, n in sorted(kept.items())]
+    click.echo(f"Kept {sum(kept.values())} older ones still needed" +
+               (f": {', '.join(reasons)}." if reasons else "."))  # fmt: skip
 
 
 @partnerstack_cli.command("backfill")

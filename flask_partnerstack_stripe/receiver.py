@@ -11,7 +11,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
 from blinker import NamedSignal
@@ -39,15 +39,24 @@ Notification = tuple[NamedSignal, dict[str, Any]]
 Sender = Callable[[Iterable[Notification]], "Sequence[BaseException | None]"]
 
 
+#: How a stored event kept on purpose (:class:`Ignored` with ``keep``) is told from the
+#: other ignored ones: its reason, stored in ``WebhookEvent.error``, starts with one of
+#: these (the README documents "Unmatched refund"). ``flask partnerstack prune`` keeps them.
+KEPT_REASONS: Final = ("Unmatched refund",)
+
+
 class Ignored(Exception):
     """Raised by a built-in handler: the event changes nothing, for ``reason``.
 
     ``keep`` stores it even when ignored events are not stored, because somebody
-    has to look at it (an unmatched refund, say). What the handler wrote before
-    raising stays, as part of the event's transaction.
+    has to look at it (an unmatched refund, say): its reason then starts with one of
+    :data:`KEPT_REASONS`, which is how the stored row says so. What the handler wrote
+    before raising stays, as part of the event's transaction.
     """
 
     def __init__(self, reason: str, *, keep: bool = False) -> None:
+        if keep and not reason.startswith(KEPT_REASONS):
+            raise ValueError(f"A kept reason must start with one of {KEPT_REASONS}: {reason!r}")
         super().__init__(reason)
         self.reason = reason
         self.keep = keep

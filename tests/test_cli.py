@@ -9,6 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_partnerstack_stripe import testing
+from flask_partnerstack_stripe.extension import get_state
 from flask_partnerstack_stripe.models import utcnow
 from flask_partnerstack_stripe.scenarios import EVENT_TYPES
 
@@ -186,6 +187,55 @@ def test_prune_keeps_failed_and_recent_events(app, client, state, rows, models):
         old_failed["id"],
         recent["id"],
     }
+
+
+INVOICE_MODE = {"PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}
+
+
+@pytest.mark.parametrize("app_config", [INVOICE_MODE])
+def test_prune_keeps_events_not_applied_and_unmatched_refunds(
+    database_url, app, client, state, rows, models
+):
+    """Only finished work is pruned: an event left received (its enqueue was lost) is still
+    to be applied by the sweep, and an unmatched refund is kept visible to be replayed."""
+    old_processed = testing.event("customer.created", testing.customer("cus_1"))
+    old_ignored = testing.event("balance.available", {"object": "balance"})
+    # Invoice mode, basil payload, no API key: the refund cannot be linked to its invoice.
+    old_unmatched = testing.event(
+        "charge.refunded", testing.charge("ch_1", customer="cus_1", amount_refunded=1000)
+    )
+    for event in (old_processed, old_ignored, old_unmatched):
+        testing.post_event(client, event)
+    queued = create_app(database_url, PARTNERSTACK_STRIPE_PROCESSING="celery", **INVOICE_MODE)
+    old_received = testing.event("invoice.paid", testing.invoice("in_2", subtotal=500))
+    # No init_celery: stored as received, as when the process died before enqueueing it.
+    assert testing.post_event(queued.test_client(), old_received).json["status"] == "queued"
+    with queued.app_context():
+        get_state(queued).db.engine.dispose()
+    statuses = {e.stripe_event_id: e.status for e in rows(models.WebhookEvent)}
+    assert [statuses[e["id"]] for e in (old_ignored, old_unmatched, old_received)] == [
+        "ignored", "ignored", "received"
+    ]  # fmt: skip
+    with app.app_context():
+        state.db.session.execute(
+            sa.update(models.WebhookEvent).values(received_at=utcnow() - timedelta(days=100))
+        )
+        state.db.session.commit()
+
+    result = run(app, "prune")
+    assert result.exit_code == 0, result.output
+    assert "Deleted 2 stored events older than 90 days." in result.output
+    assert "Kept 2 older ones still needed: " in result.output
+    assert "1 received and never applied" in result.output
+    assert "1 unmatched refunds" in result.output
+    assert {e.stripe_event_id for e in rows(models.WebhookEvent)} == {
+        old_unmatched["id"],
+        old_received["id"],
+    }
+    # The sweep still finds the received event and applies it.
+    swept = run(queued, "sweep", "--older-than", "0", "--apply")
+    assert "1 events left received: 1 processed." in swept.output, swept.output
+    assert [(t.key, t.amount) for t in rows(models.Transaction)] == [("in_2", 500)]
 
 
 # --- backfill ------------------------------------------------------------------------
