@@ -10,14 +10,14 @@ import click
 import sqlalchemy as sa
 import stripe
 from flask import current_app, url_for
-from flask.cli import AppGroup, with_appcontext
+from flask.cli import AppGroup, ScriptInfo, with_appcontext
 
-from . import accounts, outbox
+from . import accounts, outbox, reachability
 from .backfill import backfill
 from .cli_rewards import commissions_cli, payouts_cli
 from .config import PREFIX
 from .endpoints_check import endpoint_warnings
-from .extension import State, get_state
+from .extension import EXTENSION_KEY, State, get_state
 from .models import utcnow
 from .queued import EventFailed, apply_stored, received_before
 from .receiver import KEPT_REASONS
@@ -25,7 +25,36 @@ from .scenarios import send_test_event
 from .status import Status
 from .values import is_http_url
 
-partnerstack_cli = AppGroup("partnerstack", help="Stripe payment tracking for partners.")
+
+class OperationsGroup(AppGroup):
+    """``flask partnerstack``: a database that cannot be reached, whichever command reads
+    it, is one line (``Error: cannot reach the database: <the driver's message>``) and
+    exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        with reachability.watching(_engines(ctx)):
+            try:
+                return super().invoke(ctx)
+            except Exception as error:
+                reason = reachability.unreachable(error)
+                if reason is None:
+                    raise
+                raise click.ClickException(f"cannot reach the database: {reason}") from None
+
+
+def _engines(ctx: click.Context) -> list[Any]:
+    """The engines of the app the command runs for (none if the extension is not on it)."""
+    app = current_app._get_current_object() if current_app else None  # type: ignore[attr-defined]
+    if app is None:
+        app = ctx.ensure_object(ScriptInfo).load_app()
+    state = app.extensions.get(EXTENSION_KEY)
+    if state is None:
+        return []
+    with app.app_context():
+        return list(state.db.engines.values())
+
+
+partnerstack_cli = OperationsGroup("partnerstack", help="Stripe payment tracking for partners.")
 
 
 def mask(secret: str | None) -> str:
@@ -371,13 +400,23 @@ def check(base_url: str | None, with_stripe: bool) -> None:
         problems.append("SECRET_KEY is not set: referral cookies and install state need it.")
 
     click.echo("Tables")
-    engine = state.db.engine
-    existing = set(sa.inspect(engine).get_table_names())
-    for model in state.models:
-        present = model.__tablename__ in existing
-        click.echo(f"  {model.__tablename__:<32}{'present' if present else 'MISSING'}")
-        if not present:
-            problems.append(f"Table {model.__tablename__} is missing: run `flask db upgrade`.")
+    existing: set[str] = set()
+    try:
+        existing = set(sa.inspect(state.db.engine).get_table_names())
+    except sa.exc.DBAPIError as error:
+        reason = reachability.unreachable(error)
+        if reason is None:
+            raise
+        # A problem to report like the others; nothing more is read from it (no tables
+        # known, so no events and no deliveries).
+        click.echo(f"  cannot reach the database: {reason}")
+        problems.append(f"The database cannot be reached: {reason}")
+    else:
+        for model in state.models:
+            present = model.__tablename__ in existing
+            click.echo(f"  {model.__tablename__:<32}{'present' if present else 'MISSING'}")
+            if not present:
+                problems.append(f"Table {model.__tablename__} is missing: run `flask db upgrade`.")
 
     click.echo("Routes")
     with current_app.test_request_context(base_url=base_url or "http://localhost"):

@@ -304,6 +304,10 @@ def send_test_event(event_type: str | None, scenario: str | None, url: str | Non
     if event_type is None and scenario is None:
         raise click.UsageError("Give an EVENT_TYPE or --scenario seed.")
     confirm_database(yes)
+    # Before any event is sent: an unreachable database is one line (the CLI group says
+    # so), not the webhook's logged failure and a 500.
+    with get_state().db.engine.connect():
+        pass
     story = TestEvent(livemode=live, charge=charge_id, **fields)
     if scenario == "seed":
         play_seed(story, url)

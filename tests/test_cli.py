@@ -14,6 +14,7 @@ from flask_partnerstack_stripe.models import utcnow
 from flask_partnerstack_stripe.scenarios import EVENT_TYPES
 
 from .apphost import NO_DATABASE, create_app
+from .conftest import free_port
 
 
 def run(app, *args: str):
@@ -479,3 +480,48 @@ def test_send_test_event_says_which_database_without_its_password(monkeypatch, c
     with app.app_context():
         confirm_database(yes=False)  # "test" in the URL: no question asked
     assert capsys.readouterr().out == "Database: postgresql+psycopg://app:***@db.example/app_test\n"
+
+
+# --- an unreachable database ---------------------------------------------------------
+
+
+def unreachable_urls() -> list[str]:
+    """Database URLs with nothing listening (a free port), each with a password to keep."""
+    return [
+        f"postgresql+psycopg://app:s3cret-pw@127.0.0.1:{free_port()}/app_test",
+        f"mysql+pymysql://app:s3cret-pw@127.0.0.1:{free_port()}/app_test",
+    ]
+
+
+@pytest.mark.parametrize("url", unreachable_urls(), ids=["postgresql", "mariadb"])
+@pytest.mark.parametrize(
+    "command",
+    [["deliver"], ["deliver", "--dead"], ["replay", "--failed"], ["sweep"], ["prune"],
+     ["endpoints", "list"], ["commissions", "list"], ["payouts", "export"],
+     ["send-test-event", "customer.created"]],
+)  # fmt: skip
+def test_an_unreachable_database_is_one_line_and_exit_code_1(url, command):
+    result = run(create_app(url), *command)
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+    [error] = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert error.startswith("Error: cannot reach the database: ") and "refused" in error, error
+    assert "Traceback" not in result.output and "s3cret-pw" not in result.output
+
+
+@pytest.mark.parametrize("url", unreachable_urls(), ids=["postgresql", "mariadb"])
+def test_check_reports_an_unreachable_database_as_a_problem(url):
+    result = run(create_app(url), "check")
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+    assert "Tables\n  cannot reach the database: " in result.output
+    assert "Missing\n  - The database cannot be reached: " in result.output
+    assert "/partnerstack/webhook" in result.output  # what needs no database is still said
+    assert "Traceback" not in result.output and "s3cret-pw" not in result.output
+
+
+def test_other_database_errors_are_not_called_unreachable(tmp_path):
+    app = create_app(f"sqlite:///{tmp_path / 'empty.db'}")  # reachable, but no tables
+    result = run(app, "deliver")
+    assert isinstance(result.exception, sa.exc.OperationalError), result.output
+    assert "cannot reach" not in result.output
+    with app.app_context():
+        get_state(app).db.engine.dispose()
