@@ -14,13 +14,16 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import sqlalchemy as sa
 import stripe
 
 from . import signals
 from .accounts import find_account
 from .extension import State
+from .reachability import unreachable
 from .readers import as_dict
 from .receiver import Outcome
+from .redaction import redact
 
 PAGE_SIZE = 100
 RATE_LIMIT_RETRIES = 5
@@ -93,9 +96,16 @@ def backfill(
     stripe_account_id: str | None = None,
     on_object: Callable[[str, str], None] | None = None,
     on_retry: Callable[[int], None] | None = None,
+    on_failure: Callable[[str, str], None] | None = None,
 ) -> Counter[str]:
     """Apply every customer, then every charge (and, in invoice mode, paid invoice) created
-    since the Unix time ``since``. Returns the counts of created, updated and unchanged."""
+    since the Unix time ``since``. Returns the counts of created, updated, unchanged and
+    failed.
+
+    An object that cannot be applied (a value the rules refuse, say) is rolled back,
+    counted as failed, handed to ``on_failure`` with its Stripe id and why, and skipped:
+    the objects after it are still read. A database that cannot be reached stops the run.
+    """
     settings = state.settings
     api_key = settings.api_key
     if api_key is None:
@@ -118,11 +128,28 @@ def backfill(
     for kind, resource, params in listings:
         for obj in each_object(resource, params, on_retry=on_retry):
             event = _event_for(kind, as_dict(obj), stripe_account_id)
-            outcome = state.receiver.run(
-                state.db.session(), event, None, stripe_account_id=stripe_account_id
-            )
+            try:
+                outcome = state.receiver.run(
+                    state.db.session(), event, None, stripe_account_id=stripe_account_id
+                )
+            except Exception as error:
+                if unreachable(error) is not None:
+                    raise  # every later object would fail the same way
+                # Rolled back (nothing of it stays): said, skipped, and the run goes on.
+                counts["failed"] += 1
+                if on_failure is not None:
+                    on_failure(str(event["data"]["object"].get("id")), why(error))
+                continue
             result = tally(outcome)
             counts[result] += 1
             if on_object is not None:
                 on_object(event["type"], result)
     return counts
+
+
+def why(error: BaseException) -> str:
+    """Why applying an object failed, on one line, without secrets or the SQL's parameters
+    (a database error says what its driver said)."""
+    cause = error.orig if isinstance(error, sa.exc.StatementError) and error.orig else error
+    text = redact(" ".join(f"{type(cause).__name__}: {cause}".split()))
+    return text if len(text) <= 300 else text[:299] + "…"

@@ -351,9 +351,14 @@ def backfill_command(since: datetime, account: str | None) -> None:
     def waiting(attempt: int) -> None:
         click.echo(f"\n  Stripe rate limit: waiting, then resuming (retry {attempt})")
 
+    def failed(stripe_id: str, reason: str) -> None:
+        nonlocal seen
+        seen += 1
+        click.echo(f"\n  {stripe_id} failed, skipped: {reason}")
+
     try:
         counts = backfill(state, since=timestamp, stripe_account_id=account,
-                          on_object=progress, on_retry=waiting)  # fmt: skip
+                          on_object=progress, on_retry=waiting, on_failure=failed)  # fmt: skip
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
     except stripe.StripeError as error:
@@ -361,8 +366,11 @@ def backfill_command(since: datetime, account: str | None) -> None:
     click.echo()
     click.echo(
         f"Backfill done: {counts['created']} created, {counts['updated']} updated, "
-        f"{counts['unchanged']} unchanged."
+        f"{counts['unchanged']} unchanged, {counts['failed']} failed."
     )
+    if counts["failed"]:
+        click.echo("The failed objects were skipped: fix what each says, then run it again.")
+        raise SystemExit(1)
 
 
 @partnerstack_cli.command("check")

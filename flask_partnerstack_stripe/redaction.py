@@ -9,6 +9,11 @@ _TOKEN_FIELD = re.compile(r'("(?:access_token|refresh_token)"\s*:\s*")[^"]*')
 _SECRET_KEY = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9]+")
 
 
+def redact(text: str) -> str:
+    """``text`` with its secret keys and OAuth token fields masked."""
+    return _SECRET_KEY.sub(r"\1[redacted]", _TOKEN_FIELD.sub(r"\1[redacted]", text))
+
+
 class RedactTokens(logging.Filter):
     """Mask OAuth tokens and secret keys in the ``stripe`` package's debug log.
 
@@ -18,7 +23,7 @@ class RedactTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = _SECRET_KEY.sub(r"\1[redacted]", _TOKEN_FIELD.sub(r"\1[redacted]", message))
+        redacted = redact(message)
         if redacted != message:
             record.msg, record.args = redacted, ()
         return True

@@ -290,14 +290,14 @@ def test_backfill_pages_retries_and_is_idempotent(app, client, rows, models):
         assert "rate limit" in first.output
         # 5 customers and ch_1..ch_5 are new; ch_0 was recorded by its webhook, and the
         # refunded ch_6 never stood.
-        assert "Backfill done: 10 created, 0 updated, 2 unchanged." in first.output
+        assert "Backfill done: 10 created, 0 updated, 2 unchanged, 0 failed." in first.output
         customer_requests = [r for r in api.requests if r.path == "/v1/customers"]
         assert len(customer_requests) == 3  # 5 customers, 2 a page
         assert customer_requests[0].params["created[gte]"] == ["1767225600"]
         assert customer_requests[0].headers["Authorization"] == "Bearer sk_test_backfill"
 
         second = run(app, "backfill", "--since", "2026-01-01")
-        assert "Backfill done: 0 created, 0 updated, 12 unchanged." in second.output
+        assert "Backfill done: 0 created, 0 updated, 12 unchanged, 0 failed." in second.output
 
     standing = {t.key: t.amount for t in rows(models.Transaction) if t.deleted_at is None}
     assert standing == {f"ch_{n}": 100 * (n + 1) for n in range(6)}
@@ -329,6 +329,32 @@ def test_backfill_in_invoice_mode_records_an_invoice_paid_after_a_failed_attempt
     assert [(t.key, t.amount, t.deleted_at) for t in rows(models.Transaction)] == [
         ("in_1", 2900, None)
     ]
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_API_KEY": "sk_test_backfill"}])
+def test_backfill_reports_and_skips_an_object_it_cannot_apply(app, rows, models):
+    """Stripe takes emails of up to 512 characters, the customers table 320: that customer
+    is reported and skipped, and every object after it is still read and applied."""
+    long_email = "a" * 330 + "@example.com"
+    customers = [
+        testing.customer("cus_1", metadata={"customer_key": "user-1", "partner_key": "p"}),
+        {**testing.customer("cus_2", metadata={"customer_key": "user-2", "partner_key": "p"}),
+         "email": long_email},
+        testing.customer("cus_3", metadata={"customer_key": "user-3", "partner_key": "p"}),
+    ]  # fmt: skip
+    charges = [testing.charge("ch_1", customer="cus_3", amount=500)]
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/customers", stripe_list(customers, "/v1/customers"))
+        api.reply("GET", "/v1/charges", stripe_list(charges, "/v1/charges"))
+        result = run(app, "backfill", "--since", "2026-01-01")
+    assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
+    assert "cus_2 failed, skipped: InvalidValue: email is longer than 320" in result.output
+    assert "Backfill done: 3 created, 0 updated, 0 unchanged, 1 failed." in result.output
+    assert long_email not in result.output and "sk_test_backfill" not in result.output
+    assert [c.customer_key for c in rows(models.Customer)] == ["user-1", "user-3"]
+    [user_3] = rows(models.Customer, customer_key="user-3")
+    [payment] = rows(models.Transaction)
+    assert (payment.key, payment.amount, payment.customer_id) == ("ch_1", 500, user_3.id)
 
 
 def test_backfill_needs_an_api_key(app):
