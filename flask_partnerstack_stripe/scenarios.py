@@ -145,6 +145,10 @@ def deliver(event: dict[str, Any], url: str | None) -> tuple[int, dict[str, Any]
     if not secrets:
         raise click.ClickException("Set PARTNERSTACK_STRIPE_WEBHOOK_SECRETS to sign test events.")
     if url is None:
+        # An unreachable database is then one line (the CLI group says so), not the
+        # webhook's logged failure and a 500.
+        with get_state().db.engine.connect():
+            pass
         response = testing.post_event(current_app.test_client(), event, secret=secrets[0])
         return response.status_code, response.get_json(silent=True) or {}
     payload = json.dumps(event)
@@ -304,10 +308,6 @@ def send_test_event(event_type: str | None, scenario: str | None, url: str | Non
     if event_type is None and scenario is None:
         raise click.UsageError("Give an EVENT_TYPE or --scenario seed.")
     confirm_database(yes)
-    # Before any event is sent: an unreachable database is one line (the CLI group says
-    # so), not the webhook's logged failure and a 500.
-    with get_state().db.engine.connect():
-        pass
     story = TestEvent(livemode=live, charge=charge_id, **fields)
     if scenario == "seed":
         play_seed(story, url)

@@ -211,8 +211,6 @@ def test_prune_keeps_events_not_applied_and_unmatched_refunds(
     old_received = testing.event("invoice.paid", testing.invoice("in_2", subtotal=500))
     # No init_celery: stored as received, as when the process died before enqueueing it.
     assert testing.post_event(queued.test_client(), old_received).json["status"] == "queued"
-    with queued.app_context():
-        get_state(queued).db.engine.dispose()
     statuses = {e.stripe_event_id: e.status for e in rows(models.WebhookEvent)}
     assert [statuses[e["id"]] for e in (old_ignored, old_unmatched, old_received)] == [
         "ignored", "ignored", "received"
@@ -235,6 +233,8 @@ def test_prune_keeps_events_not_applied_and_unmatched_refunds(
     }
     # The sweep still finds the received event and applies it.
     swept = run(queued, "sweep", "--older-than", "0", "--apply")
+    with queued.app_context():
+        get_state(queued).db.engine.dispose()
     assert "1 events left received: 1 processed." in swept.output, swept.output
     assert [(t.key, t.amount) for t in rows(models.Transaction)] == [("in_2", 500)]
 
