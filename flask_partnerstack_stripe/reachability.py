@@ -3,21 +3,22 @@
 SQLAlchemy raises the same ``OperationalError`` for a refused connection and for, say, a
 serialization failure at commit. Its ``handle_error`` event tells them apart: the
 exception context has no connection when connecting failed, and says ``is_disconnect``
-when the server went away. While a command runs, :func:`watching` notes such errors, and
-:func:`unreachable` gives the driver's message for one of them (else None).
+when the server went away. While a command runs, :func:`watching` notes such errors on
+the exception itself (nothing kept anywhere else), and :func:`unreachable` gives the
+driver's message for one of them (else None).
 """
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, ExceptionContext
 
-#: The errors noted while connecting (or on a disconnect), with their driver's message.
-_NOTED: weakref.WeakKeyDictionary[BaseException, str] = weakref.WeakKeyDictionary()
+#: The attribute an error raised while connecting (or on a disconnect) gets: the
+#: driver's message.
+_NOTE = "partnerstack_stripe_unreachable"
 
 
 def driver_message(error: BaseException, url: sa.URL) -> str:
@@ -37,7 +38,7 @@ def watching(engines: Iterable[Engine]) -> Iterator[None]:
         def note(context: ExceptionContext, url: sa.URL = engine.url) -> None:
             error = context.sqlalchemy_exception
             if error is not None and (context.connection is None or context.is_disconnect):
-                _NOTED[error] = driver_message(context.original_exception, url)
+                setattr(error, _NOTE, driver_message(context.original_exception, url))
 
         sa.event.listen(engine, "handle_error", note)
         listeners.append((engine, note))
@@ -56,8 +57,9 @@ def unreachable(error: BaseException) -> str | None:
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
-        if current in _NOTED:
-            return _NOTED[current]
+        noted = getattr(current, _NOTE, None)
+        if isinstance(noted, str):
+            return noted
         seen.add(id(current))
         current = current.__cause__ or current.__context__
     return None
