@@ -256,14 +256,18 @@ def event_created(context: EventContext) -> int | None:
 
 
 def _unmatched(context: EventContext, charge_id: str) -> NoReturn:
-    # The key that would look it up: a test-mode event needs a test key (a live one
-    # cannot read it), which goes in TEST_API_KEY when API_KEY holds the live key.
-    setting = "API_KEY"
-    if not context.livemode and context.settings.api_key is not None:
-        setting = "TEST_API_KEY"
+    settings = context.settings
+    if settings.api_key_for(context.livemode) is not None:
+        hint = "Stripe's InvoicePayment API names no invoice for it"
+    else:
+        # The key that would look it up: a test-mode event needs a test key (a live one
+        # cannot read it), which goes in TEST_API_KEY when API_KEY holds the live key.
+        setting = "API_KEY"
+        if not context.livemode and settings.api_key is not None:
+            setting = "TEST_API_KEY"
+        hint = f"set PARTNERSTACK_STRIPE_{setting} to look it up, then replay this event"
     raise Ignored(
-        f"Unmatched refund: the charge {charge_id} could not be linked to an invoice "
-        f"(set PARTNERSTACK_STRIPE_{setting} to look it up, then replay this event).",
+        f"Unmatched refund: the charge {charge_id} could not be linked to an invoice ({hint}).",
         keep=True,
     )
 

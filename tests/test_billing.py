@@ -436,6 +436,19 @@ def test_a_test_mode_refund_with_only_a_live_key_is_kept_as_unmatched(client, ro
     assert api.requests == []
 
 
+@pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **API_KEY}])
+def test_a_refund_stripe_links_to_no_invoice_is_kept_as_unmatched_and_says_so(client, rows, models):
+    signup_customer(client)
+    deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"))
+    refund = testing.refund("re_1", charge="ch_9", payment_intent="pi_9")
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/invoice_payments", {"object": "list", "data": [], "has_more": False})
+        answer = deliver(client, "refund.created", refund)
+    assert answer["status"] == "ignored" and answer["reason"].startswith("Unmatched refund")
+    assert "InvoicePayment API names no invoice" in answer["reason"]
+    assert ledger(rows, models) == {"in_1": (1000, True, None)}
+
+
 @pytest.mark.parametrize(
     ("app_config", "expected"),
     [({}, (1000, False, "refund")), (PRORATE, (500, True, None))],
