@@ -149,10 +149,8 @@ def _sync_customer(
 
 
 def _held_by_another(context: EventContext, party: Party, customer: Any) -> bool:
-    holder = customers.find_customer(
-        context.session, context.models, Party(party.stripe_account_id, party.livemode,
-        party.stripe_customer_id), match_email=False, load=False,
-    )  # fmt: skip
+    """Whether a customer other than ``customer`` holds ``party``'s Stripe id."""
+    holder = customers.find_customer_by_stripe_id(context.session, context.models, party)
     return holder is not None and holder.id != customer.id
 
 
