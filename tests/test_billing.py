@@ -388,11 +388,17 @@ def test_refund_before_the_success_never_lets_it_record(client, rows, models):
     assert transaction.customer_id is not None  # it still belongs to its customer
 
 
+def paid_invoice_then_refund(client, *, livemode=False, charge="ch_1", intent="pi_1"):
+    """in_1 (1000) paid for cus_A; a refund object (basil: it names its charge and payment
+    intent, not the invoice), to deliver."""
+    signup_customer(client, livemode=livemode)
+    deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"), livemode=livemode)
+    return testing.refund("re_1", charge=charge, payment_intent=intent)
+
+
 @pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **API_KEY}])
 def test_invoice_mode_refund_object_finds_its_invoice(client, rows, models):
-    signup_customer(client)
-    deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"))
-    refund = testing.refund("re_1", charge="ch_1", payment_intent="pi_1")
+    refund = paid_invoice_then_refund(client)
     with testing.fake_stripe_api() as api:
         api.reply("GET", "/v1/invoice_payments", invoice_payments(("pi_1", "in_1")))
         deliver(client, "refund.created", refund)
@@ -410,9 +416,7 @@ BOTH_KEYS = {**LIVE_KEY, "PARTNERSTACK_STRIPE_TEST_API_KEY": "sk_test_platform"}
 @pytest.mark.parametrize("livemode", [False, True], ids=["test-mode", "live"])
 def test_the_invoice_look_up_uses_the_key_of_the_events_mode(client, rows, models, livemode):
     """Stripe refuses a live key's call for a test-mode object (and the reverse)."""
-    signup_customer(client, livemode=livemode)
-    deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"), livemode=livemode)
-    refund = testing.refund("re_1", charge="ch_1", payment_intent="pi_1")
+    refund = paid_invoice_then_refund(client, livemode=livemode)
     with testing.fake_stripe_api() as api:
         api.reply("GET", "/v1/invoice_payments", invoice_payments(("pi_1", "in_1")))
         deliver(client, "refund.created", refund, livemode=livemode)
@@ -425,9 +429,7 @@ def test_the_invoice_look_up_uses_the_key_of_the_events_mode(client, rows, model
 @pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **LIVE_KEY}])
 def test_a_test_mode_refund_with_only_a_live_key_is_kept_as_unmatched(client, rows, models):
     """No key can read it: kept visible as unmatched (as without any key), not a 500."""
-    signup_customer(client)
-    deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"))
-    refund = testing.refund("re_1", charge="ch_1", payment_intent="pi_1")
+    refund = paid_invoice_then_refund(client)
     with testing.fake_stripe_api() as api:
         answer = deliver(client, "refund.created", refund)
     assert answer["status"] == "ignored" and answer["reason"].startswith("Unmatched refund")
@@ -438,9 +440,7 @@ def test_a_test_mode_refund_with_only_a_live_key_is_kept_as_unmatched(client, ro
 
 @pytest.mark.parametrize("app_config", [{**INVOICE_MODE, **API_KEY}])
 def test_a_refund_stripe_links_to_no_invoice_is_kept_as_unmatched_and_says_so(client, rows, models):
-    signup_customer(client)
-    deliver(client, "invoice.paid", testing.invoice("in_1", customer="cus_A"))
-    refund = testing.refund("re_1", charge="ch_9", payment_intent="pi_9")
+    refund = paid_invoice_then_refund(client, charge="ch_9", intent="pi_9")
     with testing.fake_stripe_api() as api:
         api.reply("GET", "/v1/invoice_payments", {"object": "list", "data": [], "has_more": False})
         answer = deliver(client, "refund.created", refund)
