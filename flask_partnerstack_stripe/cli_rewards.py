@@ -11,6 +11,7 @@ from .commissions import counted_mode, list_commissions
 from .extension import get_state
 from .models import COMMISSION_STATUSES
 from .payouts import payouts_csv
+from .values import currency_code
 
 commissions_cli = AppGroup("commissions", help="Partner commissions (PARTNERSTACK_STRIPE_REWARDS).")
 payouts_cli = AppGroup("payouts", help="Pay partners what their commissions earned.")
@@ -55,8 +56,18 @@ def list_command(partner_key: str | None, status: str | None) -> None:
         )
 
 
+def _currency(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--currency``, checked before anything is paid or written."""
+    try:
+        return None if value is None else currency_code("--currency", value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 @payouts_cli.command("export")
-@click.option("--currency", help="Only commissions in this currency (e.g. usd).")
+@click.option(
+    "--currency", callback=_currency, help="Only commissions in this currency (e.g. usd)."
+)
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -69,8 +80,11 @@ def list_command(partner_key: str | None, status: str | None) -> None:
 def export_command(currency: str | None, out: Path | None, livemode: bool | None) -> None:
     """Pay approved commissions and clawbacks: one CSV line per partner and currency."""
     state = get_state()
-    if currency is not None and not (len(currency) == 3 and currency.isalpha()):
-        raise click.BadParameter("a three-letter code such as usd", param_hint="--currency")
+    mode = livemode
+    if mode is None:  # the app's mode, decided once: paid, then said
+        session = state.db.session()
+        with state.unit_of_work.read(session):
+            mode = counted_mode(session, state.models, state.settings, None)
     created = out is not None and not out.exists()
     if out is not None:
         # Before anything is marked paid: a path that cannot be written loses no payout.
@@ -79,12 +93,7 @@ def export_command(currency: str | None, out: Path | None, livemode: bool | None
                 pass
         except OSError as error:
             raise click.ClickException(f"Cannot write {out}: {error.strerror}.") from None
-    lines = state.extension.export_payouts(currency=currency, livemode=livemode)
-    mode = livemode
-    if mode is None:  # what export_payouts chose, for the summary line
-        session = state.db.session()
-        mode = counted_mode(session, state.models, state.settings, None)
-        session.rollback()
+    lines = state.extension.export_payouts(currency=currency, livemode=mode)
     text = payouts_csv(lines)
     if out is None:
         click.echo(text, nl=False)

@@ -22,7 +22,14 @@ from .receiver import Handlers, HostHandler, Receiver
 from .referral import referred_partner_key, remember_referral
 from .rules import BUILTIN_HANDLERS, CLAIM_LOCKS, LOOKUPS
 from .signup import record_signup, signup_details, signup_party
-from .values import ID_LENGTH, METADATA_LENGTH, STRIPE_ID, argument, utc_datetime
+from .values import (
+    ID_LENGTH,
+    METADATA_LENGTH,
+    STRIPE_ID,
+    argument,
+    currency_code,
+    utc_datetime,
+)
 
 if TYPE_CHECKING:
     from .tasks import Tasks
@@ -391,18 +398,13 @@ class PartnerStackStripe:
         a new payout id; commits. Running it again pays nothing twice. Only commissions
         on payments of one mode (``livemode``; None: the app's, see
         ``commissions.counted_mode``): test-mode payments are never paid with live ones."""
-        if currency is not None and not (
-            isinstance(currency, str) and len(currency) == 3 and currency.isalpha()
-        ):
-            raise ValueError(
-                f"currency must be a three-letter code such as 'usd', got {currency!r}."
-            )
+        code = None if currency is None else currency_code("currency", currency)
         chosen = None if livemode is None else _mode("livemode", livemode)
         state = get_state()
         session = state.db.session()
         with state.unit_of_work(session):
             mode = commissions.counted_mode(session, state.models, state.settings, chosen)
-            lines = payouts.export_payouts(session, state.models, livemode=mode, currency=currency)
+            lines = payouts.export_payouts(session, state.models, livemode=mode, currency=code)
         return lines
 
     def _bind_db(self, app: Flask, db: Any) -> Any:

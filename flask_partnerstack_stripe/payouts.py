@@ -52,7 +52,7 @@ def export_payouts(
     now: datetime | None = None,
 ) -> list[PayoutLine]:
     """Pay everything due on payments of one mode (``livemode``; test-mode payments are
-    never paid with live ones), in ``currency`` only if given; the lines, one per partner
+    never paid with live ones), in ``currency`` only if given (lowered); the lines, one per partner
     and currency, sorted. Nothing due: no lines, and nothing is written."""
     Commission, Payout, Transaction = models.Commission, models.Payout, models.Transaction
     now = now or utcnow()
@@ -69,7 +69,7 @@ def export_payouts(
         .execution_options(populate_existing=True)
     )
     if currency is not None:
-        due = due.where(Commission.currency == currency.lower())
+        due = due.where(Commission.currency == currency)
     payout_id = new_payout_id()
     totals: dict[tuple[str, str], list[int]] = {}
     for commission in session.scalars(due):

@@ -164,6 +164,14 @@ def argument(
     return checked
 
 
+def currency_code(name: str, value: Any) -> str:
+    """A currency a host names (a Python API's argument, a command's option), lowered;
+    :class:`ValueError` names ``name`` for anything but a three-letter code."""
+    if not (isinstance(value, str) and re.fullmatch(r"[A-Za-z]{3}", value)):
+        raise ValueError(f"{name} must be a three-letter code such as 'usd', got {value!r}.")
+    return value.lower()
+
+
 def utc_datetime(name: str, value: Any) -> datetime | None:
     """A moment a Python API was given (None stays None), in UTC: the columns hold UTC
     and not every database keeps an offset, so an aware value in another zone would be
