@@ -28,6 +28,7 @@ from .values import (
     STRIPE_ID,
     argument,
     currency_code,
+    mode_argument,
     utc_datetime,
 )
 
@@ -360,7 +361,7 @@ class PartnerStackStripe:
         partner = argument("partner_key", partner_key, METADATA_LENGTH, optional=False)
         assert partner is not None  # not optional
         start = utc_datetime("since", since)
-        chosen = None if livemode is None else _mode("livemode", livemode)
+        chosen = None if livemode is None else mode_argument("livemode", livemode)
         state = get_state()
         session = state.db.session()
         mode = commissions.counted_mode(session, state.models, state.settings, chosen)
@@ -399,7 +400,7 @@ class PartnerStackStripe:
         on payments of one mode (``livemode``; None: the app's, see
         ``commissions.counted_mode``): test-mode payments are never paid with live ones."""
         code = None if currency is None else currency_code("currency", currency)
-        chosen = None if livemode is None else _mode("livemode", livemode)
+        chosen = None if livemode is None else mode_argument("livemode", livemode)
         state = get_state()
         session = state.db.session()
         with state.unit_of_work(session):
@@ -436,13 +437,6 @@ def _remember_referral(response: Response) -> Response:
     if not request.query_string:  # most requests (a webhook's, say): nothing to parse
         return response
     return remember_referral(response, request, get_state().settings.referral_cookie_days)
-
-
-def _mode(name: str, value: Any) -> bool:
-    """A Python API's mode argument: True (live) or False (test)."""
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True (live), False (test) or None, got {value!r}.")
-    return value
 
 
 def get_state(app: Flask | None = None) -> State:

@@ -164,6 +164,14 @@ def argument(
     return checked
 
 
+def mode_argument(name: str, value: Any) -> bool:
+    """A Python API's mode argument: True (live) or False (test); :class:`ValueError`
+    names ``name`` for anything else."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True (live), False (test) or None, got {value!r}.")
+    return value
+
+
 def currency_code(name: str, value: Any) -> str:
     """A currency a host names (a Python API's argument, a command's option), lowered;
     :class:`ValueError` names ``name`` for anything but a three-letter code."""
