@@ -14,7 +14,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import sqlalchemy as sa
 import stripe
 
 from . import signals
@@ -23,7 +22,7 @@ from .extension import State
 from .reachability import unreachable
 from .readers import as_dict
 from .receiver import Outcome
-from .redaction import redact
+from .redaction import error_line
 
 PAGE_SIZE = 100
 RATE_LIMIT_RETRIES = 5
@@ -138,18 +137,10 @@ def backfill(
                 # Rolled back (nothing of it stays): said, skipped, and the run goes on.
                 counts["failed"] += 1
                 if on_failure is not None:
-                    on_failure(str(event["data"]["object"].get("id")), why(error))
+                    on_failure(str(event["data"]["object"].get("id")), error_line(error))
                 continue
             result = tally(outcome)
             counts[result] += 1
             if on_object is not None:
                 on_object(event["type"], result)
     return counts
-
-
-def why(error: BaseException) -> str:
-    """Why applying an object failed, on one line, without secrets or the SQL's parameters
-    (a database error says what its driver said)."""
-    cause = error.orig if isinstance(error, sa.exc.StatementError) and error.orig else error
-    text = redact(" ".join(f"{type(cause).__name__}: {cause}".split()))
-    return text if len(text) <= 300 else text[:299] + "…"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import sqlalchemy as sa
 
 from .models import utcnow
+from .redaction import error_line
 from .status import Status
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def apply_stored(state: State, event_id: str) -> str:
         # connections from before the loss), so this and the retry get fresh ones.
         session.rollback()
         _record_failure(state, session, event_id, error)
-        raise EventFailed(f"Stripe event {event_id}: {_describe(error)}") from error
+        raise EventFailed(f"Stripe event {event_id}: {error_line(error)}") from error
     if row is None or row.payload is None:
         return "missing"
     event = json.loads(row.payload)
@@ -62,11 +63,6 @@ def apply_stored(state: State, event_id: str) -> str:
     return outcome.status
 
 
-def _describe(error: BaseException) -> str:
-    # SQLAlchemy's message goes on with the statement and its parameters: the first line.
-    return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-
-
 def _record_failure(state: State, session: Session, event_id: str, error: BaseException) -> None:
     """Store the received event as failed with ``error``, if the database answers now.
 
@@ -75,7 +71,7 @@ def _record_failure(state: State, session: Session, event_id: str, error: BaseEx
     database still down leaves it received: the retry, or else the sweep, applies it.
     """
     WebhookEvent = state.models.WebhookEvent
-    log.error("Reading Stripe event %s failed: %s", event_id, _describe(error))
+    log.error("Reading Stripe event %s failed: %s", event_id, error_line(error))
     try:
         with state.receiver.unit_of_work(session):
             session.execute(
@@ -84,10 +80,10 @@ def _record_failure(state: State, session: Session, event_id: str, error: BaseEx
                     WebhookEvent.stripe_event_id == event_id,
                     WebhookEvent.status.in_((Status.RECEIVED, Status.FAILED)),
                 )
-                .values(status=Status.FAILED, error=_describe(error)[:2000])
+                .values(status=Status.FAILED, error=error_line(error))
             )
     except sa.exc.SQLAlchemyError as again:
-        log.warning("Could not store Stripe event %s as failed: %s", event_id, _describe(again))
+        log.warning("Could not store Stripe event %s as failed: %s", event_id, error_line(again))
 
 
 def received_before(state: State, age: timedelta) -> list[str]:

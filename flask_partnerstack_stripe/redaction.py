@@ -1,9 +1,12 @@
-"""Keep OAuth tokens and secret keys out of the ``stripe`` package's debug log."""
+"""Keep OAuth tokens and secret keys out of the ``stripe`` package's debug log, and out
+of what an error shown to an operator says."""
 
 from __future__ import annotations
 
 import logging
 import re
+
+import sqlalchemy as sa
 
 _TOKEN_FIELD = re.compile(r'("(?:access_token|refresh_token)"\s*:\s*")[^"]*')
 _SECRET_KEY = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9]+")
@@ -12,6 +15,14 @@ _SECRET_KEY = re.compile(r"\b([sr]k_(?:live|test)_)[A-Za-z0-9]+")
 def redact(text: str) -> str:
     """``text`` with its secret keys and OAuth token fields masked."""
     return _SECRET_KEY.sub(r"\1[redacted]", _TOKEN_FIELD.sub(r"\1[redacted]", text))
+
+
+def error_line(error: BaseException) -> str:
+    """What went wrong, on one line, without secrets or the SQL's parameters (a database
+    error says what its driver said), for an operator: a skipped object, a failed read."""
+    cause = error.orig if isinstance(error, sa.exc.StatementError) and error.orig else error
+    text = redact(" ".join(f"{type(cause).__name__}: {cause}".split()))
+    return text if len(text) <= 300 else text[:299] + "…"
 
 
 class RedactTokens(logging.Filter):
