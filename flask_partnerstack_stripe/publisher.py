@@ -25,6 +25,9 @@ from collections.abc import Callable, Sequence
 log = logging.getLogger("flask_partnerstack_stripe")
 
 _STOP = object()
+#: Put in the queue by :meth:`Publisher.flush`: publish what was gathered now, without
+#: waiting out the linger.
+_NOW = object()
 
 
 class Publisher:
@@ -84,7 +87,15 @@ class Publisher:
         self.publish([event_id])
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every id submitted so far was published (or failed); False on timeout."""
+        """Publish every id submitted so far now, and wait until it was published (or
+        failed); False on timeout.
+
+        The batch being gathered goes at once: the linger is there to gather a burst's
+        ids while they come in, not to keep one that a caller waits for.
+        """
+        if self._queue.unfinished_tasks:
+            with contextlib.suppress(queue.Full):  # full: the thread publishes without pause
+                self._queue.put_nowait(_NOW)
         waiter = self._queue.all_tasks_done
         with waiter:
             return waiter.wait_for(lambda: not self._queue.unfinished_tasks, timeout)
@@ -153,7 +164,7 @@ class Publisher:
                 continue
             taken, stop = [first], first is _STOP
             deadline = time.monotonic() + self.linger
-            while not stop and len(taken) < self.batch:
+            while not stop and taken[-1] is not _NOW and len(taken) < self.batch:
                 try:
                     item = work.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
@@ -161,7 +172,7 @@ class Publisher:
                 taken.append(item)
                 stop = item is _STOP
             try:
-                ids = [str(item) for item in taken if item is not _STOP]
+                ids = [str(item) for item in taken if item is not _STOP and item is not _NOW]
                 if ids:
                     self._publish(ids)
             finally:
