@@ -8,8 +8,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .database import insert_loading, insert_on_conflict, is_mysql
+from .database import is_mysql
 from .models import Models, utcnow
+from .upserts import insert_loading, insert_on_conflict
 
 #: Printable ASCII, as long as the column: what ``create_endpoint`` makes (40 hex digits).
 ENDPOINT_ID = re.compile(r"[\x21-\x7e]{1,64}")

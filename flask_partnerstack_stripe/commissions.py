@@ -23,18 +23,12 @@ from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
 from . import signals
-from .database import (
-    cached_statement,
-    column_keys,
-    dialect_name,
-    insert_loading,
-    insert_on_conflict,
-    is_mysql,
-    loaded,
-    write_changes,
-)
+from .database import dialect_name, is_mysql
 from .models import APPROVED, PAID, PENDING, REVERSED, Models, utcnow
 from .rewards import Rule, commission_for, months_between
+from .rows import column_keys, loaded, write_changes
+from .statements import cached_statement
+from .upserts import insert_loading, insert_on_conflict
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -155,7 +149,7 @@ def follow_payment(
     one statement, which reads the partner itself (:func:`_first_commission`).
 
     Read and written with Core statements built once; the ORM instance the signals
-    carry is made from the row (``database.loaded``), as for transactions.
+    carry is made from the row (``rows.loaded``), as for transactions.
     """
     if not rules:
         return []

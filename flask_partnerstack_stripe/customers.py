@@ -15,15 +15,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from .database import (
-    MYSQL,
-    cached_statement,
-    dialect_name,
-    insert_loading,
-    insert_on_conflict,
-    loaded,
-)
+from .database import MYSQL, dialect_name
 from .models import Models, account_scope, utcnow
+from .rows import loaded
+from .statements import cached_statement
+from .upserts import insert_loading, insert_on_conflict
 
 
 @dataclass(frozen=True)

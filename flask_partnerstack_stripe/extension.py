@@ -14,7 +14,7 @@ from flask import Flask, Response, current_app, has_request_context, request
 
 from . import accounts, commissions, payouts, signals
 from .config import DEFAULTS, PREFIX, Settings
-from .database import SUPPORTED, SUPPORTED_BACKENDS, UnitOfWork
+from .database import SUPPORTED, SUPPORTED_BACKENDS
 from .models import Models, complete_models, default_models
 from .notify import send_notifications
 from .publisher import Publisher
@@ -22,6 +22,7 @@ from .receiver import Handlers, HostHandler, Receiver
 from .referral import referred_partner_key, remember_referral
 from .rules import BUILTIN_HANDLERS, CLAIM_LOCKS, LOOKUPS
 from .signup import record_signup, signup_details, signup_party
+from .transactions import UnitOfWork
 from .values import (
     ID_LENGTH,
     METADATA_LENGTH,
@@ -51,7 +52,7 @@ class State:
     db: Any
     models: Models
     receiver: Receiver
-    #: ``with unit_of_work(session):`` one writing transaction (database.UnitOfWork).
+    #: ``with unit_of_work(session):`` one writing transaction (transactions.UnitOfWork).
     unit_of_work: UnitOfWork
     #: ``celery`` processing: publishes the webhook's stored events off the request's path.
     publisher: Publisher

@@ -23,9 +23,9 @@ from flask import abort, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
 
 from . import accounts, oauth, signals
-from .database import delete_returning
 from .extension import State, get_state
 from .models import utcnow
+from .upserts import delete_returning
 from .values import STRIPE_ID
 
 log = logging.getLogger("flask_partnerstack_stripe")

@@ -4,7 +4,7 @@ PostgreSQL: transaction-scoped advisory locks. MySQL/MariaDB: named locks
 (``GET_LOCK``), which belong to the connection, not the transaction: they are
 released when the connection goes back to the pool, right after our commit or
 rollback (and by the server if the connection dies). SQLite needs none:
-``BEGIN IMMEDIATE`` (``database.UnitOfWork``) lets one writer in at a time.
+``BEGIN IMMEDIATE`` (``transactions.UnitOfWork``) lets one writer in at a time.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .customers import Party
-from .database import MYSQL, listen_once
+from .database import MYSQL
+from .transactions import listen_once
 
 #: How long a MySQL transaction waits for another naming the same customer (seconds).
 MYSQL_LOCK_TIMEOUT = 30

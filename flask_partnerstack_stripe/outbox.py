@@ -27,16 +27,10 @@ from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
-from .database import (
-    Statements,
-    UnitOfWork,
-    autocommit_connection,
-    autocommit_possible,
-    cached_statement,
-    dialect_name,
-    is_mysql,
-)
+from .database import dialect_name, is_mysql
 from .models import Models, utcnow
+from .statements import Statements, cached_statement
+from .transactions import UnitOfWork, autocommit_connection, autocommit_possible
 
 log = logging.getLogger("flask_partnerstack_stripe")
 

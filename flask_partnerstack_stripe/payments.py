@@ -24,17 +24,12 @@ from sqlalchemy.orm import Session
 
 from . import locks
 from .customers import Party, payer_cte
-from .database import (
-    MYSQL,
-    cached_statement,
-    column_keys,
-    insert_loading,
-    insert_on_conflict,
-    loaded,
-    write_changes,
-)
+from .database import MYSQL
 from .database import dialect_name as _dialect
 from .models import REFUND_RANKS, REFUND_UNDONE, Models, utcnow
+from .rows import column_keys, loaded, write_changes
+from .statements import cached_statement
+from .upserts import insert_loading, insert_on_conflict
 
 
 @dataclass(frozen=True)

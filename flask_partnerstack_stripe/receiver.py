@@ -19,16 +19,11 @@ from sqlalchemy.orm import Session
 
 from . import locks, outbox, signals
 from .config import Settings
-from .database import (
-    UnitOfWork,
-    autocommit_connection,
-    autocommit_possible,
-    cached_statement,
-    insert_on_conflict,
-    won_id,
-)
 from .models import Models, account_scope, utcnow
+from .statements import cached_statement
 from .status import Status
+from .transactions import UnitOfWork, autocommit_connection, autocommit_possible
+from .upserts import insert_on_conflict, won_id
 
 log = logging.getLogger("flask_partnerstack_stripe")
 

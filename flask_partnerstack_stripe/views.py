@@ -11,9 +11,9 @@ from flask.typing import ResponseReturnValue
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from . import accounts, install
-from .database import end_request_transaction
 from .extension import State, get_state
 from .status import Status
+from .transactions import end_request_transaction
 from .verification import InvalidEvent, verify_event
 
 log = logging.getLogger("flask_partnerstack_stripe")

@@ -12,11 +12,11 @@ from flask import Flask
 from sqlalchemy.orm import Session
 
 from flask_partnerstack_stripe import testing
-from flask_partnerstack_stripe.database import (
+from flask_partnerstack_stripe.extension import State, get_state
+from flask_partnerstack_stripe.upserts import (
     insert_loading,
     insert_on_conflict,
 )
-from flask_partnerstack_stripe.extension import State, get_state
 
 from .apphost import create_app
 from .conftest import use_mariadb

@@ -258,7 +258,7 @@ def test_a_new_pool_where_a_disposed_one_was_gets_our_listeners() -> None:
     # once per pool. A pool recreated by engine.dispose() keeps its predecessor's
     # listeners, and SQLAlchemy's registry the predecessor's id(): a new engine's pool
     # allocated where the predecessor was must still get them (CI once saw it go without).
-    from flask_partnerstack_stripe.database import listen_once
+    from flask_partnerstack_stripe.transactions import listen_once
 
     def released(dbapi_connection: Any, record: Any) -> None:
         pass

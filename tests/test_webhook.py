@@ -319,7 +319,7 @@ def test_redelivery_of_an_evicted_event_is_still_a_duplicate(client, rows, model
 
 
 def test_statements_are_per_app_state(client, state):
-    from flask_partnerstack_stripe import database
+    from flask_partnerstack_stripe import statements
 
     from .apphost import create_app
 
@@ -327,5 +327,5 @@ def test_statements_are_per_app_state(client, state):
     testing.post_event(client, testing.event("customer.created", testing.customer("cus_1")))
     assert len(state.unit_of_work.statements) > 0
     assert len(other.extensions["partnerstack_stripe"].unit_of_work.statements) == 0
-    assert database._current_statements.get() is None  # only while a unit of work is open
-    assert not hasattr(database, "_prepared")
+    assert statements._current_statements.get() is None  # only while a unit of work is open
+    assert not hasattr(statements, "_prepared")
