@@ -12,6 +12,9 @@ machine's, not ours:
   one outbox row in the transaction, and after the commit one ``UPDATE`` marking it
   sent, alone in its transaction (on PostgreSQL with ``synchronous_commit`` off for it,
   as ours does).
+- ``/bare/rewards-webhook``: the same, plus what a commission needs at the least: one
+  upsert per charge event of 20% of what the charge keeps, for its customer's partner
+  (``INSERT ... SELECT`` from the customer row), in the same transaction.
 - ``/bare/ack``: what a queued acknowledgement needs at the least: the signature and one
   durable insert of the event id, nothing published.
 """
@@ -45,6 +48,13 @@ bare_transaction = sa.Table(
     sa.Column("customer_id", sa.Integer),
     sa.Column("amount", sa.BigInteger, nullable=False),
     sa.Column("currency", sa.String(3), nullable=False),
+)  # fmt: skip
+bare_commission = sa.Table(
+    "bare_commission", metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("key", sa.String(255), nullable=False, unique=True),
+    sa.Column("partner_key", sa.String(255), nullable=False),
+    sa.Column("amount", sa.BigInteger, nullable=False),
 )  # fmt: skip
 bare_outbox = sa.Table(
     "bare_outbox", metadata,
@@ -88,6 +98,25 @@ def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blu
 
     blueprint = Blueprint("bare", __name__)
 
+    def upsert_commission(connection: sa.Connection, charge: dict[str, Any]) -> None:
+        """20% of what the charge keeps, for its customer's partner: one statement."""
+        kept = charge["amount"] - charge.get("amount_refunded", 0)
+        partner = sa.select(
+            sa.literal(charge["id"]), bare_customer.c.partner_key, sa.literal(kept * 20 // 100)
+        ).where(
+            bare_customer.c.stripe_customer_id == charge.get("customer"),
+            bare_customer.c.partner_key.is_not(None),
+        )
+        statement = insert(bare_commission).from_select(["key", "partner_key", "amount"], partner)
+        if dialect == "mysql":
+            connection.execute(statement.on_duplicate_key_update(amount=statement.inserted.amount))
+            return
+        connection.execute(
+            statement.on_conflict_do_update(
+                index_elements=[bare_commission.c.key], set_={"amount": statement.excluded.amount}
+            )
+        )
+
     def mark_sent(outbox_id: int) -> None:
         """One ``UPDATE`` alone in its transaction: on PostgreSQL in autocommit, with
         ``synchronous_commit`` off in the statement itself (one round trip, as ours)."""
@@ -111,8 +140,9 @@ def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blu
         event: dict[str, Any] = json.loads(payload)
         return event
 
-    def record(connection: sa.Connection, event: dict[str, Any]) -> bool:
-        """The bare minimum's transaction; True if the event was new."""
+    def record(connection: sa.Connection, event: dict[str, Any], commission: bool = False) -> bool:
+        """The bare minimum's transaction (``commission``: with its commission); True if
+        the event was new."""
         obj = event["data"]["object"]
         new = insert_new(connection, bare_event, {"stripe_event_id": event["id"]})
         if new and event["type"].startswith("customer."):
@@ -133,6 +163,8 @@ def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blu
                 {"key": obj["id"], "customer_id": customer_id, "amount": obj["amount"],
                  "currency": obj["currency"]},
             )  # fmt: skip
+            if commission:
+                upsert_commission(connection, obj)
         return new
 
     @blueprint.post("/webhook")
@@ -142,6 +174,15 @@ def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blu
             return jsonify(error="bad signature"), 400
         with engine.begin() as connection:
             record(connection, event)
+        return jsonify(status="ok")
+
+    @blueprint.post("/rewards-webhook")
+    def rewards_webhook() -> Any:
+        event = verified()
+        if event is None:
+            return jsonify(error="bad signature"), 400
+        with engine.begin() as connection:
+            record(connection, event, commission=True)
         return jsonify(status="ok")
 
     @blueprint.post("/outbox-webhook")

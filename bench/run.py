@@ -29,7 +29,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import http_load, roundtrips, scale
-from .workload import BARE, BARE_OUTBOX, OURS, Mix, create_app, reset_tables
+from .workload import BARE, BARE_OUTBOX, BARE_REWARDS, OURS, Mix, create_app, reset_tables
 
 SECTIONS = ("in-process", "roundtrips", "scale", "memory", "http", "celery")
 
@@ -190,7 +190,14 @@ def in_process(name: str, url: str, rounds: int, per_round: int) -> None:
     # Fewer rounds for the two variants: each is a row of its own, not the headline.
     fewer = max(2, rounds // 2)
     in_process_row(
-        name, "rewards", url, fewer, per_round, 0.85, PARTNERSTACK_STRIPE_REWARDS=[{"percent": 20}]
+        name,
+        "rewards",
+        url,
+        fewer,
+        per_round,
+        0.85,
+        floor_path=BARE_REWARDS,
+        PARTNERSTACK_STRIPE_REWARDS=[{"percent": 20}],
     )
     durable, durable_bare = in_process_row(
         name,

@@ -17,8 +17,10 @@ from .bare import create_bare_blueprint, metadata
 SECRET = "whsec_benchmark_secret"
 TOLERANCE = 24 * 3600  # signatures are made before the run; a long run must not expire them
 OURS, BARE = "/partnerstack/webhook", "/bare/webhook"
-#: The floors (``bare.py``): the bare minimum with a durable outbox, and a bare queued ack.
-BARE_OUTBOX, BARE_ACK = "/bare/outbox-webhook", "/bare/ack"
+#: The floors (``bare.py``): the bare minimum with commissions, with a durable outbox, and
+#: a bare queued acknowledgement.
+BARE_REWARDS, BARE_OUTBOX = "/bare/rewards-webhook", "/bare/outbox-webhook"
+BARE_ACK = "/bare/ack"
 
 Delivery = tuple[bytes, dict[str, str]]
 
