@@ -93,16 +93,21 @@ class Publisher:
         The batch being gathered goes at once: the linger is there to gather a burst's
         ids while they come in, not to keep one that a caller waits for.
         """
-        if self._queue.unfinished_tasks:
-            with contextlib.suppress(queue.Full):  # full: the thread publishes without pause
-                self._queue.put_nowait(_NOW)
-        waiter = self._queue.all_tasks_done
+        with self._lock:
+            self._adopt_process()  # a forked child waits for its own ids, not the parent's
+            work = self._queue
+            # Only for a running thread: behind the stop of a close(), or with no thread,
+            # nobody would take the mark and the wait would never end.
+            if self._thread is not None and work.unfinished_tasks:
+                with contextlib.suppress(queue.Full):  # full: the thread gets batches at once
+                    work.put_nowait(_NOW)
+        waiter = work.all_tasks_done
         with waiter:
-            return waiter.wait_for(lambda: not self._queue.unfinished_tasks, timeout)
+            return waiter.wait_for(lambda: not work.unfinished_tasks, timeout)
 
     def pending(self) -> int:
         """How many submitted ids are not published yet (queued or being published)."""
-        return self._queue.unfinished_tasks
+        return self._queue.unfinished_tasks if self._pid == os.getpid() else 0
 
     def close(self, timeout: float | None = None) -> bool:
         """Publish what is queued, then stop the thread; False when it was not done in time.
@@ -171,8 +176,8 @@ class Publisher:
                     break
                 taken.append(item)
                 stop = item is _STOP
+            ids = [str(item) for item in taken if item is not _STOP and item is not _NOW]
             try:
-                ids = [str(item) for item in taken if item is not _STOP and item is not _NOW]
                 if ids:
                     self._publish(ids)
             finally:

@@ -3,9 +3,12 @@ request, and published at once when someone waits for them."""
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Sequence
+
+import pytest
 
 from flask_partnerstack_stripe.publisher import Publisher
 
@@ -48,3 +51,53 @@ def test_flush_with_nothing_submitted_returns_at_once() -> None:
     assert time.monotonic() - started < 1
     assert published == []
     assert publisher.pending() == 0
+
+
+def blocking(batch: int = 1) -> tuple[list[list[str]], Publisher, threading.Event, threading.Event]:
+    """A publisher whose publish waits for ``release``; ``entered`` is set once it started."""
+    published: list[list[str]] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def publish(ids: Sequence[str]) -> None:
+        entered.set()
+        assert release.wait(10)
+        published.append(list(ids))
+
+    return published, Publisher(publish, linger=60.0, batch=batch), entered, release
+
+
+def test_a_flush_racing_close_does_not_wait_forever() -> None:
+    published, publisher, entered, release = blocking()
+    publisher.submit("evt_0")
+    assert entered.wait(10)  # the thread is publishing evt_0
+    closing = threading.Thread(target=publisher.close, args=(10,))
+    closing.start()  # takes the thread and queues the stop behind evt_0
+    time.sleep(0.1)
+    flushed: list[bool] = []
+    flushing = threading.Thread(target=lambda: flushed.append(publisher.flush(timeout=5)))
+    flushing.start()
+    time.sleep(0.05)
+    release.set()
+    closing.join(10)
+    flushing.join(10)
+    assert flushed == [True]  # evt_0 was published: nothing is left to wait for
+    assert publisher.pending() == 0
+    assert published == [["evt_0"]]
+
+
+@pytest.mark.filterwarnings("ignore:This process .* fork:DeprecationWarning")
+def test_flush_in_a_forked_child_does_not_wait_for_the_parents_ids() -> None:
+    published, publisher, entered, release = blocking()
+    try:
+        publisher.submit("evt_0")
+        assert entered.wait(10)  # the parent's thread holds evt_0 when the child forks
+        pid = os.fork()
+        if pid == 0:  # the child: its queue is its own, and empty
+            code = 0 if publisher.flush(timeout=2) and publisher.pending() == 0 else 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        release.set()
+        assert publisher.close(timeout=10)
+    assert published == [["evt_0"]]
