@@ -68,6 +68,7 @@ class Publisher:
         self._queue: queue.Queue[object] = queue.Queue(size)
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
+        self._ids = 0  # queued or being published: the queue also holds the marks
         self._exit_hook = False
 
     def submit(self, event_id: str) -> None:
@@ -81,6 +82,7 @@ class Publisher:
                 self._start()
             try:
                 self._queue.put_nowait(event_id)
+                self._ids += 1
                 return
             except queue.Full:
                 pass
@@ -107,7 +109,8 @@ class Publisher:
 
     def pending(self) -> int:
         """How many submitted ids are not published yet (queued or being published)."""
-        return self._queue.unfinished_tasks if self._pid == os.getpid() else 0
+        with self._lock:
+            return self._ids if self._pid == os.getpid() else 0
 
     def close(self, timeout: float | None = None) -> bool:
         """Publish what is queued, then stop the thread; False when it was not done in time.
@@ -143,6 +146,7 @@ class Publisher:
             self._pid = pid
             self._queue = queue.Queue(self.size)
             self._thread = None
+            self._ids = 0
 
     def _start(self) -> None:
         thread = threading.Thread(target=self._run, name="partnerstack-publisher", daemon=True)
@@ -181,6 +185,8 @@ class Publisher:
                 if ids:
                     self._publish(ids)
             finally:
+                with self._lock:
+                    self._ids -= len(ids)
                 for _ in taken:
                     work.task_done()
             if stop:

@@ -66,6 +66,22 @@ def blocking(batch: int = 1) -> tuple[list[list[str]], Publisher, threading.Even
     return published, Publisher(publish, linger=60.0, batch=batch), entered, release
 
 
+def test_pending_counts_ids_not_the_flush_marker() -> None:
+    published, publisher, entered, release = blocking()
+    try:
+        publisher.submit("evt_0")
+        assert entered.wait(10)  # the thread is publishing evt_0
+        assert not publisher.flush(timeout=0.05)  # a caller gives up waiting
+        assert publisher.pending() == 1  # one id is not published, not two
+        release.set()
+        assert publisher.flush(timeout=10)
+        assert publisher.pending() == 0
+        assert published == [["evt_0"]]
+    finally:
+        release.set()
+        assert publisher.close(timeout=10)
+
+
 def test_a_flush_racing_close_does_not_wait_forever() -> None:
     published, publisher, entered, release = blocking()
     publisher.submit("evt_0")
