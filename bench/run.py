@@ -29,7 +29,16 @@ from typing import Any
 import sqlalchemy as sa
 
 from . import http_load, roundtrips, scale
-from .workload import BARE, BARE_OUTBOX, BARE_REWARDS, OURS, Mix, create_app, reset_tables
+from .workload import (
+    BARE,
+    BARE_LEAST,
+    BARE_OUTBOX,
+    BARE_REWARDS,
+    OURS,
+    Mix,
+    create_app,
+    reset_tables,
+)
 
 SECTIONS = ("in-process", "roundtrips", "scale", "memory", "http", "celery")
 
@@ -157,7 +166,8 @@ def in_process_row(
     """One configuration against the bare minimum on a fresh database; both in ev/s.
 
     ``floor_path``: also the bare route that does the least this configuration's
-    guarantee needs; the target's line then says what ratio that route reaches.
+    guarantee needs; the target's line then says what ratio that route reaches. For
+    the default configuration it is the hand-tuned bare minimum, a reference only.
     """
     app = create_app(url, **config)
     reset_tables(app)
@@ -172,12 +182,15 @@ def in_process_row(
     )
     measured = f"{ours / bare:.2f}x"
     if least is not None:
+        what = "the least it can cost here: a minimal receiver with it"
+        if floor_path == BARE_LEAST:
+            what = "the bare minimum hand-tuned"
         print(
-            f"  in-process {name:<14} {label:<15} the least it can cost here: a minimal"
-            f" receiver with it runs {least:7.0f} ev/s, {least / bare:.2f}x the bare minimum",
+            f"  in-process {name:<14} {label:<15} {what} runs {least:7.0f} ev/s,"
+            f" {least / bare:.2f}x the bare minimum; ours is {ours / least:.2f}x it",
             flush=True,
         )
-        measured += f" (floor {least / bare:.2f}x)"
+        measured += f" (floor {least / bare:.2f}x)" if floor_path != BARE_LEAST else ""
     target(
         f"in-process {name}, {label}: ours >= {floor:.2f}x bare minimum",
         ours / bare >= floor,
@@ -188,7 +201,9 @@ def in_process_row(
 
 def in_process(name: str, url: str, rounds: int, per_round: int) -> None:
     """The default configuration, with rewards, with durable signals; then redelivery."""
-    default, default_bare = in_process_row(name, "default", url, rounds, per_round, 0.90)
+    default, default_bare = in_process_row(
+        name, "default", url, rounds, per_round, 0.90, floor_path=BARE_LEAST
+    )
     # Fewer rounds for the two variants: each is a row of its own, not the headline.
     fewer = max(2, rounds // 2)
     in_process_row(

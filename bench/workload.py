@@ -21,6 +21,8 @@ OURS, BARE = "/partnerstack/webhook", "/bare/webhook"
 #: a bare queued acknowledgement.
 BARE_REWARDS, BARE_OUTBOX = "/bare/rewards-webhook", "/bare/outbox-webhook"
 BARE_ACK = "/bare/ack"
+#: The bare minimum's job hand-tuned (``bare.py``): the default rows' reference.
+BARE_LEAST = "/bare/least-webhook"
 
 Delivery = tuple[bytes, dict[str, str]]
 
