@@ -30,6 +30,7 @@ up inside the statement that needs it, not by a SELECT of its own.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
@@ -250,32 +251,22 @@ def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blu
                  "currency": obj["currency"]},
             )  # fmt: skip
 
-    @blueprint.post("/webhook")
-    def webhook() -> Any:
-        delivery = verified()
-        if delivery is None:
-            return jsonify(error="bad signature"), 400
-        with engine.begin() as connection:
-            record(connection, delivery[1])
-        return jsonify(status="ok")
+    def recording(name: str, record_event: Callable[[sa.Connection, dict[str, Any]], Any]) -> None:
+        """A route that verifies, records the event in one transaction and answers."""
 
-    @blueprint.post("/least-webhook")
-    def least_webhook() -> Any:
-        delivery = verified()
-        if delivery is None:
-            return jsonify(error="bad signature"), 400
-        with engine.begin() as connection:
-            least_record(connection, delivery[1])
-        return jsonify(status="ok")
+        def view() -> Any:
+            delivery = verified()
+            if delivery is None:
+                return jsonify(error="bad signature"), 400
+            with engine.begin() as connection:
+                record_event(connection, delivery[1])
+            return jsonify(status="ok")
 
-    @blueprint.post("/rewards-webhook")
-    def rewards_webhook() -> Any:
-        delivery = verified()
-        if delivery is None:
-            return jsonify(error="bad signature"), 400
-        with engine.begin() as connection:
-            least_record(connection, delivery[1], commission=True)
-        return jsonify(status="ok")
+        blueprint.add_url_rule(f"/{name}", name.replace("-", "_"), view, methods=["POST"])
+
+    recording("webhook", record)  # the bare minimum
+    recording("least-webhook", least_record)
+    recording("rewards-webhook", lambda connection, event: least_record(connection, event, True))
 
     @blueprint.post("/outbox-webhook")
     def outbox_webhook() -> Any:
