@@ -85,44 +85,26 @@ def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blu
         dialect = "mysql"
     insert = {"postgresql": postgresql.insert, "mysql": mysql.insert}.get(dialect, sqlite.insert)
 
-    def insert_new(connection: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:
-        """INSERT, doing nothing on a conflict; True if it inserted (the bare minimum)."""
+    # The statements' shapes, shared: the bare minimum builds them on every call, as
+    # SQLAlchemy's documentation shows; the references below build them once with
+    # placeholders, as ours are (building and hashing a statement costs about as much as
+    # a local round trip), and look the customer up inside the statement that needs it
+    # (ours does; a SELECT of its own is a round trip no receiver has to make). A floor
+    # that ours can beat is no floor.
+    def inserting_new(table: sa.Table, values: dict[str, Any]) -> Any:
+        """INSERT, doing nothing on a conflict (run it with :func:`won`)."""
         if dialect == "mysql":  # no ON CONFLICT nor RETURNING: the insert id is 0 if not
-            statement = mysql.insert(table).values(values)
-            done = connection.execute(statement.on_duplicate_key_update(id=table.c.id))
-            return bool(done.lastrowid)
-        statement = insert(table).values(values).on_conflict_do_nothing()
-        return connection.execute(statement.returning(table.c.id)).first() is not None
-
-    def upsert_amount(connection: sa.Connection, values: dict[str, Any]) -> None:
-        statement = insert(bare_transaction).values(values)
-        if dialect == "mysql":
-            connection.execute(
-                statement.on_duplicate_key_update(
-                    amount=statement.inserted.amount, customer_id=statement.inserted.customer_id
-                )
-            )
-            return
-        connection.execute(
-            statement.on_conflict_do_update(
-                index_elements=[bare_transaction.c.key],
-                set_={"amount": statement.excluded.amount,
-                      "customer_id": statement.excluded.customer_id},
-            )
-        )  # fmt: skip
-
-    blueprint = Blueprint("bare", __name__)
-
-    # The floors' statements: built once with placeholders, as ours are (building and
-    # hashing a statement costs about as much as a local round trip), and the customer
-    # looked up inside the statement that needs it (ours does; a SELECT of its own is a
-    # round trip no receiver has to make). A floor that ours can beat is no floor.
-    def least_new(table: sa.Table, values: dict[str, Any]) -> Any:
-        if dialect == "mysql":
             return mysql.insert(table).values(values).on_duplicate_key_update(id=table.c.id)
         return insert(table).values(values).on_conflict_do_nothing().returning(table.c.id)
 
-    def least_upsert(statement: Any, key: sa.Column[Any], columns: tuple[str, ...]) -> Any:
+    def won(result: Any) -> bool:
+        """Whether a :func:`inserting_new` statement inserted its row."""
+        if dialect == "mysql":  # the insert id is 0 when it did not
+            return bool(result.lastrowid)
+        return result.first() is not None
+
+    def upserting(statement: Any, key: sa.Column[Any], columns: tuple[str, ...]) -> Any:
+        """``statement`` (an INSERT) taking ``columns`` from the new row on a conflict."""
         if dialect == "mysql":
             return statement.on_duplicate_key_update(
                 {name: statement.inserted[name] for name in columns}
@@ -131,16 +113,27 @@ def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blu
             index_elements=[key], set_={name: statement.excluded[name] for name in columns}
         )
 
+    def insert_new(connection: sa.Connection, table: sa.Table, values: dict[str, Any]) -> bool:
+        """The bare minimum's INSERT doing nothing on a conflict; True if it inserted."""
+        return won(connection.execute(inserting_new(table, values)))
+
+    def upsert_amount(connection: sa.Connection, values: dict[str, Any]) -> None:
+        """The bare minimum's upsert of a transaction's amount and customer."""
+        statement = insert(bare_transaction).values(values)
+        connection.execute(upserting(statement, bare_transaction.c.key, ("amount", "customer_id")))
+
+    blueprint = Blueprint("bare", __name__)
+
     customer = sa.bindparam("customer", type_=sa.String)
     key, amount = sa.bindparam("key", type_=sa.String), sa.bindparam("amount", type_=sa.BigInteger)
     of_customer = bare_customer.c.stripe_customer_id == customer
 
-    least_event = least_new(bare_event, {"stripe_event_id": sa.bindparam("event_id")})
-    least_customer = least_new(
+    least_event = inserting_new(bare_event, {"stripe_event_id": sa.bindparam("event_id")})
+    least_customer = inserting_new(
         bare_customer,
         {"stripe_customer_id": sa.bindparam("customer"), "partner_key": sa.bindparam("partner")},
     )
-    least_amount = least_upsert(
+    least_amount = upserting(
         insert(bare_transaction).values(
             key=key,
             customer_id=sa.select(bare_customer.c.id).where(of_customer).scalar_subquery(),
@@ -154,7 +147,7 @@ def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blu
     partner = sa.select(key, bare_customer.c.partner_key, amount).where(
         of_customer, bare_customer.c.partner_key.is_not(None)
     )
-    least_commission = least_upsert(
+    least_commission = upserting(
         insert(bare_commission).from_select(["key", "partner_key", "amount"], partner),
         bare_commission.c.key,
         ("amount",),
@@ -167,16 +160,10 @@ def create_bare_blueprint(engine: sa.Engine, secret: str, tolerance: int) -> Blu
     if dialect == "postgresql":  # synchronous_commit off in the statement itself, as ours
         relaxed = sa.func.set_config("synchronous_commit", "off", sa.true()).is_not(None)
         least_mark = least_mark.where(relaxed)
-    least_received = least_new(
+    least_received = inserting_new(
         bare_received,
         {"stripe_event_id": sa.bindparam("event_id"), "payload": sa.bindparam("payload")},
     )
-
-    def won(result: Any) -> bool:
-        """Whether a :func:`least_new` statement inserted its row."""
-        if dialect == "mysql":  # the insert id is 0 when it did not
-            return bool(result.lastrowid)
-        return result.first() is not None
 
     def least_record(
         connection: sa.Connection, event: dict[str, Any], commission: bool = False

@@ -158,7 +158,7 @@ def in_process_row(
     url: str,
     rounds: int,
     per_round: int,
-    floor: float,
+    at_least: float,
     *,
     floor_path: str | None = None,
     **config: Any,
@@ -192,8 +192,8 @@ def in_process_row(
         )
         measured += f" (floor {least / bare:.2f}x)" if floor_path != BARE_LEAST else ""
     target(
-        f"in-process {name}, {label}: ours >= {floor:.2f}x bare minimum",
-        ours / bare >= floor,
+        f"in-process {name}, {label}: ours >= {at_least:.2f}x bare minimum",
+        ours / bare >= at_least,
         measured,
     )
     return ours, bare
