@@ -63,6 +63,10 @@ def signed(event: dict[str, Any]) -> Delivery:
     }
 
 
+#: Every charge's metadata, on its first event and on every later one, as Stripe sends it.
+CHARGE_METADATA = {"product_key": "team"}
+
+
 class Mix:
     """A realistic stream: new customers, new charges, updates, redeliveries, refunds."""
 
@@ -90,8 +94,13 @@ class Mix:
         if kind in ("update", "refund") and self.charges:
             charge_id, customer, amount = self.random.choice(self.charges)
             refunded = amount if kind == "refund" else 0
+            # Stripe sends the whole charge each time, its metadata included.
             charge = testing.charge(
-                charge_id, customer=customer, amount=amount, amount_refunded=refunded
+                charge_id,
+                customer=customer,
+                amount=amount,
+                amount_refunded=refunded,
+                metadata=CHARGE_METADATA,
             )
             event_type = "charge.refunded" if kind == "refund" else "charge.updated"
             return self._remember(signed(testing.event(event_type, charge, id=self._id("evt"))))
@@ -108,9 +117,7 @@ class Mix:
         charge_id, customer = self._id("ch"), self.random.choice(self.customers)
         amount = self.random.randrange(500, 50_000)
         self.charges.append((charge_id, customer, amount))
-        obj = testing.charge(
-            charge_id, customer=customer, amount=amount, metadata={"product_key": "team"}
-        )
+        obj = testing.charge(charge_id, customer=customer, amount=amount, metadata=CHARGE_METADATA)
         return self._remember(signed(testing.event("charge.succeeded", obj, id=self._id("evt"))))
 
     def _remember(self, delivery: Delivery) -> Delivery:
