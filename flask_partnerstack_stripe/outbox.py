@@ -30,7 +30,7 @@ from .config import Settings
 from .database import dialect_name, is_mysql
 from .models import Models, utcnow
 from .statements import Statements, cached_statement
-from .transactions import UnitOfWork, autocommit_connection, autocommit_possible
+from .transactions import UnitOfWork
 
 log = logging.getLogger("flask_partnerstack_stripe")
 
@@ -186,10 +186,12 @@ def settle(
     try:
         table, statements = SignalDelivery.__table__, unit_of_work.statements
         delivered = [delivery_id for delivery_id, error in results if error is None]
-        if len(delivered) == len(results) and autocommit_possible(session):
-            # The one UPDATE is the whole transaction: autocommit, outside the session.
-            with autocommit_connection(session) as connection:
-                _mark_delivered(connection, statements, table, delivered, now, relaxed=True)
+        alone = unit_of_work.alone(session) if len(delivered) == len(results) else None
+        if alone is not None:
+            # The one UPDATE is the whole transaction, outside the session.
+            with alone as connection:
+                relaxed = connection.dialect.name == "postgresql"
+                _mark_delivered(connection, statements, table, delivered, now, relaxed=relaxed)
             return
         with unit_of_work(session):
             if delivered:

@@ -22,7 +22,7 @@ from .config import Settings
 from .models import Models, account_scope, utcnow
 from .statements import cached_statement
 from .status import Status
-from .transactions import UnitOfWork, autocommit_connection, autocommit_possible
+from .transactions import UnitOfWork
 from .upserts import insert_on_conflict, won_id
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -344,10 +344,11 @@ class Receiver:
                 lambda: self._receive_statement(session, table),
             )
             values = _event_row(event, payload, stripe_account_id)
-            if autocommit_possible(session):
-                # The one statement is the whole transaction: autocommit, outside the
-                # session. Inside a transaction the host began, the store joins it.
-                with autocommit_connection(session) as connection:
+            alone = self.unit_of_work.alone(session)
+            if alone is not None:
+                # The one statement is the whole transaction, outside the session.
+                # Inside a transaction the host began, the store joins it.
+                with alone as connection:
                     stored = won_id(connection.execute(statement, values)) is not None
             else:
                 with self.unit_of_work(session):

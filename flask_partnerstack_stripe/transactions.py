@@ -2,7 +2,8 @@
 
 SQLite: the write lock taken when the transaction begins. MySQL/MariaDB: READ COMMITTED
 for ours, the host's transactions left at their own level. Everywhere: a commit that
-keeps loaded objects loaded, and on PostgreSQL autocommit for a one-statement unit.
+keeps loaded objects loaded, and a one-statement unit outside the session where it can be
+(:meth:`UnitOfWork.alone`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -102,6 +103,37 @@ class UnitOfWork:
             if session.in_transaction():
                 _commit(session, session.connection())
 
+    def alone(self, session: Session) -> AbstractContextManager[Connection] | None:
+        """A connection for one statement that is a whole transaction by itself, outside
+        ``session``'s transaction machinery; None where it must run in a unit of work.
+
+        PostgreSQL: autocommit, one round trip instead of three (BEGIN, the statement,
+        COMMIT), equally durable; the pool puts the connection's level back when it takes
+        it back (psycopg: a flag on the client). SQLite: the statement between our own
+        ``BEGIN IMMEDIATE`` (:func:`_begin_immediate`) and its commit, on a connection of
+        the pool, with none of the session's bookkeeping around it. Only with no
+        transaction open, on a session bound to an engine (one bound to a connection, say
+        a test's that holds a transaction, must keep the transaction it was given).
+        MySQL/MariaDB: None, since switching a pooled connection to autocommit and back
+        costs two round trips, more than the unit of work's COMMIT.
+        """
+        engine = session.get_bind()
+        if not isinstance(engine, sa.Engine) or session.in_transaction():
+            return None
+        if engine.dialect.name == "postgresql":
+            return _autocommit_connection(engine)
+        if engine.dialect.name == "sqlite":
+            return self._immediate_connection(engine)
+        return None
+
+    @contextmanager
+    def _immediate_connection(self, engine: sa.Engine) -> Iterator[Connection]:
+        shared = isinstance(engine.pool, StaticPool)
+        with self._shared_connection if shared else _no_lock(), engine.connect() as connection:
+            _begin_immediate(connection, self.busy_timeout, shared)
+            yield connection
+            connection.commit()
+
     @staticmethod
     def is_open(session: Session) -> bool:
         """Whether one of our transactions is open on ``session`` (a new unit would join it)."""
@@ -144,6 +176,13 @@ class UnitOfWork:
 @contextmanager
 def _no_lock() -> Iterator[None]:
     yield
+
+
+@contextmanager
+def _autocommit_connection(engine: sa.Engine) -> Iterator[Connection]:
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        yield connection
 
 
 def _begin_immediate(connection: Connection, busy_timeout: float, shared: bool) -> None:
@@ -347,29 +386,3 @@ def _commit(session: Session, connection: Connection) -> None:
             transaction.close()
     finally:
         session.expire_on_commit = expire_on_commit
-
-
-def autocommit_possible(session: Session) -> bool:
-    """Whether a one-statement unit may run in autocommit on ``session``: PostgreSQL, with
-    no transaction open, on a session bound to an engine (one bound to a connection, say a
-    test's that holds a transaction, must keep the transaction it was given)."""
-    bind = session.get_bind()
-    return (
-        isinstance(bind, sa.Engine)
-        and bind.dialect.name == "postgresql"
-        and not session.in_transaction()
-    )
-
-
-@contextmanager
-def autocommit_connection(session: Session) -> Iterator[Connection]:
-    """A connection of ``session``'s engine in autocommit, outside the session: for one
-    statement that is a whole transaction by itself, where :func:`autocommit_possible`
-    says so. One round trip instead of three (BEGIN, the statement, COMMIT), equally
-    durable, and none of the session's transaction machinery; the pool puts the
-    connection's level back when it takes it back (psycopg: a flag on the client)."""
-    engine = session.get_bind()
-    assert isinstance(engine, sa.Engine), "autocommit_possible: bound to an engine"
-    with engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        yield connection
