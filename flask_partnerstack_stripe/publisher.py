@@ -18,7 +18,6 @@ import logging
 import os
 import queue
 import threading
-import time
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -37,7 +36,9 @@ class Publisher:
     waiting, whichever comes first, as one message: one id while webhooks trickle in,
     up to ``batch`` during a burst. A Celery publish costs about a millisecond of CPU
     whatever it carries, in the web process, under its GIL: fewer messages is what
-    leaves the CPU to the requests.
+    leaves the CPU to the requests. For the same reason the thread wakes once per
+    message, not once per id: it sleeps out the linger and then takes what came, and
+    only a full batch, a flush or a close wakes it early.
 
     The thread starts with the first id a process submits, so a server that forks its
     workers after loading the app (gunicorn) gets one per worker; it ends after
@@ -69,6 +70,8 @@ class Publisher:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._ids = 0  # queued or being published: the queue also holds the marks
+        #: Set to end the linger early: a full batch is waiting, a flush or a close came.
+        self._hurry = threading.Event()
         self._exit_hook = False
 
     def submit(self, event_id: str) -> None:
@@ -83,6 +86,8 @@ class Publisher:
             try:
                 self._queue.put_nowait(event_id)
                 self._ids += 1
+                if self._queue.qsize() >= self.batch:
+                    self._hurry.set()
                 return
             except queue.Full:
                 pass
@@ -103,6 +108,7 @@ class Publisher:
             if self._thread is not None and work.unfinished_tasks:
                 with contextlib.suppress(queue.Full):  # full: the thread gets batches at once
                     work.put_nowait(_NOW)
+                self._hurry.set()
         waiter = work.all_tasks_done
         with waiter:
             return waiter.wait_for(lambda: not work.unfinished_tasks, timeout)
@@ -125,6 +131,7 @@ class Publisher:
         timeout = self.drain_timeout if timeout is None else timeout
         with contextlib.suppress(queue.Full):  # still publishing: join waits as long
             self._queue.put(_STOP, timeout=timeout)
+        self._hurry.set()
         thread.join(timeout)
         if thread.is_alive():
             log.warning(
@@ -145,6 +152,7 @@ class Publisher:
         if pid != self._pid:
             self._pid = pid
             self._queue = queue.Queue(self.size)
+            self._hurry = threading.Event()
             self._thread = None
             self._ids = 0
 
@@ -172,10 +180,15 @@ class Publisher:
                         return
                 continue
             taken, stop = [first], first is _STOP
-            deadline = time.monotonic() + self.linger
-            while not stop and taken[-1] is not _NOW and len(taken) < self.batch:
+            if not stop and first is not _NOW:
+                # Sleep out the linger, unwoken by the ids that come meanwhile (each would
+                # cost the requests a switch of the GIL); cleared before the queue is
+                # read, so a mark put before a later set() is taken now or next time.
+                self._hurry.wait(self.linger)
+                self._hurry.clear()
+            while not stop and len(taken) < self.batch:
                 try:
-                    item = work.get(timeout=max(0.0, deadline - time.monotonic()))
+                    item = work.get_nowait()
                 except queue.Empty:
                     break
                 taken.append(item)

@@ -44,6 +44,41 @@ def test_flush_publishes_the_gathered_batch_at_once() -> None:
         assert publisher.close(timeout=10)
 
 
+def wait_for(condition, seconds: float = 10) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_a_full_batch_goes_at_once_without_waiting_out_the_linger() -> None:
+    published: list[list[str]] = []
+    publisher = Publisher(published.append, linger=60.0, batch=3)
+    try:
+        for number in range(4):
+            publisher.submit(f"evt_{number}")
+        assert wait_for(lambda: len(published) >= 1)
+        assert published[0] == ["evt_0", "evt_1", "evt_2"]
+        assert publisher.pending() == 1  # the fourth waits for the next batch
+    finally:
+        assert publisher.close(timeout=10)
+    assert published == [["evt_0", "evt_1", "evt_2"], ["evt_3"]]
+
+
+def test_ids_that_come_during_the_linger_go_in_one_message() -> None:
+    published: list[list[str]] = []
+    publisher = Publisher(published.append, linger=0.5, batch=100)
+    try:
+        for number in range(5):
+            publisher.submit(f"evt_{number}")
+        assert wait_for(lambda: publisher.pending() == 0)
+        assert published == [[f"evt_{number}" for number in range(5)]]
+    finally:
+        assert publisher.close(timeout=10)
+
+
 def test_flush_with_nothing_submitted_returns_at_once() -> None:
     published, publisher, _ = collecting()
     started = time.monotonic()
