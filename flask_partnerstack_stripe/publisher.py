@@ -55,7 +55,7 @@ class Publisher:
         *,
         size: int = 10_000,
         batch: int = 20,
-        linger: float = 0.01,
+        linger: float = 0.05,
         idle: float = 30.0,
         drain_timeout: float = 5.0,
     ) -> None:
