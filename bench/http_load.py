@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .workload import BARE, OURS, Mix, create_app, reset_tables
+from .workload import BARE, OURS, Mix, create_app, reset_tables, shown
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def run(name: str, url: str, workdir: Path, *, quick: bool, target: Callable[...
             target(
                 f"http {name}, {label}: ours >= 0.90x bare minimum",
                 ratio >= 0.90,
-                f"{ratio:.2f}x",
+                shown(ratio, 0.90),
             )
             _, latencies = load(port, OURS, clients, duration, rate=ours / 2)
             p50, p99 = _percentile(latencies, 0.5) * 1000, _percentile(latencies, 0.99) * 1000

@@ -38,6 +38,7 @@ from .workload import (
     Mix,
     create_app,
     reset_tables,
+    shown,
 )
 
 SECTIONS = ("in-process", "roundtrips", "scale", "memory", "http", "celery")
@@ -186,7 +187,7 @@ def in_process_row(
         f" {bare:7.0f} ev/s   ratio {ours / bare:.2f}",
         flush=True,
     )
-    measured = f"{ours / bare:.2f}x"
+    measured = shown(ours / bare, at_least)
     if least is not None:
         what = "the least it can cost here: a minimal receiver with it"
         if floor_path == BARE_LEAST:

@@ -27,6 +27,15 @@ BARE_LEAST = "/bare/least-webhook"
 Delivery = tuple[bytes, dict[str, str]]
 
 
+def shown(ratio: float, at_least: float) -> str:
+    """``ratio`` to two decimals, or three where two would round a miss up to ``at_least``
+    (0.897 is not 0.90)."""
+    text = f"{ratio:.2f}"
+    if ratio < at_least <= float(text):
+        text = f"{ratio:.3f}"
+    return f"{text}x"
+
+
 def create_app(database_url: str | None = None, **config: Any) -> Flask:
     """Ours at /partnerstack/webhook and the bare minimum at /bare/webhook, on one database."""
     url = database_url or os.environ["BENCH_DATABASE_URL"]
