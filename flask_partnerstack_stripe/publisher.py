@@ -72,6 +72,8 @@ class Publisher:
         self._ids = 0  # queued or being published: the queue also holds the marks
         #: Set to end the linger early: a full batch is waiting, a flush or a close came.
         self._hurry = threading.Event()
+        self._marks = 0  # flush/stop marks in the queue: the thread must not linger
+        self._holding = 0  # 1 while the thread lingers with a batch's first id in hand
         self._exit_hook = False
 
     def submit(self, event_id: str) -> None:
@@ -86,7 +88,7 @@ class Publisher:
             try:
                 self._queue.put_nowait(event_id)
                 self._ids += 1
-                if self._queue.qsize() >= self.batch:
+                if self._queue.qsize() + self._holding >= self.batch:
                     self._hurry.set()
                 return
             except queue.Full:
@@ -108,6 +110,7 @@ class Publisher:
             if self._thread is not None and work.unfinished_tasks:
                 with contextlib.suppress(queue.Full):  # full: the thread gets batches at once
                     work.put_nowait(_NOW)
+                    self._marks += 1
                 self._hurry.set()
         waiter = work.all_tasks_done
         with waiter:
@@ -129,8 +132,13 @@ class Publisher:
                 return True
             self._thread = None
         timeout = self.drain_timeout if timeout is None else timeout
-        with contextlib.suppress(queue.Full):  # still publishing: join waits as long
+        with self._lock:
+            self._marks += 1
+        try:
             self._queue.put(_STOP, timeout=timeout)
+        except queue.Full:  # still publishing: join waits as long
+            with self._lock:
+                self._marks -= 1
         self._hurry.set()
         thread.join(timeout)
         if thread.is_alive():
@@ -153,6 +161,7 @@ class Publisher:
             self._pid = pid
             self._queue = queue.Queue(self.size)
             self._hurry = threading.Event()
+            self._marks = self._holding = 0
             self._thread = None
             self._ids = 0
 
@@ -180,11 +189,18 @@ class Publisher:
                         return
                 continue
             taken, stop = [first], first is _STOP
-            if not stop and first is not _NOW:
-                # Sleep out the linger, unwoken by the ids that come meanwhile (each would
-                # cost the requests a switch of the GIL); cleared before the queue is
-                # read, so a mark put before a later set() is taken now or next time.
-                self._hurry.wait(self.linger)
+            if not stop:
+                if first is not _NOW:
+                    # Sleep out the linger, unwoken by the ids that come meanwhile (each
+                    # would cost the requests a switch of the GIL), unless a full batch or
+                    # a mark is queued already. _holding is set before the look at the
+                    # queue: a submit after it counts the id in hand.
+                    self._holding = 1
+                    if not self._marks and work.qsize() + 1 < self.batch:
+                        self._hurry.wait(self.linger)
+                    self._holding = 0
+                # Cleared before the queue is read: a set() for a mark it does not reach
+                # (behind a full batch) is not needed, _marks keeps the next from waiting.
                 self._hurry.clear()
             while not stop and len(taken) < self.batch:
                 try:
@@ -200,6 +216,7 @@ class Publisher:
             finally:
                 with self._lock:
                     self._ids -= len(ids)
+                    self._marks -= len(taken) - len(ids)
                 for _ in taken:
                     work.task_done()
             if stop:

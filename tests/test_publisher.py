@@ -87,7 +87,9 @@ def test_flush_with_nothing_submitted_returns_at_once() -> None:
     assert publisher.pending() == 0
 
 
-def blocking(batch: int = 1) -> tuple[list[list[str]], Publisher, threading.Event, threading.Event]:
+def blocking(
+    batch: int = 1, linger: float = 60.0
+) -> tuple[list[list[str]], Publisher, threading.Event, threading.Event]:
     """A publisher whose publish waits for ``release``; ``entered`` is set once it started."""
     published: list[list[str]] = []
     entered, release = threading.Event(), threading.Event()
@@ -97,7 +99,7 @@ def blocking(batch: int = 1) -> tuple[list[list[str]], Publisher, threading.Even
         assert release.wait(10)
         published.append(list(ids))
 
-    return published, Publisher(publish, linger=60.0, batch=batch), entered, release
+    return published, Publisher(publish, linger=linger, batch=batch), entered, release
 
 
 def test_pending_counts_ids_not_the_flush_marker() -> None:
@@ -151,3 +153,118 @@ def test_flush_in_a_forked_child_does_not_wait_for_the_parents_ids() -> None:
         release.set()
         assert publisher.close(timeout=10)
     assert published == [["evt_0"]]
+
+
+# A flush or a close behind more than a batch, exactly a full batch, a backlog, and a
+# burst after a flush: found by an attack on the thread's one wake per message.
+
+
+def busy_with_evt_0(publisher: Publisher, entered: threading.Event) -> None:
+    """Get the thread publishing evt_0 (blocked in publish), the queue empty."""
+    publisher.submit("evt_0")
+    publisher.flush(timeout=0)  # puts the mark and wakes the thread
+    assert entered.wait(10)
+
+
+def test_flush_behind_more_than_a_batch_returns_promptly() -> None:
+    _, publisher, entered, release = blocking(batch=2)
+    try:
+        busy_with_evt_0(publisher, entered)
+        for number in range(1, 5):  # a backlog of two batches while it publishes
+            publisher.submit(f"evt_{number}")
+        result: list[bool] = []
+        flushing = threading.Thread(target=lambda: result.append(publisher.flush(timeout=3)))
+        flushing.start()
+        time.sleep(0.1)  # the mark is queued behind evt_4
+        started = time.monotonic()
+        release.set()
+        flushing.join(10)
+        assert result == [True]
+        assert time.monotonic() - started < 2
+    finally:
+        release.set()
+        publisher.close(timeout=1)
+
+
+def test_close_behind_more_than_a_batch_publishes_everything_in_time() -> None:
+    _, publisher, entered, release = blocking(batch=2)
+    busy_with_evt_0(publisher, entered)
+    for number in range(1, 5):
+        publisher.submit(f"evt_{number}")
+    result: list[bool] = []
+    closing = threading.Thread(target=lambda: result.append(publisher.close(timeout=3)))
+    closing.start()
+    time.sleep(0.1)  # the stop is queued behind evt_4
+    started = time.monotonic()
+    release.set()
+    closing.join(10)
+    assert result == [True]
+    assert time.monotonic() - started < 2
+    assert publisher.pending() == 0
+
+
+def test_exactly_a_batch_goes_without_waiting_out_the_linger() -> None:
+    published: list[list[str]] = []
+    publisher = Publisher(published.append, linger=60.0, batch=3)
+    try:
+        publisher.submit("evt_0")
+        time.sleep(0.2)  # the thread took evt_0 and lingers
+        publisher.submit("evt_1")
+        publisher.submit("evt_2")  # three ids waiting: a full batch
+        deadline = time.monotonic() + 3
+        while not published and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert published == [["evt_0", "evt_1", "evt_2"]]
+    finally:
+        publisher.close(timeout=1)
+
+
+def test_a_backlog_drains_at_the_brokers_pace_with_the_defaults() -> None:
+    """The broker stalls for a moment during a burst: 1000 ids pile up (50 batches)."""
+    published: list[list[str]] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def publish(ids: Sequence[str]) -> None:
+        entered.set()
+        release.wait(20)
+        published.append(list(ids))
+
+    publisher = Publisher(publish)  # batch 20, linger 50 ms
+    try:
+        publisher.submit("evt_0")
+        assert entered.wait(10)  # (after the linger) the first message is stuck
+        for number in range(1, 1001):
+            publisher.submit(f"evt_{number}")
+        started = time.monotonic()
+        release.set()
+        while publisher.pending() and time.monotonic() - started < 10:
+            time.sleep(0.01)
+        took = time.monotonic() - started
+        assert sum(map(len, published)) == 1001
+        assert took < 1.0
+    finally:
+        release.set()
+        publisher.close(timeout=10)
+
+
+def test_after_a_flush_the_next_id_still_lingers() -> None:
+    """A flush whose mark the thread takes first leaves _hurry set: the next id (a burst's
+    first) goes alone at once instead of gathering the burst."""
+    published, publisher, entered, release = blocking(batch=100, linger=0.5)
+    try:
+        publisher.submit("evt_0")
+        assert entered.wait(10)  # after the 0.5 s linger
+        assert not publisher.flush(timeout=0.05)  # queue empty: the mark goes in alone
+        release.set()
+        assert publisher.flush(timeout=5)
+        publisher.submit("evt_1")
+        time.sleep(0.1)  # the rest of the burst, well inside the 0.5 s linger
+        for number in range(2, 6):
+            publisher.submit(f"evt_{number}")
+        deadline = time.monotonic() + 3
+        while publisher.pending() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert published[1:] == [[f"evt_{n}" for n in range(1, 6)]]
+    finally:
+        release.set()
+        publisher.close(timeout=1)
