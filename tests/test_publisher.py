@@ -166,41 +166,28 @@ def busy_with_evt_0(publisher: Publisher, entered: threading.Event) -> None:
     assert entered.wait(10)
 
 
-def test_flush_behind_more_than_a_batch_returns_promptly() -> None:
+@pytest.mark.parametrize("wait", ["flush", "close"])
+def test_a_flush_or_close_behind_more_than_a_batch_returns_promptly(wait: str) -> None:
     _, publisher, entered, release = blocking(batch=2)
     try:
         busy_with_evt_0(publisher, entered)
         for number in range(1, 5):  # a backlog of two batches while it publishes
             publisher.submit(f"evt_{number}")
         result: list[bool] = []
-        flushing = threading.Thread(target=lambda: result.append(publisher.flush(timeout=3)))
-        flushing.start()
-        time.sleep(0.1)  # the mark is queued behind evt_4
+        waiting = threading.Thread(
+            target=lambda: result.append(getattr(publisher, wait)(timeout=3))
+        )
+        waiting.start()
+        time.sleep(0.1)  # the mark (or the stop) is queued behind evt_4
         started = time.monotonic()
         release.set()
-        flushing.join(10)
+        waiting.join(10)
         assert result == [True]
         assert time.monotonic() - started < 2
+        assert publisher.pending() == 0
     finally:
         release.set()
         publisher.close(timeout=1)
-
-
-def test_close_behind_more_than_a_batch_publishes_everything_in_time() -> None:
-    _, publisher, entered, release = blocking(batch=2)
-    busy_with_evt_0(publisher, entered)
-    for number in range(1, 5):
-        publisher.submit(f"evt_{number}")
-    result: list[bool] = []
-    closing = threading.Thread(target=lambda: result.append(publisher.close(timeout=3)))
-    closing.start()
-    time.sleep(0.1)  # the stop is queued behind evt_4
-    started = time.monotonic()
-    release.set()
-    closing.join(10)
-    assert result == [True]
-    assert time.monotonic() - started < 2
-    assert publisher.pending() == 0
 
 
 def test_exactly_a_batch_goes_without_waiting_out_the_linger() -> None:
