@@ -103,7 +103,6 @@ class Mix:
         if kind in ("update", "refund") and self.charges:
             charge_id, customer, amount = self.random.choice(self.charges)
             refunded = amount if kind == "refund" else 0
-            # Stripe sends the whole charge each time, its metadata included.
             charge = testing.charge(
                 charge_id,
                 customer=customer,

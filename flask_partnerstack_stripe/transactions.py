@@ -65,12 +65,8 @@ class UnitOfWork:
         session.info[_OPEN_UNIT] = True
         current = _current_statements.set(self.statements)
         try:
-            if isinstance(session.get_bind().engine.pool, StaticPool):
-                with self._shared_connection, self._transaction(session):
-                    yield
-            else:
-                with self._transaction(session):
-                    yield
+            with self._taking_turns(session.get_bind().engine), self._transaction(session):
+                yield
         finally:
             _current_statements.reset(current)
             session.info.pop(_OPEN_UNIT, None)
@@ -93,8 +89,7 @@ class UnitOfWork:
         if session.info.get(_OPEN_UNIT) or session.in_transaction():
             yield
             return
-        shared = isinstance(session.get_bind().engine.pool, StaticPool)
-        with self._shared_connection if shared else _no_lock(), _checking_out_as_ours():
+        with self._taking_turns(session.get_bind().engine), _checking_out_as_ours():
             try:
                 yield
             except BaseException:
@@ -128,11 +123,14 @@ class UnitOfWork:
 
     @contextmanager
     def _immediate_connection(self, engine: sa.Engine) -> Iterator[Connection]:
-        shared = isinstance(engine.pool, StaticPool)
-        with self._shared_connection if shared else _no_lock(), engine.connect() as connection:
-            _begin_immediate(connection, self.busy_timeout, shared)
+        with self._taking_turns(engine), engine.connect() as connection:
+            _begin_immediate(connection, self.busy_timeout, _shared(engine))
             yield connection
             connection.commit()
+
+    def _taking_turns(self, engine: sa.Engine) -> AbstractContextManager[Any]:
+        """The one connection of an in-memory database is taken in turns; others are not."""
+        return self._shared_connection if _shared(engine) else _no_lock()
 
     @staticmethod
     def is_open(session: Session) -> bool:
@@ -164,7 +162,7 @@ class UnitOfWork:
             else:
                 connection = session.connection()
                 if connection.dialect.name == "sqlite":
-                    shared = isinstance(connection.engine.pool, StaticPool)
+                    shared = _shared(connection.engine)
                     _begin_immediate(connection, self.busy_timeout, shared)
             yield
             _commit(session, connection)
@@ -176,6 +174,11 @@ class UnitOfWork:
 @contextmanager
 def _no_lock() -> Iterator[None]:
     yield
+
+
+def _shared(engine: sa.Engine) -> bool:
+    """In-memory SQLite: one connection every thread shares (Flask-SQLAlchemy's StaticPool)."""
+    return isinstance(engine.pool, StaticPool)
 
 
 @contextmanager
