@@ -198,9 +198,9 @@ class TestKilledWorker:
         while not hang_file.read_text() and time.monotonic() < deadline:
             time.sleep(0.05)
         pid = int(hang_file.read_text())
-        # A customer event for another object goes through meanwhile (SQLite waits for the lock).
-        hang_file.unlink()
+        # Killed before the file goes: a worker that saw it gone first would commit.
         os.kill(pid, signal.SIGKILL)
+        hang_file.unlink()  # the worker that replaces it serves the redelivery
         thread.join(timeout=60)
         assert outcome["status"] != 200
         assert rows(models.WebhookEvent) == []  # rolled back with the worker: not stored
