@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import logging
 import os
 import queue
@@ -45,8 +46,12 @@ class Publisher:
     ``idle`` seconds without work and starts again with the next id. When the queue
     is full (the broker is slower than the webhooks), the id is published in the
     caller's thread instead, as before there was a publisher: the requests slow down
-    to the broker's pace and nothing is dropped. At interpreter exit the queue is
-    drained for up to ``drain_timeout`` seconds.
+    to the broker's pace and nothing is dropped; so is an id submitted while
+    :meth:`close` drains the queue. At interpreter exit the queue is drained for up to
+    ``drain_timeout`` seconds.
+
+    A forked child starts with a publisher of its own (an empty queue, no thread, a new
+    lock: another thread of the parent may have held the old one when it forked).
     """
 
     def __init__(
@@ -74,7 +79,12 @@ class Publisher:
         self._hurry = threading.Event()
         self._marks = 0  # flush/stop marks in the queue: the thread must not linger
         self._holding = 0  # 1 while the thread lingers with a batch's first id in hand
+        #: From close() until its thread ends: the queue ends with its stop mark, and
+        #: what is submitted meanwhile is published by the caller, never queued behind it.
+        self._closing = False
         self._exit_hook = False
+        if hasattr(os, "register_at_fork"):  # not on Windows, which does not fork
+            os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
 
     def submit(self, event_id: str) -> None:
         """Publish ``event_id`` soon, from the background thread; now when the queue is full.
@@ -83,16 +93,17 @@ class Publisher:
         """
         with self._lock:
             self._adopt_process()
-            if self._thread is None:
-                self._start()
-            try:
-                self._queue.put_nowait(event_id)
-                self._ids += 1
-                if self._queue.qsize() + self._holding >= self.batch:
-                    self._hurry.set()
-                return
-            except queue.Full:
-                pass
+            if not self._closing:
+                if self._thread is None:
+                    self._start()
+                try:
+                    self._queue.put_nowait(event_id)
+                    self._ids += 1
+                    if self._queue.qsize() + self._holding >= self.batch:
+                        self._hurry.set()
+                    return
+                except queue.Full:
+                    pass
         self.publish([event_id])
 
     def flush(self, timeout: float | None = None) -> bool:
@@ -107,7 +118,7 @@ class Publisher:
             work = self._queue
             # Only for a running thread: behind the stop of a close(), or with no thread,
             # nobody would take the mark and the wait would never end.
-            if self._thread is not None and work.unfinished_tasks:
+            if self._thread is not None and not self._closing and work.unfinished_tasks:
                 with contextlib.suppress(queue.Full):  # full: the thread gets batches at once
                     work.put_nowait(_NOW)
                     self._marks += 1
@@ -130,16 +141,18 @@ class Publisher:
             thread = self._thread if self._pid == os.getpid() else None
             if thread is None:
                 return True
-            self._thread = None
+            # The thread clears both once it ends; a second close() waits for the same.
+            stopping, self._closing = not self._closing, True
+            if stopping:
+                self._marks += 1
         timeout = self.drain_timeout if timeout is None else timeout
-        with self._lock:
-            self._marks += 1
-        try:
-            self._queue.put(_STOP, timeout=timeout)
-        except queue.Full:  # still publishing: join waits as long
-            with self._lock:
-                self._marks -= 1
-        self._hurry.set()
+        if stopping:
+            try:
+                self._queue.put(_STOP, timeout=timeout)
+            except queue.Full:  # still publishing: it ends once idle, join waits as long
+                with self._lock:
+                    self._marks -= 1
+            self._hurry.set()
         thread.join(timeout)
         if thread.is_alive():
             log.warning(
@@ -156,14 +169,22 @@ class Publisher:
         own ids (and an id the child inherited still waits in the parent, or in the
         database for the sweep).
         """
-        pid = os.getpid()
-        if pid != self._pid:
-            self._pid = pid
-            self._queue = queue.Queue(self.size)
-            self._hurry = threading.Event()
-            self._marks = self._holding = 0
-            self._thread = None
-            self._ids = 0
+        if os.getpid() != self._pid:
+            self._start_afresh()
+
+    def _forget_the_parent(self) -> None:
+        """Right after a fork, in the child: a new lock too (the parent's may be held)."""
+        self._lock = threading.Lock()
+        self._start_afresh()
+
+    def _start_afresh(self) -> None:
+        self._pid = os.getpid()
+        self._queue = queue.Queue(self.size)
+        self._hurry = threading.Event()
+        self._marks = self._holding = 0
+        self._thread = None
+        self._closing = False
+        self._ids = 0
 
     def _start(self) -> None:
         thread = threading.Thread(target=self._run, name="partnerstack-publisher", daemon=True)
@@ -185,7 +206,7 @@ class Publisher:
                     # Under the lock, so an id submitted now either is seen here or
                     # starts a new thread.
                     if work.empty() and self._thread is threading.current_thread():
-                        self._thread = None
+                        self._thread, self._closing = None, False
                         return
                 continue
             taken, stop = [first], first is _STOP
@@ -220,6 +241,9 @@ class Publisher:
                 for _ in taken:
                     work.task_done()
             if stop:
+                with self._lock:
+                    if self._thread is threading.current_thread():
+                        self._thread, self._closing = None, False
                 return
 
     def _publish(self, event_ids: list[str]) -> None:
@@ -232,6 +256,13 @@ class Publisher:
                 "and the sweep will enqueue them.",
                 ", ".join(event_ids), type(error).__name__, error,
             )  # fmt: skip
+
+
+def _forked(reference: weakref.ref[Publisher]) -> None:
+    """In a forked child (``os.register_at_fork``), before any of its code runs."""
+    publisher = reference()
+    if publisher is not None:
+        publisher._forget_the_parent()
 
 
 def _close_at_exit(reference: weakref.ref[Publisher]) -> None:

@@ -4,6 +4,7 @@ request, and published at once when someone waits for them."""
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Sequence
@@ -255,3 +256,47 @@ def test_after_a_flush_the_next_id_still_lingers() -> None:
     finally:
         release.set()
         publisher.close(timeout=1)
+
+
+def test_an_id_submitted_while_close_drains_is_published_and_close_returns() -> None:
+    """It starts no second thread, which could take the stop mark and leave the first one
+    running past the close."""
+    published, publisher, entered, release = blocking()
+    publisher.submit("evt_0")
+    assert entered.wait(10)  # the thread is publishing evt_0
+    closed: list[bool] = []
+    closing = threading.Thread(target=lambda: closed.append(publisher.close(timeout=5)))
+    closing.start()
+    time.sleep(0.1)  # the stop is queued behind evt_0
+    submitting = threading.Thread(target=publisher.submit, args=("evt_1",))
+    submitting.start()
+    time.sleep(0.05)
+    release.set()
+    closing.join(10)
+    submitting.join(10)
+    assert closed == [True]
+    assert sorted(published) == [["evt_0"], ["evt_1"]]
+    assert publisher.pending() == 0
+
+
+@pytest.mark.filterwarnings("ignore:This process .* fork:DeprecationWarning")
+def test_a_child_forked_while_the_lock_is_held_publishes_its_own_ids() -> None:
+    published: list[list[str]] = []
+    publisher = Publisher(published.append, linger=0.01)
+    # Held as the parent's thread holds it for a moment around each message: the child
+    # has a copy of the lock, held by a thread it does not have.
+    with publisher._lock:
+        pid = os.fork()
+        if pid == 0:
+            publisher.submit("evt_child")
+            os._exit(0 if publisher.flush(timeout=5) and published == [["evt_child"]] else 1)
+    deadline = time.monotonic() + 20
+    while (ended := os.waitpid(pid, os.WNOHANG)) == (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if ended == (0, 0):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pytest.fail("the child's submit waited for a lock nobody would release")
+    assert os.waitstatus_to_exitcode(ended[1]) == 0
+    assert published == []  # the parent's publisher is untouched
+    assert publisher.close(timeout=10)
