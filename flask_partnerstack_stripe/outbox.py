@@ -63,12 +63,17 @@ def with_delivery_id(notifications: Iterable[Notification]) -> list[Notification
 
 
 def record(
-    session: Session, models: Models, settings: Settings, notifications: list[Notification]
+    session: Session,
+    models: Models,
+    settings: Settings,
+    notifications: list[Notification],
+    known: tuple[object, str] | None = None,
 ) -> list[Notification]:
     """Write a delivery for each data signal in the open transaction; give them their ids.
 
     A delivery its sender has not settled after ``SIGNAL_RETRY_DELAY`` is due for the
-    retry task: that process died between the commit and the send.
+    retry task: that process died between the commit and the send. ``known``: see
+    :func:`encode`.
     """
     table = models.SignalDelivery.__table__
     statement = cached_statement(
@@ -81,7 +86,7 @@ def record(
             now = utcnow()
             values = {
                 "signal": signal.name,
-                "arguments": encode(models, kwargs),
+                "arguments": encode(models, kwargs, known),
                 "status": PENDING,
                 "attempts": 0,
                 "created_at": now,
@@ -100,14 +105,26 @@ def _record_statement(session: Session, table: Any) -> Any:
     return statement if is_mysql(session) else statement.returning(table.c.id)
 
 
-def encode(models: Models, kwargs: dict[str, Any]) -> str:
-    """The keyword arguments as JSON: model instances by model name and primary key."""
+def encode(models: Models, kwargs: dict[str, Any], known: tuple[object, str] | None = None) -> str:
+    """The keyword arguments as JSON: model instances by model name and primary key.
+
+    ``known``: a value and its JSON (a webhook's event and the body Stripe sent, which it
+    was parsed from). The argument that is that very value goes in as that text, not
+    encoded again: it is most of a delivery's row, and encoding it most of the cost.
+    """
     classes = {model: name for name, model in zip(Models._fields, models, strict=True)}
     encoded: dict[str, Any] = {}
+    spliced: list[str] = []
     for key, value in kwargs.items():
+        if known is not None and value is known[0]:
+            spliced.append(f"{json.dumps(key)}: {known[1]}")
+            continue
         name = next((n for m, n in classes.items() if isinstance(value, m)), None)
         encoded[key] = {_MODEL: name, "id": value.id} if name is not None else value
-    return json.dumps(encoded, default=str)
+    text = json.dumps(encoded, default=str)
+    if not spliced:
+        return text
+    return "{" + ", ".join([text[1:-1], *spliced] if encoded else spliced) + "}"
 
 
 def decode(session: Session, models: Models, arguments: str) -> dict[str, Any]:

@@ -283,7 +283,8 @@ class Receiver:
                 # The rules' signals, then those of nested calls; with durable signals
                 # the data ones are written to the outbox in this same transaction.
                 outcome.notifications += self.unit_of_work.take_deferred(session)
-                outcome.notifications = self.record(session, outcome.notifications)
+                sent = None if payload is None else (event, payload)
+                outcome.notifications = self.record(session, outcome.notifications, sent)
         except Exception as error:
             # unit_of_work raises only when nothing committed.
             self.unit_of_work.take_deferred(session)
@@ -299,11 +300,19 @@ class Receiver:
         self.deliver(session, outcome.notifications)
         return outcome
 
-    def record(self, session: Session, notifications: list[Notification]) -> list[Notification]:
-        """With durable signals, write the data ones to the outbox in the open transaction."""
+    def record(
+        self,
+        session: Session,
+        notifications: list[Notification],
+        sent: tuple[dict[str, Any], str] | None = None,
+    ) -> list[Notification]:
+        """With durable signals, write the data ones to the outbox in the open transaction.
+
+        ``sent``: the event and the body Stripe sent, its JSON already (see ``outbox.encode``).
+        """
         if not self.settings.durable_signals:
             return notifications
-        return outbox.record(session, self.models, self.settings, notifications)
+        return outbox.record(session, self.models, self.settings, notifications, sent)
 
     def deliver(self, session: Session, notifications: list[Notification]) -> None:
         """Send committed signals; mark durable ones delivered (or count the failed attempt)."""
