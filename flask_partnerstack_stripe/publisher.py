@@ -167,7 +167,8 @@ class Publisher:
 
         The child has a copy of the queue but not the thread; the parent publishes its
         own ids (and an id the child inherited still waits in the parent, or in the
-        database for the sweep).
+        database for the sweep). ``os.fork`` has done this already, through the at-fork
+        hook (:meth:`_forget_the_parent`); this is for a fork that skipped Python's hooks.
         """
         if os.getpid() != self._pid:
             self._start_afresh()
