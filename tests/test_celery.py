@@ -343,11 +343,11 @@ def test_the_broker_cut_while_events_arrive(database_url, queue, app, cut, worke
         assert testing.post_event(client, event).json["status"] == "queued"
     wait_for(lambda: statuses(rows, models)["processed"] == 3, what="the first events")
     cut.stop_database()
+    # The publisher meets the cut, not the requests (the held broker's test shows they do
+    # not wait for it: a publish to a refused port fails too fast to tell here).
     for event in events[3:]:
-        started = time.monotonic()
         answer = testing.post_event(client, event)
         assert (answer.status_code, answer.json["status"]) == (200, "queued")
-        assert time.monotonic() - started < 1  # the publisher meets the cut, not the request
     # Every publish the publisher tried failed (logged); the events stay received.
     assert get_state(flask_app).publisher.flush(60)
     time.sleep(1)
