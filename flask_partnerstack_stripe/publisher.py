@@ -19,6 +19,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 
@@ -146,14 +147,21 @@ class Publisher:
             if stopping:
                 self._marks += 1
         timeout = self.drain_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         if stopping:
             try:
                 self._queue.put(_STOP, timeout=timeout)
-            except queue.Full:  # still publishing: it ends once idle, join waits as long
+            except BaseException as error:  # full (still publishing), or interrupted
                 with self._lock:
+                    # No stop is on its way: the thread may end once idle, and a later
+                    # close() queues one again.
                     self._marks -= 1
+                    if self._thread is thread:
+                        self._closing = False
+                if not isinstance(error, queue.Full):
+                    raise
             self._hurry.set()
-        thread.join(timeout)
+        thread.join(max(0.0, deadline - time.monotonic()))
         if thread.is_alive():
             log.warning(
                 "%d Stripe events were not published before the process exited; they are "
@@ -205,8 +213,11 @@ class Publisher:
             except queue.Empty:
                 with self._lock:
                     # Under the lock, so an id submitted now either is seen here or
-                    # starts a new thread.
-                    if work.empty() and self._thread is threading.current_thread():
+                    # starts a new thread. Not with a mark on its way: close() counts its
+                    # stop before it lets go of the lock and queues it, and a stop queued
+                    # after this thread ended would end the next one.
+                    current = self._thread is threading.current_thread()
+                    if work.empty() and not self._marks and current:
                         self._thread, self._closing = None, False
                         return
                 continue

@@ -300,3 +300,52 @@ def test_a_child_forked_while_the_lock_is_held_publishes_its_own_ids() -> None:
     assert os.waitstatus_to_exitcode(ended[1]) == 0
     assert published == []  # the parent's publisher is untouched
     assert publisher.close(timeout=10)
+
+
+def test_a_close_racing_the_idle_exit_leaves_no_stop_for_the_next_thread() -> None:
+    """close() counts its stop under the lock and queues it after: a thread going idle in
+    between must not end, or the stop waits in the queue to end the next thread, whose
+    ids are then never published."""
+    published: list[list[str]] = []
+    publisher = Publisher(published.append, linger=0.0, batch=10, idle=0.1)
+    publisher.submit("evt_0")
+    assert publisher.flush(timeout=5)
+    work = publisher._queue
+    put = work.put
+
+    def preempted(item, block=True, timeout=None):  # the closing thread loses the CPU
+        if item is not None and not isinstance(item, str):  # the stop mark
+            time.sleep(1.0)  # longer than idle: the thread's wait for work times out
+        return put(item, block, timeout)
+
+    work.put = preempted  # type: ignore[method-assign]
+    assert publisher.close(timeout=5)
+    del work.put
+    publisher.submit("evt_1")
+    assert publisher.flush(timeout=2)
+    assert published == [["evt_0"], ["evt_1"]]
+    assert publisher.close(timeout=5)
+
+
+def test_a_close_whose_stop_did_not_fit_can_be_retried() -> None:
+    """The queue was full, so the first close() queued no stop: a later one must, not
+    wait for the thread to go idle (30 s)."""
+    published: list[list[str]] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def publish(ids: Sequence[str]) -> None:
+        entered.set()
+        release.wait(10)
+        published.append(list(ids))
+
+    publisher = Publisher(publish, size=1, batch=1, linger=0.0, idle=30)
+    publisher.submit("evt_0")
+    assert entered.wait(5)
+    publisher.submit("evt_1")  # the queue (one id) is full
+    assert not publisher.close(timeout=0.2)
+    release.set()
+    assert publisher.flush(timeout=5)
+    started = time.monotonic()
+    assert publisher.close(timeout=5)
+    assert time.monotonic() - started < 2
+    assert published == [["evt_0"], ["evt_1"]]
