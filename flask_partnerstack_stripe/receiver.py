@@ -283,7 +283,10 @@ class Receiver:
                 # The rules' signals, then those of nested calls; with durable signals
                 # the data ones are written to the outbox in this same transaction.
                 outcome.notifications += self.unit_of_work.take_deferred(session)
-                sent = None if payload is None else (event, payload)
+                # The body is the event's JSON only while no host handler had it: one may
+                # have changed it, and a retry must send what the first send did.
+                handled = self.handlers.host.get(event["type"])
+                sent = None if payload is None or handled else (event, payload)
                 outcome.notifications = self.record(session, outcome.notifications, sent)
         except Exception as error:
             # unit_of_work raises only when nothing committed.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -410,3 +411,56 @@ def test_a_receivers_uncommitted_write_commits_durably_with_the_mark():
             db.drop_all()
             db.engine.dispose()
     assert [setting for setting, count in seen if count == 1][:1] == ["on"], seen
+
+
+def failing_once(seen: list[dict[str, Any]]) -> Callable[..., None]:
+    """A customer_created receiver that keeps a copy of each event it gets, and fails the
+    first time (so ``deliver`` sends it again)."""
+
+    def receiver(sender, event, **kwargs) -> None:
+        seen.append(json.loads(json.dumps(event)))
+        if len(seen) == 1:
+            raise RuntimeError("receiver down")
+
+    return receiver
+
+
+@pytest.mark.parametrize("app_config", [DURABLE])
+def test_a_resent_delivery_carries_the_event_as_stripe_sent_it(app, client):
+    """Unicode as it is and escaped, pretty-printed with whitespace around, numbers
+    json reads back only as themselves: the stored delivery is the body itself."""
+    obj = testing.customer(
+        metadata={"customer_key": "usér-1", "partner_key": "partner-1", "note": '😀 \u2028 "q"'}
+    )
+    event = testing.event("customer.created", obj)
+    event["data"]["object"]["extra"] = {"big": 10**30, "small": 1e-7, "empty": [], "none": {}}
+    body = "\n  " + json.dumps(event, indent=3, ensure_ascii=False) + "\n"
+    seen: list[dict[str, Any]] = []
+    receiver = failing_once(seen)
+    signals.customer_created.connect(receiver)
+    try:
+        assert testing.post_event(client, body).json["status"] == "processed"
+        assert run(app, "deliver").exit_code == 0
+    finally:
+        signals.customer_created.disconnect(receiver)
+    assert seen == [json.loads(body)] * 2
+
+
+@pytest.mark.parametrize("app_config", [DURABLE])
+def test_a_resent_delivery_carries_the_event_a_host_handler_changed(app, client):
+    """A host handler gets the event before the deliveries are written: a change it
+    makes goes out in the first send, and so in the second."""
+    get_state(app).extension.handler("customer.created")(
+        lambda event: event["data"]["object"]["metadata"].update(seen_by_host="yes")
+    )
+    seen: list[dict[str, Any]] = []
+    receiver = failing_once(seen)
+    signals.customer_created.connect(receiver)
+    try:
+        testing.post_event(client, customer_created())
+        assert run(app, "deliver").exit_code == 0
+    finally:
+        signals.customer_created.disconnect(receiver)
+    assert len(seen) == 2
+    assert seen[0]["data"]["object"]["metadata"]["seen_by_host"] == "yes"
+    assert seen[1] == seen[0]
