@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -89,7 +90,7 @@ def test_flush_with_nothing_submitted_returns_at_once() -> None:
 
 
 def blocking(
-    batch: int = 1, linger: float = 60.0
+    batch: int = 1, linger: float = 60.0, **options: Any
 ) -> tuple[list[list[str]], Publisher, threading.Event, threading.Event]:
     """A publisher whose publish waits for ``release``; ``entered`` is set once it started."""
     published: list[list[str]] = []
@@ -100,7 +101,7 @@ def blocking(
         assert release.wait(10)
         published.append(list(ids))
 
-    return published, Publisher(publish, linger=linger, batch=batch), entered, release
+    return published, Publisher(publish, linger=linger, batch=batch, **options), entered, release
 
 
 def test_pending_counts_ids_not_the_flush_marker() -> None:
@@ -330,15 +331,7 @@ def test_a_close_racing_the_idle_exit_leaves_no_stop_for_the_next_thread() -> No
 def test_a_close_whose_stop_did_not_fit_can_be_retried() -> None:
     """The queue was full, so the first close() queued no stop: a later one must, not
     wait for the thread to go idle (30 s)."""
-    published: list[list[str]] = []
-    entered, release = threading.Event(), threading.Event()
-
-    def publish(ids: Sequence[str]) -> None:
-        entered.set()
-        release.wait(10)
-        published.append(list(ids))
-
-    publisher = Publisher(publish, size=1, batch=1, linger=0.0, idle=30)
+    published, publisher, entered, release = blocking(linger=0.0, size=1, idle=30)
     publisher.submit("evt_0")
     assert entered.wait(5)
     publisher.submit("evt_1")  # the queue (one id) is full
