@@ -25,7 +25,16 @@ from collections.abc import Callable, Sequence
 
 log = logging.getLogger("flask_partnerstack_stripe")
 
-_STOP = object()
+
+class _Stop:
+    """close()'s mark: ends the thread it names; to a later thread, it is a flush mark."""
+
+    __slots__ = ("thread",)
+
+    def __init__(self, thread: threading.Thread) -> None:
+        self.thread = thread
+
+
 #: Put in the queue by :meth:`Publisher.flush`: publish what was gathered now, without
 #: waiting out the linger.
 _NOW = object()
@@ -95,15 +104,15 @@ class Publisher:
         with self._lock:
             self._adopt_process()
             if not self._closing:
-                if self._thread is None:
-                    self._start()
                 try:
+                    if self._thread is None:
+                        self._start()
                     self._queue.put_nowait(event_id)
                     self._ids += 1
                     if self._queue.qsize() + self._holding >= self.batch:
                         self._hurry.set()
                     return
-                except queue.Full:
+                except (queue.Full, RuntimeError):  # full, or "can't start new thread"
                     pass
         self.publish([event_id])
 
@@ -150,7 +159,7 @@ class Publisher:
         deadline = time.monotonic() + timeout
         if stopping:
             try:
-                self._queue.put(_STOP, timeout=timeout)
+                self._queue.put(_Stop(thread), timeout=timeout)
             except BaseException as error:  # full (still publishing), or interrupted
                 with self._lock:
                     # No stop is on its way: the thread may end once idle, and a later
@@ -203,27 +212,30 @@ class Publisher:
             # publisher with it; the hook then does nothing.
             atexit.register(_close_at_exit, weakref.ref(self))
             self._exit_hook = True
-        thread.start()
+        try:
+            thread.start()
+        except BaseException:
+            self._thread = None  # else ids would be queued for a thread that never ran
+            raise
 
     def _run(self) -> None:
-        work = self._queue
+        work, me = self._queue, threading.current_thread()
         while True:
             try:
                 first = work.get(timeout=self.idle)
             except queue.Empty:
                 with self._lock:
                     # Under the lock, so an id submitted now either is seen here or
-                    # starts a new thread. Not with a mark on its way: close() counts its
-                    # stop before it lets go of the lock and queues it, and a stop queued
-                    # after this thread ended would end the next one.
-                    current = self._thread is threading.current_thread()
-                    if work.empty() and not self._marks and current:
+                    # starts a new thread. Even with a close() whose stop is on its way:
+                    # the stop names this thread, and the next one takes it as a mark
+                    # (no count has to be exact for this thread to end).
+                    if work.empty() and self._thread is me:
                         self._thread, self._closing = None, False
                         return
                 continue
-            taken, stop = [first], first is _STOP
+            taken, stop = [first], isinstance(first, _Stop) and first.thread is me
             if not stop:
-                if first is not _NOW:
+                if first is not _NOW and not isinstance(first, _Stop):
                     # Sleep out the linger, unwoken by the ids that come meanwhile (each
                     # would cost the requests a switch of the GIL), unless a full batch or
                     # a mark is queued already. _holding is set before the look at the
@@ -241,8 +253,8 @@ class Publisher:
                 except queue.Empty:
                     break
                 taken.append(item)
-                stop = item is _STOP
-            ids = [str(item) for item in taken if item is not _STOP and item is not _NOW]
+                stop = isinstance(item, _Stop) and item.thread is me
+            ids = [str(item) for item in taken if item is not _NOW and not isinstance(item, _Stop)]
             try:
                 if ids:
                     self._publish(ids)
@@ -254,14 +266,14 @@ class Publisher:
                     work.task_done()
             if stop:
                 with self._lock:
-                    if self._thread is threading.current_thread():
+                    if self._thread is me:
                         self._thread, self._closing = None, False
                 return
 
     def _publish(self, event_ids: list[str]) -> None:
         try:
             self.publish(event_ids)
-        except Exception as error:
+        except BaseException as error:  # not even KeyboardInterrupt may end the thread
             # Committed as received: the sweep enqueues them once the broker is back.
             log.warning(
                 "Could not enqueue Stripe events %s (%s: %s); they are stored as received "

@@ -342,3 +342,45 @@ def test_a_close_whose_stop_did_not_fit_can_be_retried() -> None:
     assert publisher.close(timeout=5)
     assert time.monotonic() - started < 2
     assert published == [["evt_0"], ["evt_1"]]
+
+
+def test_a_publish_that_raises_any_exception_leaves_the_thread_publishing() -> None:
+    """Not only an Exception: a BaseException from the broker's client (SystemExit, a
+    gevent Timeout) ended the thread while the publisher still counted on it, and every
+    later id waited in its queue for nobody."""
+    published: list[list[str]] = []
+
+    def publish(ids: Sequence[str]) -> None:
+        if ids == ["evt_0"]:
+            raise KeyboardInterrupt
+        published.append(list(ids))
+
+    publisher = Publisher(publish, linger=0.0, batch=10, idle=30)
+    publisher.submit("evt_0")
+    assert wait_for(lambda: publisher.pending() == 0)
+    publisher.submit("evt_1")
+    assert publisher.flush(timeout=5)
+    assert published == [["evt_1"]]
+    assert publisher.close(timeout=5)
+
+
+def test_a_thread_that_could_not_start_leaves_the_publisher_working(monkeypatch) -> None:
+    """Starting a thread can fail (the process is out of threads): the id is published
+    by the caller, as when the queue is full, and the next submit starts one."""
+    published: list[list[str]] = []
+    publisher = Publisher(published.append, linger=0.0, batch=10, idle=30)
+    start, refused = threading.Thread.start, []
+
+    def start_once_refused(thread: threading.Thread) -> None:
+        if thread.name == "partnerstack-publisher" and not refused:
+            refused.append(thread)
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start_once_refused)
+    publisher.submit("evt_0")
+    assert published == [["evt_0"]]
+    publisher.submit("evt_1")
+    assert publisher.flush(timeout=5)
+    assert published == [["evt_0"], ["evt_1"]]
+    assert publisher.close(timeout=5)
