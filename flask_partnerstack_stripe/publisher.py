@@ -97,9 +97,10 @@ class Publisher:
             os.register_at_fork(after_in_child=functools.partial(_forked, weakref.ref(self)))
 
     def submit(self, event_id: str) -> None:
-        """Publish ``event_id`` soon, from the background thread; now when the queue is full.
+        """Publish ``event_id`` soon, from the background thread; now, in this thread, when
+        the queue is full, :meth:`close` is draining it, or no thread could start.
 
-        Raises only what publishing in this thread raised (the queue was full).
+        Raises only what publishing in this thread raised.
         """
         with self._lock:
             self._adopt_process()
