@@ -236,7 +236,7 @@ class Publisher:
                 continue
             taken, stop = [first], isinstance(first, _Stop) and first.thread is me
             if not stop:
-                if first is not _NOW and not isinstance(first, _Stop):
+                if isinstance(first, str):  # an id, not a flush or stop mark
                     # Sleep out the linger, unwoken by the ids that come meanwhile (each
                     # would cost the requests a switch of the GIL), unless a full batch or
                     # a mark is queued already. _holding is set before the look at the
@@ -255,7 +255,7 @@ class Publisher:
                     break
                 taken.append(item)
                 stop = isinstance(item, _Stop) and item.thread is me
-            ids = [str(item) for item in taken if item is not _NOW and not isinstance(item, _Stop)]
+            ids = [item for item in taken if isinstance(item, str)]
             try:
                 if ids:
                     self._publish(ids)
