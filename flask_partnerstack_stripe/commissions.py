@@ -183,7 +183,9 @@ def follow_payment(
     if found is None and target > 0:
         # The new row comes back whole; only an existing one needs reading (and locking).
         values = {**_new_commission(transaction, target, now), "partner_key": partner_key}
-        created = insert_loading(session, Commission, _create_statement(session, table), values)
+        created = insert_loading(
+            session, Commission, _create_statement(session, table), values, attach=False
+        )
         if created is not None:
             return _signalled(signals.commission_created, created, transaction, event)
         found = locked()  # the insert conflicted: it exists after all
@@ -205,7 +207,7 @@ def follow_payment(
     write_changes(session, table, stored, commission)
     if not moved:
         return []
-    instance = loaded(session, Commission, [getattr(commission, key) for key in keys])
+    instance = loaded(session, Commission, [getattr(commission, key) for key in keys], attach=False)
     reversed_ = commission.status == REVERSED
     signal = signals.commission_reversed if reversed_ else signals.commission_updated
     return _signalled(signal, instance, transaction, event)
@@ -240,7 +242,7 @@ def _first_commission(
         return []
     statement = _create_for_partner_statement(session, models)
     values = _new_commission(transaction, target, utcnow())
-    created = insert_loading(session, models.Commission, statement, values)
+    created = insert_loading(session, models.Commission, statement, values, attach=False)
     if created is None:
         return []  # the customer has no partner (the row is new: no commission yet)
     return _signalled(signals.commission_created, created, transaction, event)
@@ -308,7 +310,7 @@ def _reverse(
     row = session.connection().execute(statement, parameters).first()
     if row is None:
         return None
-    instance = loaded(session, Commission, row)
+    instance = loaded(session, Commission, row, attach=False)
     return _signalled(signals.commission_reversed, instance, transaction, event)
 
 
@@ -401,7 +403,7 @@ def _without_commission(session: Session, models: Models, customer: Any) -> list
         ),
     )
     rows = session.connection().execute(without, {"customer_id": customer.id}).all()
-    return [loaded(session, Transaction, row) for row in rows]
+    return [loaded(session, Transaction, row, attach=False) for row in rows]
 
 
 def _notify(context: EventContext, notifications: Notifications) -> None:

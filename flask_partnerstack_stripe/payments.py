@@ -285,7 +285,7 @@ def record_first(
     found = session.connection().execute(statement, values).first()
     if found is None:
         return None
-    row = loaded(session, Transaction, found[1:])
+    row = loaded(session, Transaction, found[1:], attach=False)
     for refund in facts.refunds:
         _record_refund(session, models, payment, refund, facts.seen_at, now)
     locked = bool(keys) and row.customer_id is None
@@ -299,7 +299,7 @@ def give_customer(session: Session, models: Models, row: Any, customer_id: int) 
     changed = SimpleNamespace(**stored)
     changed.customer_id = customer_id
     write_changes(session, Transaction.__table__, stored, changed)
-    return loaded(session, Transaction, list(vars(changed).values()))
+    return loaded(session, Transaction, list(vars(changed).values()), attach=False)
 
 
 def _insert(
@@ -544,7 +544,7 @@ def _update(
     if after != before:
         row.updated_at = now
     write_changes(session, table, stored, row)
-    row = loaded(session, Transaction, [getattr(row, key) for key in stored])
+    row = loaded(session, Transaction, [getattr(row, key) for key in stored], attach=False)
     if new.stands and not before[0]:
         return RECORDED, row
     if before[0] and not new.stands:

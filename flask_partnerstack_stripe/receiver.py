@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from blinker import NamedSignal
 from sqlalchemy.orm import Session
 
-from . import locks, outbox, signals
+from . import locks, outbox, rows, signals
 from .config import Settings
 from .models import Models, account_scope, utcnow
 from .statements import cached_statement
@@ -291,6 +291,7 @@ class Receiver:
         except Exception as error:
             # unit_of_work raises only when nothing committed.
             self.unit_of_work.take_deferred(session)
+            rows.forget_waiting(session)
             if payload is None:
                 raise
             recorded = self._record_failure(session, event, payload, stripe_account_id, error)
@@ -309,10 +310,13 @@ class Receiver:
         notifications: list[Notification],
         sent: tuple[dict[str, Any], str] | None = None,
     ) -> list[Notification]:
-        """With durable signals, write the data ones to the outbox in the open transaction.
+        """Ready the signals to send after the commit, in the open transaction: the rows
+        they carry join the session where they have receivers (``rows.attach``); with
+        durable signals, the data ones are written to the outbox.
 
         ``sent``: the event and the body Stripe sent, its JSON already (see ``outbox.encode``).
         """
+        rows.attach(session, notifications)
         if not self.settings.durable_signals:
             return notifications
         return outbox.record(session, self.models, self.settings, notifications, sent)

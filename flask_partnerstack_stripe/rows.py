@@ -3,7 +3,7 @@ changes: what the ORM gives, without the cost of its statements on the hot path.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -13,7 +13,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from .statements import cached_statement
 
 
-def loaded(session: Session, model: Any, values: Sequence[Any]) -> Any:
+def loaded(session: Session, model: Any, values: Sequence[Any], *, attach: bool = True) -> Any:
     """The ``model`` instance, in ``session``, of a row a Core statement just read or wrote.
 
     What an ORM query gives (the instance the session holds, refreshed, or a new
@@ -24,28 +24,85 @@ def loaded(session: Session, model: Any, values: Sequence[Any]) -> Any:
     A model with ``load`` listeners (an ``@orm.reconstructor``, say) is read with the
     ORM, so that they run. An instance the session holds keeps what the host changed
     and has not flushed yet; its relationships are read again when next used.
+
+    ``attach=False``, for a row the caller only reads (its writes are Core statements):
+    a new instance joins the session only if a signal with receivers carries it
+    (:func:`attach`, before the commit). Adding it, and the session keeping it through
+    the commit, cost a few percent of an event, and most apps connect no receiver to
+    most signals. Until then the session's ``info`` keeps it aside, so that loading the
+    row again in the transaction gives the same instance.
     """
     mapper = sa.inspect(model)
     row = dict(zip(column_keys(model), values, strict=True))
     identity = mapper.identity_key_from_primary_key([row["id"]])
     instance = session.identity_map.get(identity)
-    if instance is None:
-        if mapper.class_manager.dispatch.load:
-            return session.get(model, row["id"], populate_existing=True)
-        # As a query loads it: not through the model's __init__ (a host's may want
-        # arguments), its attributes set without history, then given its identity.
-        instance = mapper.class_manager.new_instance()
-        sa.inspect(instance).dict.update(row)
+    if instance is not None:
+        _refresh(session, instance, row)
+        return instance
+    waiting: dict[Any, Any] = {} if attach else session.info.setdefault(_WAITING, {})
+    instance = waiting.get(identity)
+    if instance is not None:
+        sa.inspect(instance).dict.update(row)  # in no session: no history to keep
+        return instance
+    if mapper.class_manager.dispatch.load:
+        return session.get(model, row["id"], populate_existing=True)
+    # As a query loads it: not through the model's __init__ (a host's may want
+    # arguments), its attributes set without history, then given its identity.
+    instance = mapper.class_manager.new_instance()
+    sa.inspect(instance).dict.update(row)
+    if attach:
         make_transient_to_detached(instance)
         session.add(instance)
-        return instance
+    else:
+        waiting[identity] = instance
+    return instance
+
+
+def attach(session: Session, notifications: Iterable[tuple[Any, dict[str, Any]]]) -> None:
+    """The instances :func:`loaded` kept aside join ``session`` where a signal with
+    receivers carries them; in the transaction, before its commit (as a query's would).
+
+    Where the session holds an instance of that row by then, that one takes the
+    argument's place as it is: the ORM loaded it after the kept one was made (else
+    :func:`loaded` would have given it), so it is as new, host changes included.
+    """
+    waiting: dict[Any, Any] = session.info.pop(_WAITING, None) or {}
+    if not waiting:
+        return
+    kept = {id(instance): identity for identity, instance in waiting.items()}
+    for signal, kwargs in notifications:
+        if not signal.receivers:
+            continue
+        for key, value in kwargs.items():
+            identity = kept.get(id(value))
+            if identity is None:
+                continue
+            held = session.identity_map.get(identity)
+            if held is None:
+                make_transient_to_detached(value)
+                session.add(value)
+            elif held is not value:
+                kwargs[key] = held
+
+
+def forget_waiting(session: Session) -> None:
+    """Drop the instances :func:`loaded` kept aside (their transaction rolled back)."""
+    session.info.pop(_WAITING, None)
+
+
+def _refresh(session: Session, instance: Any, row: dict[str, Any]) -> None:
+    """Give ``instance``, which ``session`` holds, the row's values but what the host
+    changed and has not flushed yet; its relationships are read again when next used."""
     state = sa.inspect(instance)
     for key, value in row.items():
         if not state.attrs[key].history.has_changes():
             set_committed_value(instance, key, value)
-    if mapper.relationships:
-        session.expire(instance, list(mapper.relationships.keys()))
-    return instance
+    if state.mapper.relationships:
+        session.expire(instance, list(state.mapper.relationships.keys()))
+
+
+#: ``session.info``'s key for the instances :func:`loaded` keeps aside, by identity.
+_WAITING = "partnerstack_stripe.waiting"
 
 
 def write_changes(session: Session, table: Any, stored: dict[str, Any], row: Any) -> None:

@@ -186,15 +186,24 @@ def won_id(result: Any) -> int | None:
 
 
 def insert_loading(
-    session: Session, model: Any, statement: Any, params: dict[str, Any] | None = None
+    session: Session,
+    model: Any,
+    statement: Any,
+    params: dict[str, Any] | None = None,
+    *,
+    attach: bool = True,
 ) -> Any:
     """Run an :func:`insert_on_conflict` built with ``whole_row`` and load the ``model``
-    row it won, or None."""
+    row it won, or None (``attach``: see :func:`rows.loaded`)."""
     dialect = dialect_name(session)
     if dialect not in MYSQL or _returns_inserted_rows(session, dialect):
         row = session.connection().execute(statement, params).first()
         # The id (NULL when MariaDB's upsert lost), then the row's columns in table order.
-        return None if row is None or row[0] is None else loaded(session, model, row[1:])
+        return (
+            None
+            if row is None or row[0] is None
+            else loaded(session, model, row[1:], attach=attach)
+        )
     row_id = won_id(session.connection().execute(statement, params))
     if row_id is None:
         return None

@@ -312,3 +312,56 @@ def test_a_webhook_never_commits_another_requests_event_on_a_shared_connection()
         )).all())  # fmt: skip
         paid = connection.execute(sa.select(state.models.Transaction.key)).all()
     assert paid == [] and sorted(events.values()) == ["failed", "ignored"]
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}])
+def test_a_receiver_of_one_signal_gets_session_instances_of_every_row_it_carries(client):
+    """Passes: with a receiver on ``commission_created`` only (none on
+    ``transaction_recorded``), the commission and the payment it carries are both the
+    session's instances, related to each other, as a query would give them."""
+    seen = []
+
+    def created(app, commission, transaction, **extra):
+        seen.append((
+            sa.inspect(commission).persistent, sa.inspect(transaction).persistent,
+            commission.transaction is transaction, transaction.customer.customer_key,
+            commission.amount,
+        ))  # fmt: skip
+
+    signals.commission_created.connect(created)
+    try:
+        metadata = {"customer_key": "u1", "partner_key": "p1"}
+        post(client, "customer.created", testing.customer("cus_1", metadata=metadata))
+        post(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=900))
+    finally:
+        signals.commission_created.disconnect(created)
+    assert seen == [(True, True, True, "u1", 180)]
+
+
+def test_a_host_handler_that_loads_the_payment_shares_it_with_receivers(client, state, models):
+    """Passes: a host handler reads the payment through the ORM and changes it; the
+    signal's receiver gets that very instance, change included, as the database has it."""
+    db = state.db
+    Transaction = models.Transaction
+
+    def tag(event):
+        payment = db.session.scalars(
+            sa.select(Transaction).where(Transaction.key == event["data"]["object"]["id"])
+        ).one()
+        payment.product_key = "tagged-by-host"
+        handled.append(payment)
+
+    handled, seen = [], []
+
+    def recorded(app, transaction, **extra):
+        seen.append((transaction is handled[0], transaction.product_key))
+
+    state.extension.handler("charge.succeeded")(tag)
+    signals.transaction_recorded.connect(recorded)
+    try:
+        post(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=900))
+    finally:
+        signals.transaction_recorded.disconnect(recorded)
+    assert seen == [(True, "tagged-by-host")]
+    with client.application.app_context():
+        assert db.session.scalars(sa.select(Transaction.product_key)).one() == "tagged-by-host"
