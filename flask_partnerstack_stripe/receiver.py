@@ -291,7 +291,6 @@ class Receiver:
         except Exception as error:
             # unit_of_work raises only when nothing committed.
             self.unit_of_work.take_deferred(session)
-            rows.forget_waiting(session)
             if payload is None:
                 raise
             recorded = self._record_failure(session, event, payload, stripe_account_id, error)
@@ -480,6 +479,8 @@ class Receiver:
                     builtin(context)
                 except Ignored as ignored:
                     reason, keep = ignored.reason, ignored.keep
+            if host_handlers:
+                rows.attach_all(session)  # the host's code finds the rows in the session
             for host_handler in host_handlers:
                 host_handler(event)
         if host_handlers:

@@ -64,9 +64,9 @@ def attach(session: Session, notifications: Iterable[tuple[Any, dict[str, Any]]]
 
     Where the session holds an instance of that row by then, that one takes the
     argument's place as it is: the ORM loaded it after the kept one was made (else
-    :func:`loaded` would have given it), so it is as new, host changes included.
+    :func:`loaded` would have given it), so it is as new.
     """
-    waiting: dict[Any, Any] = session.info.pop(_WAITING, None) or {}
+    waiting: dict[Any, Any] = session.info.get(_WAITING) or {}
     if not waiting:
         return
     kept = {id(instance): identity for identity, instance in waiting.items()}
@@ -81,12 +81,24 @@ def attach(session: Session, notifications: Iterable[tuple[Any, dict[str, Any]]]
             if held is None:
                 make_transient_to_detached(value)
                 session.add(value)
+                waiting.pop(identity, None)
             elif held is not value:
                 kwargs[key] = held
 
 
+def attach_all(session: Session) -> None:
+    """Every instance :func:`loaded` kept aside joins ``session``: before a host's code
+    runs in the transaction, which may read or write those rows through the ORM (and
+    must then find, and change, the very instances the signals carry)."""
+    waiting: dict[Any, Any] = session.info.pop(_WAITING, None) or {}
+    for identity, instance in waiting.items():
+        if session.identity_map.get(identity) is None:
+            make_transient_to_detached(instance)
+            session.add(instance)
+
+
 def forget_waiting(session: Session) -> None:
-    """Drop the instances :func:`loaded` kept aside (their transaction rolled back)."""
+    """Drop the instances :func:`loaded` kept aside: their transaction has ended."""
     session.info.pop(_WAITING, None)
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import Pool, StaticPool
 
 from .database import MYSQL
+from .rows import forget_waiting
 from .statements import Statements, _current_statements
 
 log = logging.getLogger("flask_partnerstack_stripe")
@@ -70,6 +71,7 @@ class UnitOfWork:
         finally:
             _current_statements.reset(current)
             session.info.pop(_OPEN_UNIT, None)
+            forget_waiting(session)  # what no signal's receiver needed
 
     @contextmanager
     def read(self, session: Session) -> Iterator[None]:

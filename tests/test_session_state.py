@@ -365,3 +365,81 @@ def test_a_host_handler_that_loads_the_payment_shares_it_with_receivers(client, 
     assert seen == [(True, "tagged-by-host")]
     with client.application.app_context():
         assert db.session.scalars(sa.select(Transaction.product_key)).one() == "tagged-by-host"
+
+
+def test_a_host_handlers_bulk_update_of_the_payment_reaches_receivers(client, state, models):
+    """Passes: a host handler tags the payment with an ORM ``UPDATE`` (which brings the
+    session's instances in step): the signal's receiver reads the tag."""
+    db, Transaction = state.db, models.Transaction
+
+    def tag(event):
+        db.session.execute(
+            sa.update(Transaction)
+            .where(Transaction.key == event["data"]["object"]["id"])
+            .values(product_key="tagged-by-host")
+        )
+
+    seen = []
+
+    def recorded(app, transaction, **extra):
+        seen.append(transaction.product_key)
+
+    state.extension.handler("charge.succeeded")(tag)
+    signals.transaction_recorded.connect(recorded)
+    try:
+        post(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=900))
+    finally:
+        signals.transaction_recorded.disconnect(recorded)
+    assert seen == ["tagged-by-host"]
+
+
+def test_a_host_handlers_flushed_change_of_the_payment_reaches_receivers(client, state, models):
+    """Passes: a host handler loads the payment, changes it and flushes, keeping no
+    reference to it (the session holds clean instances weakly): the receiver reads the
+    change."""
+    db, Transaction = state.db, models.Transaction
+
+    def tag(event):
+        payment = db.session.scalars(
+            sa.select(Transaction).where(Transaction.key == event["data"]["object"]["id"])
+        ).one()
+        payment.product_key = "tagged-by-host"
+        db.session.flush()
+
+    seen = []
+
+    def recorded(app, transaction, **extra):
+        seen.append(transaction.product_key)
+
+    state.extension.handler("charge.succeeded")(tag)
+    signals.transaction_recorded.connect(recorded)
+    try:
+        post(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=900))
+    finally:
+        signals.transaction_recorded.disconnect(recorded)
+    assert seen == ["tagged-by-host"]
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}])
+def test_a_host_handler_that_approves_commissions_leaves_the_events_rows_to_its_signals(
+    client, state
+):
+    """Passes: a host handler of ``charge.refunded`` approves commissions (their signals
+    join the event's transaction): the event's own signals still carry the session's
+    instances, whose relationships load."""
+    seen = []
+
+    def deleted(app, transaction, **extra):
+        seen.append((sa.inspect(transaction).persistent, transaction.customer.customer_key))
+
+    state.extension.handler("charge.refunded")(lambda event: state.extension.approve_commissions())
+    signals.transaction_deleted.connect(deleted)
+    try:
+        metadata = {"customer_key": "u1", "partner_key": "p1"}
+        post(client, "customer.created", testing.customer("cus_1", metadata=metadata))
+        post(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=900))
+        post(client, "charge.refunded", testing.charge(
+            "ch_1", customer="cus_1", amount=900, amount_refunded=900))  # fmt: skip
+    finally:
+        signals.transaction_deleted.disconnect(deleted)
+    assert seen == [(True, "u1")]
