@@ -30,8 +30,10 @@ def loaded(session: Session, model: Any, values: Sequence[Any], *, attach: bool 
     (:func:`attach`, before the commit). Adding it, and the session keeping it through
     the commit, cost a few percent of an event, and most apps connect no receiver to
     most signals. Until then the session's ``info`` keeps it aside, so that loading the
-    row again in the transaction gives the same instance.
+    row again in the transaction gives the same instance. Once a host's code may run in
+    the transaction (:func:`attach_all`), every instance joins the session at once.
     """
+    attach = attach or bool(session.info.get(_ATTACHING))
     mapper = sa.inspect(model)
     row = dict(zip(column_keys(model), values, strict=True))
     identity = mapper.identity_key_from_primary_key([row["id"]])
@@ -87,19 +89,27 @@ def attach(session: Session, notifications: Iterable[tuple[Any, dict[str, Any]]]
 
 
 def attach_all(session: Session) -> None:
-    """Every instance :func:`loaded` kept aside joins ``session``: before a host's code
-    runs in the transaction, which may read or write those rows through the ORM (and
-    must then find, and change, the very instances the signals carry)."""
-    waiting: dict[Any, Any] = session.info.pop(_WAITING, None) or {}
-    for identity, instance in waiting.items():
+    """Every instance :func:`loaded` kept aside joins ``session``, and every one it makes
+    from now on until the transaction ends: a host's code is about to run in it (a
+    handler, or hooks of the commit), which may read or write those rows through the ORM
+    and must meet the very instances the signals carry, as a query's would be.
+
+    One whose row the session holds another instance of stays aside, for :func:`attach`
+    to put the session's in its place in the signals.
+    """
+    session.info[_ATTACHING] = True
+    waiting: dict[Any, Any] = session.info.get(_WAITING) or {}
+    for identity, instance in list(waiting.items()):
         if session.identity_map.get(identity) is None:
             make_transient_to_detached(instance)
             session.add(instance)
+            del waiting[identity]
 
 
 def forget_waiting(session: Session) -> None:
     """Drop the instances :func:`loaded` kept aside: their transaction has ended."""
     session.info.pop(_WAITING, None)
+    session.info.pop(_ATTACHING, None)
 
 
 def _refresh(session: Session, instance: Any, row: dict[str, Any]) -> None:
@@ -113,8 +123,10 @@ def _refresh(session: Session, instance: Any, row: dict[str, Any]) -> None:
         session.expire(instance, list(state.mapper.relationships.keys()))
 
 
-#: ``session.info``'s key for the instances :func:`loaded` keeps aside, by identity.
+#: ``session.info``'s keys: the instances :func:`loaded` keeps aside, by identity; and
+#: that it keeps none aside any more in this transaction (:func:`attach_all`).
 _WAITING = "partnerstack_stripe.waiting"
+_ATTACHING = "partnerstack_stripe.attaching"
 
 
 def write_changes(session: Session, table: Any, stored: dict[str, Any], row: Any) -> None:

@@ -443,3 +443,89 @@ def test_a_host_handler_that_approves_commissions_leaves_the_events_rows_to_its_
     finally:
         signals.transaction_deleted.disconnect(deleted)
     assert seen == [(True, "u1")]
+
+
+REWARDS = {"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}]}
+
+
+@pytest.mark.parametrize("app_config", [REWARDS])
+def test_a_host_handlers_bulk_update_after_its_create_customer_reaches_receivers(
+    client, state, models
+):
+    """Passes: a host handler gives the payment's customer its partner (``create_customer``,
+    which creates the commission in the event's transaction), then tags the commission
+    with an ORM ``UPDATE``: the ``commission_created`` receiver reads the tag."""
+    db, Commission = state.db, models.Commission
+
+    def signup(event):
+        state.extension.create_customer("u1", None, partner_key="p1")
+        db.session.execute(sa.update(Commission).values(product_key="tagged-by-host"))
+
+    seen = []
+
+    def created(app, commission, transaction, **extra):
+        seen.append(commission.product_key)
+
+    state.extension.handler("charge.succeeded")(signup)
+    signals.commission_created.connect(created)
+    try:
+        post(client, "charge.succeeded", testing.charge(
+            "ch_1", amount=900, metadata={"customer_key": "u1"}))  # fmt: skip
+    finally:
+        signals.commission_created.disconnect(created)
+    with client.application.app_context():
+        assert db.session.scalars(sa.select(Commission.product_key)).all() == ["tagged-by-host"]
+    assert seen == ["tagged-by-host"]
+
+
+@pytest.mark.parametrize("app_config", [REWARDS])
+def test_a_host_handlers_flushed_change_after_its_create_customer_reaches_receivers(
+    client, state, models
+):
+    """Passes: as above, but the handler loads the new commission, changes it and flushes, keeping
+    no reference to it: the receiver reads the change."""
+    db, Commission = state.db, models.Commission
+
+    def signup(event):
+        state.extension.create_customer("u1", None, partner_key="p1")
+        commission = db.session.scalars(sa.select(Commission)).one()
+        commission.product_key = "tagged-by-host"
+        db.session.flush()
+
+    seen = []
+
+    def created(app, commission, transaction, **extra):
+        seen.append(commission.product_key)
+
+    state.extension.handler("charge.succeeded")(signup)
+    signals.commission_created.connect(created)
+    try:
+        post(client, "charge.succeeded", testing.charge(
+            "ch_1", amount=900, metadata={"customer_key": "u1"}))  # fmt: skip
+    finally:
+        signals.commission_created.disconnect(created)
+    assert seen == ["tagged-by-host"]
+
+
+@pytest.mark.parametrize("app_config", [REWARDS])
+def test_a_hosts_before_commit_hook_finds_the_events_rows_in_the_session(client, state, models):
+    """Passes: a host's ``before_commit`` hook (say, a cache invalidation) looks for the payments
+    and commissions the event's transaction holds: it finds them, receivers or not."""
+    db = state.db
+    seen = []
+
+    def before_commit(session):
+        seen.append(sorted(
+            "commission" if isinstance(obj, models.Commission) else "transaction"
+            for obj in session.identity_map.values()
+            if isinstance(obj, (models.Transaction, models.Commission))
+        ))  # fmt: skip
+
+    metadata = {"customer_key": "u1", "partner_key": "p1"}
+    post(client, "customer.created", testing.customer("cus_1", metadata=metadata))
+    sa.event.listen(db.session, "before_commit", before_commit)
+    try:
+        post(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=900))
+    finally:
+        sa.event.remove(db.session, "before_commit", before_commit)
+    assert [names for names in seen if names] == [["commission", "transaction"]]
