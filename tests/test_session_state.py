@@ -367,56 +367,48 @@ def test_a_host_handler_that_loads_the_payment_shares_it_with_receivers(client, 
         assert db.session.scalars(sa.select(Transaction.product_key)).one() == "tagged-by-host"
 
 
-def test_a_host_handlers_bulk_update_of_the_payment_reaches_receivers(client, state, models):
-    """Passes: a host handler tags the payment with an ORM ``UPDATE`` (which brings the
-    session's instances in step): the signal's receiver reads the tag."""
-    db, Transaction = state.db, models.Transaction
-
-    def tag(event):
-        db.session.execute(
-            sa.update(Transaction)
-            .where(Transaction.key == event["data"]["object"]["id"])
-            .values(product_key="tagged-by-host")
-        )
-
+def seen_by_receiver(client, state, signal, read, handler, event_type, obj):
+    """Post one event of ``event_type`` with ``handler`` as the host's handler of it; what
+    ``read`` took from each ``signal`` sent."""
     seen = []
 
-    def recorded(app, transaction, **extra):
-        seen.append(transaction.product_key)
+    def receiver(app, **kwargs):
+        seen.append(read(**kwargs))
 
-    state.extension.handler("charge.succeeded")(tag)
-    signals.transaction_recorded.connect(recorded)
+    state.extension.handler(event_type)(handler)
+    signal.connect(receiver)
     try:
-        post(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=900))
+        post(client, event_type, obj)
     finally:
-        signals.transaction_recorded.disconnect(recorded)
-    assert seen == ["tagged-by-host"]
+        signal.disconnect(receiver)
+    return seen
 
 
-def test_a_host_handlers_flushed_change_of_the_payment_reaches_receivers(client, state, models):
-    """Passes: a host handler loads the payment, changes it and flushes, keeping no
-    reference to it (the session holds clean instances weakly): the receiver reads the
-    change."""
-    db, Transaction = state.db, models.Transaction
+def tag_by_update(db, Transaction, key):
+    """An ORM ``UPDATE`` (which brings the session's instances in step)."""
+    db.session.execute(
+        sa.update(Transaction).where(Transaction.key == key).values(product_key="tagged-by-host")
+    )
 
-    def tag(event):
-        payment = db.session.scalars(
-            sa.select(Transaction).where(Transaction.key == event["data"]["object"]["id"])
-        ).one()
-        payment.product_key = "tagged-by-host"
-        db.session.flush()
 
-    seen = []
+def tag_by_flush(db, Transaction, key):
+    """Load it, change it and flush, keeping no reference to it (the session holds clean
+    instances weakly)."""
+    payment = db.session.scalars(sa.select(Transaction).where(Transaction.key == key)).one()
+    payment.product_key = "tagged-by-host"
+    db.session.flush()
 
-    def recorded(app, transaction, **extra):
-        seen.append(transaction.product_key)
 
-    state.extension.handler("charge.succeeded")(tag)
-    signals.transaction_recorded.connect(recorded)
-    try:
-        post(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=900))
-    finally:
-        signals.transaction_recorded.disconnect(recorded)
+@pytest.mark.parametrize("tag", [tag_by_update, tag_by_flush], ids=["orm-update", "flush"])
+def test_a_host_handlers_change_of_the_payment_reaches_receivers(client, state, models, tag):
+    """Passes: a host handler tags the payment through the ORM: the signal's receiver
+    reads the tag."""
+    charge = testing.charge("ch_1", customer="cus_1", amount=900)
+    seen = seen_by_receiver(
+        client, state, signals.transaction_recorded, lambda transaction, **extra:
+        transaction.product_key, lambda event: tag(state.db, models.Transaction, "ch_1"),
+        "charge.succeeded", charge,
+    )  # fmt: skip
     assert seen == ["tagged-by-host"]
 
 
@@ -427,21 +419,15 @@ def test_a_host_handler_that_approves_commissions_leaves_the_events_rows_to_its_
     """Passes: a host handler of ``charge.refunded`` approves commissions (their signals
     join the event's transaction): the event's own signals still carry the session's
     instances, whose relationships load."""
-    seen = []
-
-    def deleted(app, transaction, **extra):
-        seen.append((sa.inspect(transaction).persistent, transaction.customer.customer_key))
-
-    state.extension.handler("charge.refunded")(lambda event: state.extension.approve_commissions())
-    signals.transaction_deleted.connect(deleted)
-    try:
-        metadata = {"customer_key": "u1", "partner_key": "p1"}
-        post(client, "customer.created", testing.customer("cus_1", metadata=metadata))
-        post(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=900))
-        post(client, "charge.refunded", testing.charge(
-            "ch_1", customer="cus_1", amount=900, amount_refunded=900))  # fmt: skip
-    finally:
-        signals.transaction_deleted.disconnect(deleted)
+    metadata = {"customer_key": "u1", "partner_key": "p1"}
+    post(client, "customer.created", testing.customer("cus_1", metadata=metadata))
+    post(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", amount=900))
+    refunded = testing.charge("ch_1", customer="cus_1", amount=900, amount_refunded=900)
+    seen = seen_by_receiver(
+        client, state, signals.transaction_deleted, lambda transaction, **extra:
+        (sa.inspect(transaction).persistent, transaction.customer.customer_key),
+        lambda event: state.extension.approve_commissions(), "charge.refunded", refunded,
+    )  # fmt: skip
     assert seen == [(True, "u1")]
 
 
@@ -461,18 +447,11 @@ def test_a_host_handlers_bulk_update_after_its_create_customer_reaches_receivers
         state.extension.create_customer("u1", None, partner_key="p1")
         db.session.execute(sa.update(Commission).values(product_key="tagged-by-host"))
 
-    seen = []
-
-    def created(app, commission, transaction, **extra):
-        seen.append(commission.product_key)
-
-    state.extension.handler("charge.succeeded")(signup)
-    signals.commission_created.connect(created)
-    try:
-        post(client, "charge.succeeded", testing.charge(
-            "ch_1", amount=900, metadata={"customer_key": "u1"}))  # fmt: skip
-    finally:
-        signals.commission_created.disconnect(created)
+    charge = testing.charge("ch_1", amount=900, metadata={"customer_key": "u1"})
+    seen = seen_by_receiver(
+        client, state, signals.commission_created, lambda commission, **extra:
+        commission.product_key, signup, "charge.succeeded", charge,
+    )  # fmt: skip
     with client.application.app_context():
         assert db.session.scalars(sa.select(Commission.product_key)).all() == ["tagged-by-host"]
     assert seen == ["tagged-by-host"]
@@ -482,8 +461,8 @@ def test_a_host_handlers_bulk_update_after_its_create_customer_reaches_receivers
 def test_a_host_handlers_flushed_change_after_its_create_customer_reaches_receivers(
     client, state, models
 ):
-    """Passes: as above, but the handler loads the new commission, changes it and flushes, keeping
-    no reference to it: the receiver reads the change."""
+    """Passes: as above, but the handler loads the new commission, changes it and flushes,
+    keeping no reference to it: the receiver reads the change."""
     db, Commission = state.db, models.Commission
 
     def signup(event):
@@ -492,25 +471,19 @@ def test_a_host_handlers_flushed_change_after_its_create_customer_reaches_receiv
         commission.product_key = "tagged-by-host"
         db.session.flush()
 
-    seen = []
-
-    def created(app, commission, transaction, **extra):
-        seen.append(commission.product_key)
-
-    state.extension.handler("charge.succeeded")(signup)
-    signals.commission_created.connect(created)
-    try:
-        post(client, "charge.succeeded", testing.charge(
-            "ch_1", amount=900, metadata={"customer_key": "u1"}))  # fmt: skip
-    finally:
-        signals.commission_created.disconnect(created)
+    charge = testing.charge("ch_1", amount=900, metadata={"customer_key": "u1"})
+    seen = seen_by_receiver(
+        client, state, signals.commission_created, lambda commission, **extra:
+        commission.product_key, signup, "charge.succeeded", charge,
+    )  # fmt: skip
     assert seen == ["tagged-by-host"]
 
 
 @pytest.mark.parametrize("app_config", [REWARDS])
 def test_a_hosts_before_commit_hook_finds_the_events_rows_in_the_session(client, state, models):
-    """Passes: a host's ``before_commit`` hook (say, a cache invalidation) looks for the payments
-    and commissions the event's transaction holds: it finds them, receivers or not."""
+    """Passes: a host's ``before_commit`` hook (say, a cache invalidation) looks for the
+    payments and commissions the event's transaction holds: it finds them, receivers or
+    not."""
     db = state.db
     seen = []
 
