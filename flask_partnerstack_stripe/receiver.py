@@ -316,8 +316,6 @@ class Receiver:
         ``sent``: the event and the body Stripe sent, its JSON already (see ``outbox.encode``).
         """
         rows.attach(session, notifications)
-        if session.dispatch.before_commit or session.dispatch.after_commit:
-            rows.attach_all(session)  # the host's hooks of the commit find the rows in it
         if not self.settings.durable_signals:
             return notifications
         return outbox.record(session, self.models, self.settings, notifications, sent)

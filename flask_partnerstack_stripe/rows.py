@@ -66,11 +66,15 @@ def attach(session: Session, notifications: Iterable[tuple[Any, dict[str, Any]]]
 
     Where the session holds an instance of that row by then, that one takes the
     argument's place as it is: the ORM loaded it after the kept one was made (else
-    :func:`loaded` would have given it), so it is as new.
+    :func:`loaded` would have given it), so it is as new. Where the session has
+    ``before_commit`` or ``after_commit`` hooks, the host's code runs in the commit:
+    every kept instance joins (:func:`attach_all`).
     """
     waiting: dict[Any, Any] = session.info.get(_WAITING) or {}
     if not waiting:
         return
+    if session.dispatch.before_commit or session.dispatch.after_commit:
+        attach_all(session)
     kept = {id(instance): identity for identity, instance in waiting.items()}
     for signal, kwargs in notifications:
         if not signal.receivers:
