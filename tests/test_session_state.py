@@ -93,6 +93,81 @@ def test_signal_instances_went_through_the_models_load_hooks(database_url):
             db.engine.dispose()
 
 
+def test_signal_instances_hold_what_the_database_holds(database_url):
+    """The instances a new customer, payment and commission reach receivers in are the rows
+    as the database keeps them, a host's own columns (a server default, a Python default)
+    and the database's rounding of times included: compared with a fresh read."""
+    db = SQLAlchemy()
+
+    class PartnerStackCustomer(CustomerMixin, db.Model):
+        plan: orm.Mapped[str] = orm.mapped_column(sa.String(20), server_default="free")
+
+    class PartnerStackTransaction(TransactionMixin, db.Model):
+        region: orm.Mapped[str] = orm.mapped_column(sa.String(20), default="eu")
+
+    class Account(StripeAccountMixin, db.Model):
+        __tablename__ = "review_account"
+
+    class Event(WebhookEventMixin, db.Model):
+        __tablename__ = "review_event"
+
+    app = Flask(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url,
+        PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[SECRET],
+        PARTNERSTACK_STRIPE_REWARDS=[{"percent": 20}],
+    )
+    db.init_app(app)
+    models = Models(PartnerStackCustomer, PartnerStackTransaction, Account, Event)
+    partnerstack = PartnerStackStripe(app, db=db, models=models)
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+    seen: dict[str, dict] = {}
+
+    def keep(name):
+        def receiver(app, **kwargs):
+            instance = kwargs[name]
+            columns = sa.inspect(instance).mapper.columns
+            seen[type(instance).__name__] = {c.key: getattr(instance, c.key) for c in columns}
+
+        return receiver
+
+    receivers = [
+        (signals.customer_created, keep("customer")),
+        (signals.transaction_recorded, keep("transaction")),
+        (signals.commission_created, keep("commission")),
+    ]
+    for signal, receiver in receivers:
+        signal.connect(receiver)
+    try:
+        client = app.test_client()
+        metadata = {"customer_key": "u1", "partner_key": "p1"}
+        post(client, "customer.created", testing.customer(
+            "cus_1", email="ada@example.com", name="Ada", metadata=metadata))  # fmt: skip
+        post(client, "charge.succeeded", testing.charge(
+            "ch_1", customer="cus_1", amount=900, metadata={"product_key": "team"}))  # fmt: skip
+        with app.app_context():
+            written = (
+                PartnerStackCustomer,
+                PartnerStackTransaction,
+                partnerstack.models.Commission,
+            )
+            stored = {
+                model.__name__: dict(db.session.execute(sa.select(model.__table__)).one()._mapping)
+                for model in written
+            }
+        assert seen == stored
+        assert seen["PartnerStackCustomer"]["plan"] == "free"
+        assert seen["PartnerStackTransaction"]["region"] == "eu"
+    finally:
+        for signal, receiver in receivers:
+            signal.disconnect(receiver)
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()
+
+
 def post(client, event_type: str, obj: dict) -> None:
     response = testing.post_event(client, testing.event(event_type, obj))
     assert response.status_code == 200, response.json
