@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
-from .database import dialect_name, is_mysql
+from .database import dialect_name
 from .models import Models, utcnow
 from .statements import Statements, cached_statement
 from .transactions import UnitOfWork
@@ -76,8 +76,9 @@ def record(
     :func:`encode`.
     """
     table = models.SignalDelivery.__table__
+    returning = dialect_name(session) == "postgresql"
     statement = cached_statement(
-        (table, "record", dialect_name(session)), lambda: _record_statement(session, table)
+        (table, "record", returning), lambda: _record_statement(table, returning=returning)
     )
     connection = session.connection()
     recorded = list(notifications)
@@ -93,16 +94,18 @@ def record(
                 "next_attempt_at": now + timedelta(seconds=settings.signal_retry_delay),
             }
             result = connection.execute(statement, values)
-            delivery_id = result.lastrowid if is_mysql(session) else result.scalar_one()
+            delivery_id = result.scalar_one() if returning else result.lastrowid
             recorded[index] = (signal, {**kwargs, "delivery_id": int(delivery_id)})
     return recorded
 
 
-def _record_statement(session: Session, table: Any) -> Any:
-    """One delivery's ``INSERT``, returning its id (MySQL: the insert id)."""
+def _record_statement(table: Any, *, returning: bool) -> Any:
+    """One delivery's ``INSERT``, ``returning`` its id on PostgreSQL. SQLite and MySQL give
+    the id of the row a one-row ``INSERT`` made without a result set (the cursor's
+    ``lastrowid``), which costs less to read."""
     fields = ("signal", "arguments", "status", "attempts", "created_at", "next_attempt_at")
     statement = sa.insert(table).values({name: sa.bindparam(name) for name in fields})
-    return statement if is_mysql(session) else statement.returning(table.c.id)
+    return statement.returning(table.c.id) if returning else statement
 
 
 def encode(models: Models, kwargs: dict[str, Any], known: tuple[object, str] | None = None) -> str:
