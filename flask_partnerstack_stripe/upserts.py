@@ -133,10 +133,7 @@ def _returning_won_row(
       ``INSERT ... SELECT``, an item of the select list; a SELECT of no row returns none);
     - on a duplicate, the first assignment ``id = IF(where, id, IF(LAST_INSERT_ID(LOST),
       id, id))`` keeps the id and marks a lost row;
-    - ``RETURNING IF(LAST_INSERT_ID() = LOST, NULL, id), <every column>``; without
-      ``update``, a row it won is the row it inserted, so only the columns whose values
-      the database made (the id, defaults, times: :data:`_ECHOED`) come back. PyMySQL
-      parses each result column's description in Python, about 5 µs a column.
+    - ``RETURNING IF(LAST_INSERT_ID() = LOST, NULL, id), <every column>``.
 
     The other assignments are those of the plain MySQL form, so the row is updated exactly
     as it is there; only the id's bookkeeping differs.
@@ -167,49 +164,9 @@ def _returning_won_row(
     won = sa.func.if_(
         sa.func.last_insert_id() == sa.literal(_LOST, sa.BigInteger), sa.null(), table.c.id
     )
-    statement = statement.on_duplicate_key_update(assignments)
-    echoed = _echoed(table, values, columns) if update is None else ()
-    if not any(echoed):
-        return statement.returning(won.label("won_id"), *table.columns)
-    # A row it won is the row it inserted (no update): what was sent as it is, is known.
-    returned = [column for column, key in zip(table.columns, echoed, strict=True) if key is None]
-    return statement.returning(won.label("won_id"), *returned).execution_options(
-        **{_ECHOED: echoed}
+    return statement.on_duplicate_key_update(assignments).returning(
+        won.label("won_id"), *table.columns
     )
-
-
-#: The execution option of a :func:`_returning_won_row` that reads back only what the
-#: database made: for each of the table's columns, in order, the key of the parameter
-#: whose value the row took as it was sent (:func:`insert_loading` takes it from there),
-#: or None for one its ``RETURNING`` carries.
-_ECHOED = "partnerstack_stripe_echoed"
-
-#: The column types MariaDB gives back exactly as a Python value was sent: integers,
-#: booleans (TINYINT 0/1, read as a bool) and VARCHARs (kept whole: a longer value is an
-#: error in strict mode, and trailing spaces stay, unlike CHAR's). Not DATETIME, which drops
-#: the time zone and the fraction of a second. Exact types: a subclass (an Enum, a CHAR, a
-#: host's TypeDecorator) may read back otherwise.
-_READ_BACK_AS_SENT = (sa.Integer, sa.BigInteger, sa.SmallInteger, sa.Boolean, sa.String)
-
-
-def _echoed(
-    table: Any, values: dict[str, Any] | sa.Select[Any], columns: Sequence[str]
-) -> tuple[str | None, ...]:
-    """For each column of ``table``, the key of the parameter the new row takes as it is
-    sent and reads back unchanged, or None (see :data:`_ECHOED`)."""
-    given = (
-        dict(zip(columns, values.selected_columns, strict=True))
-        if isinstance(values, sa.Select)
-        else values
-    )
-
-    def sent_as_is(column: Any) -> str | None:
-        value = given.get(column.key)
-        if not isinstance(value, sa.BindParameter) or not value.required:
-            return None
-        return str(value.key) if type(column.type) in _READ_BACK_AS_SENT else None
-
-    return tuple(sent_as_is(column) for column in table.columns)
 
 
 def _inserting(
@@ -242,16 +199,11 @@ def insert_loading(
     if dialect not in MYSQL or _returns_inserted_rows(session, dialect):
         row = session.connection().execute(statement, params).first()
         # The id (NULL when MariaDB's upsert lost), then the row's columns in table order.
-        if row is None or row[0] is None:
-            return None
-        echoed = statement.get_execution_options().get(_ECHOED)
-        if echoed is None:
-            return loaded(session, model, row[1:], attach=attach)
-        # MariaDB: the columns it read back, and what was sent for the others.
-        returned = iter(row[1:])
-        sent = params or {}
-        whole = [next(returned) if key is None else sent[key] for key in echoed]
-        return loaded(session, model, whole, attach=attach)
+        return (
+            None
+            if row is None or row[0] is None
+            else loaded(session, model, row[1:], attach=attach)
+        )
     row_id = won_id(session.connection().execute(statement, params))
     if row_id is None:
         return None

@@ -96,7 +96,9 @@ def test_signal_instances_went_through_the_models_load_hooks(database_url):
 def test_signal_instances_hold_what_the_database_holds(database_url):
     """The instances a new customer, payment and commission reach receivers in are the rows
     as the database keeps them, a host's own columns (a server default, a Python default)
-    and the database's rounding of times included: compared with a fresh read."""
+    and the database's rounding of times included: compared with a fresh read. (Built
+    from what was sent instead of what came back, MariaDB's would show times it rounded
+    as they were sent.)"""
     db = SQLAlchemy()
 
     class PartnerStackCustomer(CustomerMixin, db.Model):
