@@ -108,11 +108,13 @@ class UnitOfWork:
         COMMIT), equally durable; the pool puts the connection's level back when it takes
         it back (psycopg: a flag on the client). SQLite: the statement between our own
         ``BEGIN IMMEDIATE`` (:func:`_begin_immediate`) and its commit, on a connection of
-        the pool, with none of the session's bookkeeping around it. Only with no
-        transaction open, on a session bound to an engine (one bound to a connection, say
-        a test's that holds a transaction, must keep the transaction it was given).
-        MySQL/MariaDB: None, since switching a pooled connection to autocommit and back
-        costs two round trips, more than the unit of work's COMMIT.
+        the pool, with none of the session's bookkeeping around it. MySQL/MariaDB: the
+        statement and its ``COMMIT`` at READ COMMITTED, as our units of work run, on a
+        connection of the pool, without the session's bookkeeping either (switching a
+        pooled connection to autocommit and back would cost two round trips, more than the
+        ``COMMIT``). Only with no transaction open, on a session bound to an engine (one
+        bound to a connection, say a test's that holds a transaction, must keep the
+        transaction it was given).
         """
         engine = session.get_bind()
         if not isinstance(engine, sa.Engine) or session.in_transaction():
@@ -121,6 +123,8 @@ class UnitOfWork:
             return _autocommit_connection(engine)
         if engine.dialect.name == "sqlite":
             return self._immediate_connection(engine)
+        if engine.dialect.name in MYSQL:
+            return _read_committed_connection(engine)
         return None
 
     @contextmanager
@@ -244,6 +248,19 @@ _our_checkout: ContextVar[list[Any] | None] = ContextVar(
 )
 
 
+@contextmanager
+def _read_committed_connection(engine: sa.Engine) -> Iterator[Connection]:
+    """A connection of ``engine``'s pool, outside any session, in a transaction of ours at
+    READ COMMITTED (:func:`_at_read_committed`), committed when the block ends."""
+    listen_once(engine.pool, "checkout", _restore_level, insert=True)
+    with _checking_out_as_ours() as checked_out:
+        connection = engine.connect()
+    with connection:
+        _at_read_committed(connection, checked_out)
+        yield connection
+        connection.commit()
+
+
 def _begin_read_committed(session: Session) -> Connection:
     """``session``'s connection, its next transaction (ours) at READ COMMITTED.
 
@@ -267,9 +284,17 @@ def _begin_read_committed(session: Session) -> Connection:
     listen_once(bind.engine.pool, "checkout", _restore_level, insert=True)
     with _checking_out_as_ours() as checked_out:
         connection = session.connection()
-    if not checked_out:
+    _at_read_committed(connection, checked_out)
+    return connection
+
+
+def _at_read_committed(connection: Connection, checked_out: list[Any]) -> None:
+    """Make ``connection``'s next transaction, ours, READ COMMITTED; ``checked_out``: the
+    pool records :func:`_checking_out_as_ours` saw checked out for it (none: it was held
+    already, by the host's transaction say; ``SET TRANSACTION`` then, as on MySQL)."""
+    if not checked_out or not getattr(connection.dialect, "is_mariadb", False):
         _read_committed(connection)
-        return connection
+        return
     # The last: a listener that finds the connection dead makes the pool reconnect and
     # send the checkout again (the record then forgot what it knew, as it should).
     record = checked_out[-1]
@@ -282,7 +307,6 @@ def _begin_read_committed(session: Session) -> Connection:
             " @@session.tx_isolation = 'READ-COMMITTED'"
         )
         record.info[_SESSION_READ_COMMITTED] = True
-    return connection
 
 
 def listen_once(pool: Pool, identifier: str, listener: Any, *, insert: bool = False) -> None:

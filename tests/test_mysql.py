@@ -110,3 +110,31 @@ def test_our_transactions_read_committed_the_hosts_keep_their_level(app, state, 
         state.db.session.rollback()
     assert seen["ours"] == "READ-COMMITTED"
     assert seen["host"] == default == "REPEATABLE-READ"
+
+
+#: The pool's one connection: the host's transactions run on the one ours ran on.
+ONE_CONNECTION = {"SQLALCHEMY_ENGINE_OPTIONS": {"pool_size": 1, "max_overflow": 0}}
+DURABLE = {**ONE_CONNECTION, "PARTNERSTACK_STRIPE_DURABLE_SIGNALS": True}
+QUEUED = {**ONE_CONNECTION, "PARTNERSTACK_STRIPE_PROCESSING": "celery"}
+
+
+@pytest.mark.parametrize("app_config", [DURABLE, QUEUED], ids=["durable", "queued"])
+def test_a_transaction_outside_the_session_leaves_the_hosts_level(app, state, models):
+    """A durable signal's delivery is marked sent, and a queued event stored, in a
+    transaction of its own outside the session (the first on a new connection, for the
+    queued one): the host's next transaction on that connection runs at its own level."""
+    customer = testing.customer(
+        "cus_i", email="i@x.com", metadata={"customer_key": "i", "partner_key": "p"}
+    )
+    response = testing.post_event(app.test_client(), testing.event("customer.created", customer))
+    with app.app_context():
+        stored = state.db.session.scalar(sa.select(models.WebhookEvent.status))
+        delivered = state.db.session.scalars(sa.select(models.SignalDelivery.status)).all()
+        state.db.session.rollback()
+        level = transaction_level(app, state.db.session, models.Customer.__table__)
+        state.db.session.rollback()
+    if app.config["PARTNERSTACK_STRIPE_PROCESSING"] == "celery":
+        assert (response.json["status"], stored) == ("queued", "received")
+    else:
+        assert (response.json["status"], delivered) == ("processed", ["delivered"])
+    assert level == "REPEATABLE-READ"
