@@ -13,11 +13,15 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy import orm
 
-from flask_partnerstack_stripe import signals, testing
+from flask_partnerstack_stripe import Models, PartnerStackStripe, signals, testing
 from flask_partnerstack_stripe.extension import get_state
+from flask_partnerstack_stripe.models import SignalDeliveryMixin, default_model
 
-from .apphost import create_app
+from .apphost import SECRET, create_app
 from .conftest import ROOT, use_postgres
 
 DURABLE = {
@@ -464,3 +468,43 @@ def test_a_resent_delivery_carries_the_event_a_host_handler_changed(app, client)
     assert len(seen) == 2
     assert seen[0]["data"]["object"]["metadata"]["seen_by_host"] == "yes"
     assert seen[1] == seen[0]
+
+
+def test_a_delivery_id_the_host_model_makes_is_the_delivery_id(database_url):
+    """A host's outbox model whose id is made in Python (a snowflake-style BIGINT, not the
+    database's counter): the delivery_id a receiver gets, and the one marked delivered,
+    is the row's id, not the rowid SQLite keeps beside it (or MySQL's 0: no AUTO_INCREMENT)."""
+    ids = iter(range(7_000_000_000_001, 7_000_000_001_000))
+    db = SQLAlchemy()
+
+    class Delivery(SignalDeliveryMixin, db.Model):
+        __tablename__ = "host_signal_delivery"
+        id: orm.Mapped[int] = orm.mapped_column(
+            sa.BigInteger, primary_key=True, default=lambda: next(ids)
+        )
+
+    app = Flask(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url,
+        PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[SECRET],
+        **DURABLE,
+    )
+    db.init_app(app)
+    first = [default_model(db, name) for name in Models._fields[:4]]
+    PartnerStackStripe(app, db=db, models=Models(*first, SignalDelivery=Delivery))
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+    try:
+        with testing.record_signals(signals.customer_created) as sent:
+            testing.post_event(app.test_client(), customer_created())
+        with app.app_context():
+            stored = db.session.execute(sa.select(Delivery.id, Delivery.status)).all()
+            db.session.remove()
+        assert [tuple(row) for row in stored] == [(7_000_000_000_001, "delivered")]
+        assert [s.kwargs["delivery_id"] for s in sent] == [7_000_000_000_001]
+    finally:
+        with app.app_context():
+            db.session.remove()
+            db.drop_all()
+            db.engine.dispose()
