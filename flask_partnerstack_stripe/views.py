@@ -106,7 +106,12 @@ def _receive(
         session, event, payload.decode("utf-8"), stripe_account_id=stripe_account_id
     )
     if outcome.status == Status.FAILED:
-        if outcome.recorded:
+        if state.settings.processing == "celery":  # the request only stores the event
+            message = (
+                "The event could not be stored; nothing was recorded. It will be stored "
+                "and applied when Stripe redelivers it."
+            )
+        elif outcome.recorded:
             message = (
                 "The event could not be applied. It is stored as failed and will be "
                 "applied again when Stripe redelivers it or when it is replayed."

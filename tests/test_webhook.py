@@ -77,6 +77,21 @@ def test_duplicate_delivery_changes_nothing(client, rows, models, state):
     assert len(rows(models.WebhookEvent)) == 1
 
 
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_PROCESSING": "celery"}])
+def test_a_queued_event_that_cannot_be_stored_says_so(app, client, state, models):
+    """Celery mode: the request only stores the event. When even that fails (its table is
+    gone here), the 500 says the event was not stored, not that applying it failed, and
+    shows nothing of the database's error."""
+    with app.app_context():
+        models.WebhookEvent.__table__.drop(state.db.engine)
+    failed = testing.post_event(
+        client, testing.event("customer.created", testing.customer("cus_q"))
+    )
+    assert failed.status_code == 500
+    assert failed.json["error"].startswith("The event could not be stored; nothing was recorded.")
+    assert models.WebhookEvent.__tablename__ not in failed.get_data(as_text=True)
+
+
 def test_failing_handler_rolls_back_and_redelivery_applies(app, client, rows, models, state):
     """A handler error undoes every effect, is stored as failed, and a redelivery succeeds."""
     attempts = []
