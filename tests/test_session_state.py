@@ -48,6 +48,13 @@ def host_app(database_url: str, session_options=None, **config):
         def init_on_load(self):
             self.loaded_from_db = True
 
+    return app_with(db, Customer, Payment, database_url, **config), db
+
+
+def app_with(db, Customer, Transaction, database_url: str, **config):
+    """An app of the host's ``Customer`` and ``Transaction`` models on ``db`` (its
+    ``partnerstack`` attribute the extension), the tables made."""
+
     class Account(StripeAccountMixin, db.Model):
         __tablename__ = "review_account"
 
@@ -60,12 +67,12 @@ def host_app(database_url: str, session_options=None, **config):
     )
     db.init_app(app)
     app.partnerstack = PartnerStackStripe(
-        app, db=db, models=Models(Customer, Payment, Account, Event)
+        app, db=db, models=Models(Customer, Transaction, Account, Event)
     )
     with app.app_context():
         db.drop_all()
         db.create_all()
-    return app, db
+    return app
 
 
 def test_signal_instances_went_through_the_models_load_hooks(database_url):
@@ -107,24 +114,11 @@ def test_signal_instances_hold_what_the_database_holds(database_url):
     class PartnerStackTransaction(TransactionMixin, db.Model):
         region: orm.Mapped[str] = orm.mapped_column(sa.String(20), default="eu")
 
-    class Account(StripeAccountMixin, db.Model):
-        __tablename__ = "review_account"
-
-    class Event(WebhookEventMixin, db.Model):
-        __tablename__ = "review_event"
-
-    app = Flask(__name__)
-    app.config.update(
-        SQLALCHEMY_DATABASE_URI=database_url,
-        PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[SECRET],
+    app = app_with(
+        db, PartnerStackCustomer, PartnerStackTransaction, database_url,
         PARTNERSTACK_STRIPE_REWARDS=[{"percent": 20}],
-    )
-    db.init_app(app)
-    models = Models(PartnerStackCustomer, PartnerStackTransaction, Account, Event)
-    partnerstack = PartnerStackStripe(app, db=db, models=models)
-    with app.app_context():
-        db.drop_all()
-        db.create_all()
+    )  # fmt: skip
+    partnerstack = app.partnerstack
     seen: dict[str, dict] = {}
 
     def keep(name):
