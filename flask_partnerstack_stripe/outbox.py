@@ -94,19 +94,17 @@ def record(
                 "next_attempt_at": now + timedelta(seconds=settings.signal_retry_delay),
             }
             result = connection.execute(statement, values)
-            # SQLite/MySQL: the lastrowid, or the id sent where the model makes it in
-            # Python (the rowid, or MySQL's 0, is not the row's id then).
-            inserted = None if returning else result.inserted_primary_key
+            inserted = None if returning else result.inserted_primary_key  # _record_statement
             delivery_id = result.scalar_one() if inserted is None else inserted[0]
             recorded[index] = (signal, {**kwargs, "delivery_id": int(delivery_id)})
     return recorded
 
 
 def _record_statement(table: Any, *, returning: bool) -> Any:
-    """One delivery's ``INSERT``, ``returning`` its id on PostgreSQL. SQLite and MySQL give
-    the id of the row a one-row ``INSERT`` made without a result set (the cursor's
-    ``lastrowid``, which costs less to read), through ``inserted_primary_key``: the id
-    sent instead when the model makes it (a Python default), which the rowid is not."""
+    """One delivery's ``INSERT``, ``returning`` its id on PostgreSQL. On SQLite and MySQL
+    the result's ``inserted_primary_key`` gives it without a row to read: the cursor's
+    ``lastrowid``, or the id sent where the model makes it in Python (a default), which
+    the rowid (MySQL: 0) is not then."""
     fields = ("signal", "arguments", "status", "attempts", "created_at", "next_attempt_at")
     statement = sa.insert(table).values({name: sa.bindparam(name) for name in fields})
     return statement.returning(table.c.id) if returning else statement
