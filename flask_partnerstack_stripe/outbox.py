@@ -27,7 +27,6 @@ from sqlalchemy.orm import Session
 
 from . import signals
 from .config import Settings
-from .database import dialect_name
 from .models import Models, utcnow
 from .statements import Statements, cached_statement
 from .transactions import UnitOfWork
@@ -76,10 +75,7 @@ def record(
     :func:`encode`.
     """
     table = models.SignalDelivery.__table__
-    returning = dialect_name(session) == "postgresql"
-    statement = cached_statement(
-        (table, "record", returning), lambda: _record_statement(table, returning=returning)
-    )
+    statement = cached_statement((table, "record"), lambda: _record_statement(table))
     connection = session.connection()
     recorded = list(notifications)
     for index, (signal, kwargs) in enumerate(notifications):
@@ -94,20 +90,19 @@ def record(
                 "next_attempt_at": now + timedelta(seconds=settings.signal_retry_delay),
             }
             result = connection.execute(statement, values)
-            inserted = None if returning else result.inserted_primary_key  # _record_statement
-            delivery_id = result.scalar_one() if inserted is None else inserted[0]
-            recorded[index] = (signal, {**kwargs, "delivery_id": int(delivery_id)})
+            inserted = result.inserted_primary_key
+            assert inserted is not None, "a one-row INSERT has its primary key"
+            recorded[index] = (signal, {**kwargs, "delivery_id": int(inserted[0])})
     return recorded
 
 
-def _record_statement(table: Any, *, returning: bool) -> Any:
-    """One delivery's ``INSERT``, ``returning`` its id on PostgreSQL. On SQLite and MySQL
-    the result's ``inserted_primary_key`` gives it without a row to read: the cursor's
-    ``lastrowid``, or the id sent where the model makes it in Python (a default), which
-    the rowid (MySQL: 0) is not then."""
+def _record_statement(table: Any) -> Any:
+    """One delivery's ``INSERT``. Its id is the result's ``inserted_primary_key``, which
+    SQLAlchemy reads the cheapest way each database allows: ``RETURNING`` on PostgreSQL,
+    the cursor's ``lastrowid`` on SQLite and MySQL, or the id sent where the model makes
+    it in Python (a default), which the rowid is not then."""
     fields = ("signal", "arguments", "status", "attempts", "created_at", "next_attempt_at")
-    statement = sa.insert(table).values({name: sa.bindparam(name) for name in fields})
-    return statement.returning(table.c.id) if returning else statement
+    return sa.insert(table).values({name: sa.bindparam(name) for name in fields})
 
 
 def encode(models: Models, kwargs: dict[str, Any], known: tuple[object, str] | None = None) -> str:
