@@ -64,9 +64,9 @@ def target(name: str, passed: bool, measured: str) -> None:
     print(f"  TARGET {'PASS' if passed else 'MISS'}  {name}: {measured}", flush=True)
 
 
-def postgres_available() -> bool:
-    url = sa.make_url(POSTGRES_URL)
-    try:
+def create_database(url: sa.URL) -> str:
+    """Create the database ``url`` names when its server lacks it; the server's version."""
+    if url.get_backend_name() == "postgresql":
         engine = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
         with engine.connect() as connection:
             exists = connection.execute(
@@ -75,23 +75,29 @@ def postgres_available() -> bool:
             ).first()
             if exists is None:
                 connection.exec_driver_sql(f'CREATE DATABASE "{url.database}"')
-            VERSIONS["PostgreSQL"] = str(connection.exec_driver_sql("SHOW server_version").scalar())
-        engine.dispose()
+            version = connection.exec_driver_sql("SHOW server_version").scalar()
+    else:  # MariaDB or MySQL
+        engine = sa.create_engine(url.set(database="mysql"))
+        with engine.connect() as connection:
+            connection.exec_driver_sql(
+                f"CREATE DATABASE IF NOT EXISTS `{url.database}` CHARACTER SET utf8mb4"
+            )
+            version = connection.exec_driver_sql("SELECT VERSION()").scalar()
+    engine.dispose()
+    return str(version)
+
+
+def postgres_available() -> bool:
+    try:
+        VERSIONS["PostgreSQL"] = create_database(sa.make_url(POSTGRES_URL))
         return True
     except Exception:
         return False
 
 
 def mariadb_available() -> bool:
-    url = sa.make_url(MARIADB_URL)
     try:
-        engine = sa.create_engine(url.set(database="mysql"))
-        with engine.connect() as connection:
-            connection.exec_driver_sql(
-                f"CREATE DATABASE IF NOT EXISTS `{url.database}` CHARACTER SET utf8mb4"
-            )
-            VERSIONS["MariaDB"] = str(connection.exec_driver_sql("SELECT VERSION()").scalar())
-        engine.dispose()
+        VERSIONS["MariaDB"] = create_database(sa.make_url(MARIADB_URL))
         return True
     except Exception:
         return False
@@ -108,6 +114,17 @@ def backends(workdir: Path) -> dict[str, str]:
     else:
         print("!!! MariaDB unreachable: its rows are missing from this run")
     return found
+
+
+def larger_twin(name: str, url: str, workdir: Path) -> str:
+    """A second database on ``url``'s server, for the scale row's million rows (created
+    when missing: ``partnerstack_bench_large`` beside ``partnerstack_bench``)."""
+    if name == "sqlite-file":
+        return f"sqlite:///{workdir / 'bench-large.db'}"
+    twin = sa.make_url(url)
+    twin = twin.set(database=f"{twin.database}_large")
+    create_database(twin)
+    return twin.render_as_string(hide_password=False)
 
 
 def post_all(client: Any, path: str, batch: list[tuple[bytes, dict[str, str]]]) -> float:
@@ -388,6 +405,7 @@ def main() -> int:
                     lambda n=name: scale.run(
                         n,
                         urls[n],
+                        larger_twin(n, urls[n], Path(workdir)),
                         large=large,
                         per_round=per_round,
                         post_all=post_all,

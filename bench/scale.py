@@ -9,7 +9,6 @@ a million rows take seconds, where batches from Python took minutes.
 from __future__ import annotations
 
 import os
-import statistics
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -18,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from flask import Flask
 
-from .workload import BARE, OURS, Mix, create_app, reset_tables
+from .workload import BARE, OURS, Mix, create_app, drop_tables, reset_tables
 
 SMALL = 1_000
 
@@ -102,43 +101,47 @@ def seed(app: Flask, count: int) -> None:
 def run(
     name: str,
     url: str,
+    large_url: str,
     *,
     large: int,
     per_round: int,
     post_all: Callable[[Any, str, list[Any]], float],
     target: Callable[[str, bool, str], None],
 ) -> None:
-    """The median of three runs of ``per_round`` events at each size.
+    """Ours at a thousand rows (on ``url``'s database) and at ``large`` (on
+    ``large_url``'s), in turns of ``per_round / 2`` events: small, large, large, small,
+    three times over, so that a slow spell of a shared machine falls on both sizes alike.
+    Measured one after the other, the machine's drift between the two (10% either way
+    within a minute, in earlier runs) decided the target as often as the rows did.
 
-    The bare minimum runs between ours, on tables that do not grow: its change is the
-    machine's (another load starting or stopping), printed so a reader can tell.
+    The bare minimum runs after ours in each turn, on tables that do not grow: its
+    change should be about nil, printed so a reader can tell.
     """
-    app = create_app(url)
-    reset_tables(app)
-    client = app.test_client()
-
-    def rates() -> tuple[float, float]:
-        warm = Mix(prefix=f"{name}-scale-warm-{time.monotonic_ns()}").batch(100)
+    apps = {SMALL: create_app(url), large: create_app(large_url)}
+    for app in apps.values():
+        reset_tables(app)
+    seed(apps[SMALL], SMALL)
+    start = time.monotonic()
+    seed(apps[large], large)
+    seeded = time.monotonic() - start
+    clients = {size: app.test_client() for size, app in apps.items()}
+    for size, client in clients.items():
+        warm = Mix(prefix=f"{name}-scale-warm-{size}").batch(100)
         post_all(client, OURS, warm)
         post_all(client, BARE, warm)
-        found: dict[str, list[float]] = {OURS: [], BARE: []}
-        for _ in range(3):
-            batch = Mix(prefix=f"{name}-scale-{time.monotonic_ns()}").batch(per_round)
-            for path in (OURS, BARE):
-                found[path].append(per_round / post_all(client, path, batch))
-        return statistics.median(found[OURS]), statistics.median(found[BARE])
-
-    seed(app, SMALL)
-    small, small_bare = rates()
-    start = time.monotonic()
-    seed(app, large)
-    seeded = time.monotonic() - start
-    big, big_bare = rates()
+    turn = per_round // 2
+    took: dict[tuple[int, str], float] = {}
+    for number, size in enumerate((SMALL, large, large, SMALL) * 3):
+        batch = Mix(prefix=f"{name}-scale-{size}-{number}").batch(turn)
+        for path in (OURS, BARE):
+            took[size, path] = took.get((size, path), 0.0) + post_all(clients[size], path, batch)
+    events = 6 * turn  # each size's share of the turns
+    small, big = events / took[SMALL, OURS], events / took[large, OURS]
     change = big / small - 1
+    bare_change = took[SMALL, BARE] / took[large, BARE] - 1
     print(
         f"  scale {name:<14} {SMALL:,} rows {small:6.0f} ev/s   {large:,} rows {big:6.0f} ev/s"
-        f"   ({change:+.1%}; bare minimum {big_bare / small_bare - 1:+.1%}; seeded in"
-        f" {seeded:.0f} s)",
+        f"   ({change:+.1%}; bare minimum {bare_change:+.1%}; seeded in {seeded:.0f} s)",
         flush=True,
     )
     target(
@@ -146,5 +149,8 @@ def run(
         change >= -0.10,
         f"{small:.0f} -> {big:.0f} ev/s ({change:+.1%})",
     )
-    with app.app_context():
-        app.extensions["sqlalchemy"].engine.dispose()
+    # The million rows are not kept: a later run seeds its own.
+    drop_tables(apps[large])
+    for app in apps.values():
+        with app.app_context():
+            app.extensions["sqlalchemy"].engine.dispose()

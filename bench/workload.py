@@ -56,12 +56,19 @@ def create_app(database_url: str | None = None, **config: Any) -> Flask:
 
 
 def reset_tables(app: Flask) -> None:
+    drop_tables(app)
+    db = app.extensions["sqlalchemy"]
+    with app.app_context():
+        db.create_all()
+        metadata.create_all(db.engine)
+
+
+def drop_tables(app: Flask) -> None:
+    """Ours and the bare minimum's."""
     db = app.extensions["sqlalchemy"]
     with app.app_context():
         db.drop_all()
         metadata.drop_all(db.engine)
-        db.create_all()
-        metadata.create_all(db.engine)
 
 
 def signed(event: dict[str, Any]) -> Delivery:
