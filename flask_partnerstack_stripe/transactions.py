@@ -13,7 +13,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from contextvars import ContextVar
 from typing import Any
@@ -252,9 +252,7 @@ _our_checkout: ContextVar[list[Any] | None] = ContextVar(
 def _read_committed_connection(engine: sa.Engine) -> Iterator[Connection]:
     """A connection of ``engine``'s pool, outside any session, in a transaction of ours at
     READ COMMITTED (:func:`_at_read_committed`), committed when the block ends."""
-    listen_once(engine.pool, "checkout", _restore_level, insert=True)
-    with _checking_out_as_ours() as checked_out:
-        connection = engine.connect()
+    connection, checked_out = _checkout_as_ours(engine, engine.connect)
     with connection:
         _at_read_committed(connection, checked_out)
         yield connection
@@ -280,12 +278,22 @@ def _begin_read_committed(session: Session) -> Connection:
         connection = session.connection()
         _read_committed(connection)
         return connection
-    # First, so that a host's own checkout listeners see the host's level.
-    listen_once(bind.engine.pool, "checkout", _restore_level, insert=True)
-    with _checking_out_as_ours() as checked_out:
-        connection = session.connection()
+    connection, checked_out = _checkout_as_ours(bind.engine, session.connection)
     _at_read_committed(connection, checked_out)
     return connection
+
+
+def _checkout_as_ours(
+    engine: sa.Engine, checkout: Callable[[], Connection]
+) -> tuple[Connection, list[Any]]:
+    """``checkout()``'s connection and the pool records it checked out as ours
+    (:func:`_checking_out_as_ours`). The listener that gives other checkouts their level
+    back (:func:`_restore_level`) listens first, so that a host's own checkout listeners
+    see the host's level."""
+    listen_once(engine.pool, "checkout", _restore_level, insert=True)
+    with _checking_out_as_ours() as checked_out:
+        connection = checkout()
+    return connection, checked_out
 
 
 def _at_read_committed(connection: Connection, checked_out: list[Any]) -> None:
