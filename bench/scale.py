@@ -96,20 +96,14 @@ def seed(app: Flask, count: int) -> None:
     elif dialect == "mysql":
         with engine.connect() as connection:
             connection.exec_driver_sql(f"ANALYZE TABLE {', '.join(tables)}").all()
-        _write_out_innodb_tables(engine, tables)
+            # InnoDB (``innodb_max_dirty_pages_pct_lwm`` 0, its default) keeps the load's
+            # dirty pages in the buffer pool until it needs the room, which would be in the
+            # timed turns: ``FOR EXPORT`` writes out exactly these tables' pages now.
+            connection.exec_driver_sql(f"FLUSH TABLES {', '.join(tables)} FOR EXPORT")
+            connection.exec_driver_sql("UNLOCK TABLES")
     # The same for the kernel's page cache: the load's dirty pages (SQLite's file, say)
     # reach the disk before the timed rounds, so their write-back does not slow them.
     os.sync()
-
-
-def _write_out_innodb_tables(engine: sa.Engine, tables: list[str]) -> None:
-    """Write the load's dirty pages of ``tables`` to disk now, as PostgreSQL's CHECKPOINT
-    does: InnoDB (``innodb_max_dirty_pages_pct_lwm`` 0, its default) leaves them in the
-    buffer pool until it needs the room, which would be during the timed turns.
-    ``FLUSH TABLES ... FOR EXPORT`` writes out exactly those tables' pages."""
-    with engine.connect() as connection:
-        connection.exec_driver_sql(f"FLUSH TABLES {', '.join(tables)} FOR EXPORT")
-        connection.exec_driver_sql("UNLOCK TABLES")
 
 
 def run(
