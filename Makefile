@@ -39,7 +39,7 @@ test: $(STAMP) browser
 	$(BIN)/pytest -n 2
 
 ## The benchmark: ours against the bare minimum, in-process and over HTTP, with targets
-## (20 to 30 minutes; BENCH_ARGS="--quick", "--only http", "--markdown bench.md" pass on).
+## (15 to 45 minutes; BENCH_ARGS="--quick", "--only http", "--markdown bench.md" pass on).
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
