@@ -95,11 +95,11 @@ def normal_email(value: Any, *, field: str = "email") -> str | None:
 
 
 def currency(value: Any) -> str:
-    """An ISO currency code, lowered; ``""`` when absent. Anything else is invalid."""
+    """An ISO currency code, lowered. Stripe sends one with every payment, refund and
+    dispute; one that is missing, null or not a string is invalid like a malformed one,
+    since a payment recorded in no currency would be paid out in none."""
     code = text(value, field="currency")
-    if code is None:
-        return ""
-    code = lower_ascii(code)
+    code = "" if code is None else lower_ascii(code)
     if not re.fullmatch(r"[a-z]{3}", code):
         raise InvalidValue("currency must be a three-letter ISO code.")
     return code

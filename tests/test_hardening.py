@@ -128,6 +128,20 @@ def test_currency_that_is_no_iso_code_is_refused(client, rows, models, currency)
     assert_refused(response, rows, models, "currency")
 
 
+@pytest.mark.parametrize("currency", [None, 840, ""], ids=["null", "number", "empty"])
+def test_charge_without_a_currency_is_refused(client, rows, models, currency):
+    """A payment recorded in no currency would reach the payouts in none."""
+    response = post_charge(client, currency=currency)
+    assert_refused(response, rows, models, "currency")
+
+
+def test_charge_with_no_currency_field_is_refused(client, rows, models):
+    charge = testing.charge("ch_1", customer="cus_1")
+    del charge["currency"]
+    response = testing.post_event(client, testing.event("charge.succeeded", charge))
+    assert_refused(response, rows, models, "currency")
+
+
 def test_currency_is_stored_lowercase(client, rows, models):
     assert post_charge(client, currency="EUR").status_code == 200
     assert rows(models.Transaction)[0].currency == "eur"

@@ -77,11 +77,13 @@ REFUSED = [
     ("refund.created", refund(charge=TOO_LONG_ID), "charge"),
     ("refund.created", refund(charge={"id": TOO_LONG_ID}), "charge"),
     ("refund.created", refund(currency="İİİ"), "currency"),
+    ("refund.created", refund(currency=None), "currency"),
     ("charge.refund.updated", refund(payment_intent=TOO_LONG_ID), "payment_intent"),
     # disputes
     ("charge.dispute.closed", dispute(amount=2**64), "amount"),
     ("charge.dispute.created", dispute(amount=-5, status="needs_response"), "amount"),
     ("charge.dispute.updated", dispute(currency="usdx"), "currency"),
+    ("charge.dispute.closed", dispute(currency=None), "currency"),
     ("charge.dispute.closed", dispute(charge=TOO_LONG_ID), "charge"),
     # Checkout Sessions
     ("checkout.session.completed", session(metadata={"partner_key": "p" * 501}), "partner_key"),
@@ -99,6 +101,7 @@ REFUSED = [
     ("invoice.paid", invoice(amount_paid=2**70), "amount_paid"),
     ("invoice.payment_succeeded", invoice(total_excluding_tax="10"), "total_excluding_tax"),
     ("invoice.paid", invoice(currency="ßßß"), "currency"),
+    ("invoice.paid", invoice(currency=None), "currency"),
     ("invoice.payment_failed", invoice(metadata={"product_key": "x" * 501}), "product_key"),
     ("invoice.paid", basil_subscription_metadata(customer_key="k" * 501), "customer_key"),
     ("invoice.paid", acacia_subscription_metadata(partner_key="p" * 501), "partner_key"),
