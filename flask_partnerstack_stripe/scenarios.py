@@ -220,6 +220,30 @@ def show_state(story: TestEvent, *keys: str | None) -> None:
         )
 
 
+def recall_charge(story: TestEvent) -> None:
+    """Fill in what the command line left out about a charge already recorded (``--charge``):
+    Stripe sends the whole charge with each of its events, metadata included, and the
+    newest charge's metadata wins, so a refund sent without the product key would read as
+    the product changing to none."""
+    if story.charge is None:
+        return
+    state = get_state()
+    Transaction = state.models.Transaction
+    recorded = state.db.session.scalar(
+        sa.select(Transaction).where(
+            Transaction.key == story.charge,
+            Transaction.livemode == story.livemode,
+            Transaction.stripe_account_id == story.account,  # IS NULL for the platform
+        )
+    )
+    if recorded is None:
+        return
+    story.product_key = story.product_key or recorded.product_key
+    if not (story.customer_key or story.stripe_customer):
+        story.customer_key = recorded.customer_key
+        story.stripe_customer = recorded.stripe_customer_id
+
+
 def run_step(story: TestEvent, event_type: str, url: str | None, *shown: str | None) -> None:
     event = story.build(event_type)
     status, answer = deliver(event, url)
@@ -309,6 +333,8 @@ def send_test_event(event_type: str | None, scenario: str | None, url: str | Non
         raise click.UsageError("Give an EVENT_TYPE or --scenario seed.")
     confirm_database(yes)
     story = TestEvent(livemode=live, charge=charge_id, **fields)
+    if event_type and event_type.startswith("charge.") and "dispute" not in event_type:
+        recall_charge(story)
     if scenario == "seed":
         play_seed(story, url)
     elif event_type is not None:

@@ -48,6 +48,27 @@ def test_send_test_event_records_and_shows_the_customer(app, rows, models):
     )
 
 
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PARTNERSTACK_STRIPE_REFUND_POLICY": "prorate",
+      "PARTNERSTACK_STRIPE_REWARDS": [{"percent": 20}, {"percent": 40, "product_key": "team"}]}],
+)  # fmt: skip
+def test_a_test_refund_of_a_recorded_charge_keeps_its_product(app, rows, models):
+    """As Stripe sends the whole charge again: the refund's charge carries the product key
+    the command line did not repeat, so the team rule's 40% still applies to what is left."""
+    run(app, "send-test-event", "customer.created", "--customer-key", "u1", "--partner-key", "p1")
+    run(app, "send-test-event", "charge.succeeded", "--customer-key", "u1", "--charge", "ch_t1",
+        "--amount", "10000", "--product-key", "team")  # fmt: skip
+    result = run(app, "send-test-event", "refund.created", "--charge", "ch_t1", "--amount", "5000")
+    assert result.exit_code == 0, result.output
+    result = run(app, "send-test-event", "charge.updated", "--charge", "ch_t1", "--amount", "10000")
+    assert result.exit_code == 0, result.output
+    [transaction] = rows(models.Transaction)
+    assert (transaction.product_key, transaction.amount) == ("team", 5000)
+    [commission] = rows(models.Commission)
+    assert commission.amount == 2000
+
+
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
 def test_send_test_event_knows_every_type_we_handle(app, event_type):
     result = run(app, "send-test-event", event_type, "--customer-key", "u1",
