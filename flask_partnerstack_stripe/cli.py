@@ -223,7 +223,11 @@ def replay(event_ids: tuple[str, ...], failed: bool, ignored: bool, event_type: 
         click.echo(f"{event_id} {kind}: {result}")
     if stored:
         click.echo(", ".join(f"{n} {status}" for status, n in sorted(counts.items())))
-    if counts.get(Status.FAILED):
+    # An id asked for by name and not replayed is an error, not a quiet skip.
+    missing = sorted(set(event_ids) - {event_id for event_id, *_ in stored})
+    for event_id in missing:
+        click.echo(f"{event_id}: no stored event matches", err=True)
+    if counts.get(Status.FAILED) or missing:
         raise SystemExit(1)
 
 

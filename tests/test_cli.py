@@ -188,6 +188,15 @@ def test_replay_reports_a_failure_and_exits_non_zero(app, client, state):
     assert "failed (ZeroDivisionError" in result.output
 
 
+def test_replay_names_an_event_id_it_has_not_stored_and_exits_non_zero(app, client):
+    event = testing.event("balance.available", {"object": "balance"})
+    testing.post_event(client, event)
+    result = run(app, "replay", event["id"], "evt_nope")
+    assert result.exit_code == 1
+    assert "1 ignored" in result.output
+    assert "evt_nope: no stored event matches" in result.output
+
+
 def test_prune_keeps_failed_and_recent_events(app, client, state, rows, models):
     state.extension.handler("checkout.session.completed")(lambda event: 1 / 0)
     old_ok = testing.event("balance.available", {"object": "balance"})
