@@ -153,12 +153,26 @@ def _fail(name: str, expected: str, value: Any) -> ConfigurationError:
 
 
 def _secrets(value: Any) -> tuple[str, ...]:
+    expected = "a list of non-empty signing secrets (whsec_...)"
     if isinstance(value, str):
         value = [value]
-    if not isinstance(value, (list, tuple)) or not all(
-        isinstance(secret, str) and secret.strip() for secret in value
-    ):
-        raise _fail("WEBHOOK_SECRETS", "a list of non-empty signing secrets (whsec_...)", value)
+    if not isinstance(value, (list, tuple)):
+        raise _fail("WEBHOOK_SECRETS", expected, value)
+    for index, secret in enumerate(value):
+        if not (isinstance(secret, str) and secret.strip()):
+            # Most often a secret read from an environment variable that is not set:
+            # say which item and what it is (None, empty, a type), never its value.
+            what = (
+                "None"
+                if secret is None
+                else "empty"
+                if isinstance(secret, str)
+                else (f"a {type(secret).__name__}")
+            )
+            raise ConfigurationError(
+                f"{PREFIX}WEBHOOK_SECRETS must be {expected}, but item {index} is {what}"
+                " (is the environment variable it is read from set?)"
+            )
     return tuple(value)
 
 

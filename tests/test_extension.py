@@ -133,6 +133,17 @@ def test_bad_config_fails_at_init_app_naming_the_key(key, value):
         PartnerStackStripe(app)
 
 
+@pytest.mark.parametrize(
+    ("secrets", "said"),
+    [([None], "item 0 is None"), (["whsec_ok", " "], "item 1 is empty"), ([b"whsec"], "a bytes")],
+)
+def test_a_secrets_list_with_a_bad_item_says_which_and_what(secrets, said):
+    """The Quick start reads the secret from an environment variable; unset, it is None."""
+    app, _ = make_app(PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=secrets)
+    with pytest.raises(ConfigurationError, match=said):
+        PartnerStackStripe(app)
+
+
 def test_config_error_never_shows_a_secret():
     app, _ = make_app(PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=["whsec_real_secret", ""])
     with pytest.raises(ConfigurationError) as error:
