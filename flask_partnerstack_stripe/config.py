@@ -161,19 +161,19 @@ def _secrets(value: Any) -> tuple[str, ...]:
     for index, secret in enumerate(value):
         if not (isinstance(secret, str) and secret.strip()):
             # Most often a secret read from an environment variable that is not set:
-            # say which item and what it is (None, empty, a type), never its value.
-            what = (
-                "None"
-                if secret is None
-                else "empty"
-                if isinstance(secret, str)
-                else (f"a {type(secret).__name__}")
-            )
+            # say which item and what it is, never its value.
             raise ConfigurationError(
-                f"{PREFIX}WEBHOOK_SECRETS must be {expected}, but item {index} is {what}"
-                " (is the environment variable it is read from set?)"
+                f"{PREFIX}WEBHOOK_SECRETS must be {expected}, but item {index} is"
+                f" {_what(secret)} (is the environment variable it is read from set?)"
             )
     return tuple(value)
+
+
+def _what(value: Any) -> str:
+    """What a bad secret is, without showing it: None, empty, or its type."""
+    if value is None:
+        return "None"
+    return "empty" if isinstance(value, str) else f"a {type(value).__name__}"
 
 
 def _positive_int(name: str, value: Any) -> int:
