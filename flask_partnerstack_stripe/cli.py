@@ -492,7 +492,20 @@ def check(base_url: str | None, with_stripe: bool) -> None:
         for problem in problems:
             click.echo(f"  - {problem}")
         raise SystemExit(1)
-    click.echo("Everything a production install needs is in place.")
+    if _mode_by_default():
+        # Not a problem (a development app is rightly in test mode), but not all either.
+        click.echo(
+            "Everything a production install needs is in place, once "
+            "PARTNERSTACK_STRIPE_LIVEMODE = True there (mode, above)."
+        )
+    else:
+        click.echo("Everything a production install needs is in place.")
+
+
+def _mode_by_default() -> bool:
+    """Test mode only because neither LIVEMODE nor an API_KEY says which (``_mode_line``)."""
+    config = current_app.config
+    return config.get(PREFIX + "LIVEMODE") is None and not config.get(PREFIX + "API_KEY")
 
 
 def _mode_line(livemode: bool) -> str:

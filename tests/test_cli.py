@@ -404,6 +404,17 @@ def test_check_passes_on_a_complete_install(app):
     assert "processing         inline, signals after the commit" in result.output
     # No PARTNERSTACK_STRIPE_LIVEMODE and a test key: said, since signups are then test-mode.
     assert "mode               test (PARTNERSTACK_STRIPE_LIVEMODE is not set" in result.output
+    # ... and the verdict does not contradict that advice.
+    assert result.output.rstrip().endswith(
+        "in place, once PARTNERSTACK_STRIPE_LIVEMODE = True there (mode, above)."
+    )
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_LIVEMODE": True}])
+def test_check_passes_without_a_but_once_the_mode_is_set(app):
+    result = run(app, "check")
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip().endswith("Everything a production install needs is in place.")
 
 
 @pytest.mark.parametrize(
