@@ -14,6 +14,7 @@ from flask_partnerstack_stripe import (
     StripeAccountMixin,
     TransactionMixin,
     WebhookEventMixin,
+    signals,
     testing,
 )
 from flask_partnerstack_stripe.extension import get_state
@@ -212,6 +213,66 @@ def test_custom_models_from_the_mixins(database_url):
             payment = db.session.scalars(db.select(Payment)).one()
             assert payment.customer.customer_key == "u1"
             assert isinstance(payment.customer, Partnered)
+    finally:
+        with app.app_context():
+            db.drop_all()
+            db.engine.dispose()
+
+
+def test_every_model_can_be_renamed_from_the_package_s_mixins(database_url):
+    """The refund and outbox tables too: their mixins are public like the others'."""
+    from flask_partnerstack_stripe import RefundMixin, SignalDeliveryMixin
+
+    db = SQLAlchemy()
+
+    class Customer(CustomerMixin, db.Model):
+        __tablename__ = "host_customer"
+
+    class Transaction(TransactionMixin, db.Model):
+        __tablename__ = "host_transaction"
+        customer_model, customer_table = "Customer", "host_customer"
+
+    class Account(StripeAccountMixin, db.Model):
+        __tablename__ = "host_account"
+
+    class Event(WebhookEventMixin, db.Model):
+        __tablename__ = "host_event"
+
+    class Refund(RefundMixin, db.Model):
+        __tablename__ = "host_refund"
+
+    class Delivery(SignalDeliveryMixin, db.Model):
+        __tablename__ = "host_delivery"
+
+    first = (Customer, Transaction, Account, Event)
+    app = Flask(__name__)
+    app.config.update(
+        SQLALCHEMY_DATABASE_URI=database_url,
+        PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[SECRET],
+        PARTNERSTACK_STRIPE_DURABLE_SIGNALS=True,
+    )
+    db.init_app(app)
+    PartnerStackStripe(app, db=db, models=Models(*first, Refund=Refund, SignalDelivery=Delivery))
+    with app.app_context():
+        db.drop_all()
+        db.create_all()
+    try:
+        client = app.test_client()
+        customer = testing.customer("cus_1", metadata={"customer_key": "u1", "partner_key": "p"})
+        with testing.record_signals(signals.customer_created) as sent:
+            testing.post_event(client, testing.event("customer.created", customer))
+        charge = testing.charge("ch_1", customer="cus_1", amount_refunded=300)
+        charge["refunds"] = {"object": "list", "data": [testing.refund("re_1", charge="ch_1")]}
+        charge["refunds"]["data"][0]["amount"] = 300
+        response = testing.post_event(client, testing.event("charge.refunded", charge))
+        assert response.status_code == 200, response.get_data(as_text=True)
+        with app.app_context():
+            assert [r.refund_id for r in db.session.scalars(db.select(Refund))] == ["re_1"]
+            deliveries = db.session.execute(db.select(Delivery.id, Delivery.status)).all()
+            assert [tuple(row) for row in deliveries] == [
+                (sent[0].kwargs["delivery_id"], "delivered")
+            ]
+            db.session.remove()
     finally:
         with app.app_context():
             db.drop_all()
