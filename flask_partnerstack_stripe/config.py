@@ -162,9 +162,11 @@ def _secrets(value: Any) -> tuple[str, ...]:
         if not (isinstance(secret, str) and secret.strip()):
             # Most often a secret read from an environment variable that is not set:
             # say which item and what it is, never its value.
+            unset = secret is None or isinstance(secret, str)
+            hint = " (is the environment variable it is read from set?)" if unset else ""
             raise ConfigurationError(
                 f"{PREFIX}WEBHOOK_SECRETS must be {expected}, but item {index} is"
-                f" {_what(secret)} (is the environment variable it is read from set?)"
+                f" {_what(secret)}{hint}"
             )
     return tuple(value)
 
@@ -173,7 +175,10 @@ def _what(value: Any) -> str:
     """What a bad secret is, without showing it: None, empty, or its type."""
     if value is None:
         return "None"
-    return "empty" if isinstance(value, str) else f"a {type(value).__name__}"
+    if isinstance(value, str):
+        return "empty"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _positive_int(name: str, value: Any) -> int:

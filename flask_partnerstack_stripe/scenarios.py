@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 import sqlalchemy as sa
+from click.core import ParameterSource
 from flask import current_app
 from flask.cli import with_appcontext
 
@@ -55,6 +56,9 @@ class TestEvent:
     stripe_customer: str | None = None
     charge: str | None = None
     invoice: str | None = None
+    #: Whether a charge names a Stripe customer when it has a customer key but no
+    #: ``stripe_customer`` (one is derived from the key unless a recalled charge had none).
+    names_stripe_customer: bool = True
 
     @property
     def stripe_customer_id(self) -> str:
@@ -93,7 +97,7 @@ class TestEvent:
             obj = testing.charge(
                 self.charge or testing.new_id("ch"),
                 customer=self.stripe_customer_id
-                if (self.customer_key or self.stripe_customer)
+                if self.stripe_customer or (self.customer_key and self.names_stripe_customer)
                 else None,
                 amount=self.amount,
                 currency=self.currency,
@@ -220,28 +224,47 @@ def show_state(story: TestEvent, *keys: str | None) -> None:
         )
 
 
-def recall_charge(story: TestEvent) -> None:
-    """Fill in what the command line left out about a charge already recorded (``--charge``):
-    Stripe sends the whole charge with each of its events, metadata included, and the
-    newest charge's metadata wins, so a refund sent without the product key would read as
-    the product changing to none."""
+def recall_charge(story: TestEvent, given: set[str]) -> None:
+    """Fill in what the command line left out (``given``: the options it set) about a
+    charge already recorded (``--charge``). Stripe sends the whole charge with each of
+    its events, and the newest charge wins, so a refund sent without the product key,
+    the amount or the currency would read as the payment changing.
+
+    Read from the app's own database, as the state shown afterwards is; when that cannot
+    be read, the event goes as the command line says.
+    """
     if story.charge is None:
         return
     state = get_state()
     Transaction = state.models.Transaction
-    recorded = state.db.session.scalar(
-        sa.select(Transaction).where(
-            Transaction.key == story.charge,
-            Transaction.livemode == story.livemode,
-            Transaction.stripe_account_id == story.account,  # IS NULL for the platform
+    try:
+        # A payment is unique per account and key, whatever the mode: an event about it,
+        # test or live, updates that row.
+        recorded = state.db.session.scalar(
+            sa.select(Transaction).where(
+                Transaction.key == story.charge,
+                Transaction.stripe_account_id == story.account,  # IS NULL for the platform
+            )
         )
-    )
+    except sa.exc.SQLAlchemyError:
+        return
+    finally:
+        state.db.session.rollback()
     if recorded is None:
         return
-    story.product_key = story.product_key or recorded.product_key
-    if not (story.customer_key or story.stripe_customer):
+    if "product_key" not in given:
+        story.product_key = recorded.product_key
+    charged = recorded.charged_amount or recorded.gross_amount
+    if "amount" not in given and charged is not None:
+        story.amount = charged
+    if "currency" not in given:
+        story.currency = recorded.currency
+    if not given & {"customer_key", "stripe_customer"}:
         story.customer_key = recorded.customer_key
         story.stripe_customer = recorded.stripe_customer_id
+        # A payment recorded without a Stripe customer is sent without one, not with
+        # the customer id the test events derive from a key.
+        story.names_stripe_customer = recorded.stripe_customer_id is not None
 
 
 def run_step(story: TestEvent, event_type: str, url: str | None, *shown: str | None) -> None:
@@ -334,7 +357,13 @@ def send_test_event(event_type: str | None, scenario: str | None, url: str | Non
     confirm_database(yes)
     story = TestEvent(livemode=live, charge=charge_id, **fields)
     if event_type and event_type.startswith("charge.") and "dispute" not in event_type:
-        recall_charge(story)
+        context = click.get_current_context()
+        given = {
+            name
+            for name in ("product_key", "amount", "currency", "customer_key", "stripe_customer")
+            if context.get_parameter_source(name) is not ParameterSource.DEFAULT
+        }
+        recall_charge(story, given)
     if scenario == "seed":
         play_seed(story, url)
     elif event_type is not None:

@@ -69,6 +69,39 @@ def test_a_test_refund_of_a_recorded_charge_keeps_its_product(app, rows, models)
     assert commission.amount == 2000
 
 
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_REFUND_POLICY": "prorate"}])
+def test_a_test_refund_of_a_recorded_charge_refunds_its_amount_in_its_currency(app, rows, models):
+    """Without --amount, the refund is of the whole recorded charge (prorated, a refund of
+    the default 1000 would leave 4000 standing)."""
+    run(app, "send-test-event", "charge.succeeded", "--customer-key", "u1", "--charge", "ch_t2",
+        "--amount", "5000", "--currency", "eur")  # fmt: skip
+    result = run(app, "send-test-event", "charge.refunded", "--charge", "ch_t2")
+    assert result.exit_code == 0, result.output
+    [transaction] = rows(models.Transaction)
+    assert (transaction.currency, transaction.deleted_reason) == ("eur", "refund")
+
+
+def test_a_test_event_about_a_live_charge_keeps_its_product(app, rows, models):
+    """Payments are unique per account and key, whatever the mode: a test-mode event about
+    a live charge updates that row, so it is the row to recall."""
+    run(app, "send-test-event", "charge.succeeded", "--customer-key", "u2", "--charge", "ch_l",
+        "--amount", "5000", "--product-key", "gold", "--live")  # fmt: skip
+    result = run(app, "send-test-event", "charge.updated", "--charge", "ch_l")
+    assert result.exit_code == 0, result.output
+    [transaction] = rows(models.Transaction)
+    assert (transaction.product_key, transaction.amount) == ("gold", 5000)
+
+
+def test_a_recalled_charge_without_a_stripe_customer_is_sent_without_one(app, client, rows, models):
+    charge = testing.charge("ch_k", metadata={"customer_key": "k1"})
+    assert charge["customer"] is None
+    testing.post_event(client, testing.event("charge.succeeded", charge))
+    result = run(app, "send-test-event", "charge.updated", "--charge", "ch_k")
+    assert result.exit_code == 0, result.output
+    [transaction] = rows(models.Transaction)
+    assert (transaction.customer_key, transaction.stripe_customer_id) == ("k1", None)
+
+
 @pytest.mark.parametrize("event_type", EVENT_TYPES)
 def test_send_test_event_knows_every_type_we_handle(app, event_type):
     result = run(app, "send-test-event", event_type, "--customer-key", "u1",
@@ -119,6 +152,15 @@ def test_send_test_event_to_a_running_app(app, server, rows, models):
     assert result.exit_code == 0, result.output
     assert "HTTP 200 processed" in result.output
     assert [t.amount for t in rows(models.Transaction)] == [777]
+
+
+def test_send_test_event_posts_even_when_the_local_database_cannot_be_read(server, tmp_path):
+    """Looking up a recorded --charge reads the local app's database; a --url run whose
+    local database has no tables still posts, and only showing the state fails."""
+    local = create_app(f"sqlite:///{tmp_path / 'empty.db'}")
+    url = f"http://127.0.0.1:{server.port}/partnerstack/webhook"
+    result = run(local, "send-test-event", "charge.refunded", "--charge", "ch_1", "--url", url)
+    assert "HTTP 200" in result.output, result.output
 
 
 @pytest.mark.parametrize(
@@ -194,7 +236,16 @@ def test_replay_names_an_event_id_it_has_not_stored_and_exits_non_zero(app, clie
     result = run(app, "replay", event["id"], "evt_nope")
     assert result.exit_code == 1
     assert "1 ignored" in result.output
-    assert "evt_nope: no stored event matches" in result.output
+    assert "evt_nope: no stored event has this id" in result.output
+
+
+def test_replay_notes_an_id_its_options_leave_out_without_failing(app, client):
+    """A script retrying its failed ids with --failed meets ones fixed since."""
+    event = testing.event("balance.available", {"object": "balance"})
+    testing.post_event(client, event)
+    result = run(app, "replay", "--failed", f"{event['id']} ")
+    assert result.exit_code == 0, result.output
+    assert f"{event['id']}: stored, but not what the options ask for" in result.output
 
 
 def test_prune_keeps_failed_and_recent_events(app, client, state, rows, models):

@@ -136,7 +136,12 @@ def test_bad_config_fails_at_init_app_naming_the_key(key, value):
 
 @pytest.mark.parametrize(
     ("secrets", "said"),
-    [([None], "item 0 is None"), (["whsec_ok", " "], "item 1 is empty"), ([b"whsec"], "a bytes")],
+    [
+        ([None], "item 0 is None .is the environment"),
+        (["whsec_ok", " "], "item 1 is empty .is the environment"),
+        ([b"whsec"], "item 0 is a bytes$"),
+        ([7], "item 0 is an int$"),
+    ],
 )
 def test_a_secrets_list_with_a_bad_item_says_which_and_what(secrets, said):
     """The Quick start reads the secret from an environment variable; unset, it is None."""
