@@ -240,12 +240,20 @@ def recall_charge(story: TestEvent, given: set[str]) -> None:
     try:
         # A payment is unique per account and key, whatever the mode: an event about it,
         # test or live, updates that row.
-        recorded = state.db.session.scalar(
-            sa.select(Transaction).where(
+        # Plain columns, not an instance: the rollback below would expire it.
+        recorded = state.db.session.execute(
+            sa.select(
+                Transaction.product_key,
+                Transaction.charged_amount,
+                Transaction.gross_amount,
+                Transaction.currency,
+                Transaction.customer_key,
+                Transaction.stripe_customer_id,
+            ).where(
                 Transaction.key == story.charge,
                 Transaction.stripe_account_id == story.account,  # IS NULL for the platform
             )
-        )
+        ).first()
     except sa.exc.SQLAlchemyError:
         return
     finally:
