@@ -22,12 +22,17 @@ from .values import STRIPE_ID
 
 
 class OAuthFailed(stripe.StripeError):
-    """Stripe answered an OAuth call with an error; ``code`` is Stripe's error code only."""
+    """Stripe answered an OAuth call with an error; ``code`` is Stripe's error code only.
 
-    def __init__(self, status: int, code: str | None) -> None:
+    ``description`` is Stripe's explanation, kept out of the message: for a wrong key it
+    can quote the key's beginning.
+    """
+
+    def __init__(self, status: int, code: str | None, description: str | None = None) -> None:
         super().__init__(f"Stripe refused the OAuth call ({status}, {code or 'no error code'}).")
         self.status = status
         self.code = code
+        self.description = description
 
 
 def token(api_key: str, code: str) -> dict[str, Any]:
@@ -47,8 +52,13 @@ def deauthorize(api_key: str, client_id: str, stripe_user_id: str) -> dict[str, 
 
 
 def is_not_connected(error: OAuthFailed) -> bool:
-    """True when Stripe says the account is not (or no longer) connected."""
-    return error.code in ("invalid_client", "invalid_request", "invalid_request_error")
+    """True when Stripe says the account is not (or no longer) connected.
+
+    Stripe answers ``invalid_client`` for that, but also for a client id that is not the
+    platform's, or a key of the other mode; only its description tells them apart. A
+    wrong key (``invalid_request_error``) leaves the account connected.
+    """
+    return error.code == "invalid_client" and "not connected" in (error.description or "")
 
 
 def _post(path: str, api_key: str, params: dict[str, str]) -> dict[str, Any]:
@@ -72,7 +82,7 @@ def _post(path: str, api_key: str, params: dict[str, str]) -> dict[str, Any]:
     except ValueError:
         data = None
     if not 200 <= status < 300 or not isinstance(data, dict):
-        raise OAuthFailed(status, _error_code(data))
+        raise OAuthFailed(status, _error_code(data), _error_description(data))
     return data
 
 
@@ -84,3 +94,12 @@ def _error_code(data: Any) -> str | None:
     if isinstance(error, dict):
         error = error.get("code") or error.get("type")
     return error if isinstance(error, str) else None
+
+
+def _error_description(data: Any) -> str | None:
+    """Stripe's explanation: ``error_description`` in OAuth errors, nested in API errors."""
+    if not isinstance(data, dict):
+        return None
+    error = data.get("error")
+    described = error.get("message") if isinstance(error, dict) else data.get("error_description")
+    return described if isinstance(described, str) else None

@@ -93,6 +93,36 @@ def post_for(client, account: str, event_type: str, obj: dict[str, Any]):
     return testing.post_event(client, testing.event(event_type, obj, account=account))
 
 
+NOT_CONNECTED = (
+    "This application is not connected to stripe account acct_1, or that account does not exist."
+)
+
+
+@pytest.mark.parametrize(
+    ("answer", "uninstalled"),
+    [
+        # Stripe's answer for an account already disconnected on its side.
+        ({"error": "invalid_client", "error_description": NOT_CONNECTED}, True),
+        # A wrong key, a wrong client id: the account stays connected at Stripe.
+        (
+            {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}},
+            False,
+        ),
+        ({"error": "invalid_client", "error_description": "No such application: 'ca_x'"}, False),
+        ({"error": "invalid_request", "error_description": "Missing client_id"}, False),
+    ],
+)
+def test_uninstall_marks_uninstalled_only_what_stripe_disconnected(
+    admin, stripe_api, rows, models, answer, uninstalled
+):
+    params = start_install(admin)
+    assert finish_install(admin, params["state"][0]).status_code == 200
+    stripe_api.reply("POST", "/oauth/deauthorize", (answer, 401))
+    response = uninstall(admin)
+    assert response.status_code == (200 if uninstalled else 502), response.get_data(as_text=True)
+    assert (rows(models.StripeAccount)[0].uninstalled_at is not None) is uninstalled
+
+
 def test_install_events_uninstall_reinstall(admin, stripe_api, rows, models, caplog):
     caplog.set_level(logging.DEBUG)
     client = admin
