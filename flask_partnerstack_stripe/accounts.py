@@ -114,9 +114,16 @@ def set_endpoint(
     livemode: bool,
     endpoint_id: str,
     signing_secret: str | None,
+    *,
+    reactivate: bool,
 ) -> Any:
-    """Give the account (created if new) a manual webhook endpoint; replaces an older one."""
+    """Give the account (created if new) a manual webhook endpoint; replaces an older one.
+
+    ``reactivate``: a new endpoint connects the account again if it was uninstalled, as
+    reinstalling does; otherwise every event it brings would be ignored.
+    """
     StripeAccount = models.StripeAccount
+    now = utcnow()
     endpoint = {"endpoint_id": endpoint_id, "endpoint_secret": signing_secret}
     table = StripeAccount.__table__
     statement = insert_on_conflict(
@@ -125,11 +132,13 @@ def set_endpoint(
         {
             "stripe_account_id": stripe_account_id,
             "livemode": livemode,
-            "installed_at": utcnow(),
+            "installed_at": now,
             **endpoint,
         },
         keys=[table.c.stripe_account_id, table.c.livemode],
-        update=lambda excluded: endpoint,
+        update=lambda excluded: (
+            {**endpoint, "installed_at": now, "uninstalled_at": None} if reactivate else endpoint
+        ),
         whole_row=True,
     )
     return insert_loading(session, StripeAccount, statement)

@@ -208,8 +208,10 @@ class PartnerStackStripe:
             and STRIPE_ID.fullmatch(stripe_account_id)
         ):
             raise ValueError("stripe_account_id must be a Stripe account id (acct_...).")
+        if not isinstance(livemode, bool):
+            raise ValueError("livemode must be True or False.")
         return self._write_endpoint(
-            stripe_account_id, livemode, secrets.token_hex(20), signing_secret
+            stripe_account_id, livemode, secrets.token_hex(20), signing_secret, reactivate=True
         )
 
     def set_endpoint_secret(self, endpoint_id: str, signing_secret: str) -> Any:
@@ -222,11 +224,21 @@ class PartnerStackStripe:
         if account is None:
             raise LookupError(f"No webhook endpoint {endpoint_id!r}.")
         return self._write_endpoint(
-            account.stripe_account_id, account.livemode, endpoint_id, signing_secret
+            account.stripe_account_id,
+            account.livemode,
+            endpoint_id,
+            signing_secret,
+            reactivate=False,
         )
 
     def _write_endpoint(
-        self, stripe_account_id: str, livemode: bool, endpoint_id: str, signing_secret: str | None
+        self,
+        stripe_account_id: str,
+        livemode: bool,
+        endpoint_id: str,
+        signing_secret: str | None,
+        *,
+        reactivate: bool,
     ) -> Any:
         signing_secret = argument("signing_secret", signing_secret, ID_LENGTH)
         if signing_secret is not None and not signing_secret.startswith("whsec_"):
@@ -235,7 +247,13 @@ class PartnerStackStripe:
         session = state.db.session()
         with state.unit_of_work(session):
             account = accounts.set_endpoint(
-                session, state.models, stripe_account_id, livemode, endpoint_id, signing_secret
+                session,
+                state.models,
+                stripe_account_id,
+                livemode,
+                endpoint_id,
+                signing_secret,
+                reactivate=reactivate,
             )
         return account
 

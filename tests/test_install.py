@@ -497,6 +497,22 @@ def test_uninstalled_accounts_endpoint_events_are_ignored(app, client, state, ro
     assert answer.json["status"] == "ignored"
     assert rows(models.Transaction) == []
 
+    # A new endpoint for it connects it again, as reinstalling does.
+    with app.app_context():
+        endpoint_id = state.extension.create_endpoint("acct_one", ENDPOINT_SECRET).endpoint_id
+    charge = testing.event("charge.succeeded", testing.charge("ch_2"))
+    answer = endpoint_post(client, endpoint_id, charge, ENDPOINT_SECRET)
+    assert answer.json["status"] == "processed"
+    assert rows(models.StripeAccount)[0].uninstalled_at is None
+
+
+@pytest.mark.parametrize("livemode", [None, "yes", 1])
+def test_create_endpoint_refuses_a_livemode_that_is_not_a_bool(app, state, rows, models, livemode):
+    with app.app_context(), pytest.raises(ValueError, match="livemode") as refused:
+        state.extension.create_endpoint("acct_one", ENDPOINT_SECRET, livemode=livemode)
+    assert ENDPOINT_SECRET not in str(refused.value)
+    assert rows(models.StripeAccount) == []
+
 
 def test_account_transaction_source_survives_reinstall(admin, stripe_api, app, state, rows, models):
     finish_install(admin, start_install(admin)["state"][0])
