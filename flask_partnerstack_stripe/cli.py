@@ -11,6 +11,7 @@ import sqlalchemy as sa
 import stripe
 from flask import current_app, url_for
 from flask.cli import AppGroup, ScriptInfo, with_appcontext
+from werkzeug.routing import BuildError
 
 from . import accounts, outbox, reachability
 from .backfill import backfill
@@ -433,6 +434,16 @@ def check(base_url: str | None, with_stripe: bool) -> None:
     click.echo(f"  processing         {settings.processing}, signals after {signals_after}")
     if not current_app.secret_key:
         problems.append("SECRET_KEY is not set: referral cookies and install state need it.")
+    redirect_to = settings.install_redirect
+    if redirect_to and not redirect_to.startswith("/"):
+        try:
+            with current_app.test_request_context():
+                url_for(redirect_to)
+        except BuildError:
+            problems.append(
+                f"PARTNERSTACK_STRIPE_INSTALL_REDIRECT {redirect_to!r} names no endpoint of the"
+                " app: install and uninstall show their own page instead."
+            )
 
     click.echo("Tables")
     existing: set[str] = set()

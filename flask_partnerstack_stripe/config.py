@@ -117,7 +117,7 @@ class Settings:
             api_key=_optional_str("API_KEY", get("API_KEY")),
             client_id=_optional_str("CLIENT_ID", get("CLIENT_ID")),
             url_prefix=_url_prefix(get("URL_PREFIX")),
-            referral_cookie_days=_positive_int("REFERRAL_COOKIE_DAYS", get("REFERRAL_COOKIE_DAYS")),
+            referral_cookie_days=_cookie_days(get("REFERRAL_COOKIE_DAYS")),
             store_ignored_events=_bool("STORE_IGNORED_EVENTS", get("STORE_IGNORED_EVENTS")),
             sqlite_busy_timeout=_positive_number("SQLITE_BUSY_TIMEOUT", get("SQLITE_BUSY_TIMEOUT")),
             livemode=_livemode(get("LIVEMODE"), get("API_KEY")),
@@ -185,6 +185,20 @@ def _positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigurationError(f"{PREFIX}{name} must be a positive integer, got {value!r}")
     return value
+
+
+#: A cookie's expiry must be a date Python and browsers can write: 100 years is plenty.
+MAX_COOKIE_DAYS = 36_500
+
+
+def _cookie_days(value: Any) -> int:
+    days = _positive_int("REFERRAL_COOKIE_DAYS", value)
+    if days > MAX_COOKIE_DAYS:
+        raise ConfigurationError(
+            f"{PREFIX}REFERRAL_COOKIE_DAYS must be at most {MAX_COOKIE_DAYS} (100 years),"
+            f" got {value!r}"
+        )
+    return days
 
 
 def _non_negative_int(name: str, value: Any) -> int:

@@ -19,8 +19,9 @@ from urllib.parse import urlencode, urlsplit
 
 import sqlalchemy as sa
 import stripe
-from flask import abort, g, redirect, render_template, request, session, url_for
+from flask import abort, current_app, g, redirect, render_template, request, session, url_for
 from flask.typing import ResponseReturnValue
+from werkzeug.routing import BuildError
 
 from . import accounts, oauth, signals
 from .extension import State, get_state
@@ -66,6 +67,9 @@ def install() -> ResponseReturnValue:
     _guard(state, "install")
     if state.settings.client_id is None:
         abort(400, "PARTNERSTACK_STRIPE_CLIENT_ID is not configured.")
+    if not current_app.secret_key:
+        # Checked before the state is stored: the session that keeps it needs the key.
+        abort(500, "SECRET_KEY is not set: the install state is kept in the signed session.")
     livemode = _mode(state)
     nonce = secrets.token_urlsafe(32)
     _issue_state(state, nonce, livemode)
@@ -108,10 +112,14 @@ def install_callback() -> ResponseReturnValue:
 
     try:
         token = oauth.token(state.settings.api_key_for(livemode) or "", code)
-    except stripe.StripeError as error:
-        log.warning("Stripe refused the OAuth code exchange: %s", type(error).__name__)
+    except oauth.OAuthFailed as error:
+        if error.status >= 500:
+            return _stripe_unreachable(error)
+        log.warning("Stripe refused the OAuth code exchange: %s", error)
         return _page("Installation not completed", "Stripe did not accept the "
                      "authorization. Start the installation again.", 400)  # fmt: skip
+    except stripe.StripeError as error:
+        return _stripe_unreachable(error)
 
     db_session = state.db.session()
     with state.unit_of_work(db_session):
@@ -128,14 +136,19 @@ def install_callback() -> ResponseReturnValue:
             db_session, [(signals.account_installed, {"account": account})]
         )
     state.receiver.deliver(db_session, installed)
-    if state.settings.install_redirect:
-        return redirect(_local_url(state.settings.install_redirect))
     mode = "live" if account.livemode else "test"
-    return _page(
+    return _done(
+        state,
         "App installed",
         f"The app is installed for the Stripe account {account.stripe_account_id} in {mode} mode.",
-        200,
     )
+
+
+def _stripe_unreachable(error: stripe.StripeError) -> ResponseReturnValue:
+    """Stripe failed (a network error, its 5xx): not a refusal, so say to try again later."""
+    log.warning("The OAuth code exchange failed: %s", type(error).__name__)
+    return _page("Installation not completed", "Stripe could not be reached to finish the "
+                 "installation. Try again in a few minutes.", 502)  # fmt: skip
 
 
 def _state_hash(nonce: str) -> str:
@@ -222,13 +235,11 @@ def uninstall() -> ResponseReturnValue:
             else [],
         )
     state.receiver.deliver(db_session, notifications)
-    if state.settings.install_redirect:
-        return redirect(_local_url(state.settings.install_redirect))
     mode = "live" if livemode else "test"
-    return _page(
+    return _done(
+        state,
         "App uninstalled",
         f"The app is uninstalled from the Stripe account {stripe_account_id} in {mode} mode.",
-        200,
     )
 
 
@@ -253,6 +264,21 @@ def _require_same_site() -> None:
 
 def _local_url(target: str) -> str:
     return target if target.startswith("/") else url_for(target)
+
+
+def _done(state: State, title: str, message: str) -> ResponseReturnValue:
+    """``INSTALL_REDIRECT``, or a page saying what was done. It comes after the commit, so
+    an endpoint name that builds no URL is logged and the page shown: a 500 would say
+    that nothing was done (``flask partnerstack check`` reports such a name)."""
+    target = state.settings.install_redirect
+    if target:
+        try:
+            return redirect(_local_url(target))
+        except BuildError:
+            log.error(
+                "PARTNERSTACK_STRIPE_INSTALL_REDIRECT %r names no endpoint of the app.", target
+            )
+    return _page(title, message, 200)
 
 
 def _page(title: str, message: str, status: int) -> tuple[str, int]:

@@ -50,8 +50,9 @@ def remember_referral(response: Response, request: Request, days: int) -> Respon
         return response
     try:
         partner_key = decode_partner_key(value)
-    except ValueError as error:
-        log.info("Ignored a referral link: %s", error)
+    except ValueError:
+        # Its length only: anyone can put anything, of any size, in a link.
+        log.info("Ignored a referral link with no usable partner key (%d characters).", len(value))
         return response
     serializer = _serializer()
     if serializer is None:

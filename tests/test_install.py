@@ -7,6 +7,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import stripe
 from flask import session
 
 from flask_partnerstack_stripe import ConfigurationError, signals, testing
@@ -313,6 +314,52 @@ def test_install_redirects_to_the_configured_page_only(admin, stripe_api):
     state = start_install(admin)["state"][0]
     done = finish_install(admin, state, next="https://evil.example")
     assert done.status_code == 302 and done.headers["Location"] == "/settings"
+
+
+@pytest.mark.parametrize(
+    "app_config", [{**INSTALL_CONFIG, "PARTNERSTACK_STRIPE_INSTALL_REDIRECT": "no.such_endpoint"}]
+)
+def test_an_install_redirect_naming_no_endpoint_shows_the_page_after_the_commit(
+    app, admin, stripe_api, rows, models, caplog
+):
+    """The account is installed (committed, signal sent): a 500 would say it was not."""
+    done = finish_install(admin, start_install(admin)["state"][0])
+    assert done.status_code == 200 and "installed for the Stripe account acct_1" in done.text
+    assert rows(models.StripeAccount)[0].uninstalled_at is None
+    assert "names no endpoint" in caplog.text
+    assert uninstall(admin).status_code == 200
+    checked = app.test_cli_runner().invoke(args=["partnerstack", "check"])
+    assert checked.exit_code == 1 and "'no.such_endpoint' names no endpoint" in checked.output
+
+
+@pytest.mark.parametrize("failure", ["outage", "network"])
+def test_stripe_failing_during_the_code_exchange_is_a_502_not_a_refusal(
+    admin, stripe_api, rows, models, failure
+):
+    if failure == "outage":
+        stripe_api.reply("POST", "/oauth/token", ({"error": {"type": "api_error"}}, 500))
+    else:
+
+        def unreachable(fake_request):
+            raise stripe.APIConnectionError("Could not connect to Stripe.")
+
+        stripe_api.reply("POST", "/oauth/token", unreachable)
+    done = finish_install(admin, start_install(admin)["state"][0])
+    assert done.status_code == 502 and "Try again" in done.text
+    assert rows(models.StripeAccount) == []
+
+
+@pytest.mark.parametrize("app_config", [{**INSTALL_CONFIG, "SECRET_KEY": None}])
+def test_install_without_a_secret_key_stores_nothing(state, client, rows, models):
+    state.extension.install_guard(lambda action, stripe_account_id: True)
+    response = client.get("/partnerstack/install?mode=test")
+    assert response.status_code == 500 and "SECRET_KEY" in response.text
+    assert rows(models.InstallState) == []
+
+
+def test_a_referral_cookie_lifetime_past_any_date_is_a_configuration_error():
+    with pytest.raises(ConfigurationError, match="REFERRAL_COOKIE_DAYS"):
+        create_app(NO_DATABASE, PARTNERSTACK_STRIPE_REFERRAL_COOKIE_DAYS=100_000_000)
 
 
 @pytest.mark.parametrize("target", ["//evil.example", "https://evil.example", "/\\evil.example"])
