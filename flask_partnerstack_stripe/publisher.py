@@ -13,6 +13,12 @@ message for one id, one for several: see ``tasks.Tasks.enqueue``).
 from __future__ import annotations
 
 import atexit
+
+# Imported now, not by the first publish: kombu's Redis transport imports it when it
+# first connects, and the import registers a hook with threading, which Python refuses
+# once it is shutting down. A process whose first publish is the drain at its exit
+# (a script, send-test-event) could then not publish at all.
+import concurrent.futures.thread  # noqa: F401
 import contextlib
 import functools
 import logging

@@ -473,6 +473,32 @@ def test_events_queued_at_exit_and_after_a_fork_are_published_once(
     assert len(sent) == count and len({d for _, d in sent}) == count
 
 
+#: A short-lived process (a script, ``send-test-event``) whose only publish falls in the
+#: drain at exit, after Python's threading shutdown.
+POSTS_ONCE_AND_EXITS = """
+import sys
+from flask_partnerstack_stripe import testing
+from tests.celeryhost import create_celery_app
+from tests.test_celery import FAST, customer_created
+
+app, _ = create_celery_app(sys.argv[1], sys.argv[2], sys.argv[3], **FAST)
+answer = testing.post_event(app.test_client(), customer_created("user-once"))
+assert answer.json["status"] == "queued"
+"""
+
+
+def test_a_process_whose_only_publish_is_at_exit_publishes_it(
+    database_url, queue, app, workers, rows, models
+):
+    ran = subprocess.run(
+        [sys.executable, "-c", POSTS_ONCE_AND_EXITS, database_url, broker_url("redis"), queue],
+        cwd=ROOT, check=True, timeout=120, capture_output=True, text=True,
+    )  # fmt: skip
+    assert "Could not enqueue" not in ran.stderr, ran.stderr
+    workers()
+    wait_for(lambda: statuses(rows, models) == Counter(processed=1), what="the worker")
+
+
 def test_a_batch_message_applies_each_event_once_and_retries_a_failed_one_alone(
     web, workers, rows, models, tmp_path
 ):
