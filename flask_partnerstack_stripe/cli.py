@@ -306,7 +306,16 @@ def sweep_command(seconds: float | None, apply_here: bool) -> None:
             except EventFailed:
                 status = Status.FAILED
         else:
-            state.extension.enqueue(event_id)
+            try:
+                state.extension.enqueue(event_id)
+            except RuntimeError as error:  # init_celery was not called
+                raise click.ClickException(f"{error} Or use --apply.") from None
+            except Exception as error:  # the broker: kombu's errors, a refused connection
+                done = counts.get("enqueued", 0)
+                raise click.ClickException(
+                    f"Could not enqueue {event_id} ({type(error).__name__}: {error}); "
+                    f"{done} of {len(stale)} enqueued, the rest stay received."
+                ) from None
             status = "enqueued"
         counts[status] = counts.get(status, 0) + 1
     summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
@@ -432,6 +441,11 @@ def check(base_url: str | None, with_stripe: bool) -> None:
     click.echo(f"  mode               {_mode_line(settings.livemode)}")
     signals_after = "the commit, durable (outbox)" if settings.durable_signals else "the commit"
     click.echo(f"  processing         {settings.processing}, signals after {signals_after}")
+    if settings.processing == "celery" and not state.extension.can_enqueue:
+        problems.append(
+            "PARTNERSTACK_STRIPE_PROCESSING is 'celery' but partnerstack.init_celery(celery_app)"
+            " is not called: webhooks answer queued and nothing is enqueued."
+        )
     if not current_app.secret_key:
         problems.append("SECRET_KEY is not set: referral cookies and install state need it.")
     redirect_to = settings.install_redirect
@@ -487,12 +501,19 @@ def check(base_url: str | None, with_stripe: bool) -> None:
         latest = "(none yet)"
         if last is not None:
             latest = f"{last.stripe_event_id} {last.type} {last.status} at {last.received_at}"
+        stuck = len(received_before(state, timedelta(seconds=settings.sweep_after)))
         click.echo("Events")
         click.echo(f"  last received      {latest}")
         click.echo(f"  failed, last day   {failures}")
+        click.echo(f"  queued, unapplied  {stuck} (received over {settings.sweep_after:g} s ago)")
         if failures:
             problems.append(
                 f"{failures} events failed in the last day: `flask partnerstack replay --failed`."
+            )
+        if stuck:
+            problems.append(
+                f"{stuck} events were received over {settings.sweep_after:g} s ago and are not"
+                " applied: is a worker running? `flask partnerstack sweep` enqueues them again."
             )
 
     if state.models.SignalDelivery.__tablename__ in existing:

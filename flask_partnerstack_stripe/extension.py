@@ -335,6 +335,11 @@ class PartnerStackStripe:
         )
         return self._tasks
 
+    @property
+    def can_enqueue(self) -> bool:
+        """Whether :meth:`init_celery` was called, so events can be handed to Celery."""
+        return self._tasks is not None
+
     def enqueue(self, event_id: str) -> None:
         """Hand a stored event to the Celery app given to :meth:`init_celery`, now.
 

@@ -509,6 +509,30 @@ def test_check_fails_on_missing_secrets_tables_and_failures(database_url, app, s
     assert "MISSING" in result.output and "flask db upgrade" in result.output
 
 
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_PROCESSING": "celery"}])
+def test_check_and_sweep_say_when_queued_events_go_nowhere(app, state, rows, models):
+    """Celery processing without init_celery: every webhook answers queued, and nothing
+    is ever enqueued. check says so, and so do events left received past SWEEP_AFTER."""
+    event = testing.event("checkout.session.completed", {"id": "cs_1"})
+    assert testing.post_event(app.test_client(), event).json["status"] == "queued"
+    result = run(app, "check")
+    assert result.exit_code == 1
+    assert "init_celery(celery_app) is not called" in result.output
+    assert "queued, unapplied  0" in result.output
+    with app.app_context():
+        state.db.session.execute(
+            sa.update(models.WebhookEvent).values(received_at=utcnow() - timedelta(hours=1))
+        )
+        state.db.session.commit()
+    result = run(app, "check")
+    assert "1 events were received over 60 s ago and are not applied" in result.output
+    swept = run(app, "sweep")
+    assert swept.exit_code == 1 and "Or use --apply" in swept.output
+    assert "Traceback" not in swept.output
+    assert run(app, "sweep", "--apply").exit_code == 0
+    assert [e.status for e in rows(models.WebhookEvent)] == ["ignored"]  # applied: no customer
+
+
 def _endpoints(*endpoints: dict[str, Any]) -> dict[str, Any]:
     """``GET /v1/webhook_endpoints`` as Stripe answers it (API reference, "List all webhook
     endpoints": a list of WebhookEndpoint objects with url, enabled_events, api_version)."""
