@@ -136,12 +136,21 @@ def set_endpoint(
             **endpoint,
         },
         keys=[table.c.stripe_account_id, table.c.livemode],
-        update=lambda excluded: (
-            {**endpoint, "installed_at": now, "uninstalled_at": None} if reactivate else endpoint
-        ),
+        update=lambda excluded: {**endpoint, **(_reactivated(table, now) if reactivate else {})},
         whole_row=True,
     )
     return insert_loading(session, StripeAccount, statement)
+
+
+def _reactivated(table: sa.Table, now: Any) -> dict[str, Any]:
+    """An uninstalled account installed again now; an active one keeps its install date.
+    ``installed_at`` first: MySQL assigns in order, and its condition reads the old value."""
+    return {
+        "installed_at": sa.case(
+            (table.c.uninstalled_at.is_(None), table.c.installed_at), else_=now
+        ),
+        "uninstalled_at": None,
+    }
 
 
 def find_endpoint(session: Session, models: Models, endpoint_id: Any) -> Any:

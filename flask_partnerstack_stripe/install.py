@@ -113,7 +113,9 @@ def install_callback() -> ResponseReturnValue:
     try:
         token = oauth.token(state.settings.api_key_for(livemode) or "", code)
     except oauth.OAuthFailed as error:
-        if error.status >= 500:
+        # Stripe refuses a bad or used code with a 400 (invalid_grant). A rate limit, our
+        # own key refused or its 5xx is no verdict on the code: try again later.
+        if error.status in (401, 403, 429) or error.status >= 500:
             return _stripe_unreachable(error)
         log.warning("Stripe refused the OAuth code exchange: %s", error)
         return _page("Installation not completed", "Stripe did not accept the "
@@ -145,7 +147,8 @@ def install_callback() -> ResponseReturnValue:
 
 
 def _stripe_unreachable(error: stripe.StripeError) -> ResponseReturnValue:
-    """Stripe failed (a network error, its 5xx): not a refusal, so say to try again later."""
+    """Stripe failed (a network error, a rate limit, its 5xx): not a refusal of the code,
+    so say to try again later."""
     log.warning("The OAuth code exchange failed: %s", type(error).__name__)
     return _page("Installation not completed", "Stripe could not be reached to finish the "
                  "installation. Try again in a few minutes.", 502)  # fmt: skip

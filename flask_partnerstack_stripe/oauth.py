@@ -58,7 +58,8 @@ def is_not_connected(error: OAuthFailed) -> bool:
     platform's, or a key of the other mode; only its description tells them apart. A
     wrong key (``invalid_request_error``) leaves the account connected.
     """
-    return error.code == "invalid_client" and "not connected" in (error.description or "")
+    described = (error.description or "").lower()
+    return error.code == "invalid_client" and "not connected" in described
 
 
 def _post(path: str, api_key: str, params: dict[str, str]) -> dict[str, Any]:

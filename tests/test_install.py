@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+from datetime import timedelta
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import sqlalchemy as sa
 import stripe
 from flask import session
 
 from flask_partnerstack_stripe import ConfigurationError, signals, testing
+from flask_partnerstack_stripe.models import utcnow
 
 from .apphost import NO_DATABASE, create_app
 
@@ -104,6 +107,7 @@ NOT_CONNECTED = (
     [
         # Stripe's answer for an account already disconnected on its side.
         ({"error": "invalid_client", "error_description": NOT_CONNECTED}, True),
+        ({"error": "invalid_client", "error_description": NOT_CONNECTED.upper()}, True),
         # A wrong key, a wrong client id: the account stays connected at Stripe.
         (
             {"error": {"type": "invalid_request_error", "message": "Invalid API Key provided"}},
@@ -332,12 +336,17 @@ def test_an_install_redirect_naming_no_endpoint_shows_the_page_after_the_commit(
     assert checked.exit_code == 1 and "'no.such_endpoint' names no endpoint" in checked.output
 
 
-@pytest.mark.parametrize("failure", ["outage", "network"])
+@pytest.mark.parametrize("failure", ["outage", "rate limit", "our key refused", "network"])
 def test_stripe_failing_during_the_code_exchange_is_a_502_not_a_refusal(
     admin, stripe_api, rows, models, failure
 ):
-    if failure == "outage":
-        stripe_api.reply("POST", "/oauth/token", ({"error": {"type": "api_error"}}, 500))
+    answers = {
+        "outage": ({"error": {"type": "api_error"}}, 500),
+        "rate limit": ({"error": {"type": "rate_limit_error"}}, 429),
+        "our key refused": ({"error": {"type": "invalid_request_error"}}, 401),
+    }
+    if failure in answers:
+        stripe_api.reply("POST", "/oauth/token", answers[failure])
     else:
 
         def unreachable(fake_request):
@@ -346,6 +355,14 @@ def test_stripe_failing_during_the_code_exchange_is_a_502_not_a_refusal(
         stripe_api.reply("POST", "/oauth/token", unreachable)
     done = finish_install(admin, start_install(admin)["state"][0])
     assert done.status_code == 502 and "Try again" in done.text
+    assert rows(models.StripeAccount) == []
+
+
+def test_a_code_stripe_refuses_is_a_400(admin, stripe_api, rows, models):
+    refused = {"error": "invalid_grant", "error_description": "Authorization code expired"}
+    stripe_api.reply("POST", "/oauth/token", (refused, 400))
+    done = finish_install(admin, start_install(admin)["state"][0])
+    assert done.status_code == 400 and "did not accept the authorization" in done.text
     assert rows(models.StripeAccount) == []
 
 
@@ -545,12 +562,31 @@ def test_uninstalled_accounts_endpoint_events_are_ignored(app, client, state, ro
     assert rows(models.Transaction) == []
 
     # A new endpoint for it connects it again, as reinstalling does.
+    yesterday = utcnow() - timedelta(days=1)
     with app.app_context():
+        set_installed_at(state, models, yesterday)
         endpoint_id = state.extension.create_endpoint("acct_one", ENDPOINT_SECRET).endpoint_id
     charge = testing.event("charge.succeeded", testing.charge("ch_2"))
     answer = endpoint_post(client, endpoint_id, charge, ENDPOINT_SECRET)
     assert answer.json["status"] == "processed"
-    assert rows(models.StripeAccount)[0].uninstalled_at is None
+    [again] = rows(models.StripeAccount)
+    assert again.uninstalled_at is None
+    assert again.installed_at.replace(tzinfo=None) > yesterday.replace(tzinfo=None)
+    # Replacing an active account's endpoint keeps its install date.
+    with app.app_context():
+        set_installed_at(state, models, yesterday)
+        state.extension.create_endpoint("acct_one", ENDPOINT_SECRET)
+    [replaced] = rows(models.StripeAccount)
+    assert replaced.endpoint_id != endpoint_id
+    assert abs(replaced.installed_at.replace(tzinfo=None) - yesterday.replace(tzinfo=None)) < (
+        timedelta(seconds=1)
+    )
+
+
+def set_installed_at(state, models, when) -> None:
+    StripeAccount = models.StripeAccount
+    state.db.session.execute(sa.update(StripeAccount).values(installed_at=when))
+    state.db.session.commit()
 
 
 @pytest.mark.parametrize("livemode", [None, "yes", 1])
