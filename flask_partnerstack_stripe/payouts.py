@@ -110,7 +110,18 @@ def payouts_csv(lines: list[PayoutLine]) -> str:
     writer.writerow(CSV_COLUMNS)
     for line in lines:
         writer.writerow(
-            (line.payout_id, line.partner_key, line.currency, line.amount, line.commissions,
-             line.created_at.isoformat())
+            (line.payout_id, spreadsheet_safe(line.partner_key), line.currency, line.amount,
+             line.commissions, line.created_at.isoformat())
         )  # fmt: skip
     return out.getvalue()
+
+
+#: What a spreadsheet reads as the start of a formula (OWASP's list for CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(text: str) -> str:
+    """``text`` with a leading ``'`` where a spreadsheet would run it as a formula: a
+    partner key comes from a link anyone can open (``?ps_partner_key=``), and the payouts
+    file is opened by whoever pays the partners."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text

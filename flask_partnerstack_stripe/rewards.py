@@ -23,6 +23,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
 from .config import PREFIX, ConfigurationError
+from .values import MAX_AMOUNT, METADATA_LENGTH
 
 _KEYS = {"percent", "flat", "currency", "product_key", "partner_key", "months"}
 
@@ -115,10 +116,10 @@ def _rule(name: str, index: int, raw: Any) -> Rule:
             raise ConfigurationError(f"{where}: 'currency' goes with 'flat', not 'percent'")
     else:
         flat = raw["flat"]
-        if isinstance(flat, bool) or not isinstance(flat, int) or flat <= 0:
+        if isinstance(flat, bool) or not isinstance(flat, int) or not 0 < flat <= MAX_AMOUNT:
             raise ConfigurationError(
-                f"{where}: 'flat' must be a positive integer in minor units (500 for 5.00), "
-                f"got {flat!r}"
+                f"{where}: 'flat' must be a positive integer in minor units (500 for 5.00) "
+                f"up to 2**63-1, got {flat!r}"
             )
         currency = raw.get("currency")
         if not isinstance(currency, str) or len(currency) != 3 or not currency.isalpha():
@@ -130,8 +131,14 @@ def _rule(name: str, index: int, raw: Any) -> Rule:
     keys = {}
     for key in ("product_key", "partner_key"):
         value = raw.get(key)
-        if value is not None and (not isinstance(value, str) or not value.strip()):
-            raise ConfigurationError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
+        if value is not None and (
+            not isinstance(value, str) or not value.strip() or len(value) > METADATA_LENGTH
+        ):
+            # Longer than Stripe's metadata values could never match a payment.
+            raise ConfigurationError(
+                f"{where}: {key!r} must be a non-empty string of at most {METADATA_LENGTH}"
+                f" characters, got {value!r:.80}"
+            )
         keys[key] = value
     months = raw.get("months")
     if months is not None and (isinstance(months, bool) or not isinstance(months, int)

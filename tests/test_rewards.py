@@ -94,6 +94,9 @@ def export(app) -> list[dict[str, str]]:
             "pays in every currency too",
         ),
         ("20%", "must be a list"),
+        # An amount no column holds: every payment would fail.
+        ([{"flat": 2**63, "currency": "usd"}], "REWARDS[0]: 'flat' must be a positive integer"),
+        ([{"percent": 10, "product_key": "p" * 501}], "REWARDS[0]: 'product_key' must be"),
     ],
 )
 def test_a_wrong_rule_fails_at_init_app_naming_it(tmp_path, rules, message):
@@ -523,6 +526,19 @@ def test_export_options_and_the_list_command(app, client, rows, models, tmp_path
     # Nothing due in euros now: the first payout's file is left as it was.
     cli(app, "payouts", "export", "--currency", "eur", "--out", str(out))
     assert [line["amount"] for line in csv.DictReader(io.StringIO(out.read_text()))] == ["400"]
+
+
+@pytest.mark.parametrize("app_config", [PAY_NOW])
+def test_a_partner_key_a_spreadsheet_would_run_is_exported_as_text(app, client, tmp_path):
+    """Anyone can open a partner link with any key; whoever pays opens the CSV."""
+    customer(client, 1, partner='=HYPERLINK("http://evil.example","x")')
+    pay(client, 1, "ch_1", 1000)
+    cli(app, "commissions", "approve")
+    out = tmp_path / "payouts.csv"
+    cli(app, "payouts", "export", "--out", str(out))
+    [line] = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert line["partner_key"] == '\'=HYPERLINK("http://evil.example","x")'
+    assert line["amount"] == "200"
 
 
 @pytest.mark.parametrize("app_config", [PAY_NOW])
