@@ -93,7 +93,12 @@ def export_command(currency: str | None, out: Path | None, livemode: bool | None
                 pass
         except OSError as error:
             raise click.ClickException(f"Cannot write {out}: {error.strerror}.") from None
-    lines = state.extension.export_payouts(currency=currency, livemode=mode)
+    try:
+        lines = state.extension.export_payouts(currency=currency, livemode=mode)
+    except ValueError as error:
+        if created and out is not None:
+            out.unlink()
+        raise click.ClickException(str(error)) from None
     text = payouts_csv(lines)
     if out is None:
         click.echo(text, nl=False)

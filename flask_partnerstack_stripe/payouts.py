@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from .commissions import status_of
 from .models import Models, utcnow
+from .values import MAX_AMOUNT
 
 #: The CSV's columns. ``amount`` is in the currency's minor unit (cents), as Stripe's.
 CSV_COLUMNS = ("payout_id", "partner_key", "currency", "amount", "commissions", "created_at")
@@ -88,6 +89,13 @@ def export_payouts(
         PayoutLine(payout_id, partner, code, amount, count, now)
         for (partner, code), (amount, count) in sorted(totals.items())
     ]
+    for line in lines:
+        if abs(line.amount) > MAX_AMOUNT:
+            # Raised before anything is written: the transaction rolls back, nothing is paid.
+            raise ValueError(
+                f"The payout line of {line.partner_key!r} in {line.currency} would be "
+                f"{line.amount}, past 2**63-1 minor units: nothing was paid."
+            )
     for line in lines:
         session.add(
             Payout(

@@ -541,6 +541,24 @@ def test_a_partner_key_a_spreadsheet_would_run_is_exported_as_text(app, client, 
     assert line["amount"] == "200"
 
 
+@pytest.mark.parametrize(
+    "app_config",
+    [{**PAY_NOW, "PARTNERSTACK_STRIPE_REWARDS": [{"percent": 100}]}],
+)
+def test_a_payout_line_past_what_a_column_holds_pays_nothing(app, client, rows, models, tmp_path):
+    customer(client, 1)
+    pay(client, 1, "ch_1", 2**63 - 1)
+    pay(client, 1, "ch_2", 2**63 - 1)
+    cli(app, "commissions", "approve")
+    out = tmp_path / "payouts.csv"
+    result = app.test_cli_runner().invoke(
+        args=["partnerstack", "payouts", "export", "--out", str(out)]
+    )
+    assert result.exit_code == 1 and "past 2**63-1 minor units" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+    assert {c.status for c in rows(models.Commission)} == {"approved"}
+
+
 @pytest.mark.parametrize("app_config", [PAY_NOW])
 def test_an_export_to_a_path_that_cannot_be_written_pays_nothing(app, client, rows, models):
     customer(client, 1)
