@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -136,13 +137,13 @@ def set_endpoint(
             **endpoint,
         },
         keys=[table.c.stripe_account_id, table.c.livemode],
-        update=lambda excluded: {**endpoint, **(_reactivated(table, now) if reactivate else {})},
+        update=lambda excluded: {**endpoint, **(_reactivation(table, now) if reactivate else {})},
         whole_row=True,
     )
     return insert_loading(session, StripeAccount, statement)
 
 
-def _reactivated(table: sa.Table, now: Any) -> dict[str, Any]:
+def _reactivation(table: sa.Table, now: datetime) -> dict[str, Any]:
     """An uninstalled account installed again now; an active one keeps its install date.
     ``installed_at`` first: MySQL assigns in order, and its condition reads the old value."""
     return {

@@ -22,6 +22,7 @@ from .extension import EXTENSION_KEY, State, get_state
 from .models import utcnow
 from .queued import EventFailed, apply_stored, received_before
 from .receiver import KEPT_REASONS
+from .redaction import error_line
 from .scenarios import send_test_event
 from .status import Status
 from .values import is_http_url
@@ -298,6 +299,11 @@ def sweep_command(seconds: float | None, apply_here: bool) -> None:
     state = get_state()
     age = timedelta(seconds=state.settings.sweep_after if seconds is None else seconds)
     stale = received_before(state, age)
+    if stale and not (apply_here or state.extension.can_enqueue):
+        raise click.ClickException(
+            f"{len(stale)} events are left received, and partnerstack.init_celery("
+            "celery_app) was not called in this app: nothing can be enqueued. Or use --apply."
+        )
     counts: dict[str, int] = {}
     for event_id in stale:
         if apply_here:
@@ -308,12 +314,10 @@ def sweep_command(seconds: float | None, apply_here: bool) -> None:
         else:
             try:
                 state.extension.enqueue(event_id)
-            except RuntimeError as error:  # init_celery was not called
-                raise click.ClickException(f"{error} Or use --apply.") from None
             except Exception as error:  # the broker: kombu's errors, a refused connection
                 done = counts.get("enqueued", 0)
                 raise click.ClickException(
-                    f"Could not enqueue {event_id} ({type(error).__name__}: {error}); "
+                    f"Could not enqueue {event_id} ({error_line(error)}); "
                     f"{done} of {len(stale)} enqueued, the rest stay received."
                 ) from None
             status = "enqueued"

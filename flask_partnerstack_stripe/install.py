@@ -26,6 +26,7 @@ from werkzeug.routing import BuildError
 from . import accounts, oauth, signals
 from .extension import State, get_state
 from .models import utcnow
+from .redaction import error_line
 from .upserts import delete_returning
 from .values import STRIPE_ID
 
@@ -69,7 +70,9 @@ def install() -> ResponseReturnValue:
         abort(400, "PARTNERSTACK_STRIPE_CLIENT_ID is not configured.")
     if not current_app.secret_key:
         # Checked before the state is stored: the session that keeps it needs the key.
-        abort(500, "SECRET_KEY is not set: the install state is kept in the signed session.")
+        # The detail is for the operator's log, not for whoever clicked install.
+        log.error("Install needs SECRET_KEY: the install state is kept in the signed session.")
+        abort(500, "The app is not set up for installs yet; its log says why.")
     livemode = _mode(state)
     nonce = secrets.token_urlsafe(32)
     _issue_state(state, nonce, livemode)
@@ -147,11 +150,11 @@ def install_callback() -> ResponseReturnValue:
 
 
 def _stripe_unreachable(error: stripe.StripeError) -> ResponseReturnValue:
-    """Stripe failed (a network error, a rate limit, its 5xx): not a refusal of the code,
-    so say to try again later."""
-    log.warning("The OAuth code exchange failed: %s", type(error).__name__)
-    return _page("Installation not completed", "Stripe could not be reached to finish the "
-                 "installation. Try again in a few minutes.", 502)  # fmt: skip
+    """Stripe failed (a network error, a rate limit, our key refused, its 5xx): not a
+    refusal of the code. The state is used up, so the user starts again, later."""
+    log.warning("The OAuth code exchange failed: %s", error_line(error))
+    return _page("Installation not completed", "Stripe could not finish the installation "
+                 "just now. Start the installation again in a few minutes.", 502)  # fmt: skip
 
 
 def _state_hash(nonce: str) -> str:

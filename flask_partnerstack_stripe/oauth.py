@@ -18,21 +18,22 @@ from urllib.parse import urlencode
 import stripe
 from stripe._http_client import new_default_http_client
 
+from .redaction import redact
 from .values import STRIPE_ID
 
 
 class OAuthFailed(stripe.StripeError):
     """Stripe answered an OAuth call with an error; ``code`` is Stripe's error code only.
 
-    ``description`` is Stripe's explanation, kept out of the message: for a wrong key it
-    can quote the key's beginning.
+    ``description`` is Stripe's explanation, kept out of the message and redacted: for a
+    wrong key it can quote the key's beginning.
     """
 
     def __init__(self, status: int, code: str | None, description: str | None = None) -> None:
         super().__init__(f"Stripe refused the OAuth call ({status}, {code or 'no error code'}).")
         self.status = status
         self.code = code
-        self.description = description
+        self.description = None if description is None else redact(description)
 
 
 def token(api_key: str, code: str) -> dict[str, Any]:

@@ -72,30 +72,30 @@ def export_payouts(
     if currency is not None:
         due = due.where(Commission.currency == currency)
     payout_id = new_payout_id()
+    # Not paid by another export while we waited for its lock.
+    owing = [commission for commission in session.scalars(due) if commission.due]
     totals: dict[tuple[str, str], list[int]] = {}
-    for commission in session.scalars(due):
-        owed = commission.due
-        if not owed:  # paid by another export while we waited for its lock
-            continue
+    for commission in owing:
         total = totals.setdefault((commission.partner_key, commission.currency), [0, 0])
-        total[0] += owed
+        total[0] += commission.due
         total[1] += 1
-        commission.paid_amount = commission.amount
-        commission.paid_at = now
-        commission.payout_id = payout_id
-        commission.status = status_of(commission)
-        commission.updated_at = now
     lines = [
         PayoutLine(payout_id, partner, code, amount, count, now)
         for (partner, code), (amount, count) in sorted(totals.items())
     ]
     for line in lines:
         if abs(line.amount) > MAX_AMOUNT:
-            # Raised before anything is written: the transaction rolls back, nothing is paid.
+            # Before any commission is touched: nothing is paid, whoever commits after.
             raise ValueError(
                 f"The payout line of {line.partner_key!r} in {line.currency} would be "
                 f"{line.amount}, past 2**63-1 minor units: nothing was paid."
             )
+    for commission in owing:
+        commission.paid_amount = commission.amount
+        commission.paid_at = now
+        commission.payout_id = payout_id
+        commission.status = status_of(commission)
+        commission.updated_at = now
     for line in lines:
         session.add(
             Payout(
