@@ -19,6 +19,7 @@ from .cli_rewards import commissions_cli, payouts_cli
 from .config import PREFIX
 from .endpoints_check import endpoint_warnings
 from .extension import EXTENSION_KEY, State, get_state
+from .install import local_url
 from .models import utcnow
 from .queued import EventFailed, apply_stored, received_before
 from .receiver import KEPT_REASONS
@@ -453,10 +454,10 @@ def check(base_url: str | None, with_stripe: bool) -> None:
     if not current_app.secret_key:
         problems.append("SECRET_KEY is not set: referral cookies and install state need it.")
     redirect_to = settings.install_redirect
-    if redirect_to and not redirect_to.startswith("/"):
+    if redirect_to:
         try:
             with current_app.test_request_context():
-                url_for(redirect_to)
+                local_url(redirect_to)
         except BuildError:
             problems.append(
                 f"PARTNERSTACK_STRIPE_INSTALL_REDIRECT {redirect_to!r} names no endpoint of the"
@@ -562,7 +563,8 @@ def check(base_url: str | None, with_stripe: bool) -> None:
 
 
 def _mode_by_default() -> bool:
-    """Test mode only because neither LIVEMODE nor an API_KEY says which (``_mode_line``)."""
+    """Test mode only because neither LIVEMODE nor an API_KEY says which: the mode line's
+    advice, and the verdict's."""
     config = current_app.config
     return config.get(PREFIX + "LIVEMODE") is None and not config.get(PREFIX + "API_KEY")
 
@@ -571,18 +573,15 @@ def _mode_line(livemode: bool) -> str:
     """The app's mode (signup customers, payouts, partner summaries) and where it came from:
     left to its default, a production app records its signups in test mode, and live
     payments never reach them."""
-    mode = "live" if livemode else "test"
+    if _mode_by_default():
+        return (
+            "test (PARTNERSTACK_STRIPE_LIVEMODE is not set, nor API_KEY): customers recorded "
+            "at signup are test-mode, and live payments will not reach them; set "
+            "PARTNERSTACK_STRIPE_LIVEMODE = True in production"
+        )
     if current_app.config.get(PREFIX + "LIVEMODE") is not None:
-        return f"{mode} (PARTNERSTACK_STRIPE_LIVEMODE)"
-    if livemode:
-        return "live (API_KEY is a live key)"
-    if current_app.config.get(PREFIX + "API_KEY"):
-        return "test (API_KEY is a test key)"
-    return (
-        "test (PARTNERSTACK_STRIPE_LIVEMODE is not set, nor API_KEY): customers recorded "
-        "at signup are test-mode, and live payments will not reach them; set "
-        "PARTNERSTACK_STRIPE_LIVEMODE = True in production"
-    )
+        return f"{'live' if livemode else 'test'} (PARTNERSTACK_STRIPE_LIVEMODE)"
+    return "live (API_KEY is a live key)" if livemode else "test (API_KEY is a test key)"
 
 
 partnerstack_cli.add_command(send_test_event)

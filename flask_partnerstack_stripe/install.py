@@ -268,7 +268,9 @@ def _require_same_site() -> None:
     abort(403, "Uninstall must be posted from this site.")
 
 
-def _local_url(target: str) -> str:
+def local_url(target: str) -> str:
+    """``INSTALL_REDIRECT`` as a URL: a path as it is, an endpoint name built (or
+    :class:`~werkzeug.routing.BuildError`)."""
     return target if target.startswith("/") else url_for(target)
 
 
@@ -279,7 +281,7 @@ def _done(state: State, title: str, message: str) -> ResponseReturnValue:
     target = state.settings.install_redirect
     if target:
         try:
-            return redirect(_local_url(target))
+            return redirect(local_url(target))
         except BuildError:
             log.error(
                 "PARTNERSTACK_STRIPE_INSTALL_REDIRECT %r names no endpoint of the app.", target
