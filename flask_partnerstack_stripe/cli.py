@@ -282,11 +282,27 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
         state.db.session(), ids=delivery_ids, dead=dead, limit=None
     )
     click.echo(f"{result.delivered} delivered, {result.failed} failed ({result.dead} now dead).")
-    unsent = len(set(delivery_ids)) - result.delivered - result.failed
+    unknown = _unknown_deliveries(state, delivery_ids)
+    unsent = len(set(delivery_ids)) - result.delivered - result.failed - len(unknown)
     if unsent > 0:
-        click.echo(f"Not sent: {unsent} of the ids given (unknown, or delivered already).")
-    if result.failed:
+        click.echo(f"Not sent: {unsent} of the ids given (delivered already).")
+    for delivery_id in unknown:
+        click.echo(f"{delivery_id}: no signal delivery has this id", err=True)
+    if result.failed or unknown:
         raise SystemExit(1)
+
+
+def _unknown_deliveries(state: State, delivery_ids: tuple[int, ...]) -> list[int]:
+    """The ``delivery_ids`` no stored delivery has, in order: a typo is not "sent already"."""
+    if not delivery_ids:
+        return []
+    SignalDelivery = state.models.SignalDelivery
+    session = state.db.session()
+    known = set(
+        session.scalars(sa.select(SignalDelivery.id).where(SignalDelivery.id.in_(delivery_ids)))
+    )
+    session.rollback()
+    return sorted(set(delivery_ids) - known)
 
 
 @partnerstack_cli.command("sweep")

@@ -142,8 +142,13 @@ def test_an_always_failing_receiver_goes_dead_and_check_says_so(app, client, row
     assert result.exit_code == 0, result.output
     assert [s.kwargs["delivery_id"] for s in sent] == [delivery.id]
     assert rows(models.SignalDelivery)[0].status == "delivered"
-    again = run(app, "deliver", str(delivery.id), "999999")
-    assert "0 delivered" in again.output and "Not sent: 2 of the ids given" in again.output
+    again = run(app, "deliver", str(delivery.id))
+    assert again.exit_code == 0, again.output  # sent already: nothing to do
+    assert "0 delivered" in again.output and "Not sent: 1 of the ids given" in again.output
+    typo = run(app, "deliver", "999999", str(delivery.id))
+    assert typo.exit_code == 1
+    assert "999999: no signal delivery has this id" in typo.stderr
+    assert "Not sent: 1 of the ids given (delivered already)" in typo.stdout
 
 
 @pytest.mark.parametrize("app_config", [DURABLE])
