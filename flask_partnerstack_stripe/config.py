@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 PREFIX = "PARTNERSTACK_STRIPE_"
@@ -57,23 +57,27 @@ class ConfigurationError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    """The validated configuration of one app, read once at ``init_app``."""
+    """The validated configuration of one app, read once at ``init_app``.
 
-    webhook_secrets: tuple[str, ...]
+    Its repr leaves out the webhook secrets and the API keys: it reaches debugger pages,
+    error trackers and test reports (``check`` shows them masked).
+    """
+
+    webhook_secrets: tuple[str, ...] = field(repr=False)
     signature_tolerance: int
     max_body: int
     transaction_source: str
     refund_policy: str
     invoice_amount: str
     match_email: bool
-    api_key: str | None
+    api_key: str | None = field(repr=False)
     client_id: str | None
     url_prefix: str
     referral_cookie_days: int
     store_ignored_events: bool
     sqlite_busy_timeout: float
     livemode: bool
-    test_api_key: str | None
+    test_api_key: str | None = field(repr=False)
     install_method: str
     install_scope: str
     install_redirect: str | None

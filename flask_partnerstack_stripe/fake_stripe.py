@@ -12,6 +12,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import stripe
 
+from .redaction import redact
+
 
 @dataclass
 class FakeRequest:
@@ -22,6 +24,15 @@ class FakeRequest:
     path: str
     params: dict[str, list[str]]
     headers: dict[str, str]
+
+    def __repr__(self) -> str:
+        # A failed assertion on ``requests`` prints it: not the API key it was sent with.
+        headers = {k: "[redacted]" if k.lower() == "authorization" else v
+                   for k, v in self.headers.items()}  # fmt: skip
+        return redact(
+            f"FakeRequest(method={self.method!r}, host={self.host!r}, path={self.path!r},"
+            f" params={self.params!r}, headers={headers!r})"
+        )
 
 
 class FakeStripeAPI(stripe.HTTPClient):

@@ -8,6 +8,7 @@ import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 import click
@@ -316,9 +317,18 @@ def play_seed(story: TestEvent, url: str | None) -> None:
         run_step(story, event_type, url, story.charge)
 
 
+#: Words of a database's name that make it a test one (``myapp_test``, ``test-app.db``).
+TEST_WORDS = frozenset({"test", "tests", "testing", "testdb"})
+
+
 def is_test_database(url: sa.engine.URL) -> bool:
-    """The app is TESTING, or its database URL says ``test`` (``.../myapp_test``, say)."""
-    return bool(current_app.testing) or "test" in url.render_as_string().lower()
+    """The app is TESTING, or its database's name has the word ``test`` (``myapp_test``,
+    ``tests.db``): the name only, not its directory, host, user or password, and a word,
+    not ``latest`` or ``contest``."""
+    if current_app.testing:
+        return True
+    name = PurePath(url.database or "").name.lower()
+    return not TEST_WORDS.isdisjoint(re.split(r"[^a-z0-9]+", name))
 
 
 def confirm_database(yes: bool) -> None:
@@ -327,8 +337,8 @@ def confirm_database(yes: bool) -> None:
     shown = url.render_as_string(hide_password=True)
     if not (yes or is_test_database(url)):
         click.confirm(
-            f"{shown} is not a test database (the app is not TESTING and its URL has no "
-            "'test' in it). Write test events into it?",
+            f"{shown} is not a test database (the app is not TESTING and its name has no "
+            "word 'test'). Write test events into it?",
             abort=True,
         )
     click.echo(f"Database: {shown}")

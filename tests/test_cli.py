@@ -582,15 +582,12 @@ def test_check_stripe_without_an_api_key_says_so(app):
     assert "--stripe needs PARTNERSTACK_STRIPE_API_KEY" in result.output
 
 
-def test_send_test_event_asks_before_writing_into_a_database_that_is_not_a_test_one():
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    folder = Path(tempfile.mkdtemp(prefix="ps-prod-"))  # pytest's tmp_path says "test"
-    database = folder / "production.db"
+def test_send_test_event_asks_before_writing_into_a_database_that_is_not_a_test_one(tmp_path):
+    # pytest's tmp_path says "test" in its folders: only the database's own name counts,
+    # and as a word ("latest" is not "test").
+    database = tmp_path / "latest.db"
     app = create_app(f"sqlite:///{database}")
-    assert "test" not in app.config["SQLALCHEMY_DATABASE_URI"].lower() and not app.testing
+    assert not app.testing
     with app.app_context():
         app.extensions["sqlalchemy"].create_all()
     runner = app.test_cli_runner()
@@ -607,7 +604,15 @@ def test_send_test_event_asks_before_writing_into_a_database_that_is_not_a_test_
     assert "-> HTTP 200" in accepted.output
     with app.app_context():
         app.extensions["sqlalchemy"].engine.dispose()
-    shutil.rmtree(folder)
+
+    named = create_app(f"sqlite:///{tmp_path / 'myapp_test.db'}")
+    with named.app_context():
+        named.extensions["sqlalchemy"].create_all()
+    unasked = named.test_cli_runner().invoke(args=args, input="")
+    assert unasked.exit_code == 0 and "not a test database" not in unasked.output
+    assert "-> HTTP 200" in unasked.output
+    with named.app_context():
+        named.extensions["sqlalchemy"].engine.dispose()
 
 
 def test_send_test_event_says_which_database_without_its_password(monkeypatch, capsys):

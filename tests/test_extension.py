@@ -157,6 +157,21 @@ def test_config_error_never_shows_a_secret():
     assert "whsec_real_secret" not in str(error.value)
 
 
+def test_the_state_s_repr_shows_no_secret_or_key():
+    # It reaches debugger pages, error trackers and `pytest -l` reports.
+    app, _ = make_app(
+        PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=["whsec_hostsecret_ABCDEF"],
+        PARTNERSTACK_STRIPE_API_KEY="sk_live_51ProbeLiveKey",
+        PARTNERSTACK_STRIPE_TEST_API_KEY="sk_test_51ProbeTestKey",
+    )
+    PartnerStackStripe(app)
+    state = get_state(app)
+    shown = repr(state) + str(state.settings)
+    for secret in ("whsec_hostsecret_ABCDEF", "sk_live_51ProbeLiveKey", "sk_test_51ProbeTestKey"):
+        assert secret not in shown
+    assert "signature_tolerance=300" in shown  # the rest is still there to read
+
+
 def test_url_prefix_from_config_and_from_the_host():
     app, _ = make_app(PARTNERSTACK_STRIPE_URL_PREFIX="/hooks/stripe/")
     PartnerStackStripe(app)

@@ -10,8 +10,10 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from flask import Flask
+from flask_sqlalchemy import SQLAlchemy
 
-from flask_partnerstack_stripe import signals, testing
+from flask_partnerstack_stripe import PartnerStackStripe, signals, testing
 
 from .apphost import SECRET
 
@@ -344,3 +346,26 @@ def test_statements_are_per_app_state(client, state):
     assert len(other.extensions["partnerstack_stripe"].unit_of_work.statements) == 0
     assert statements._current_statements.get() is None  # only while a unit of work is open
     assert not hasattr(statements, "_prepared")
+
+
+def test_a_fake_request_s_repr_shows_no_api_key():
+    # A failed assertion on fake_stripe.requests prints them.
+    import stripe
+
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/customers/cus_1", {"id": "cus_1", "object": "customer"})
+        stripe.Customer.retrieve("cus_1", api_key="sk_test_51ProbeKey")
+    shown = repr(api.requests)
+    assert "sk_test_51ProbeKey" not in shown
+    assert "'/v1/customers/cus_1'" in shown and "[redacted]" in shown
+
+
+def test_post_event_without_a_secret_to_sign_with_says_what_to_pass():
+    app = Flask(__name__)
+    app.config.update(SQLALCHEMY_DATABASE_URI="sqlite://", PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[])
+    db = SQLAlchemy()
+    db.init_app(app)
+    PartnerStackStripe(app)
+    event = testing.event("customer.created", testing.customer("cus_1"))
+    with pytest.raises(ValueError, match=r"PARTNERSTACK_STRIPE_WEBHOOK_SECRETS.*secret="):
+        testing.post_event(app.test_client(), event)
