@@ -3,8 +3,12 @@ through the same tracking rules, idempotently.
 
 Each API object becomes the event a webhook would have carried for its current state
 (``customer.updated``, ``charge.succeeded`` / ``.refunded`` / ``.failed``,
-``invoice.payment_succeeded``), dated now, so the API's state wins over older events.
-Applying the same state again changes nothing.
+``invoice.payment_succeeded``, ``refund.updated``, ``charge.dispute.updated``), dated now,
+so the API's state wins over older events. Applying the same state again changes nothing.
+Refunds and disputes are listed by their own date: one made since ``since`` on an older
+payment is what a webhook outage would have lost too. These events are not Stripe's and are
+not stored: the built-in rules apply them, the host's handlers do not (they run once per
+Stripe event, and a backfill run again would run them again).
 """
 
 from __future__ import annotations
@@ -97,9 +101,9 @@ def backfill(
     on_retry: Callable[[int], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
 ) -> Counter[str]:
-    """Apply every customer, then every charge (and, in invoice mode, paid invoice) created
-    since the Unix time ``since``. Returns the counts of created, updated, unchanged and
-    failed.
+    """Apply every customer, then every charge (and, in invoice mode, paid invoice), refund
+    and dispute created since the Unix time ``since``. Returns the counts of created,
+    updated, unchanged and failed.
 
     An object that cannot be applied (a value the rules refuse, say) is rolled back,
     counted as failed, handed to ``on_failure`` with its Stripe id and why, and skipped:
@@ -122,6 +126,9 @@ def backfill(
     ]
     if source == "invoice":
         listings.append(("invoice.payment_succeeded", stripe.Invoice, {**common, "status": "paid"}))
+    # After the payments, so that a refund or dispute finds its payment recorded.
+    listings += [("refund.updated", stripe.Refund, common)]
+    listings += [("charge.dispute.updated", stripe.Dispute, common)]
 
     counts: Counter[str] = Counter()
     for kind, resource, params in listings:

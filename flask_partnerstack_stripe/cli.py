@@ -420,7 +420,12 @@ def backfill_command(since: datetime, account: str | None) -> None:
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
     except stripe.StripeError as error:
-        raise click.ClickException(f"Stripe API error: {error.user_message or error}") from None
+        if seen:
+            click.echo()  # end the progress line
+        raise click.ClickException(
+            f"Stripe API error: {error.user_message or error}. What was read is applied;"
+            " running it again is safe."
+        ) from None
     click.echo()
     click.echo(
         f"Backfill done: {counts['created']} created, {counts['updated']} updated, "

@@ -471,7 +471,10 @@ class Receiver:
     def _apply(self, context: EventContext, *, stored: bool) -> Outcome:
         session, event = context.session, context.event
         reason, keep = self._reason_to_ignore(context), False
-        host_handlers = self.handlers.host.get(event["type"], ()) if reason is None else ()
+        # A host handler runs once per Stripe event: a stored one, whose claim keeps it to
+        # once. Backfill's events (not stored, made again on every run) run none.
+        run_host = reason is None and stored
+        host_handlers = self.handlers.host.get(event["type"], ()) if run_host else ()
         if reason is None:
             builtin = self.handlers.builtin.get(event["type"])
             if builtin is not None:

@@ -338,6 +338,11 @@ def stripe_list(objects: list[dict[str, Any]], url: str, page_size: int = 2):
     return reply
 
 
+def no_refunds_or_disputes(api) -> None:
+    api.reply("GET", "/v1/refunds", stripe_list([], "/v1/refunds"))
+    api.reply("GET", "/v1/disputes", stripe_list([], "/v1/disputes"))
+
+
 def rate_limited_once(inner):
     calls = {"n": 0}
 
@@ -366,6 +371,7 @@ def test_backfill_pages_retries_and_is_idempotent(app, client, rows, models):
     with testing.fake_stripe_api() as api:
         api.reply("GET", "/v1/customers", stripe_list(customers, "/v1/customers"))
         api.reply("GET", "/v1/charges", rate_limited_once(stripe_list(charges, "/v1/charges")))
+        no_refunds_or_disputes(api)
         first = run(app, "backfill", "--since", "2026-01-01")
         assert first.exit_code == 0, first.output
         assert "rate limit" in first.output
@@ -405,6 +411,7 @@ def test_backfill_in_invoice_mode_records_an_invoice_paid_after_a_failed_attempt
         api.reply("GET", "/v1/customers", stripe_list([], "/v1/customers"))
         api.reply("GET", "/v1/charges", stripe_list(charges, "/v1/charges"))
         api.reply("GET", "/v1/invoices", stripe_list(invoices, "/v1/invoices"))
+        no_refunds_or_disputes(api)
         result = run(app, "backfill", "--since", "2026-01-01")
     assert result.exit_code == 0, result.output
     assert [(t.key, t.amount, t.deleted_at) for t in rows(models.Transaction)] == [
@@ -427,6 +434,7 @@ def test_backfill_reports_and_skips_an_object_it_cannot_apply(app, rows, models)
     with testing.fake_stripe_api() as api:
         api.reply("GET", "/v1/customers", stripe_list(customers, "/v1/customers"))
         api.reply("GET", "/v1/charges", stripe_list(charges, "/v1/charges"))
+        no_refunds_or_disputes(api)
         result = run(app, "backfill", "--since", "2026-01-01")
     assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
     assert "cus_2 failed, skipped: InvalidValue: email is longer than 320" in result.output
@@ -436,6 +444,43 @@ def test_backfill_reports_and_skips_an_object_it_cannot_apply(app, rows, models)
     [user_3] = rows(models.Customer, customer_key="user-3")
     [payment] = rows(models.Transaction)
     assert (payment.key, payment.amount, payment.customer_id) == ("ch_1", 500, user_3.id)
+
+
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_API_KEY": "sk_test_backfill"}])
+def test_backfill_recovers_refunds_and_disputes_of_older_payments_and_runs_no_host_handler(
+    app, client, rows, models
+):
+    """A webhook outage since March loses the refunds and disputes made since then, on
+    payments of February too: backfill lists them by their own date. The host's handler
+    ran for the Stripe event; backfill's events (made again on every run) run none."""
+    handled: list[str] = []
+    partnerstack = get_state(app).extension
+    partnerstack.handler("charge.succeeded")(lambda event: handled.append(event["id"]))
+    customer = testing.customer("cus_1", metadata={"customer_key": "u1", "partner_key": "p"})
+    testing.post_event(client, testing.event("customer.created", customer))
+    older = [testing.charge(f"ch_{n}", customer="cus_1", amount=1000) for n in (1, 2, 3)]
+    for charge in older:
+        testing.post_event(client, testing.event("charge.succeeded", charge))
+    since_march = [testing.charge("ch_4", customer="cus_1", amount=400)]
+    refunds = [testing.refund("re_1", charge="ch_1", amount=1000)]
+    disputes = [testing.dispute("dp_2", charge="ch_2", status="lost"),
+                testing.dispute("dp_3", charge="ch_3", status="under_review")]  # fmt: skip
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/customers", stripe_list([customer], "/v1/customers"))
+        api.reply("GET", "/v1/charges", stripe_list(since_march, "/v1/charges"))
+        api.reply("GET", "/v1/refunds", stripe_list(refunds, "/v1/refunds"))
+        api.reply("GET", "/v1/disputes", stripe_list(disputes, "/v1/disputes"))
+        first = run(app, "backfill", "--since", "2026-03-01")
+        again = run(app, "backfill", "--since", "2026-03-01")
+    assert first.exit_code == 0, first.output
+    assert "Backfill done: 1 created, 2 updated, 2 unchanged, 0 failed." in first.output
+    assert "Backfill done: 0 created, 0 updated, 5 unchanged, 0 failed." in again.output
+    [refunds_read] = [r for r in api.requests if r.path == "/v1/refunds"][:1]
+    assert refunds_read.params["created[gte]"] == ["1772323200"]
+    ledger = {t.key: (t.amount, t.deleted_reason) for t in rows(models.Transaction)}
+    assert ledger == {"ch_1": (1000, "refund"), "ch_2": (1000, "dispute"),
+                      "ch_3": (1000, None), "ch_4": (400, None)}  # fmt: skip
+    assert len(handled) == 3 and not any(i.startswith("backfill_") for i in handled)
 
 
 def test_backfill_needs_an_api_key(app):
