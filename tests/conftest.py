@@ -161,7 +161,7 @@ def use_mariadb() -> str:
 DATABASES = ["sqlite", "postgresql", "mariadb"]
 
 
-def use_database(name: str, tmp_path: Any, file: str = "app.db") -> str:
+def use_database(name: str, tmp_path: Any, file: str = "app_test.db") -> str:
     """A URL for ``name`` (one of :data:`DATABASES`): a file for SQLite, else this session's."""
     if name == "postgresql":
         return use_postgres()

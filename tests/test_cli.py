@@ -157,7 +157,7 @@ def test_send_test_event_to_a_running_app(app, server, rows, models):
 def test_send_test_event_posts_even_when_the_local_database_cannot_be_read(server, tmp_path):
     """Looking up a recorded --charge reads the local app's database; a --url run whose
     local database has no tables still posts, and only showing the state fails."""
-    local = create_app(f"sqlite:///{tmp_path / 'empty.db'}")
+    local = create_app(f"sqlite:///{tmp_path / 'empty_test.db'}")
     url = f"http://127.0.0.1:{server.port}/partnerstack/webhook"
     result = run(local, "send-test-event", "charge.refunded", "--charge", "ch_1", "--url", url)
     assert "HTTP 200" in result.output, result.output
