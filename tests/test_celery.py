@@ -224,7 +224,7 @@ def ledger(rows: Any, models: Any) -> list[tuple[Any, ...]]:
 @pytest.mark.parametrize("broker", ["redis", "rabbitmq"])
 def test_the_seed_story_ends_as_inline(web, workers, rows, models, tmp_path):
     # Inline, in this process, on a database of its own.
-    inline = create_app(f"sqlite:///{tmp_path / 'inline.db'}")
+    inline = create_app(f"sqlite:///{tmp_path / 'inline_test.db'}")
     with inline.app_context():
         get_state(inline).db.create_all()
     log_deliveries(inline, str(tmp_path / "inline.log"))
