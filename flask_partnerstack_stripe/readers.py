@@ -164,7 +164,30 @@ def invoice_amount(invoice: dict[str, Any], field: str) -> int | None:
     """
     if field == "amount_paid":
         return amount(invoice.get(field), field=field)
+    if field == "total_excluding_tax" and invoice.get(field) is None:
+        return _total_less_tax(invoice)
     return signed_amount(invoice.get(field), field=field)
+
+
+def _total_less_tax(invoice: dict[str, Any]) -> int | None:
+    """``total_excluding_tax`` where the invoice's API version has none (before 2022-08-01
+    an invoice says ``tax``; the field's definition: the total less every tax amount).
+    None when the invoice has no total either."""
+    total = signed_amount(invoice.get("total"), field="total")
+    if total is None:
+        return None
+    tax = amount(invoice.get("tax"), field="tax")
+    if tax is None:
+        for name in ("total_tax_amounts", "total_taxes"):
+            amounts = invoice.get(name)
+            if isinstance(amounts, list) and amounts:
+                tax = sum(amount(_get(item, "amount"), field=name) or 0 for item in amounts)
+                break
+    return signed_amount(total - (tax or 0), field="total_excluding_tax")
+
+
+def _get(item: Any, name: str) -> Any:
+    return item.get(name) if isinstance(item, dict) else None
 
 
 # --- values ----------------------------------------------------------------------------

@@ -222,3 +222,29 @@ def test_openapi_dispute_refund_and_checkout_session(client, rows, models, era):
     answer = testing.post_event(client, testing.event("checkout.session.completed", session))
     assert answer.json["status"] == "ignored"
     assert rows(models.Customer) == []
+
+
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice",
+      "PARTNERSTACK_STRIPE_INVOICE_AMOUNT": "total_excluding_tax"}],
+)  # fmt: skip
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # API version 2020-08-27: no total_excluding_tax (2022-08-01), and a null tax.
+        (RUBY + "invoice.paid.json", 2000),
+        # Its total of 2000 includes 261 of inclusive tax (`tax` and `total_tax_amounts`).
+        ("dj-stripe/invoice_in_fakefakefakefakefake0001.json", 1739),
+    ],
+)
+def test_total_excluding_tax_of_an_invoice_from_before_the_field(
+    client, rows, models, name, expected
+):
+    body = json.loads(raw(name))
+    invoice = body["data"]["object"] if body.get("object") == "event" else body
+    invoice = {**invoice, "customer": "cus_1"}
+    answer = testing.post_event(client, testing.event("invoice.paid", invoice))
+    assert answer.json["status"] == "processed", answer.json
+    [row] = rows(models.Transaction)
+    assert (row.key, row.amount) == (invoice["id"], expected)
