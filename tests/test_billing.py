@@ -260,6 +260,24 @@ def test_partial_capture_records_the_captured_amount(client, rows, models, app_c
     }
 
 
+@pytest.mark.parametrize("app_config", [{}, PRORATE], ids=["delete", "prorate"])
+def test_a_captured_charge_that_says_it_captured_nothing_keeps_its_refunds(
+    client, rows, models, app_config
+):
+    """dj-stripe's charge fixture: captured, succeeded, ``amount_captured`` 0 (a payload
+    from before the field). A partial refund of it is a refund, not the release of an
+    uncaptured remainder."""
+    signup_customer(client)
+    charge = {**testing.charge("ch_1", customer="cus_A", amount=2000), "amount_captured": 0}
+    deliver(client, "charge.succeeded", charge)
+    assert ledger(rows, models) == {"ch_1": (2000, True, None)}
+    deliver(client, "charge.refunded", {**charge, "amount_refunded": 500})
+    prorate = app_config == PRORATE
+    assert ledger(rows, models) == {
+        "ch_1": (1500, True, None) if prorate else (2000, False, "refund")
+    }
+
+
 # --- disputes ----------------------------------------------------------------------------
 
 
