@@ -190,7 +190,9 @@ def show_state(story: TestEvent, *keys: str | None) -> None:
     """Print the customer and transactions the story is about, as stored now."""
     state = get_state()
     session = state.db.session
-    session.expire_all()
+    # End the last read's transaction: at MySQL's REPEATABLE READ it would keep its
+    # snapshot, and what a server behind --url committed since would not show.
+    session.rollback()
     Customer, Transaction = state.models.Customer, state.models.Transaction
     names = [Customer.stripe_customer_id == story.stripe_customer_id]
     if story.customer_key:

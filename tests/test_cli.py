@@ -154,6 +154,17 @@ def test_send_test_event_to_a_running_app(app, server, rows, models):
     assert [t.amount for t in rows(models.Transaction)] == [777]
 
 
+def test_seed_scenario_over_url_shows_what_the_server_committed(app, server):
+    """The state after each step is read from the database the server writes to; on
+    MariaDB a read transaction left open kept its first snapshot and showed no payment."""
+    url = f"http://127.0.0.1:{server.port}/partnerstack/webhook"
+    result = run(app, "send-test-event", "--scenario", "seed", "--amount", "2500", "--url", url)
+    assert result.exit_code == 0, result.output
+    shown = [line.split()[:2] for line in result.output.splitlines()]
+    assert sum(1 for words in shown if words[:1] == ["transaction"]) >= 12, result.output
+    assert result.output.rstrip().endswith("deleted (dispute)")
+
+
 def test_send_test_event_posts_even_when_the_local_database_cannot_be_read(server, tmp_path):
     """Looking up a recorded --charge reads the local app's database; a --url run whose
     local database has no tables still posts, and only showing the state fails."""
