@@ -127,16 +127,22 @@ def create_endpoint(
     else:
         click.echo(
             "Add this URL as a webhook endpoint in the account's Stripe dashboard, then run:\n"
-            f"  flask partnerstack endpoints set-secret {account.endpoint_id} whsec_..."
+            f"  flask partnerstack endpoints set-secret {account.endpoint_id}"
         )
 
 
 @endpoints.command("set-secret")
 @click.argument("endpoint_id")
-@click.argument("secret")
+@click.argument("secret", required=False)
 @with_appcontext
-def set_secret(endpoint_id: str, secret: str) -> None:
-    """Store the signing secret Stripe shows for ENDPOINT_ID."""
+def set_secret(endpoint_id: str, secret: str | None) -> None:
+    """Store the signing secret Stripe shows for ENDPOINT_ID.
+
+    Without SECRET it is asked for, unechoed (or read from stdin), so that it stays out of
+    the shell's history and the process list.
+    """
+    if secret is None:
+        secret = click.prompt("Signing secret (whsec_…)", hide_input=True)
     try:
         get_state().extension.set_endpoint_secret(endpoint_id, secret)
     except LookupError as error:
@@ -282,6 +288,11 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
         state.db.session(), ids=delivery_ids, dead=dead, limit=None
     )
     click.echo(f"{result.delivered} delivered, {result.failed} failed ({result.dead} now dead).")
+    if not state.settings.durable_signals:
+        click.echo(
+            "Durable signals are off (PARTNERSTACK_STRIPE_DURABLE_SIGNALS): signals are sent"
+            " once, after the commit, and no delivery is kept to send again."
+        )
     unknown = _unknown_deliveries(state, delivery_ids)
     unsent = len(set(delivery_ids)) - result.delivered - result.failed - len(unknown)
     if unsent > 0:

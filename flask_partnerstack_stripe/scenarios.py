@@ -284,6 +284,8 @@ def run_step(story: TestEvent, event_type: str, url: str | None, *shown: str | N
     reason = f" ({answer['reason']})" if answer.get("reason") else ""
     verdict = answer.get("status") or answer.get("error") or ""
     click.echo(f"{event_type} {event['id']} -> HTTP {status} {verdict}{reason}")
+    if status >= 500:  # the answer above says why (and the event is stored as failed)
+        raise click.ClickException(f"The webhook failed to apply {event_type} (HTTP {status}).")
     if status >= 400:
         raise click.ClickException(f"The webhook refused {event_type} (HTTP {status}).")
     obj = event["data"]["object"]

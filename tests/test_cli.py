@@ -721,6 +721,24 @@ def test_check_reports_an_unreachable_database_as_a_problem(url):
     assert "Traceback" not in result.output and "s3cret-pw" not in result.output
 
 
+def test_send_test_event_says_a_500_failed_to_apply_it(app):
+    def broken(event):
+        raise RuntimeError("the host's handler")
+
+    get_state(app).extension.handler("charge.succeeded")(broken)
+    result = run(app, "send-test-event", "charge.succeeded")
+    assert result.exit_code == 1, result.output
+    assert "The webhook failed to apply charge.succeeded (HTTP 500)." in result.output
+    assert "refused" not in result.output
+
+
+def test_deliver_with_durable_signals_off_says_there_is_nothing_kept(app):
+    result = run(app, "deliver")
+    assert result.exit_code == 0, result.output
+    assert "0 delivered, 0 failed (0 now dead)." in result.output
+    assert "Durable signals are off (PARTNERSTACK_STRIPE_DURABLE_SIGNALS)" in result.output
+
+
 def test_other_database_errors_are_not_called_unreachable(tmp_path):
     app = create_app(f"sqlite:///{tmp_path / 'empty.db'}")  # reachable, but no tables
     result = run(app, "deliver")

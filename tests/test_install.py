@@ -520,6 +520,14 @@ def test_endpoint_cli_create_list_set_secret_delete(app, client, rows, models):
     )
     assert stored.exit_code == 0 and ENDPOINT_SECRET not in stored.output
     assert "whsec_…_one" in stored.output
+    # Without the argument it is asked for, unechoed: not in the shell's history.
+    asked = runner.invoke(
+        args=["partnerstack", "endpoints", "set-secret", account.endpoint_id],
+        input=ENDPOINT_SECRET + "\n",
+    )
+    assert asked.exit_code == 0, asked.output
+    assert "Signing secret (whsec_…):" in asked.output and ENDPOINT_SECRET not in asked.output
+    assert "Signing secret stored for" in asked.output
 
     listed = runner.invoke(args=["partnerstack", "endpoints", "list"])
     assert account.endpoint_id in listed.output and "acct_cli" in listed.output
