@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import itertools
 import json
 import secrets
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,7 +58,23 @@ __all__ = [
 API_VERSION = "2025-03-31.basil"
 PRE_BASIL_API_VERSION = "2024-12-18.acacia"
 
-_clock = itertools.count(int(time.time()) - 3600)
+class _Clock:
+    """Event times that follow the wall clock and still increase call by call: a test's
+    events keep their order within a second, and none looks older than what the app
+    stamped "now" before it (a backfill's events, say), which the ordering rules would
+    then take as newer."""
+
+    def __init__(self) -> None:
+        self._last = 0
+        self._lock = threading.Lock()
+
+    def next(self) -> int:
+        with self._lock:
+            self._last = max(int(time.time()), self._last + 1)
+            return self._last
+
+
+_clock = _Clock()
 
 
 def new_id(prefix: str) -> str:
@@ -77,12 +93,13 @@ def event(
     api_version: str = API_VERSION,
     previous_attributes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A Stripe event envelope around ``obj``. ``created`` increases call by call by default."""
+    """A Stripe event envelope around ``obj``. ``created`` is now by default, and later
+    than the previous call's."""
     envelope: dict[str, Any] = {
         "id": id or new_id("evt"),
         "object": "event",
         "api_version": api_version,
-        "created": created if created is not None else next(_clock),
+        "created": created if created is not None else _clock.next(),
         "data": {"object": obj},
         "livemode": livemode,
         "pending_webhooks": 1,

@@ -494,6 +494,23 @@ def test_backfill_recovers_refunds_and_disputes_of_older_payments_and_runs_no_ho
     assert len(handled) == 3 and not any(i.startswith("backfill_") for i in handled)
 
 
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_API_KEY": "sk_test_backfill"}])
+def test_a_test_event_after_a_backfill_is_newer_than_it(app, client, rows, models):
+    """Backfill dates its events now; testing.event's default times follow the wall clock,
+    so a test's webhook afterwards is the newer one, as Stripe's would be."""
+    metadata = {"customer_key": "u1", "partner_key": "p"}
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/customers", stripe_list(
+            [testing.customer("cus_1", email="old@example.com", metadata=metadata)],
+            "/v1/customers"))  # fmt: skip
+        api.reply("GET", "/v1/charges", stripe_list([], "/v1/charges"))
+        no_refunds_or_disputes(api)
+        assert run(app, "backfill", "--since", "2026-01-01").exit_code == 0
+    updated = testing.customer("cus_1", email="new@example.com", metadata=metadata)
+    testing.post_event(client, testing.event("customer.updated", updated))
+    assert [c.email for c in rows(models.Customer)] == ["new@example.com"]
+
+
 def test_backfill_needs_an_api_key(app):
     result = run(app, "backfill", "--since", "2026-01-01")
     assert result.exit_code != 0 and "PARTNERSTACK_STRIPE_API_KEY" in result.output
