@@ -9,24 +9,21 @@ from typing import Any
 import click
 import sqlalchemy as sa
 import stripe
-from flask import current_app, url_for
+from flask import current_app
 from flask.cli import AppGroup, ScriptInfo, with_appcontext
-from werkzeug.routing import BuildError
 
-from . import accounts, outbox, reachability
+from . import reachability
 from .backfill import backfill
+from .cli_check import check
+from .cli_endpoints import endpoints_cli
 from .cli_rewards import commissions_cli, payouts_cli
-from .config import PREFIX
-from .endpoints_check import endpoint_warnings
 from .extension import EXTENSION_KEY, State, get_state
-from .install import local_url
 from .models import utcnow
 from .queued import EventFailed, apply_stored, received_before
 from .receiver import KEPT_REASONS
 from .redaction import error_line
 from .scenarios import send_test_event
 from .status import Status
-from .values import is_http_url
 
 
 class OperationsGroup(AppGroup):
@@ -58,140 +55,6 @@ def _engines(ctx: click.Context) -> list[Any]:
 
 
 partnerstack_cli = OperationsGroup("partnerstack", help="Stripe payment tracking for partners.")
-
-
-def mask(secret: str | None) -> str:
-    """A secret as it may be shown: its kind and last four characters."""
-    if not secret:
-        return "(not set)"
-    kind = secret.split("_", 1)[0] + "_" if "_" in secret else ""
-    return f"{kind}…{secret[-4:]}"
-
-
-def public_url(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    """A ``--base-url`` option's value: an absolute http(s) URL (printed URLs build on it)."""
-    if value is not None and not is_http_url(value):
-        raise click.BadParameter(f"must be an http:// or https:// URL, got {value!r}.")
-    return value
-
-
-def endpoint_url(endpoint_id: str, base_url: str | None) -> str:
-    with current_app.test_request_context(base_url=base_url or "http://localhost"):
-        url = url_for(
-            "partnerstack_stripe.endpoint_webhook", endpoint_id=endpoint_id, _external=True
-        )
-    return url if base_url else url.removeprefix("http://localhost")
-
-
-@partnerstack_cli.group("endpoints")
-def endpoints() -> None:
-    """Manual webhook endpoints, one per connected account."""
-
-
-@endpoints.command("create")
-@click.argument("stripe_account_id")
-@click.option("--secret", help="The endpoint's signing secret (whsec_...), if Stripe gave it.")
-@click.option("--live", is_flag=True, help="For the account's live mode (default: test).")
-@click.option(
-    "--base-url", callback=public_url, help="The app's public URL, e.g. https://example.com."
-)
-@click.option(
-    "--replace", is_flag=True, help="Replace the account's endpoint (its URL stops working)."
-)
-@with_appcontext
-def create_endpoint(
-    stripe_account_id: str, secret: str | None, live: bool, base_url: str | None, replace: bool
-) -> None:
-    """Create the endpoint of STRIPE_ACCOUNT_ID and print the URL to give Stripe."""
-    state = get_state()
-    extension = state.extension
-    existing = accounts.find_account(state.db.session(), state.models, stripe_account_id, live)
-    if existing is not None and existing.endpoint_id and not replace:
-        # A second create would give it a new URL: the one pasted into Stripe would 404.
-        raise click.ClickException(
-            f"{stripe_account_id} already has an endpoint ({'live' if live else 'test'} "
-            f"mode): {endpoint_url(existing.endpoint_id, base_url)}. Pass --replace for a "
-            "new one (the old URL then stops working)."
-        )
-    try:
-        account = extension.create_endpoint(stripe_account_id, secret, livemode=live)
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-    url = endpoint_url(account.endpoint_id, base_url)
-    click.echo(f"Endpoint for {stripe_account_id} ({'live' if live else 'test'} mode):")
-    click.echo(f"  {url}")
-    if not base_url:
-        click.echo("  (prefix it with your app's public URL, or pass --base-url)")
-    if secret:
-        click.echo(f"Signing secret stored: {mask(secret)}")
-    else:
-        click.echo(
-            "Add this URL as a webhook endpoint in the account's Stripe dashboard, then run:\n"
-            f"  flask partnerstack endpoints set-secret {account.endpoint_id}"
-        )
-
-
-@endpoints.command("set-secret")
-@click.argument("endpoint_id")
-@click.argument("secret", required=False)
-@with_appcontext
-def set_secret(endpoint_id: str, secret: str | None) -> None:
-    """Store the signing secret Stripe shows for ENDPOINT_ID.
-
-    Without SECRET it is asked for, unechoed (or read from stdin), so that it stays out of
-    the shell's history and the process list.
-    """
-    if secret is None:
-        secret = click.prompt("Signing secret (whsec_…)", hide_input=True)
-    try:
-        get_state().extension.set_endpoint_secret(endpoint_id, secret)
-    except LookupError as error:
-        raise click.ClickException(str(error)) from None
-    except ValueError as error:
-        raise click.BadParameter(str(error)) from None
-    click.echo(f"Signing secret stored for {endpoint_id}: {mask(secret)}")
-
-
-@endpoints.command("list")
-@click.option("--base-url", callback=public_url, help="The app's public URL, to print full URLs.")
-@with_appcontext
-def list_endpoints(base_url: str | None) -> None:
-    """List the endpoints, their accounts and (masked) secrets."""
-    state = get_state()
-    StripeAccount = state.models.StripeAccount
-    rows: list[Any] = list(
-        state.db.session.scalars(
-            sa.select(StripeAccount)
-            .where(StripeAccount.endpoint_id.is_not(None))
-            .order_by(StripeAccount.id)
-        )
-    )
-    if not rows:
-        click.echo("No manual webhook endpoints.")
-        return
-    for account in rows:
-        mode = "live" if account.livemode else "test"
-        status = "uninstalled" if account.uninstalled_at else "active"
-        click.echo(
-            f"{account.endpoint_id}  {account.stripe_account_id}  {mode}  {status}  "
-            f"secret {mask(account.endpoint_secret)}  {endpoint_url(account.endpoint_id, base_url)}"
-        )
-
-
-@endpoints.command("delete")
-@click.argument("endpoint_id")
-@with_appcontext
-def delete_endpoint(endpoint_id: str) -> None:
-    """Remove ENDPOINT_ID: its URL answers 404 from now on."""
-    state = get_state()
-    session = state.db.session()
-    with state.unit_of_work(session):
-        account = accounts.find_endpoint(session, state.models, endpoint_id)
-        if account is None:
-            raise click.ClickException(f"No webhook endpoint {endpoint_id!r}.")
-        account.endpoint_id = None
-        account.endpoint_secret = None
-    click.echo(f"Deleted endpoint {endpoint_id} of {account.stripe_account_id}.")
 
 
 # --- operations --------------------------------------------------------------------------
@@ -447,175 +310,8 @@ def backfill_command(since: datetime, account: str | None) -> None:
         raise SystemExit(1)
 
 
-@partnerstack_cli.command("check")
-@click.option(
-    "--base-url", callback=public_url, help="The app's public URL, to print full route URLs."
-)
-@click.option(
-    "--stripe", "with_stripe", is_flag=True,
-    help="Also read the account's webhook endpoints from Stripe and check their events.",
-)  # fmt: skip
-@with_appcontext
-def check(base_url: str | None, with_stripe: bool) -> None:
-    """Say what is configured, what is missing, whether the tables exist, and recent events."""
-    state = get_state()
-    settings = state.settings
-    problems: list[str] = []
-
-    click.echo("Configuration")
-    secrets = ", ".join(mask(s) for s in settings.webhook_secrets) or "(none)"
-    click.echo(f"  webhook secrets    {secrets}")
-    if not settings.webhook_secrets:
-        problems.append("PARTNERSTACK_STRIPE_WEBHOOK_SECRETS is empty: every webhook gets 400.")
-    click.echo(
-        f"  API key            {mask(settings.api_key)}   test key {mask(settings.test_api_key)}"
-    )
-    click.echo(f"  client id          {settings.client_id or '(not set: install is off)'}")
-    click.echo(
-        f"  transactions from  {settings.transaction_source}s, refunds {settings.refund_policy}"
-    )
-    click.echo(f"  match by email     {settings.match_email}")
-    click.echo(f"  mode               {_mode_line(settings.livemode)}")
-    signals_after = "the commit, durable (outbox)" if settings.durable_signals else "the commit"
-    click.echo(f"  processing         {settings.processing}, signals after {signals_after}")
-    if settings.processing == "celery" and not state.extension.can_enqueue:
-        problems.append(
-            "PARTNERSTACK_STRIPE_PROCESSING is 'celery' but partnerstack.init_celery(celery_app)"
-            " is not called: webhooks answer queued and nothing is enqueued."
-        )
-    if not current_app.secret_key:
-        problems.append("SECRET_KEY is not set: referral cookies and install state need it.")
-    redirect_to = settings.install_redirect
-    if redirect_to:
-        try:
-            with current_app.test_request_context():
-                local_url(redirect_to)
-        except BuildError:
-            problems.append(
-                f"PARTNERSTACK_STRIPE_INSTALL_REDIRECT {redirect_to!r} names no endpoint of the"
-                " app: install and uninstall show their own page instead."
-            )
-
-    click.echo("Tables")
-    existing: set[str] = set()
-    try:
-        existing = set(sa.inspect(state.db.engine).get_table_names())
-    except sa.exc.DBAPIError as error:
-        reason = reachability.unreachable(error)
-        if reason is None:
-            raise
-        # A problem to report like the others; nothing more is read from it (no tables
-        # known, so no events and no deliveries).
-        click.echo(f"  cannot reach the database: {reason}")
-        problems.append(f"The database cannot be reached: {reason}")
-    else:
-        for model in state.models:
-            present = model.__tablename__ in existing
-            click.echo(f"  {model.__tablename__:<32}{'present' if present else 'MISSING'}")
-            if not present:
-                problems.append(f"Table {model.__tablename__} is missing: run `flask db upgrade`.")
-
-    click.echo("Routes")
-    with current_app.test_request_context(base_url=base_url or "http://localhost"):
-        for endpoint in ("webhook", "install", "install_callback", "uninstall"):
-            name = f"partnerstack_stripe.{endpoint}"
-            if name in current_app.view_functions:
-                url = url_for(name, _external=True)
-                click.echo(
-                    f"  {endpoint:<18}{url if base_url else url.removeprefix('http://localhost')}"
-                )
-
-    if state.models.WebhookEvent.__tablename__ in existing:
-        WebhookEvent = state.models.WebhookEvent
-        session = state.db.session
-        last = session.scalar(sa.select(WebhookEvent).order_by(WebhookEvent.id.desc()).limit(1))
-        failures = session.scalar(
-            sa.select(sa.func.count()).where(
-                WebhookEvent.status == Status.FAILED,
-                WebhookEvent.received_at > utcnow() - timedelta(days=1),
-            )
-        )
-        latest = "(none yet)"
-        if last is not None:
-            latest = f"{last.stripe_event_id} {last.type} {last.status} at {last.received_at}"
-        stuck = len(received_before(state, timedelta(seconds=settings.sweep_after)))
-        click.echo("Events")
-        click.echo(f"  last received      {latest}")
-        click.echo(f"  failed, last day   {failures}")
-        click.echo(f"  queued, unapplied  {stuck} (received over {settings.sweep_after:g} s ago)")
-        if failures:
-            problems.append(
-                f"{failures} events failed in the last day: `flask partnerstack replay --failed`."
-            )
-        if stuck:
-            problems.append(
-                f"{stuck} events were received over {settings.sweep_after:g} s ago and are not"
-                " applied: is a worker running? `flask partnerstack sweep` enqueues them again."
-            )
-
-    if state.models.SignalDelivery.__tablename__ in existing:
-        session = state.db.session
-        pending = outbox.count(session, state.models, outbox.PENDING)
-        dead = outbox.count(session, state.models, outbox.DEAD)
-        click.echo("Signal deliveries")
-        click.echo(f"  pending            {pending}")
-        click.echo(f"  dead               {dead}")
-        if dead:
-            problems.append(
-                f"{dead} signal deliveries are dead: fix the receiver, then "
-                "`flask partnerstack deliver --dead`."
-            )
-
-    if with_stripe:
-        click.echo("Stripe webhook endpoints")
-        with current_app.test_request_context():
-            path = url_for("partnerstack_stripe.webhook")
-        warnings = endpoint_warnings(settings, path)
-        for warning in warnings:
-            click.echo(f"  ! {warning}")
-        if not warnings:
-            click.echo(
-                f"  the endpoint for {path} sends what {settings.transaction_source} mode needs"
-            )
-        problems += warnings
-
-    if problems:
-        click.echo("Missing")
-        for problem in problems:
-            click.echo(f"  - {problem}")
-        raise SystemExit(1)
-    if _mode_by_default():
-        # Not a problem (a development app is rightly in test mode), but not all either.
-        click.echo(
-            "Everything a production install needs is in place, once "
-            "PARTNERSTACK_STRIPE_LIVEMODE = True there (mode, above)."
-        )
-    else:
-        click.echo("Everything a production install needs is in place.")
-
-
-def _mode_by_default() -> bool:
-    """Test mode only because neither LIVEMODE nor an API_KEY says which: the mode line's
-    advice, and the verdict's."""
-    config = current_app.config
-    return config.get(PREFIX + "LIVEMODE") is None and not config.get(PREFIX + "API_KEY")
-
-
-def _mode_line(livemode: bool) -> str:
-    """The app's mode (signup customers, payouts, partner summaries) and where it came from:
-    left to its default, a production app records its signups in test mode, and live
-    payments never reach them."""
-    if _mode_by_default():
-        return (
-            "test (PARTNERSTACK_STRIPE_LIVEMODE is not set, nor API_KEY): customers recorded "
-            "at signup are test-mode, and live payments will not reach them; set "
-            "PARTNERSTACK_STRIPE_LIVEMODE = True in production"
-        )
-    if current_app.config.get(PREFIX + "LIVEMODE") is not None:
-        return f"{'live' if livemode else 'test'} (PARTNERSTACK_STRIPE_LIVEMODE)"
-    return "live (API_KEY is a live key)" if livemode else "test (API_KEY is a test key)"
-
-
+partnerstack_cli.add_command(endpoints_cli)
+partnerstack_cli.add_command(check)
 partnerstack_cli.add_command(send_test_event)
 partnerstack_cli.add_command(commissions_cli)
 partnerstack_cli.add_command(payouts_cli)

@@ -45,3 +45,11 @@ def redact_stripe_logs() -> None:
     stripe_log = logging.getLogger("stripe")
     if not any(isinstance(f, RedactTokens) for f in stripe_log.filters):
         stripe_log.addFilter(RedactTokens())
+
+
+def mask(secret: str | None) -> str:
+    """A secret as it may be shown: its kind and last four characters."""
+    if not secret:
+        return "(not set)"
+    kind = secret.split("_", 1)[0] + "_" if "_" in secret else ""
+    return f"{kind}…{secret[-4:]}"

@@ -58,6 +58,7 @@ __all__ = [
 API_VERSION = "2025-03-31.basil"
 PRE_BASIL_API_VERSION = "2024-12-18.acacia"
 
+
 class _Clock:
     """Event times that follow the wall clock and still increase call by call: a test's
     events keep their order within a second, and none looks older than what the app
