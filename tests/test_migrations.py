@@ -91,13 +91,19 @@ def migration_database(request, tmp_path):
         engine.dispose()
 
 
-def test_host_migrations_include_our_tables(tmp_path, migration_database):
+def host_with_a_migration(tmp_path: Path, database_url: str) -> tuple[Path, Path]:
+    """A host app whose ``flask db init`` and ``migrate`` ran: its folder and the script."""
     host = tmp_path / "host"
     host.mkdir()
     (host / "hostapp.py").write_text(HOST_APP)
-    flask_db(host, migration_database, "init")
-    flask_db(host, migration_database, "migrate", "-m", "initial")
+    flask_db(host, database_url, "init")
+    flask_db(host, database_url, "migrate", "-m", "initial")
     [migration] = (host / "migrations" / "versions").glob("*.py")
+    return host, migration
+
+
+def test_host_migrations_include_our_tables(tmp_path, migration_database):
+    host, migration = host_with_a_migration(tmp_path, migration_database)
     script = migration.read_text()
     for table in (
         "partnerstack_customer",
@@ -132,12 +138,7 @@ INDEX_DROPS = re.compile(
 
 
 def test_host_migrations_downgrade_and_upgrade_again(tmp_path, migration_database):
-    host = tmp_path / "host"
-    host.mkdir()
-    (host / "hostapp.py").write_text(HOST_APP)
-    flask_db(host, migration_database, "init")
-    flask_db(host, migration_database, "migrate", "-m", "initial")
-    [migration] = (host / "migrations" / "versions").glob("*.py")
+    host, migration = host_with_a_migration(tmp_path, migration_database)
     if migration_database.startswith("mysql"):
         script = migration.read_text()
         edited, dropped = INDEX_DROPS.subn("\n", script)
