@@ -25,8 +25,9 @@ from .accounts import find_account
 from .extension import State
 from .reachability import unreachable
 from .readers import as_dict
-from .receiver import Outcome
+from .receiver import KEPT_REASONS, Outcome
 from .redaction import error_line
+from .status import Status
 
 PAGE_SIZE = 100
 RATE_LIMIT_RETRIES = 5
@@ -63,7 +64,11 @@ def each_object(
             time.sleep(min(0.5 * 2**attempt, 8.0))
 
 
-def _event_for(kind: str, obj: dict[str, Any], stripe_account_id: str | None) -> dict[str, Any]:
+def _event_for(
+    kind: str, obj: dict[str, Any], stripe_account_id: str | None, livemode: bool
+) -> dict[str, Any]:
+    """The event a webhook would have carried for ``obj``, in the mode of the key that read
+    it: a Refund has no ``livemode`` of its own, and every object a key lists is its mode's."""
     if kind == "charge":
         refunded = obj.get("refunded") or (obj.get("amount_refunded") or 0) > 0
         kind = "charge.failed" if obj.get("status") == "failed" else (
@@ -74,7 +79,7 @@ def _event_for(kind: str, obj: dict[str, Any], stripe_account_id: str | None) ->
         "object": "event",
         "type": kind,
         "created": int(time.time()),
-        "livemode": bool(obj.get("livemode")),
+        "livemode": livemode,
         "data": {"object": obj},
     }
     if stripe_account_id:
@@ -83,7 +88,11 @@ def _event_for(kind: str, obj: dict[str, Any], stripe_account_id: str | None) ->
 
 
 def tally(outcome: Outcome) -> str:
-    """``created``, ``updated`` or ``unchanged``: what applying one object did."""
+    """``created``, ``updated``, ``unchanged`` or ``unmatched`` (a refund no invoice could be
+    found for, which a webhook's event would have been kept for): what applying one object
+    did."""
+    if outcome.status == Status.IGNORED and (outcome.reason or "").startswith(KEPT_REASONS):
+        return "unmatched"
     sent = {signal for signal, _ in outcome.notifications}
     if sent & set(CREATED):
         return "created"
@@ -100,14 +109,17 @@ def backfill(
     on_object: Callable[[str, str], None] | None = None,
     on_retry: Callable[[int], None] | None = None,
     on_failure: Callable[[str, str], None] | None = None,
+    on_unmatched: Callable[[str, str], None] | None = None,
 ) -> Counter[str]:
     """Apply every customer, then every charge (and, in invoice mode, paid invoice), refund
-    and dispute created since the Unix time ``since``. Returns the counts of created,
-    updated, unchanged and failed.
+    and dispute created since the Unix time ``since``, as events of the key's mode.
+    Returns the counts of created, updated, unchanged, unmatched and failed.
 
     An object that cannot be applied (a value the rules refuse, say) is rolled back,
     counted as failed, handed to ``on_failure`` with its Stripe id and why, and skipped:
     the objects after it are still read. A database that cannot be reached stops the run.
+    A refund that no invoice could be found for is counted as unmatched and handed to
+    ``on_unmatched`` with its id and why: it is not stored, as backfill's events are not.
     """
     settings = state.settings
     api_key = settings.api_key
@@ -133,7 +145,7 @@ def backfill(
     counts: Counter[str] = Counter()
     for kind, resource, params in listings:
         for obj in each_object(resource, params, on_retry=on_retry):
-            event = _event_for(kind, as_dict(obj), stripe_account_id)
+            event = _event_for(kind, as_dict(obj), stripe_account_id, livemode)
             try:
                 outcome = state.receiver.run(
                     state.db.session(), event, None, stripe_account_id=stripe_account_id
@@ -148,6 +160,8 @@ def backfill(
                 continue
             result = tally(outcome)
             counts[result] += 1
+            if result == "unmatched" and on_unmatched is not None:
+                on_unmatched(str(event["data"]["object"].get("id")), outcome.reason or "")
             if on_object is not None:
                 on_object(event["type"], result)
     return counts

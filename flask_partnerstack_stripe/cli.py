@@ -19,6 +19,7 @@ from .cli_endpoints import endpoints_cli
 from .cli_rewards import commissions_cli, payouts_cli
 from .extension import EXTENSION_KEY, State, get_state
 from .models import utcnow
+from .outbox import Delivered
 from .queued import EventFailed, apply_stored, received_before
 from .receiver import KEPT_REASONS
 from .redaction import error_line
@@ -147,16 +148,20 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
     from cron; with Celery the ``partnerstack.deliver_signals`` task does it.
     """
     state = get_state()
-    result = state.receiver.deliver_stored(
-        state.db.session(), ids=delivery_ids, dead=dead, limit=None
-    )
+    # An id past the column's range names no delivery, and would make the query fail.
+    possible = tuple(i for i in delivery_ids if 0 < i <= MAX_DELIVERY_ID)
+    result = Delivered()
+    if possible or not delivery_ids:  # no ids: every pending one
+        result = state.receiver.deliver_stored(
+            state.db.session(), ids=possible, dead=dead, limit=None
+        )
     click.echo(f"{result.delivered} delivered, {result.failed} failed ({result.dead} now dead).")
     if not state.settings.durable_signals:
         click.echo(
             "Durable signals are off (PARTNERSTACK_STRIPE_DURABLE_SIGNALS): signals are sent"
             " once, after the commit, and no delivery is kept to send again."
         )
-    unknown = _unknown_deliveries(state, delivery_ids)
+    unknown = sorted(set(delivery_ids) - set(possible)) + _unknown_deliveries(state, possible)
     unsent = len(set(delivery_ids)) - result.delivered - result.failed - len(unknown)
     if unsent > 0:
         click.echo(f"Not sent: {unsent} of the ids given (delivered already).")
@@ -164,6 +169,10 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
         click.echo(f"{delivery_id}: no signal delivery has this id", err=True)
     if result.failed or unknown:
         raise SystemExit(1)
+
+
+#: The largest id an ``Integer`` primary key holds on PostgreSQL and MySQL.
+MAX_DELIVERY_ID = 2**31 - 1
 
 
 def _unknown_deliveries(state: State, delivery_ids: tuple[int, ...]) -> list[int]:
@@ -288,9 +297,13 @@ def backfill_command(since: datetime, account: str | None) -> None:
         seen += 1
         click.echo(f"\n  {stripe_id} failed, skipped: {reason}")
 
+    def unmatched(stripe_id: str, reason: str) -> None:
+        click.echo(f"\n  {stripe_id} unmatched, not stored: {reason}")
+
     try:
         counts = backfill(state, since=timestamp, stripe_account_id=account,
-                          on_object=progress, on_retry=waiting, on_failure=failed)  # fmt: skip
+                          on_object=progress, on_retry=waiting, on_failure=failed,
+                          on_unmatched=unmatched)  # fmt: skip
     except RuntimeError as error:
         raise click.ClickException(str(error)) from None
     except stripe.StripeError as error:
@@ -305,6 +318,11 @@ def backfill_command(since: datetime, account: str | None) -> None:
         f"Backfill done: {counts['created']} created, {counts['updated']} updated, "
         f"{counts['unchanged']} unchanged, {counts['failed']} failed."
     )
+    if counts["unmatched"]:
+        click.echo(
+            f"{counts['unmatched']} refunds could not be linked to an invoice (above): run"
+            " the backfill again once they can be (its events are not stored to replay)."
+        )
     if counts["failed"]:
         click.echo("The failed objects were skipped: fix what each says, then run it again.")
         raise SystemExit(1)

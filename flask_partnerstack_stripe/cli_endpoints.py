@@ -79,6 +79,9 @@ def set_secret(endpoint_id: str, secret: str | None) -> None:
     the shell's history and the process list.
     """
     if secret is None:
+        state = get_state()
+        if accounts.find_endpoint(state.db.session(), state.models, endpoint_id) is None:
+            raise click.ClickException(f"No webhook endpoint {endpoint_id!r}.")
         secret = click.prompt("Signing secret (whsec_…)", hide_input=True)
     try:
         get_state().extension.set_endpoint_secret(endpoint_id, secret)

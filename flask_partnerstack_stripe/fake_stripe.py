@@ -15,6 +15,10 @@ import stripe
 from .redaction import redact
 
 
+#: Form fields of Stripe's OAuth calls that carry a secret.
+_SECRET_PARAMS = frozenset({"client_secret", "refresh_token", "access_token"})
+
+
 @dataclass
 class FakeRequest:
     """One call the code under test made to the Stripe API."""
@@ -29,9 +33,10 @@ class FakeRequest:
         # A failed assertion on ``requests`` prints it: not the API key it was sent with.
         headers = {k: "[redacted]" if k.lower() == "authorization" else v
                    for k, v in self.headers.items()}  # fmt: skip
+        params = {k: ["[redacted]"] if k in _SECRET_PARAMS else v for k, v in self.params.items()}
         return redact(
             f"FakeRequest(method={self.method!r}, host={self.host!r}, path={self.path!r},"
-            f" params={self.params!r}, headers={headers!r})"
+            f" params={params!r}, headers={headers!r})"
         )
 
 

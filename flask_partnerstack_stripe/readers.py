@@ -15,6 +15,7 @@ from .config import INVOICE_AMOUNTS
 from .invoices import named_invoice, payment_intent_of
 from .payments import Facts, RefundFact
 from .values import (
+    MAX_AMOUNT,
     NAME_LENGTH,
     STATUS_LENGTH,
     amount,
@@ -176,22 +177,27 @@ def invoice_amount(invoice: dict[str, Any], field: str) -> int | None:
 def _total_less_tax(invoice: dict[str, Any]) -> int | None:
     """``total_excluding_tax`` where the invoice's API version has none (before 2022-08-01
     an invoice says ``tax``; the field's definition: the total less every tax amount).
-    None when the invoice has no total either."""
+
+    None when the invoice has no total, or its tax is not whole amounts: the invoice is
+    then ignored as having no such amount, as before, and never refused for a field the
+    app may not even read (``check_invoice`` reads every ``INVOICE_AMOUNTS``). A negative
+    tax (a credit's) lowers the tax.
+    """
     total = signed_amount(invoice.get("total"), field="total")
     if total is None:
         return None
-    tax = amount(invoice.get("tax"), field="tax")
+    tax = invoice.get("tax")
     if tax is None:
         for name in ("total_tax_amounts", "total_taxes"):
             amounts = invoice.get(name)
             if isinstance(amounts, list) and amounts:
-                tax = sum(amount(_get(item, "amount"), field=name) or 0 for item in amounts)
+                tax = [item.get("amount") if isinstance(item, dict) else None for item in amounts]
                 break
-    return signed_amount(total - (tax or 0), field="total_excluding_tax")
-
-
-def _get(item: Any, name: str) -> Any:
-    return item.get(name) if isinstance(item, dict) else None
+    taxes = tax if isinstance(tax, list) else [tax or 0]
+    if not all(isinstance(t, int) and not isinstance(t, bool) for t in taxes):
+        return None
+    less = total - sum(taxes)
+    return less if abs(less) <= MAX_AMOUNT else None
 
 
 # --- values ----------------------------------------------------------------------------

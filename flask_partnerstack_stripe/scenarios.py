@@ -372,7 +372,7 @@ def send_test_event(event_type: str | None, scenario: str | None, url: str | Non
 
     The events are recorded in the app's configured database (through the running
     app at --url, or in-process): when that is not a test database (the app is not
-    TESTING and the URL has no "test" in it), it asks first, unless --yes.
+    TESTING and the database's name has no word "test"), it asks first, unless --yes.
     """
     if event_type is None and scenario is None:
         raise click.UsageError("Give an EVENT_TYPE or --scenario seed.")

@@ -494,6 +494,50 @@ def test_backfill_recovers_refunds_and_disputes_of_older_payments_and_runs_no_ho
     assert len(handled) == 3 and not any(i.startswith("backfill_") for i in handled)
 
 
+@pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_API_KEY": "sk_live_backfill"}])
+def test_backfill_with_a_live_key_applies_refunds_in_live_mode(app, client, rows, models):
+    """A Refund object says no livemode: the key that listed it does."""
+    customer = testing.customer("cus_1", metadata={"customer_key": "u1", "partner_key": "p"})
+    testing.post_event(client, testing.event("customer.created", customer, livemode=True))
+    charge = {**testing.charge("ch_1", customer="cus_1", amount=5000), "livemode": True}
+    testing.post_event(client, testing.event("charge.succeeded", charge, livemode=True))
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/customers", stripe_list([], "/v1/customers"))
+        api.reply("GET", "/v1/charges", stripe_list([], "/v1/charges"))
+        api.reply("GET", "/v1/refunds", stripe_list(
+            [testing.refund("re_1", charge="ch_1", amount=5000)], "/v1/refunds"))  # fmt: skip
+        api.reply("GET", "/v1/disputes", stripe_list([], "/v1/disputes"))
+        result = run(app, "backfill", "--since", "2026-03-01")
+    assert "Backfill done: 0 created, 1 updated, 0 unchanged, 0 failed." in result.output
+    assert [(t.key, t.livemode, t.deleted_reason) for t in rows(models.Transaction)] == [
+        ("ch_1", True, "refund")
+    ]
+
+
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PARTNERSTACK_STRIPE_API_KEY": "sk_test_backfill",
+      "PARTNERSTACK_STRIPE_TRANSACTION_SOURCE": "invoice"}],
+)  # fmt: skip
+def test_backfill_says_which_refunds_it_could_not_link_to_an_invoice(app, rows, models):
+    """A webhook's unmatched refund is stored to replay; backfill's events are not stored,
+    so it names them instead of counting them unchanged."""
+    refund = testing.refund("re_2", charge="ch_old", amount=500, payment_intent="pi_2")
+    with testing.fake_stripe_api() as api:
+        api.reply("GET", "/v1/customers", stripe_list([], "/v1/customers"))
+        api.reply("GET", "/v1/charges", stripe_list([], "/v1/charges"))
+        api.reply("GET", "/v1/invoices", stripe_list([], "/v1/invoices"))
+        api.reply("GET", "/v1/refunds", stripe_list([refund], "/v1/refunds"))
+        api.reply("GET", "/v1/disputes", stripe_list([], "/v1/disputes"))
+        api.reply("GET", "/v1/invoice_payments", stripe_list([], "/v1/invoice_payments"))
+        result = run(app, "backfill", "--since", "2026-03-01")
+    assert result.exit_code == 0, result.output
+    assert "re_2 unmatched, not stored: Unmatched refund: the charge ch_old" in result.output
+    assert "Backfill done: 0 created, 0 updated, 0 unchanged, 0 failed." in result.output
+    assert "1 refunds could not be linked to an invoice (above)" in result.output
+    assert rows(models.WebhookEvent) == []
+
+
 @pytest.mark.parametrize("app_config", [{"PARTNERSTACK_STRIPE_API_KEY": "sk_test_backfill"}])
 def test_a_test_event_after_a_backfill_is_newer_than_it(app, client, rows, models):
     """Backfill dates its events now; testing.event's default times follow the wall clock,
@@ -747,6 +791,14 @@ def test_send_test_event_says_a_500_failed_to_apply_it(app):
     assert result.exit_code == 1, result.output
     assert "The webhook failed to apply charge.succeeded (HTTP 500)." in result.output
     assert "refused" not in result.output
+
+
+@pytest.mark.parametrize("delivery_id", ["2147483648", "99999999999999999999", "0"])
+def test_deliver_names_an_id_no_delivery_can_have(app, delivery_id):
+    result = run(app, "deliver", delivery_id)
+    assert result.exit_code == 1 and not isinstance(result.exception, OverflowError)
+    assert f"{delivery_id}: no signal delivery has this id" in result.stderr
+    assert "0 delivered, 0 failed" in result.stdout and "Traceback" not in result.output
 
 
 def test_deliver_with_durable_signals_off_says_there_is_nothing_kept(app):

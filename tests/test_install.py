@@ -528,6 +528,9 @@ def test_endpoint_cli_create_list_set_secret_delete(app, client, rows, models):
     assert asked.exit_code == 0, asked.output
     assert "Signing secret (whsec_…):" in asked.output and ENDPOINT_SECRET not in asked.output
     assert "Signing secret stored for" in asked.output
+    typo = runner.invoke(args=["partnerstack", "endpoints", "set-secret", "we_nosuch"], input="")
+    assert typo.exit_code == 1 and "No webhook endpoint 'we_nosuch'" in typo.output
+    assert "Signing secret (" not in typo.output  # not asked for first
 
     listed = runner.invoke(args=["partnerstack", "endpoints", "list"])
     assert account.endpoint_id in listed.output and "acct_cli" in listed.output

@@ -355,8 +355,11 @@ def test_a_fake_request_s_repr_shows_no_api_key():
     with testing.fake_stripe_api() as api:
         api.reply("GET", "/v1/customers/cus_1", {"id": "cus_1", "object": "customer"})
         stripe.Customer.retrieve("cus_1", api_key="sk_test_51ProbeKey")
+        api.reply("POST", "/oauth/token", {"stripe_user_id": "acct_1", "livemode": False})
+        stripe.OAuth.token(grant_type="refresh_token", refresh_token="rt_REFRESHSECRET",
+                           api_key="sk_test_51ProbeKey")  # fmt: skip
     shown = repr(api.requests)
-    assert "sk_test_51ProbeKey" not in shown
+    assert "sk_test_51ProbeKey" not in shown and "rt_REFRESHSECRET" not in shown
     assert "'/v1/customers/cus_1'" in shown and "[redacted]" in shown
 
 
