@@ -64,8 +64,9 @@ def checkout_completed(context: EventContext) -> None:
     ``ps_<ps_partner_key value>`` names the partner instead, for a customer keyed by
     the session's email: a Payment Link carries no metadata from the host. That email is
     typed by whoever pays, so such a session only creates the customer: an existing one
-    it finds (by that email) keeps its partner and its Stripe customer, unless the
-    session's own Stripe customer is already that customer's.
+    it finds keeps its partner and its Stripe customer. Even one already linked to the
+    session's Stripe customer: that link may have come from the same typed email (a
+    charge's billing email found it first).
     """
     values = session_values(context.object)
     email, reference = values.email, values.reference
@@ -109,9 +110,7 @@ def checkout_completed(context: EventContext) -> None:
             context.notify(signals.customer_created, customer=customer)
             _attach_orphans(context, customer, created=True)
             return None
-    if typed and (
-        party.stripe_customer_id is None or customer.stripe_customer_id != party.stripe_customer_id
-    ):
+    if typed:
         raise Ignored(
             "A ps_ reference attributes only a customer it creates: the existing customer "
             "found by the email typed in Checkout keeps its partner and Stripe customer."

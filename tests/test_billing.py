@@ -640,6 +640,27 @@ def test_payment_link_ps_reference_cannot_capture_an_existing_customer(client, r
     assert transaction.customer_id is None
 
 
+def test_a_payment_link_charge_first_cannot_capture_an_existing_customer_either(
+    client, rows, models
+):
+    """The same impostor, when the charge arrives before the session (the usual order): the
+    charge's billing email, typed in Checkout, finds the victim and links the impostor's
+    Stripe customer to it. The ``ps_`` session must still not give the victim a partner,
+    whose own later payments would pay it."""
+    app = client.application
+    with app.test_request_context():
+        get_state(app).extension.create_customer("victim-1", "victim@x.com")
+    charge = testing.charge("ch_eve", customer="cus_eve", amount=100, email="victim@x.com")
+    deliver(client, "charge.succeeded", charge)
+    ps = "ps_" + base64.urlsafe_b64encode(b"partner-eve").decode().rstrip("=")
+    session = testing.checkout_session(customer="cus_eve", client_reference_id=ps,
+                                       email="victim@x.com")  # fmt: skip
+    answer = deliver(client, "checkout.session.completed", session)
+    assert answer["status"] == "ignored", answer
+    (victim,) = rows(models.Customer, customer_key="victim-1")
+    assert victim.partner_key is None
+
+
 # --- subscription metadata ---------------------------------------------------------------
 
 
