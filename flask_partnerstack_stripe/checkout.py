@@ -97,6 +97,8 @@ def checkout_completed(context: EventContext) -> None:
     locks.lock(session, *locks.party_lock_names(party))
     match_email = context.settings.match_email
     customer = customers.find_customer(session, models, party, match_email=match_email)
+    if customer is not None and not typed and _another_customers_email(customer, party):
+        customer = None
     if customer is None:
         if not (party.customer_key and partner_key):
             raise Ignored(
@@ -120,6 +122,19 @@ def checkout_completed(context: EventContext) -> None:
     context.notify(signals.customer_updated, customer=customer)
     _attach_orphans(context, customer)
     return None
+
+
+def _another_customers_email(customer: Any, party: Party) -> bool:
+    """Whether ``customer`` was found by the session's email alone while the session names
+    another customer key: the key says who the buyer is (``client_reference_id`` is the
+    customer key), and an email two customers share, or one typed in Checkout, does not
+    merge them."""
+    return (
+        party.customer_key is not None
+        and customer.customer_key not in (None, party.customer_key)
+        and (party.stripe_customer_id is None
+             or customer.stripe_customer_id != party.stripe_customer_id)
+    )  # fmt: skip
 
 
 def _link(context: EventContext, customer: Any, party: Party, partner_key: Any, name: Any) -> bool:

@@ -14,7 +14,6 @@ import stripe
 
 from .redaction import redact
 
-
 #: Form fields of Stripe's OAuth calls that carry a secret.
 _SECRET_PARAMS = frozenset({"client_secret", "refresh_token", "access_token"})
 

@@ -661,6 +661,31 @@ def test_a_payment_link_charge_first_cannot_capture_an_existing_customer_either(
     assert victim.partner_key is None
 
 
+def test_a_checkout_session_naming_a_new_key_is_not_merged_into_another_by_email(
+    client, rows, models
+):
+    """``client_reference_id`` is the customer key: a session for a new key whose buyer has
+    (or typed) the email of a customer with another key creates its own customer; the
+    other keeps its partner and Stripe customer."""
+    app = client.application
+    with app.test_request_context():
+        get_state(app).extension.create_customer("victim", "victim@x.com")
+    session = testing.checkout_session(
+        "cs_1",
+        customer="cus_2",
+        client_reference_id="u2",
+        email="victim@x.com",
+        metadata={"partner_key": "p2"},
+    )
+    deliver(client, "checkout.session.completed", session)  # fmt: skip
+    customers = {c.customer_key: (c.partner_key, c.stripe_customer_id)
+                 for c in rows(models.Customer)}  # fmt: skip
+    assert customers == {"victim": (None, None), "u2": ("p2", "cus_2")}
+    deliver(client, "charge.succeeded", testing.charge("ch_2", customer="cus_2"))
+    [payment] = rows(models.Transaction)
+    assert payment.customer_id == rows(models.Customer, customer_key="u2")[0].id
+
+
 # --- subscription metadata ---------------------------------------------------------------
 
 
