@@ -33,9 +33,14 @@ def decode_partner_key(value: str) -> str:
         key = raw.decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
         raise ValueError(f"{value!r} is not a base64-encoded partner key.") from None
-    if not key.strip() or not key.isprintable() or len(key) > 255:
+    key = key.strip()  # as every other way in trims it: one partner, one key
+    if not _usable(key):
         raise ValueError(f"{value!r} does not decode to a usable partner key.")
     return key
+
+
+def _usable(key: str) -> bool:
+    return bool(key) and key.isprintable() and len(key) <= 255
 
 
 def _serializer() -> URLSafeSerializer | None:
@@ -79,4 +84,6 @@ def referred_partner_key(request: Request) -> str | None:
         value = serializer.loads(cookie)
     except BadSignature:
         return None
-    return value if isinstance(value, str) else None
+    # Checked again as it is read: a cookie signed before a limit changed, or by other code
+    # of the app with the same key and salt, is a partner key only if one could be.
+    return value if isinstance(value, str) and _usable(value) else None
