@@ -155,8 +155,13 @@ def invoice_metadata(invoice: dict[str, Any]) -> dict[str, str]:
     for source in sources:
         for name in METADATA_KEYS:
             value = metadata_value(source, name)
-            if value is not None:
-                merged.setdefault(name, value)
+            # customer_id is customer_key's alias: the invoice's own, under either name,
+            # wins over the subscription's.
+            taken = name in merged or (name == "customer_id" and "customer_key" in merged)
+            if value is not None and not taken:
+                merged[name] = value
+        if "customer_id" in merged and "customer_key" not in merged:
+            merged["customer_key"] = merged.pop("customer_id")
     return merged
 
 

@@ -690,6 +690,23 @@ def test_a_checkout_session_naming_a_new_key_is_not_merged_into_another_by_email
 
 
 @pytest.mark.parametrize("app_config", [INVOICE_MODE])
+def test_an_invoice_s_own_customer_id_wins_over_its_subscription_s_customer_key(
+    client, rows, models
+):
+    """``customer_id`` is ``customer_key``'s alias: the invoice's own value wins, under
+    either name."""
+    app = client.application
+    with app.test_request_context():
+        get_state(app).extension.create_customer("u1", "a@x.com", partner_key="pA")
+        get_state(app).extension.create_customer("u2", "b@x.com", partner_key="pB")
+    invoice = testing.invoice("in_1", subtotal=5000, metadata={"customer_id": "u1"},
+                              subscription_metadata={"customer_key": "u2"})  # fmt: skip
+    deliver(client, "invoice.paid", invoice)
+    [payment] = rows(models.Transaction)
+    assert payment.customer_id == rows(models.Customer, customer_key="u1")[0].id
+
+
+@pytest.mark.parametrize("app_config", [INVOICE_MODE])
 @pytest.mark.parametrize("api_version", ERAS)
 def test_subscription_metadata_is_read_from_the_invoice(client, rows, models, api_version):
     """basil moved it to ``parent.subscription_details.metadata`` (Stripe changelog
