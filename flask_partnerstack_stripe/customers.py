@@ -87,12 +87,23 @@ def _find_statement(table: Any, names: tuple[str, ...], load: bool) -> Any:
     )
     # Whole conjunctions in the OR, so that each branch can use its index.
     matches = [sa.and_(*in_scope, table.c[name] == sa.bindparam(name)) for name in names]
+    if "email" in names and "stripe_customer_id" in names:
+        # An email never moves a customer from its Stripe customer to another: a Payment
+        # Link's buyer types any email, and would otherwise take over whoever has it.
+        email = names.index("email")
+        matches[email] = sa.and_(matches[email], _no_other_stripe_customer(table, ""))
     rank = sa.case(
         *((table.c[name] == sa.bindparam(name), n) for n, name in enumerate(names)),
         else_=len(names),
     )
     selected = tuple(table.columns) if load else (table.c.id, table.c.stripe_customer_id)
     return sa.select(*selected).where(sa.or_(*matches)).order_by(rank, table.c.id).limit(1)
+
+
+def _no_other_stripe_customer(table: Any, prefix: str) -> Any:
+    """The row has no Stripe customer, or the ``<prefix>stripe_customer_id`` parameter's."""
+    stripe_id = table.c.stripe_customer_id
+    return sa.or_(stripe_id.is_(None), stripe_id == sa.bindparam(f"{prefix}stripe_customer_id"))
 
 
 def payer_routes(party: Party, *, match_email: bool, payment: bool = False) -> dict[str, str]:
@@ -390,6 +401,11 @@ def _orphans(
     parameters), in ``scope`` and ``livemode``."""
     in_scope = table.c.account_scope == scope
     named = [sa.and_(table.c[name] == sa.bindparam(f"b_{name}"), in_scope) for name in columns]
+    if "customer_email" in columns and "stripe_customer_id" in columns:
+        # By email, never a payment of another Stripe customer: the email may be one a
+        # buyer typed (see _find_statement).
+        email = columns.index("customer_email")
+        named[email] = sa.and_(named[email], _no_other_stripe_customer(table, "b_"))
     if union:
         searches = [sa.select(table.c.id).where(condition) for condition in named]
         matching: Any = table.c.id.in_(sa.union_all(*searches))

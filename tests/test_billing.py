@@ -686,6 +686,66 @@ def test_a_checkout_session_naming_a_new_key_is_not_merged_into_another_by_email
     assert payment.customer_id == rows(models.Customer, customer_key="u2")[0].id
 
 
+def test_an_email_never_moves_a_customer_to_another_stripe_customer(client, rows, models):
+    """A buyer's Stripe customer with someone else's email (typed in Checkout) is not that
+    someone: it neither takes their Stripe customer's place nor gets their partner, and
+    the session naming its own new key creates that customer."""
+    app = client.application
+    with app.test_request_context():
+        get_state(app).extension.create_customer("v1", "victim@x.com")
+    deliver(
+        client,
+        "customer.created",
+        testing.customer("cus_V", email="victim@x.com", metadata={"customer_key": "v1"}),
+    )
+    deliver(client, "customer.created", testing.customer("cus_A", email="victim@x.com"))
+    session = testing.checkout_session(
+        customer="cus_A",
+        client_reference_id="a1",
+        email="victim@x.com",
+        metadata={"partner_key": "pA"},
+    )
+    deliver(client, "checkout.session.completed", session)
+    deliver(client, "charge.succeeded", testing.charge("ch_v", customer="cus_V"))  # fmt: skip
+    customers = {c.customer_key: (c.partner_key, c.stripe_customer_id)
+                 for c in rows(models.Customer)}  # fmt: skip
+    assert customers == {"v1": (None, "cus_V"), "a1": ("pA", "cus_A")}
+    [payment] = rows(models.Transaction)
+    assert payment.customer_id == rows(models.Customer, customer_key="v1")[0].id
+
+
+def test_a_payment_link_buyer_with_a_typed_email_takes_no_one_s_payments(client, rows, models):
+    """An unreferred buyer has payments but no customer row (none is created without a
+    partner). A Payment Link purchase with a ps_ reference and that buyer's email creates a
+    customer for the purchase's own Stripe customer: the buyer's payments, earlier or
+    later, are not its; the buyer's own signup gets them."""
+    email = "victim@x.com"
+    deliver(
+        client,
+        "charge.succeeded",
+        testing.charge("ch_v0", customer="cus_V", email=email, amount=30000),
+    )
+    ps = "ps_" + base64.urlsafe_b64encode(b"partner-x").decode().rstrip("=")
+    deliver(
+        client,
+        "checkout.session.completed",
+        testing.checkout_session(customer="cus_A", client_reference_id=ps, email=email),
+    )
+    deliver(
+        client,
+        "charge.succeeded",
+        testing.charge("ch_v1", customer="cus_V", email=email, amount=30000),
+    )
+    [squatter] = rows(models.Customer)
+    assert (squatter.partner_key, squatter.stripe_customer_id) == ("partner-x", "cus_A")
+    assert [t.customer_id for t in rows(models.Transaction)] == [None, None]
+    app = client.application
+    with app.test_request_context():
+        get_state(app).extension.create_customer("v1", email, partner_key="pV")
+    [victim] = rows(models.Customer, customer_key="v1")
+    assert [t.customer_id for t in rows(models.Transaction)] == [victim.id, victim.id]  # fmt: skip
+
+
 # --- subscription metadata ---------------------------------------------------------------
 
 
