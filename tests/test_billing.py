@@ -616,19 +616,29 @@ def test_payment_link_reference_attributes_a_customer_keyed_by_email(client, row
     assert "ps_" in deliver(client, "checkout.session.completed", bad)["reason"]
 
 
+def impostor_buys_as_the_victim(client, *, charge_first: bool) -> dict[str, Any]:
+    """Customer victim-1 (victim@x.com, no partner) signs up; then someone buys through a
+    Payment Link with ``ps_<partner-eve>`` and types the victim's email (the purchase's
+    charge first, or the session first). The session's answer."""
+    app = client.application
+    with app.test_request_context():
+        get_state(app).extension.create_customer("victim-1", "victim@x.com")
+    if charge_first:
+        charge = testing.charge("ch_eve", customer="cus_eve", amount=100, email="victim@x.com")
+        deliver(client, "charge.succeeded", charge)
+    ps = "ps_" + base64.urlsafe_b64encode(b"partner-eve").decode().rstrip("=")
+    session = testing.checkout_session(customer="cus_eve", client_reference_id=ps,
+                                       email="victim@x.com")  # fmt: skip
+    return deliver(client, "checkout.session.completed", session)
+
+
 def test_payment_link_ps_reference_cannot_capture_an_existing_customer(client, rows, models):
     """A manager's customers cannot be taken over with a Payment Link: anyone can open one
     with ``?client_reference_id=ps_<own partner key>`` and type someone else's email in
     Checkout. The existing customer with that email keeps no partner (nobody referred it)
     and is not linked to that Stripe customer, so its later payments earn the other
     partner nothing. (A ``ps_`` reference attributes only a customer it creates.)"""
-    app = client.application
-    with app.test_request_context():
-        get_state(app).extension.create_customer("victim-1", "victim@x.com")
-    ps = "ps_" + base64.urlsafe_b64encode(b"partner-eve").decode().rstrip("=")
-    session = testing.checkout_session(customer="cus_eve", client_reference_id=ps,
-                                       email="victim@x.com")  # fmt: skip
-    answer = deliver(client, "checkout.session.completed", session)
+    answer = impostor_buys_as_the_victim(client, charge_first=False)
     assert answer["status"] == "ignored", answer
     (victim,) = rows(models.Customer, customer_key="victim-1")
     assert victim.partner_key is None
@@ -647,15 +657,7 @@ def test_a_payment_link_charge_first_cannot_capture_an_existing_customer_either(
     charge's billing email, typed in Checkout, finds the victim and links the impostor's
     Stripe customer to it. The ``ps_`` session must still not give the victim a partner,
     whose own later payments would pay it."""
-    app = client.application
-    with app.test_request_context():
-        get_state(app).extension.create_customer("victim-1", "victim@x.com")
-    charge = testing.charge("ch_eve", customer="cus_eve", amount=100, email="victim@x.com")
-    deliver(client, "charge.succeeded", charge)
-    ps = "ps_" + base64.urlsafe_b64encode(b"partner-eve").decode().rstrip("=")
-    session = testing.checkout_session(customer="cus_eve", client_reference_id=ps,
-                                       email="victim@x.com")  # fmt: skip
-    answer = deliver(client, "checkout.session.completed", session)
+    answer = impostor_buys_as_the_victim(client, charge_first=True)
     assert answer["status"] == "ignored", answer
     (victim,) = rows(models.Customer, customer_key="victim-1")
     assert victim.partner_key is None
