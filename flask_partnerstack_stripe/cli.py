@@ -320,8 +320,9 @@ def backfill_command(since: datetime, account: str | None) -> None:
     )
     if counts["unmatched"]:
         click.echo(
-            f"{counts['unmatched']} refunds could not be linked to an invoice (above): run"
-            " the backfill again once they can be (its events are not stored to replay)."
+            f"{counts['unmatched']} refunds or disputes could not be linked to an invoice"
+            " (above): run the backfill again once they can be (its events are not stored,"
+            " so there is nothing to replay)."
         )
     if counts["failed"]:
         click.echo("The failed objects were skipped: fix what each says, then run it again.")

@@ -82,6 +82,7 @@ def set_secret(endpoint_id: str, secret: str | None) -> None:
         state = get_state()
         if accounts.find_endpoint(state.db.session(), state.models, endpoint_id) is None:
             raise click.ClickException(f"No webhook endpoint {endpoint_id!r}.")
+        state.db.session.rollback()  # no transaction left open while someone types
         secret = click.prompt("Signing secret (whsec_…)", hide_input=True)
     try:
         get_state().extension.set_endpoint_secret(endpoint_id, secret)

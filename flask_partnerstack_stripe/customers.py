@@ -68,8 +68,8 @@ def find_customer(
     table = models.Customer.__table__
     names = tuple(routes)
     statement = cached_statement(
-        (table, "find", names, load),
-        lambda: _find_statement(table, names, load),
+        (table, "find", names, load, payment),
+        lambda: _find_statement(table, names, load, payment=payment),
     )
     values = {"scope": party.scope, "livemode": party.livemode, **routes}
     if load and session.autoflush:
@@ -80,16 +80,18 @@ def find_customer(
     return loaded(session, models.Customer, found)
 
 
-def _find_statement(table: Any, names: tuple[str, ...], load: bool) -> Any:
+def _find_statement(table: Any, names: tuple[str, ...], load: bool, *, payment: bool) -> Any:
     in_scope = (
         table.c.account_scope == sa.bindparam("scope"),
         table.c.livemode == sa.bindparam("livemode"),
     )
     # Whole conjunctions in the OR, so that each branch can use its index.
     matches = [sa.and_(*in_scope, table.c[name] == sa.bindparam(name)) for name in names]
-    if "email" in names and "stripe_customer_id" in names:
-        # An email never moves a customer from its Stripe customer to another: a Payment
-        # Link's buyer types any email, and would otherwise take over whoever has it.
+    if "email" in names and "stripe_customer_id" in names and not payment:
+        # A customer event's email never moves a customer from its Stripe customer to
+        # another: a Payment Link's buyer types any email, and would otherwise take over
+        # whoever has it. A payment found by email is recorded under that customer (DESIGN
+        # 4's order) whatever Stripe customer paid: a customer may have several.
         email = names.index("email")
         matches[email] = sa.and_(matches[email], _no_other_stripe_customer(table, ""))
     rank = sa.case(
@@ -129,7 +131,7 @@ def payer_cte(models: Models, names: tuple[str, ...]) -> Any:
     """:func:`find_customer`'s look-up (id and Stripe id) as a CTE named ``payer``, for a
     statement that records a payment and finds its payer at once. Its parameters are
     ``scope``, ``livemode`` and the ``names`` (:func:`payer_routes`)."""
-    return _find_statement(models.Customer.__table__, names, load=False).cte("payer")
+    return _find_statement(models.Customer.__table__, names, load=False, payment=True).cte("payer")
 
 
 def former_owner(session: Session, models: Models, party: Party) -> int | None:
@@ -402,8 +404,8 @@ def _orphans(
     in_scope = table.c.account_scope == scope
     named = [sa.and_(table.c[name] == sa.bindparam(f"b_{name}"), in_scope) for name in columns]
     if "customer_email" in columns and "stripe_customer_id" in columns:
-        # By email, never a payment of another Stripe customer: the email may be one a
-        # buyer typed (see _find_statement).
+        # By email, never an earlier payment of another Stripe customer: the email may be
+        # one a buyer typed, and these payments were made before this customer was known.
         email = columns.index("customer_email")
         named[email] = sa.and_(named[email], _no_other_stripe_customer(table, "b_"))
     if union:

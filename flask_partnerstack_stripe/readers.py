@@ -113,7 +113,7 @@ def charge_facts(
         # A captured charge that says it captured nothing: a payload from before the
         # field (2020-ish fixtures carry 0), not a capture of nothing. Nothing was released.
         captured = None
-    gross = (min(captured, paid) if captured else paid) if settled else None
+    gross = (min(captured, paid) if captured is not None else paid) if settled else None
     released = paid - captured if captured is not None and captured <= paid else 0
     if not settled and obj.get("captured") is False:
         released = paid  # an authorization canceled before capture: nothing was paid

@@ -86,4 +86,7 @@ def referred_partner_key(request: Request) -> str | None:
         return None
     # Checked again as it is read: a cookie signed before a limit changed, or by other code
     # of the app with the same key and salt, is a partner key only if one could be.
-    return value if isinstance(value, str) and _usable(value) else None
+    if not isinstance(value, str):
+        return None
+    value = value.strip()  # a cookie from before partner keys were trimmed
+    return value if _usable(value) else None

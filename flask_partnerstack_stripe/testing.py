@@ -387,13 +387,13 @@ def post_event(
     app: Flask = client.application
     payload = event if isinstance(event, str) else json.dumps(event)
     if secret is None:
-        secrets = get_state(app).settings.webhook_secrets
-        if not secrets:
+        configured = get_state(app).settings.webhook_secrets
+        if not configured:
             raise ValueError(
                 "secret: the app has no PARTNERSTACK_STRIPE_WEBHOOK_SECRETS to sign with;"
                 " pass secret= (an endpoint's, say)."
             )
-        secret = secrets[0]
+        secret = configured[0]
     if url is None:
         with app.test_request_context():
             url = url_for("partnerstack_stripe.webhook")

@@ -534,7 +534,7 @@ def test_backfill_says_which_refunds_it_could_not_link_to_an_invoice(app, rows, 
     assert result.exit_code == 0, result.output
     assert "re_2 unmatched, not stored: Unmatched refund: the charge ch_old" in result.output
     assert "Backfill done: 0 created, 0 updated, 0 unchanged, 0 failed." in result.output
-    assert "1 refunds could not be linked to an invoice (above)" in result.output
+    assert "1 refunds or disputes could not be linked to an invoice" in result.output
     assert rows(models.WebhookEvent) == []
 
 
