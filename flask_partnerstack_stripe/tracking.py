@@ -394,8 +394,12 @@ def _link_stripe_id(context: EventContext, party: Party, customer_id: int) -> No
     """
     session, models = context.session, context.models
     locks.lock(session, *locks.party_lock_names(party))
-    customer = session.get(models.Customer, customer_id)
+    # Read again under the locks: another payment of the same email may have linked its
+    # own Stripe customer since the look-up, and a payment never moves a customer from it.
+    customer = session.get(models.Customer, customer_id, populate_existing=True)
     assert customer is not None, "found in this transaction, under its lock"
+    if customer.stripe_customer_id not in (None, party.stripe_customer_id):
+        return
     customers.unlink_stripe_id(session, models, party, keep=customer)
     customer.stripe_customer_id = party.stripe_customer_id
     session.flush()
