@@ -22,6 +22,7 @@ import stripe
 
 from . import signals
 from .accounts import find_account
+from .config import is_live_key
 from .extension import State
 from .reachability import unreachable
 from .readers import as_dict
@@ -125,7 +126,7 @@ def backfill(
     api_key = settings.api_key
     if api_key is None:
         raise RuntimeError("Backfill reads the Stripe API: set PARTNERSTACK_STRIPE_API_KEY.")
-    livemode = api_key.startswith(("sk_live_", "rk_live_"))
+    livemode = is_live_key(api_key)
     source = settings.transaction_source
     if stripe_account_id is not None:
         account = find_account(state.db.session(), state.models, stripe_account_id, livemode)

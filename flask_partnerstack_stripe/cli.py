@@ -148,12 +148,12 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
     from cron; with Celery the ``partnerstack.deliver_signals`` task does it.
     """
     state = get_state()
-    # An id past the column's range names no delivery, and would make the query fail.
-    possible = tuple(i for i in delivery_ids if 0 < i <= MAX_DELIVERY_ID)
+    stored = _stored_deliveries(state, delivery_ids)
+    unknown = sorted(set(delivery_ids) - stored)
     result = Delivered()
-    if possible or not delivery_ids:  # no ids: every pending one
+    if stored or not delivery_ids:  # no ids: every pending one
         result = state.receiver.deliver_stored(
-            state.db.session(), ids=possible, dead=dead, limit=None
+            state.db.session(), ids=sorted(stored), dead=dead, limit=None
         )
     click.echo(f"{result.delivered} delivered, {result.failed} failed ({result.dead} now dead).")
     if not state.settings.durable_signals:
@@ -161,8 +161,7 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
             "Durable signals are off (PARTNERSTACK_STRIPE_DURABLE_SIGNALS): signals are sent"
             " once, after the commit, and no delivery is kept to send again."
         )
-    unknown = sorted(set(delivery_ids) - set(possible)) + _unknown_deliveries(state, possible)
-    unsent = len(set(delivery_ids)) - result.delivered - result.failed - len(unknown)
+    unsent = len(stored) - result.delivered - result.failed
     if unsent > 0:
         click.echo(f"Not sent: {unsent} of the ids given (delivered already).")
     for delivery_id in unknown:
@@ -175,17 +174,19 @@ def deliver_command(delivery_ids: tuple[int, ...], dead: bool) -> None:
 MAX_DELIVERY_ID = 2**31 - 1
 
 
-def _unknown_deliveries(state: State, delivery_ids: tuple[int, ...]) -> list[int]:
-    """The ``delivery_ids`` no stored delivery has, in order: a typo is not "sent already"."""
-    if not delivery_ids:
-        return []
+def _stored_deliveries(state: State, delivery_ids: tuple[int, ...]) -> set[int]:
+    """The ``delivery_ids`` a stored delivery has: a typo is not "sent already". An id
+    past the column's range is none of them, and is not asked for (the query would fail)."""
+    possible = [i for i in delivery_ids if 0 < i <= MAX_DELIVERY_ID]
+    if not possible:
+        return set()
     SignalDelivery = state.models.SignalDelivery
     session = state.db.session()
-    known = set(
-        session.scalars(sa.select(SignalDelivery.id).where(SignalDelivery.id.in_(delivery_ids)))
+    stored = set(
+        session.scalars(sa.select(SignalDelivery.id).where(SignalDelivery.id.in_(possible)))
     )
     session.rollback()
-    return sorted(set(delivery_ids) - known)
+    return stored
 
 
 @partnerstack_cli.command("sweep")

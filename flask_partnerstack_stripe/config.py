@@ -96,7 +96,7 @@ class Settings:
     def api_key_for(self, livemode: bool) -> str | None:
         """The platform's secret key for the mode, if one is configured."""
         for key in (self.api_key, self.test_api_key):
-            if key is not None and _is_live_key(key) == livemode:
+            if key is not None and is_live_key(key) == livemode:
                 return key
         return None
 
@@ -247,11 +247,12 @@ def _url_prefix(value: Any) -> str:
 def _livemode(value: Any, api_key: Any) -> bool:
     """The mode of customers recorded at signup: as set, else the API key's mode, else test."""
     if value is None:
-        return isinstance(api_key, str) and _is_live_key(api_key)
+        return isinstance(api_key, str) and is_live_key(api_key)
     return _bool("LIVEMODE", value)
 
 
-def _is_live_key(key: str) -> bool:
+def is_live_key(key: str) -> bool:
+    """Whether a Stripe secret (or restricted) key is a live-mode one."""
     return key.startswith(("sk_live_", "rk_live_"))
 
 

@@ -153,15 +153,14 @@ def invoice_metadata(invoice: dict[str, Any]) -> dict[str, str]:
     )
     merged: dict[str, str] = {}
     for source in sources:
-        for name in METADATA_KEYS:
-            value = metadata_value(source, name)
-            # customer_id is customer_key's alias: the invoice's own, under either name,
-            # wins over the subscription's.
-            taken = name in merged or (name == "customer_id" and "customer_key" in merged)
-            if value is not None and not taken:
-                merged[name] = value
-        if "customer_id" in merged and "customer_key" not in merged:
-            merged["customer_key"] = merged.pop("customer_id")
+        own = {name: metadata_value(source, name) for name in METADATA_KEYS}
+        # customer_id is customer_key's alias: the invoice's own key, under either name,
+        # wins over the subscription's.
+        alias = own.pop("customer_id")
+        own["customer_key"] = own["customer_key"] or alias
+        for name, value in own.items():
+            if value is not None:
+                merged.setdefault(name, value)
     return merged
 
 
@@ -189,20 +188,23 @@ def _total_less_tax(invoice: dict[str, Any]) -> int | None:
     tax (a credit's) lowers the tax.
     """
     total = signed_amount(invoice.get("total"), field="total")
-    if total is None:
-        return None
-    tax = invoice.get("tax")
-    if tax is None:
-        for name in ("total_tax_amounts", "total_taxes"):
-            amounts = invoice.get(name)
-            if isinstance(amounts, list) and amounts:
-                tax = [item.get("amount") if isinstance(item, dict) else None for item in amounts]
-                break
-    taxes = tax if isinstance(tax, list) else [tax or 0]
-    if not all(isinstance(t, int) and not isinstance(t, bool) for t in taxes):
+    taxes = _taxes(invoice)
+    if total is None or not all(isinstance(t, int) and not isinstance(t, bool) for t in taxes):
         return None
     less = total - sum(taxes)
     return less if abs(less) <= MAX_AMOUNT else None
+
+
+def _taxes(invoice: dict[str, Any]) -> list[Any]:
+    """The tax amounts an invoice states, as sent: its ``tax`` (one sum), else each of its
+    ``total_tax_amounts`` (or basil's ``total_taxes``); none when it states none."""
+    if invoice.get("tax") is not None:
+        return [invoice["tax"]]
+    for name in ("total_tax_amounts", "total_taxes"):
+        amounts = invoice.get(name)
+        if isinstance(amounts, list) and amounts:
+            return [item.get("amount") if isinstance(item, dict) else None for item in amounts]
+    return []
 
 
 # --- values ----------------------------------------------------------------------------
