@@ -365,6 +365,8 @@ def follow_customer(
     rules: Sequence[Rule],
     customer: Any,
     new_with: Sequence[Any] | None = None,
+    *,
+    attached: bool = False,
 ) -> Notifications:
     """Give commissions to ``customer``'s standing payments that have none: its orphans
     just attached, or all of them when it has just got its partner. Usually none.
@@ -372,37 +374,43 @@ def follow_customer(
     ``new_with``: the customer was created in this transaction and was given these
     standing payments (its orphans, locked by the attaching): they are all it has, so
     they are followed without looking for others.
+
+    ``attached``: this transaction attached orphans to the (known) customer. Under a
+    ``months`` rule an orphan older than its known payments moves the customer's first
+    payment back, and with it every later payment's month: then all its standing
+    payments are followed again, so the commissions do not depend on which came first.
     """
     if not rules or not customer.partner_key:
         return []
     if new_with is not None:
         payments = sorted(new_with, key=lambda each: each.id)  # the lock order
     else:
-        payments = _without_commission(session, models, customer)
+        recount = attached and any(rule.months is not None for rule in rules)
+        payments = _standing(session, models, customer, every=recount)
     notifications: Notifications = []
     for transaction in payments:
         notifications += follow_payment(session, models, rules, transaction)
     return notifications
 
 
-def _without_commission(session: Session, models: Models, customer: Any) -> list[Any]:
-    """``customer``'s standing payments that have no commission, locked, in id order."""
+def _standing(session: Session, models: Models, customer: Any, *, every: bool) -> list[Any]:
+    """``customer``'s standing payments that have no commission (``every``: all of its
+    standing payments), locked, in id order."""
     Transaction, Commission = models.Transaction, models.Commission
     table = Transaction.__table__
-    without = cached_statement(
-        (table, "without commission"),
-        lambda: (
-            sa.select(*table.columns)
-            .where(
-                table.c.customer_id == sa.bindparam("customer_id"),
-                table.c.deleted_at.is_(None),
-                ~sa.exists().where(Commission.__table__.c.transaction_id == table.c.id),
-            )
-            .order_by(table.c.id)
-            .with_for_update()
-        ),
-    )
-    rows = session.connection().execute(without, {"customer_id": customer.id}).all()
+
+    def build() -> Any:
+        standing = [
+            table.c.customer_id == sa.bindparam("customer_id"),
+            table.c.deleted_at.is_(None),
+        ]
+        if not every:
+            commission = Commission.__table__
+            standing.append(~sa.exists().where(commission.c.transaction_id == table.c.id))
+        return sa.select(*table.columns).where(*standing).order_by(table.c.id).with_for_update()
+
+    statement = cached_statement((table, "standing", every), build)
+    rows = session.connection().execute(statement, {"customer_id": customer.id}).all()
     return [loaded(session, Transaction, row, attach=False) for row in rows]
 
 
@@ -424,11 +432,18 @@ def follow(
 
 
 def follow_customer_in(
-    context: EventContext, customer: Any, new_with: Sequence[Any] | None = None
+    context: EventContext,
+    customer: Any,
+    new_with: Sequence[Any] | None = None,
+    *,
+    attached: bool = False,
 ) -> None:
     """:func:`follow_customer` inside a webhook event."""
-    rewards = context.settings.rewards
-    _notify(context, follow_customer(context.session, context.models, rewards, customer, new_with))
+    notifications = follow_customer(
+        context.session, context.models, context.settings.rewards, customer, new_with,
+        attached=attached,
+    )  # fmt: skip
+    _notify(context, notifications)
 
 
 def approve(

@@ -80,21 +80,40 @@ def parse_rules(value: Any) -> tuple[Rule, ...]:
     if not isinstance(value, (list, tuple)):
         raise ConfigurationError(f"{name} must be a list of rules, got {type(value).__name__}")
     rules = tuple(_rule(name, index, raw) for index, raw in enumerate(value))
-    # Per scope, the rules listed so far by the currency they pay in (None: every one).
-    # Rules of one scope that differ by currency pay different payments (choose_rule);
-    # one listed after a rule that pays in its currency already could never apply.
-    seen: dict[tuple[Any, ...], dict[str | None, int]] = {}
     for index, rule in enumerate(rules):
-        earlier = seen.setdefault((rule.product_key, rule.partner_key, rule.months), {})
-        shadow = earlier.get(None, earlier.get(rule.currency))
-        if shadow is not None:
+        covering = (n for n, earlier in enumerate(rules[:index]) if _covers(earlier, rule))
+        shadow = next(covering, None)
+        if shadow is None:
+            continue
+        earlier = rules[shadow]
+        if earlier.months == rule.months:
             raise ConfigurationError(
                 f"{name}[{index}] has the same product_key, partner_key and months as rule "
                 f"{shadow}, which pays in {rule.currency or 'every currency'} too: only one "
                 "of them could ever apply"
             )
-        earlier[rule.currency] = index
+        raise ConfigurationError(
+            f"{name}[{index}] could never apply: rule {shadow}, listed before it, has the "
+            f"same product_key and partner_key, pays in {rule.currency or 'every currency'} "
+            f"too and {_window(earlier.months)}, which covers this rule's "
+            f"{_window(rule.months)}; list the rule with the shorter months first"
+        )
     return rules
+
+
+def _covers(earlier: Rule, later: Rule) -> bool:
+    """Whether ``earlier`` wins every payment ``later`` matches: equally specific rules go
+    to the first listed that pays in the payment's currency (:func:`choose_rule`), so a
+    later one whose scope, currency and months window an earlier one covers never applies."""
+    same_scope = (earlier.product_key, earlier.partner_key) == (
+        later.product_key, later.partner_key
+    )  # fmt: skip
+    longer = earlier.months is None or (later.months is not None and earlier.months >= later.months)
+    return same_scope and (earlier.currency in (None, later.currency)) and longer
+
+
+def _window(months: int | None) -> str:
+    return "no months limit" if months is None else f"months {months}"
 
 
 def _rule(name: str, index: int, raw: Any) -> Rule:

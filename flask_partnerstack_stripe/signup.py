@@ -46,12 +46,15 @@ def record_signup(
         if changed:
             session.flush()
             notifications.append((signals.customer_updated, {"customer": customer, "event": None}))
-    for transaction in customers.attach_orphans(session, models, customer, match_email=match_email):
+    attached = customers.attach_orphans(session, models, customer, match_email=match_email)
+    for transaction in attached:
         notifications.append(
             (signals.transaction_updated, {"transaction": transaction, "event": None})
         )
     # Commissions for its payments: the orphans just attached, or all if it got its partner.
-    notifications += commissions.follow_customer(session, models, rewards, customer)
+    notifications += commissions.follow_customer(
+        session, models, rewards, customer, attached=bool(attached)
+    )
     return customer, notifications
 
 

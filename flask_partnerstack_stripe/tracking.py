@@ -169,7 +169,9 @@ def _attach_orphans(
     for transaction in attached:
         context.notify(signals.transaction_updated, transaction=transaction)
     # Its payments' commissions: the orphans just attached, or all if it just got a partner.
-    commissions.follow_customer_in(context, customer, attached if created else None)
+    commissions.follow_customer_in(
+        context, customer, attached if created else None, attached=bool(attached)
+    )
 
 
 def customer_deleted(context: EventContext) -> None:
@@ -337,7 +339,7 @@ def settle(
         if settled is not None:
             return _settled(context, *settled)
 
-    found = _find_payer(context, party)
+    found = _find_payer(context, party, load=may_create)
     customer_id = found.id if found is not None else None
     if found is None:
         # A payment of a Stripe customer nobody holds any more (customer.deleted) is the
@@ -352,8 +354,13 @@ def settle(
         if created:
             context.notify(signals.customer_created, customer=customer)
             _attach_orphans(context, customer, created=True)
-    elif found is not None and party.stripe_customer_id and not found.stripe_customer_id:
-        _link_stripe_id(context, party, found.id)
+        else:  # created by another event meanwhile, perhaps without a partner
+            _give_partner(context, party, customer, partner_key)
+    elif found is not None:
+        if may_create:
+            _give_partner(context, party, found, partner_key)
+        if party.stripe_customer_id and not found.stripe_customer_id:
+            _link_stripe_id(context, party, found.id)
 
     change, row = payments.settle_payment(
         session, models, payment, customer_id, facts, prorate=prorate, expect_known=expect_known
@@ -407,6 +414,29 @@ def _link_stripe_id(context: EventContext, party: Party, customer_id: int) -> No
     _attach_orphans(context, customer)
 
 
+def _give_partner(context: EventContext, party: Party, customer: Any, partner_key: Any) -> None:
+    """A payment whose metadata names its customer's key and a partner gives that
+    customer the partner if it has none yet (a signup recorded without one): the first
+    partner wins whichever came first, the signup or the payment.
+
+    Only the customer the key names: one found by its Stripe id or email under another
+    key is not the one the metadata speaks of. Under the customer locks, as a customer
+    event gives a partner, and read again under them.
+    """
+    if customer.partner_key is not None or customer.customer_key != party.customer_key:
+        return  # usually: a repeat purchase of an attributed customer, nothing to lock
+    session, models = context.session, context.models
+    locks.lock(session, *locks.party_lock_names(party))
+    customer = session.get(models.Customer, customer.id, populate_existing=True)
+    assert customer is not None, "found in this transaction, under its lock"
+    if customer.partner_key is not None:
+        return  # another event gave it one meanwhile: the first partner wins
+    customer.partner_key = partner_key
+    session.flush()
+    context.notify(signals.customer_updated, customer=customer)
+    _attach_orphans(context, customer)
+
+
 def _settled(context: EventContext, change: str | None, row: Any, *, new: bool = False) -> None:
     """Send the signal a payment's change calls for; its commission follows it (which,
     once the payment was recorded, usually exists: locked first then). ``new``: this
@@ -422,8 +452,9 @@ def _settled(context: EventContext, change: str | None, row: Any, *, new: bool =
         commissions.follow(context, row, expect_known=expect_known, new=new)
 
 
-def _find_payer(context: EventContext, party: Party) -> Any:
-    """The id and Stripe id of the customer a payment names, if known.
+def _find_payer(context: EventContext, party: Party, *, load: bool = False) -> Any:
+    """The id and Stripe id of the customer a payment names, if known (``load``: the
+    whole customer, for a payment whose metadata may give it its partner).
 
     When none is known yet, the payment is about to be kept without a customer. The
     customer may be being created at this very moment: take the locks a customer
@@ -433,19 +464,19 @@ def _find_payer(context: EventContext, party: Party) -> Any:
         return None  # a refund or dispute names nobody: its transaction knows the customer
     match_email = context.settings.match_email
     found = customers.find_customer(
-        context.session, context.models, party, match_email=match_email, load=False, payment=True
+        context.session, context.models, party, match_email=match_email, load=load, payment=True
     )
-    return found if found is not None else _find_payer_again(context, party)
+    return found if found is not None else _find_payer_again(context, party, load=load)
 
 
-def _find_payer_again(context: EventContext, party: Party) -> Any:
+def _find_payer_again(context: EventContext, party: Party, *, load: bool) -> Any:
     """Under the locks a customer event takes, the customer ``party`` names (or None)."""
     session, models = context.session, context.models
     if not locks.lock(session, *locks.party_lock_names(party)):
         return None  # SQLite: one writer at a time, so the first look was final
     match_email = context.settings.match_email
     return customers.find_customer(
-        session, models, party, match_email=match_email, load=False, payment=True
+        session, models, party, match_email=match_email, load=load, payment=True
     )
 
 

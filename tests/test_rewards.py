@@ -93,6 +93,22 @@ def export(app) -> list[dict[str, str]]:
             "REWARDS[2] has the same product_key, partner_key and months as rule 1, which "
             "pays in every currency too",
         ),
+        (  # an open-ended rule first wins every month: the months rule after it is dead
+            [{"percent": 25}, {"percent": 40, "months": 12}],
+            "REWARDS[1] could never apply: rule 0, listed before it, has the same "
+            "product_key and partner_key, pays in every currency too and no months limit",
+        ),
+        (
+            [{"percent": 40, "months": 12}, {"percent": 50, "months": 6}],
+            "REWARDS[1] could never apply: rule 0",
+        ),
+        (
+            [
+                {"percent": 40, "months": 12, "product_key": "team"},
+                {"flat": 500, "currency": "usd", "product_key": "team", "months": 3},
+            ],
+            "REWARDS[1] could never apply: rule 0",
+        ),
         ("20%", "must be a list"),
         # An amount no column holds: every payment would fail.
         ([{"flat": 2**63, "currency": "usd"}], "REWARDS[0]: 'flat' must be a positive integer"),
@@ -305,6 +321,58 @@ def test_a_months_rule_pays_only_within_its_window(app, client, rows, models, st
         state.db.session.commit()
     pay(client, 1, "ch_later", 1000)
     assert owed(rows, models, "ch_later")[0] == 100  # after the window: the open-ended rule
+
+
+@pytest.mark.parametrize(
+    "rules",
+    [
+        [{"percent": 50, "months": 3}, {"percent": 30, "months": 12}, {"percent": 10}],
+        # Windows that differ by currency or scope do not hide each other.
+        [{"flat": 500, "currency": "usd", "months": 12}, {"percent": 50, "months": 3}],
+        [{"percent": 10}, {"percent": 50, "months": 3, "product_key": "team"}],
+    ],
+)
+def test_rules_that_can_each_apply_are_accepted(tmp_path, rules):
+    app = create_app(f"sqlite:///{tmp_path / 'a.db'}", PARTNERSTACK_STRIPE_REWARDS=rules)
+    assert len(get_state(app).settings.rewards) == len(rules)
+
+
+@pytest.mark.parametrize("app_config", [MONTHS])
+@pytest.mark.parametrize("orphan_first", [True, False])
+def test_an_older_payment_attached_later_moves_the_months_window(
+    app, client, rows, models, state, orphan_first
+):
+    """The window counts from the customer's first recorded payment, also when that
+    payment (a guest checkout, kept without a customer) joins the customer after its
+    later payments earned their commissions: the same events in either order leave the
+    same commissions."""
+
+    def age_everything() -> None:  # four months pass
+        with app.app_context():
+            state.db.session.execute(
+                sa.update(models.Transaction).values(
+                    created_at=datetime.now(timezone.utc) - timedelta(days=125)
+                )
+            )
+            state.db.session.commit()
+
+    def link_guest_email() -> None:
+        metadata = {"customer_key": "user-1"}
+        post(
+            client, "customer.updated", testing.customer("cus_1", email="b@x.io", metadata=metadata)
+        )
+
+    customer(client, 1)
+    post(client, "charge.succeeded", testing.charge("ch_guest", amount=1000, email="b@x.io"))
+    age_everything()
+    if not orphan_first:
+        pay(client, 1, "ch_new", 1000)
+        link_guest_email()
+    else:
+        link_guest_email()
+        pay(client, 1, "ch_new", 1000)
+    assert owed(rows, models, "ch_guest")[0] == 500  # the first payment: in its window
+    assert owed(rows, models, "ch_new")[0] == 100  # four months after it
 
 
 @pytest.mark.parametrize("app_config", [MONTHS])

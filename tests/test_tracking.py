@@ -360,6 +360,47 @@ def test_ecommerce_charge_creates_its_customer(client, rows, models):
     assert [s.name for s in sent] == ["customer-created", "transaction-recorded"]
 
 
+@pytest.mark.parametrize("signup_first", [True, False])
+def test_a_charge_naming_key_and_partner_gives_a_partnerless_customer_its_partner(
+    client, rows, models, state, signup_first
+):
+    """The first partner wins whichever came first: the signup recorded without a
+    partner, or the charge whose metadata names the customer's key and a partner."""
+    metadata = {"customer_key": "order-9", "partner_key": "p-shop"}
+
+    def signup() -> None:
+        with client.application.app_context():
+            state.extension.create_customer("order-9", "b@x.io")
+
+    if signup_first:
+        signup()
+    with testing.record_signals(signals.customer_updated, signals.customer_created) as sent:
+        deliver(client, "charge.succeeded", testing.charge("ch_9", metadata=metadata))
+    if not signup_first:
+        signup()
+    [customer] = rows(models.Customer)
+    [payment] = rows(models.Transaction)
+    assert (customer.partner_key, payment.customer_id) == ("p-shop", customer.id)
+    assert [s.name for s in sent] == ["customer-updated" if signup_first else "customer-created"]
+    # A partner once given stays: a later charge naming another one changes nothing.
+    other = {"customer_key": "order-9", "partner_key": "p-other"}
+    deliver(client, "charge.succeeded", testing.charge("ch_10", metadata=other))
+    assert rows(models.Customer)[0].partner_key == "p-shop"
+
+
+def test_a_charge_found_by_another_key_gives_no_partner(client, rows, models, state):
+    """The metadata's partner is for the customer its key names: a customer found by
+    the charge's Stripe customer under another key keeps having none."""
+    with client.application.app_context():
+        state.extension.create_customer("user-1", "a@x.io")
+    deliver(client, "charge.succeeded", testing.charge("ch_1", customer="cus_1", email="a@x.io"))
+    metadata = {"customer_key": "order-2", "partner_key": "p-shop"}
+    deliver(client, "charge.succeeded", testing.charge("ch_2", customer="cus_1", metadata=metadata))
+    [customer] = rows(models.Customer)
+    assert (customer.customer_key, customer.partner_key) == ("user-1", None)
+    assert {t.customer_id for t in rows(models.Transaction)} == {customer.id}
+
+
 def test_charge_before_its_customer_is_kept_and_attached(client, rows, models):
     deliver(client, "charge.succeeded", testing.charge("ch_early", customer="cus_A", amount=300))
     [orphan] = rows(models.Transaction)
