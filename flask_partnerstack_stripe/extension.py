@@ -19,6 +19,7 @@ from .models import Models, complete_models, default_models
 from .notify import send_notifications
 from .publisher import Publisher
 from .receiver import Handlers, HostHandler, Receiver
+from .redaction import parameters_hidden
 from .referral import referred_partner_key, remember_referral
 from .rules import BUILTIN_HANDLERS, CLAIM_LOCKS, LOOKUPS
 from .signup import record_signup, signup_details, signup_party
@@ -245,7 +246,7 @@ class PartnerStackStripe:
             raise ValueError("A webhook signing secret starts with whsec_.")
         state = get_state()
         session = state.db.session()
-        with state.unit_of_work(session):
+        with parameters_hidden(), state.unit_of_work(session):
             account = accounts.set_endpoint(
                 session,
                 state.models,

@@ -26,7 +26,7 @@ from werkzeug.routing import BuildError
 from . import accounts, oauth, signals
 from .extension import State, get_state
 from .models import utcnow
-from .redaction import error_line
+from .redaction import error_line, parameters_hidden
 from .upserts import delete_returning
 from .values import STRIPE_ID
 
@@ -127,7 +127,7 @@ def install_callback() -> ResponseReturnValue:
         return _stripe_unreachable(error)
 
     db_session = state.db.session()
-    with state.unit_of_work(db_session):
+    with parameters_hidden(), state.unit_of_work(db_session):
         account = accounts.install(
             db_session,
             state.models,

@@ -19,7 +19,7 @@ import stripe
 from stripe._http_client import new_default_http_client
 
 from .redaction import redact
-from .values import STRIPE_ID
+from .values import ID_LENGTH, STRIPE_ID
 
 
 class OAuthFailed(stripe.StripeError):
@@ -42,6 +42,16 @@ def token(api_key: str, code: str) -> dict[str, Any]:
     account = answer.get("stripe_user_id")
     if not (isinstance(account, str) and STRIPE_ID.fullmatch(account)):
         raise OAuthFailed(200, "no_account_in_answer")  # not an answer Stripe gives
+    # Nor are these: stored as they are, a wrong type would install the wrong mode (a
+    # "false" string is true) or fail to store (a scope longer than its column).
+    if not isinstance(answer.get("livemode", False), bool):
+        raise OAuthFailed(200, "unexpected_livemode_in_answer")
+    scope = answer.get("scope")
+    if scope is not None and not (isinstance(scope, str) and len(scope) <= ID_LENGTH):
+        raise OAuthFailed(200, "unexpected_scope_in_answer")
+    for name in ("access_token", "refresh_token"):
+        if not isinstance(answer.get(name, ""), str):
+            raise OAuthFailed(200, f"unexpected_{name}_in_answer")
     return answer
 
 

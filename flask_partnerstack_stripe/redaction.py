@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import sqlalchemy as sa
 
@@ -23,6 +25,18 @@ def error_line(error: BaseException) -> str:
     cause = error.orig if isinstance(error, sa.exc.StatementError) and error.orig else error
     text = redact(" ".join(f"{type(cause).__name__}: {cause}".split()))
     return text if len(text) <= 300 else text[:299] + "…"
+
+
+@contextmanager
+def parameters_hidden() -> Iterator[None]:
+    """Around a write of secrets (OAuth tokens, a signing secret): a database error that
+    ends it propagates as it is, but without its SQL parameters, which SQLAlchemy's
+    message otherwise quotes in full, in the traceback Flask logs and a shell prints."""
+    try:
+        yield
+    except sa.exc.StatementError as error:
+        error.hide_parameters = True
+        raise
 
 
 class RedactTokens(logging.Filter):

@@ -622,3 +622,71 @@ def test_account_transaction_source_survives_reinstall(admin, stripe_api, app, s
     assert charge.json["status"] == "ignored"
     invoice = post_for(admin, "acct_1", "invoice.payment_succeeded", testing.invoice("in_1"))
     assert invoice.json["status"] == "processed"
+
+
+def refuse_writes(app, state, table: str) -> None:
+    """A trigger that makes the database refuse every write to ``table``: a failure
+    (a lock timeout, a full disk) at the moment secrets are written."""
+    with app.app_context():
+        engine = state.db.engine
+    with engine.begin() as connection:
+        if engine.dialect.name == "sqlite":
+            for kind in ("INSERT", "UPDATE"):
+                connection.exec_driver_sql(
+                    f"CREATE TRIGGER refuse_{kind} BEFORE {kind} ON {table} "
+                    "BEGIN SELECT RAISE(ABORT, 'refused'); END"
+                )
+        elif engine.dialect.name == "postgresql":
+            connection.exec_driver_sql(
+                "CREATE OR REPLACE FUNCTION refuse() RETURNS trigger AS "
+                "$$ BEGIN RAISE EXCEPTION 'refused'; END $$ LANGUAGE plpgsql"
+            )
+            connection.exec_driver_sql(
+                f"CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON {table} "
+                "FOR EACH ROW EXECUTE FUNCTION refuse()"
+            )
+        else:
+            for kind in ("INSERT", "UPDATE"):
+                connection.exec_driver_sql(
+                    f"CREATE TRIGGER refuse_{kind} BEFORE {kind} ON {table} FOR EACH ROW "
+                    "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'refused'"
+                )
+
+
+def test_a_database_failure_storing_an_install_shows_no_token(
+    admin, app, state, stripe_api, rows, models, caplog
+):
+    refuse_writes(app, state, models.StripeAccount.__tablename__)
+    app.config["PROPAGATE_EXCEPTIONS"] = False  # as in production: a 500, logged by Flask
+    response = finish_install(admin, start_install(admin)["state"][0])
+    assert response.status_code == 500
+    assert "refused" in caplog.text  # the error is logged, with its traceback
+    assert_no_secret(caplog.text, response.get_data(as_text=True))
+
+
+def test_a_database_failure_storing_an_endpoint_secret_shows_no_secret(app, state, models):
+    import traceback
+
+    with app.app_context():
+        endpoint_id = state.extension.create_endpoint("acct_one", None).endpoint_id
+    refuse_writes(app, state, models.StripeAccount.__tablename__)
+    with app.app_context(), pytest.raises(sa.exc.DatabaseError) as failed:
+        state.extension.set_endpoint_secret(endpoint_id, ENDPOINT_SECRET)
+    assert "refused" in str(failed.value)
+    assert_no_secret("".join(traceback.format_exception(failed.value)))
+    result = app.test_cli_runner().invoke(
+        args=["partnerstack", "endpoints", "set-secret", endpoint_id, ENDPOINT_SECRET]
+    )
+    assert result.exit_code != 0
+    assert_no_secret(result.output, "".join(traceback.format_exception(result.exception)))
+
+
+@pytest.mark.parametrize(
+    "odd",
+    [{"livemode": "false"}, {"scope": "x" * 256}, {"scope": 5}, {"access_token": 5}],
+)
+def test_a_token_reply_stripe_never_sends_installs_nothing(admin, stripe_api, rows, models, odd):
+    stripe_api.reply("POST", "/oauth/token", lambda request: {**token_reply(request), **odd})
+    response = finish_install(admin, start_install(admin)["state"][0])
+    assert response.status_code == 400 and "<h1>" in response.get_data(as_text=True)
+    assert rows(models.StripeAccount) == []
