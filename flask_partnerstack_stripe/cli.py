@@ -16,7 +16,9 @@ from . import reachability
 from .backfill import backfill
 from .cli_check import check
 from .cli_endpoints import endpoints_cli
+from .cli_options import not_nan
 from .cli_rewards import commissions_cli, payouts_cli
+from .config import MAX_DAYS, MAX_SECONDS
 from .extension import EXTENSION_KEY, State, get_state
 from .models import utcnow
 from .outbox import Delivered
@@ -190,7 +192,8 @@ def _stored_deliveries(state: State, delivery_ids: tuple[int, ...]) -> set[int]:
 
 
 @partnerstack_cli.command("sweep")
-@click.option("--older-than", "seconds", type=click.FloatRange(min=0),
+@click.option("--older-than", "seconds", type=click.FloatRange(min=0, max=MAX_SECONDS),
+              callback=not_nan,
               help="Seconds received (default: PARTNERSTACK_STRIPE_SWEEP_AFTER).")  # fmt: skip
 @click.option("--apply", "apply_here", is_flag=True,
               help="Apply them in this process instead of enqueueing them.")  # fmt: skip
@@ -228,7 +231,7 @@ def sweep_command(seconds: float | None, apply_here: bool) -> None:
 
 
 @partnerstack_cli.command("prune")
-@click.option("--older-than", "days", type=click.IntRange(min=1),
+@click.option("--older-than", "days", type=click.IntRange(min=1, max=MAX_DAYS),
               help="Days to keep (default: PARTNERSTACK_STRIPE_EVENT_RETENTION_DAYS).")  # fmt: skip
 @with_appcontext
 def prune(days: int | None) -> None:

@@ -123,7 +123,9 @@ class Settings:
             url_prefix=_url_prefix(get("URL_PREFIX")),
             referral_cookie_days=_cookie_days(get("REFERRAL_COOKIE_DAYS")),
             store_ignored_events=_bool("STORE_IGNORED_EVENTS", get("STORE_IGNORED_EVENTS")),
-            sqlite_busy_timeout=_positive_number("SQLITE_BUSY_TIMEOUT", get("SQLITE_BUSY_TIMEOUT")),
+            sqlite_busy_timeout=_positive_number(
+                "SQLITE_BUSY_TIMEOUT", get("SQLITE_BUSY_TIMEOUT"), at_most=MAX_BUSY_TIMEOUT
+            ),
             livemode=_livemode(get("LIVEMODE"), get("API_KEY")),
             mode_known=(
                 get("LIVEMODE") is not None or _optional_str("API_KEY", get("API_KEY")) is not None
@@ -134,7 +136,7 @@ class Settings:
                 "INSTALL_SCOPE", get("INSTALL_SCOPE"), ("read_write", "read_only")
             ),
             install_redirect=_redirect(get("INSTALL_REDIRECT")),
-            event_retention_days=_positive_int("EVENT_RETENTION_DAYS", get("EVENT_RETENTION_DAYS")),
+            event_retention_days=_days("EVENT_RETENTION_DAYS", get("EVENT_RETENTION_DAYS"), 1),
             processing=processing,
             durable_signals=(
                 processing == "celery"
@@ -142,12 +144,12 @@ class Settings:
                 else _bool("DURABLE_SIGNALS", get("DURABLE_SIGNALS"))
             ),
             signal_max_attempts=_positive_int("SIGNAL_MAX_ATTEMPTS", get("SIGNAL_MAX_ATTEMPTS")),
-            signal_retry_delay=_positive_number("SIGNAL_RETRY_DELAY", get("SIGNAL_RETRY_DELAY")),
-            sweep_after=_positive_number("SWEEP_AFTER", get("SWEEP_AFTER")),
-            rewards=parse_rules(get("REWARDS")),
-            commission_hold_days=_non_negative_int(
-                "COMMISSION_HOLD_DAYS", get("COMMISSION_HOLD_DAYS")
+            signal_retry_delay=_positive_number(
+                "SIGNAL_RETRY_DELAY", get("SIGNAL_RETRY_DELAY"), at_most=MAX_RETRY_DELAY
             ),
+            sweep_after=_positive_number("SWEEP_AFTER", get("SWEEP_AFTER"), at_most=MAX_SECONDS),
+            rewards=parse_rules(get("REWARDS")),
+            commission_hold_days=_days("COMMISSION_HOLD_DAYS", get("COMMISSION_HOLD_DAYS"), 0),
         )
 
 
@@ -172,7 +174,9 @@ def _secrets(value: Any) -> tuple[str, ...]:
                 f"{PREFIX}WEBHOOK_SECRETS must be {expected}, but item {index} is"
                 f" {_what(secret)}{hint}"
             )
-    return tuple(value)
+    # Stripe's secrets hold no whitespace: around one, it came with the file or the
+    # variable it was read from (a final newline), and no signature would ever match.
+    return tuple(secret.strip() for secret in value)
 
 
 def _what(value: Any) -> str:
@@ -191,29 +195,41 @@ def _positive_int(name: str, value: Any) -> int:
     return value
 
 
-#: A cookie's expiry must be a date Python and browsers can write: 100 years is plenty.
-MAX_COOKIE_DAYS = 36_500
+#: The longest duration a setting may name: a date that far back or ahead is one Python
+#: (and a browser, for the referral cookie) can still write. 100 years is plenty.
+MAX_DAYS = 36_500
+MAX_SECONDS = MAX_DAYS * 86_400
+#: SQLite takes its busy timeout in milliseconds, as a 32-bit integer: at most a day here.
+MAX_BUSY_TIMEOUT = 86_400
+#: A durable signal's first retry comes within the longest backoff (an hour).
+MAX_RETRY_DELAY = 3_600
 
 
 def _cookie_days(value: Any) -> int:
-    days = _positive_int("REFERRAL_COOKIE_DAYS", value)
-    if days > MAX_COOKIE_DAYS:
+    return _days("REFERRAL_COOKIE_DAYS", value, 1)
+
+
+def _days(name: str, value: Any, least: int) -> int:
+    """A whole number of days from ``least`` to :data:`MAX_DAYS` (100 years)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MAX_DAYS:
         raise ConfigurationError(
-            f"{PREFIX}REFERRAL_COOKIE_DAYS must be at most {MAX_COOKIE_DAYS} (100 years),"
-            f" got {value!r}"
+            f"{PREFIX}{name} must be a whole number of days from {least} to {MAX_DAYS}"
+            f" (100 years), got {value!r}"
         )
-    return days
-
-
-def _non_negative_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigurationError(f"{PREFIX}{name} must be an integer of 0 or more, got {value!r}")
     return value
 
 
-def _positive_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigurationError(f"{PREFIX}{name} must be a positive number, got {value!r}")
+def _positive_number(name: str, value: Any, *, at_most: float) -> float:
+    """A number of seconds above 0 and at most ``at_most`` (never NaN or infinite)."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value <= at_most  # NaN fails every comparison
+    ):
+        raise ConfigurationError(
+            f"{PREFIX}{name} must be a number of seconds above 0 and at most {at_most:g},"
+            f" got {value!r}"
+        )
     return float(value)
 
 

@@ -606,6 +606,22 @@ def test_a_base_url_must_be_an_http_url(command, url):
     assert result.exit_code == 2 and "must be an http:// or https:// URL" in result.output
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["prune", "--older-than", "800000"],
+        ["prune", "--older-than", "99999999999"],
+        ["sweep", "--older-than", "nan"],
+        ["sweep", "--older-than", "inf"],
+        ["sweep", "--older-than", "1e12"],
+    ],
+)
+def test_an_age_past_any_date_is_a_usage_error(args):
+    """Not an OverflowError's traceback: click says which option is wrong."""
+    result = run(create_app(NO_DATABASE), *args)
+    assert result.exit_code == 2 and "--older-than" in result.output, result.output
+
+
 def test_check_fails_on_missing_secrets_tables_and_failures(database_url, app, state):
     state.extension.handler("checkout.session.completed")(lambda event: 1 / 0)
     # Not pytest-flask's client: it keeps the last request's app context pushed, and

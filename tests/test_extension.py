@@ -19,7 +19,7 @@ from flask_partnerstack_stripe import (
 )
 from flask_partnerstack_stripe.extension import get_state
 
-from .apphost import SECRET
+from .apphost import SECRET, create_app
 
 
 def make_app(database_url: str = "sqlite://", **config) -> tuple[Flask, SQLAlchemy]:
@@ -126,12 +126,35 @@ def test_single_secret_string_is_accepted():
         ("REFERRAL_COOKIE_DAYS", 0),
         ("STORE_IGNORED_EVENTS", None),
         ("LIVEMODE", "live"),
+        # Durations past what a date can hold failed later, at every webhook (the retry
+        # delay, with durable signals) or in the commands that read them.
+        ("SIGNAL_RETRY_DELAY", float("nan")),
+        ("SIGNAL_RETRY_DELAY", 10**20),
+        ("SWEEP_AFTER", float("inf")),
+        ("SWEEP_AFTER", float("nan")),
+        ("COMMISSION_HOLD_DAYS", 1_000_000),
+        ("EVENT_RETENTION_DAYS", 10**20),
+        ("SQLITE_BUSY_TIMEOUT", float("nan")),
+        ("SQLITE_BUSY_TIMEOUT", float("inf")),
     ],
 )
 def test_bad_config_fails_at_init_app_naming_the_key(key, value):
     app, _ = make_app(**{f"PARTNERSTACK_STRIPE_{key}": value})
     with pytest.raises(ConfigurationError, match=f"PARTNERSTACK_STRIPE_{key}"):
         PartnerStackStripe(app)
+
+
+def test_a_secret_read_with_its_final_newline_still_verifies(tmp_path):
+    """A secret read from a file or an environment variable often ends with a newline:
+    Stripe's secrets hold no whitespace, so it is not part of the secret."""
+    app = create_app(
+        f"sqlite:///{tmp_path / 'app_test.db'}", PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=" whsec_a1\n"
+    )
+    with app.app_context():
+        get_state(app).db.create_all()
+    event = testing.event("charge.succeeded", testing.charge("ch_1"))
+    response = testing.post_event(app.test_client(), event, secret="whsec_a1")
+    assert response.status_code == 200, response.json
 
 
 @pytest.mark.parametrize(
