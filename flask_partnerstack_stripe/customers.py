@@ -441,19 +441,43 @@ def _attach_mysql(
     session: Session, table: Any, columns: tuple[str, ...], parameters: dict[str, Any]
 ) -> list[Any]:
     """:func:`attach_orphans`' ``UPDATE`` on MySQL/MariaDB, which has no ``UPDATE ...
-    RETURNING``: the orphans are read and locked (``SELECT ... FOR UPDATE``), then updated
-    by id. Their ``(id, deleted_at)`` rows."""
+    RETURNING``: the orphans are found, locked by id, then updated by id. Their
+    ``(id, deleted_at)`` rows.
+
+    Found by a plain read, not a locking one: InnoDB's locking read waits on every row
+    its index search passes, an uncommitted new payment of this very customer included,
+    whose foreign key check waits in turn on the customer row this event has just
+    written: a deadlock (a 500). The plain read sees what is committed; an orphan being
+    recorded right now is not missed, since its payment's look-up waits for this
+    event's customer locks and then finds the customer. Locked by primary key, only
+    the orphans themselves are locked, and one attached meanwhile is left alone.
+    """
 
     def build_search() -> Any:
         scope: Any = sa.bindparam("b_scope")
         livemode: Any = sa.bindparam("b_livemode")
         orphans = _orphans(table, columns, union=False, scope=scope, livemode=livemode)
-        return sa.select(table.c.id, table.c.deleted_at).where(orphans).with_for_update()
+        return sa.select(table.c.id).where(orphans)
 
     connection = session.connection()
     search = cached_statement((table, "attach", "mysql", columns), build_search)
-    rows = list(connection.execute(search, parameters))
-    if rows:  # usually none: one statement then
+    found = list(connection.execute(search, parameters).scalars())
+    if not found:  # usually: one statement then
+        return []
+    lock = cached_statement(
+        (table, "lock orphans", "mysql"),
+        lambda: (
+            sa.select(table.c.id, table.c.deleted_at)
+            .where(
+                table.c.id.in_(sa.bindparam("b_ids", expanding=True)),
+                table.c.customer_id.is_(None),
+            )
+            .order_by(table.c.id)
+            .with_for_update()
+        ),
+    )
+    rows = list(connection.execute(lock, {"b_ids": found}))
+    if rows:
         give = cached_statement(
             (table, "attach by id", "mysql"),
             lambda: (

@@ -138,3 +138,40 @@ def test_a_transaction_outside_the_session_leaves_the_hosts_level(app, state, mo
     else:
         assert (response.json["status"], delivered) == ("processed", ["delivered"])
     assert level == "REPEATABLE-READ"
+
+
+def test_a_customer_event_does_not_wait_on_a_payment_being_recorded(app, client, state, models):
+    """Attaching orphans finds them by a plain read: InnoDB's locking read waited on every
+    uncommitted payment its index search passed, such as a new payment of this very
+    customer, whose foreign key check waits in turn on the customer row the event has
+    just written: a deadlock, answered 500, under concurrent traffic."""
+    import threading
+
+    metadata = {"customer_key": "user-1", "partner_key": "p"}
+    created = testing.event("customer.created", testing.customer("cus_1", metadata=metadata))
+    assert testing.post_event(client, created).status_code == 200
+    with app.app_context():
+        other = sa.create_engine(state.db.engine.url, poolclass=NullPool)
+    table = models.Transaction.__table__
+    answers: list[int] = []
+    renamed = testing.customer("cus_1", metadata=metadata, name="Renamed")
+    updated = testing.event("customer.updated", renamed)
+
+    def post() -> None:  # a client of its own: a test client is not shared across threads
+        answers.append(testing.post_event(app.test_client(), updated).status_code)
+
+    webhook = threading.Thread(target=post)
+    with other.connect() as connection:
+        # A payment of cus_1 being recorded, not committed yet.
+        connection.execute(
+            sa.insert(table).values(
+                key="ch_1", amount=500, currency="usd", stripe_customer_id="cus_1"
+            )
+        )
+        webhook.start()
+        webhook.join(timeout=10)
+        finished = not webhook.is_alive()
+        connection.rollback()
+    webhook.join()
+    other.dispose()
+    assert finished and answers == [200]
