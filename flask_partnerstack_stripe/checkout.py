@@ -15,7 +15,7 @@ from .customers import Party
 from .readers import customer_key_of, name_of, partner_key_of
 from .receiver import EventContext, Ignored
 from .referral import decode_partner_key
-from .tracking import _attach_orphans
+from .tracking import _attach_orphans, _take_stripe_id
 from .values import CLIENT_REFERENCE_LENGTH, mapping, normal_email, object_id, text
 
 #: A ``client_reference_id`` of this form carries a ``ps_partner_key`` value (Payment Links).
@@ -141,7 +141,7 @@ def _link(context: EventContext, customer: Any, party: Party, partner_key: Any, 
     """Fill in what the customer lacks; a Stripe id or partner already set is kept."""
     changed = False
     if party.stripe_customer_id and customer.stripe_customer_id is None:
-        customers.unlink_stripe_id(context.session, context.models, party, keep=customer)
+        _take_stripe_id(context, party, customer)
         customer.stripe_customer_id = party.stripe_customer_id
         changed = True
     for field, value in (("partner_key", partner_key), ("email", party.email), ("name", name)):

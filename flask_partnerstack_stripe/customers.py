@@ -14,6 +14,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from .database import MYSQL, dialect_name
 from .models import Models, account_scope, utcnow
@@ -346,6 +347,21 @@ def unlink_stripe_id(session: Session, models: Models, party: Party, keep: Any =
         },
     )
     return bool(result.rowcount)  # type: ignore[attr-defined]
+
+
+def take_stripe_id(session: Session, models: Models, party: Party, customer: Any) -> Any:
+    """Free ``party``'s Stripe customer id for ``customer`` (it is unique): the customer
+    that held it, its Stripe id now None, for its ``customer_updated``; or None.
+
+    Under the customer locks of ``party``, as every caller is: the holder read here
+    is the one the ``UPDATE`` unlinks.
+    """
+    holder = find_customer_by_stripe_id(session, models, party)
+    if holder is None or holder.id == customer.id:
+        return None
+    unlink_stripe_id(session, models, party, keep=customer)
+    set_committed_value(holder, "stripe_customer_id", None)
+    return holder
 
 
 def attach_orphans(

@@ -139,7 +139,7 @@ def _sync_customer(
         if field == "stripe_customer_id":
             if not newer and _held_by_another(context, party, customer):
                 continue
-            customers.unlink_stripe_id(context.session, context.models, party, keep=customer)
+            _take_stripe_id(context, party, customer)
         setattr(customer, field, value)
         changed = True
     if newer:
@@ -407,11 +407,19 @@ def _link_stripe_id(context: EventContext, party: Party, customer_id: int) -> No
     assert customer is not None, "found in this transaction, under its lock"
     if customer.stripe_customer_id not in (None, party.stripe_customer_id):
         return
-    customers.unlink_stripe_id(session, models, party, keep=customer)
+    _take_stripe_id(context, party, customer)
     customer.stripe_customer_id = party.stripe_customer_id
     session.flush()
     context.notify(signals.customer_updated, customer=customer)
     _attach_orphans(context, customer)
+
+
+def _take_stripe_id(context: EventContext, party: Party, customer: Any) -> None:
+    """Free ``party``'s Stripe id for ``customer``; the customer that loses it is updated
+    too, and its receivers are told."""
+    former = customers.take_stripe_id(context.session, context.models, party, customer)
+    if former is not None:
+        context.notify(signals.customer_updated, customer=former)
 
 
 def _give_partner(context: EventContext, party: Party, customer: Any, partner_key: Any) -> None:

@@ -188,6 +188,22 @@ def test_a_replacement_created_before_the_old_customers_last_update_is_linked(cl
     assert links == {"user-A": "cus_B", "user-C": "cus_C"}
 
 
+def test_a_customer_that_loses_its_stripe_id_to_another_is_signalled(client, rows, models):
+    """customer.updated of cus_1 names user-2's key: cus_1 moves to user-2, and user-1,
+    which held it, changed too: both customers' receivers hear of it."""
+    signup_customer(client, "cus_1", "user-1")
+    signup_customer(client, "cus_2", "user-2")
+    moved = testing.customer("cus_1", metadata={"customer_key": "user-2"})
+    with testing.record_signals(signals.customer_updated) as sent:
+        deliver(client, "customer.updated", moved)
+    links = {c.customer_key: c.stripe_customer_id for c in rows(models.Customer)}
+    assert links == {"user-1": None, "user-2": "cus_1"}
+    told = [
+        (s.kwargs["customer"].customer_key, s.kwargs["customer"].stripe_customer_id) for s in sent
+    ]
+    assert told == [("user-1", None), ("user-2", "cus_1")]
+
+
 @pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
 def test_a_deletion_racing_the_link_of_a_replacement_leaves_the_replacement(
     app, rows, models, state
