@@ -365,14 +365,26 @@ def take_stripe_id(session: Session, models: Models, party: Party, customer: Any
 
 
 def attach_orphans(
-    session: Session, models: Models, customer: Any, *, match_email: bool
+    session: Session,
+    models: Models,
+    customer: Any,
+    *,
+    match_email: bool,
+    of_stripe_id: str | None = None,
 ) -> list[Any]:
-    """Give ``customer`` the transactions recorded before it was known; the standing ones."""
+    """Give ``customer`` the transactions recorded before it was known; the standing ones.
+
+    ``of_stripe_id``: only those of that Stripe customer (one whose own customer event
+    names this customer's key, but came too late to link it).
+    """
     Transaction = models.Transaction
     table = Transaction.__table__
-    values = _attach_names(
-        customer.stripe_customer_id, customer.customer_key, customer.email, match_email
-    )
+    if of_stripe_id is not None:
+        values = _attach_names(of_stripe_id, None, None, False)
+    else:
+        values = _attach_names(
+            customer.stripe_customer_id, customer.customer_key, customer.email, match_email
+        )
     columns = tuple(values)
     parameters = {
         **{f"b_{name}": value for name, value in values.items()},

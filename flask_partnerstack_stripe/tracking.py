@@ -102,7 +102,25 @@ def customer_upserted(context: EventContext) -> None:
     if _sync_customer(context, customer, party, obj, partner_key):
         context.notify(signals.customer_updated, customer=customer)
         _attach_orphans(context, customer)
+    if customer.stripe_customer_id != party.stripe_customer_id and (
+        customer.customer_key == party.customer_key
+    ):
+        _attach_payments_of(context, party, customer)
     return None
+
+
+def _attach_payments_of(context: EventContext, party: Party, customer: Any) -> None:
+    """An older event whose metadata names the customer's key, for a Stripe customer the
+    customer no longer holds (a replacement linked by a newer event): its payments
+    waiting without a customer are still this customer's, whatever order they came in."""
+    attached = customers.attach_orphans(
+        context.session, context.models, customer, match_email=False,
+        of_stripe_id=party.stripe_customer_id,
+    )  # fmt: skip
+    for transaction in attached:
+        context.notify(signals.transaction_updated, transaction=transaction)
+    if attached:
+        commissions.follow_customer_in(context, customer, attached=True)
 
 
 def _mode_hint(context: EventContext) -> str:

@@ -188,6 +188,30 @@ def test_a_replacement_created_before_the_old_customers_last_update_is_linked(cl
     assert links == {"user-A": "cus_B", "user-C": "cus_C"}
 
 
+@pytest.mark.parametrize("order", ["created", "replacement first"])
+def test_a_payment_of_a_replaced_stripe_customer_is_attached_whatever_the_order(
+    client, rows, models, order
+):
+    """cus_A is created, pays, and is replaced by cus_B (same metadata). Delivered as
+    cus_B, the payment, cus_A: cus_A's late event does not take the Stripe id back from
+    the newer cus_B, but its payment is still the customer's, as in the natural order."""
+    metadata = {"customer_key": "user-1", "partner_key": "partner-1"}
+    events = [
+        ("customer.created", testing.customer("cus_A", metadata=metadata), 1000),
+        ("charge.succeeded", testing.charge("ch_1", customer="cus_A"), 1001),
+        ("customer.created", testing.customer("cus_B", metadata=metadata), 1002),
+    ]
+    if order == "replacement first":
+        events = [events[2], events[1], events[0]]
+    with testing.record_signals(signals.transaction_updated, signals.transaction_recorded) as sent:
+        for event_type, obj, created in events:
+            deliver(client, event_type, obj, created=created)
+    [customer] = rows(models.Customer)
+    [payment] = rows(models.Transaction)
+    assert (customer.stripe_customer_id, payment.customer_id) == ("cus_B", customer.id)
+    assert sent[-1].kwargs["transaction"].customer_id == customer.id  # receivers were told
+
+
 def test_a_customer_that_loses_its_stripe_id_to_another_is_signalled(client, rows, models):
     """customer.updated of cus_1 names user-2's key: cus_1 moves to user-2, and user-1,
     which held it, changed too: both customers' receivers hear of it."""
