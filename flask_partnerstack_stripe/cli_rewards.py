@@ -11,17 +11,10 @@ from .commissions import counted_mode, list_commissions
 from .extension import get_state
 from .models import COMMISSION_STATUSES
 from .payouts import payouts_csv
-from .values import currency_code
+from .values import currency_code, money
 
 commissions_cli = AppGroup("commissions", help="Partner commissions (PARTNERSTACK_STRIPE_REWARDS).")
 payouts_cli = AppGroup("payouts", help="Pay partners what their commissions earned.")
-
-
-def money(amount: int, currency: str) -> str:
-    """``12.34 USD`` from minor units (two decimals; the CSV keeps minor units)."""
-    sign = "-" if amount < 0 else ""
-    whole, cents = divmod(abs(amount), 100)
-    return f"{sign}{whole}.{cents:02d} {currency.upper()}"
 
 
 @commissions_cli.command("approve")

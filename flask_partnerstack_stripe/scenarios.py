@@ -19,7 +19,7 @@ from flask.cli import with_appcontext
 
 from . import testing
 from .extension import get_state
-from .values import is_http_url
+from .values import is_http_url, money
 
 EVENT_TYPES = (
     "customer.created",
@@ -212,7 +212,7 @@ def show_state(story: TestEvent, *keys: str | None) -> None:
     for t in transactions:
         partner = partners.get(t.customer_id) or ("?" if t.customer_id else "-")
         standing = "standing" if t.customer_id else "standing, customer unknown yet"
-        rows.append(("transaction", t.key, partner, f"{t.amount / 100:.2f} {t.currency.upper()}",
+        rows.append(("transaction", t.key, partner, money(t.amount, t.currency),
                      t.product_key or "-",
                      f"deleted ({t.deleted_reason or 'never settled'})" if t.deleted_at
                      else standing))  # fmt: skip

@@ -192,3 +192,24 @@ def utc_datetime(name: str, value: Any) -> datetime | None:
     if value.tzinfo is None:
         return value.replace(tzinfo=timezone.utc)
     return value.astimezone(timezone.utc)
+
+
+#: Currencies whose minor unit is the unit itself, and those with three decimals, as
+#: Stripe's API amounts count them (docs.stripe.com/currencies); every other has two.
+ZERO_DECIMAL = frozenset(
+    {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga",
+     "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
+)  # fmt: skip
+THREE_DECIMAL = frozenset({"bhd", "jod", "kwd", "omr", "tnd"})
+
+
+def money(amount: int, currency: str) -> str:
+    """``12.34 USD`` from an amount in minor units, in integers (exact at any size):
+    ``1000 JPY`` (zero-decimal), ``1.500 KWD`` (three decimals)."""
+    code = currency.lower()
+    decimals = 0 if code in ZERO_DECIMAL else 3 if code in THREE_DECIMAL else 2
+    sign = "-" if amount < 0 else ""
+    if decimals == 0:
+        return f"{sign}{abs(amount)} {code.upper()}"
+    whole, minor = divmod(abs(amount), 10**decimals)
+    return f"{sign}{whole}.{minor:0{decimals}d} {code.upper()}"

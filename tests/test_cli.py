@@ -46,6 +46,13 @@ def test_send_test_event_records_and_shows_the_customer(app, rows, models):
         "eur",
         customer.id,
     )
+    # In the currency's own minor unit, exactly (it went through a float before).
+    yen = run(app, "send-test-event", "charge.succeeded", "--customer-key", "user-7",
+              "--amount", "4200", "--currency", "jpy")  # fmt: skip
+    assert "4200 JPY" in yen.output
+    most = run(app, "send-test-event", "charge.succeeded", "--customer-key", "user-7",
+               "--amount", str(2**63 - 1))  # fmt: skip
+    assert "92233720368547758.07 USD" in most.output
 
 
 @pytest.mark.parametrize(

@@ -581,10 +581,14 @@ def test_export_options_and_the_list_command(app, client, rows, models, tmp_path
     customer(client, 1)
     pay(client, 1, "ch_usd", 1000)
     pay(client, 1, "ch_eur", 2000, currency="eur")
+    pay(client, 1, "ch_jpy", 5000, currency="jpy")  # zero-decimal: 5000 yen
+    pay(client, 1, "ch_kwd", 7515, currency="kwd")  # three decimals: 7.515 dinars
     cli(app, "commissions", "approve")
     listed = cli(app, "commissions", "list", "--partner", "partner-1", "--status", "approved")
     assert "ch_usd  2.00 USD  approved" in listed.output
     assert "ch_eur  4.00 EUR  approved" in listed.output
+    assert "ch_jpy  1000 JPY  approved" in listed.output
+    assert "ch_kwd  1.503 KWD  approved" in listed.output
     out = tmp_path / "payouts.csv"
     cli(app, "payouts", "export", "--currency", "eur", "--out", str(out))
     [line] = list(csv.DictReader(io.StringIO(out.read_text())))
