@@ -146,8 +146,11 @@ def backfill(
     counts: Counter[str] = Counter()
     for kind, resource, params in listings:
         for obj in each_object(resource, params, on_retry=on_retry):
-            event = _event_for(kind, as_dict(obj), stripe_account_id, livemode)
+            data = as_dict(obj)
             try:
+                # In the try too: an object Stripe would never list (a field of the wrong
+                # type) is one failure, not the end of the run.
+                event = _event_for(kind, data, stripe_account_id, livemode)
                 outcome = state.receiver.run(
                     state.db.session(), event, None, stripe_account_id=stripe_account_id
                 )
@@ -157,7 +160,7 @@ def backfill(
                 # Rolled back (nothing of it stays): said, skipped, and the run goes on.
                 counts["failed"] += 1
                 if on_failure is not None:
-                    on_failure(str(event["data"]["object"].get("id")), error_line(error))
+                    on_failure(str(data.get("id")), error_line(error))
                 continue
             result = tally(outcome)
             counts[result] += 1

@@ -448,7 +448,11 @@ def test_backfill_reports_and_skips_an_object_it_cannot_apply(app, rows, models)
          "email": long_email},
         testing.customer("cus_3", metadata={"customer_key": "user-3", "partner_key": "p"}),
     ]  # fmt: skip
-    charges = [testing.charge("ch_1", customer="cus_3", amount=500)]
+    charges = [
+        # A field of a type Stripe never sends: that charge fails alone, the run goes on.
+        {**testing.charge("ch_odd", customer="cus_3"), "amount_refunded": "12"},
+        testing.charge("ch_1", customer="cus_3", amount=500),
+    ]
     with testing.fake_stripe_api() as api:
         api.reply("GET", "/v1/customers", stripe_list(customers, "/v1/customers"))
         api.reply("GET", "/v1/charges", stripe_list(charges, "/v1/charges"))
@@ -456,7 +460,8 @@ def test_backfill_reports_and_skips_an_object_it_cannot_apply(app, rows, models)
         result = run(app, "backfill", "--since", "2026-01-01")
     assert isinstance(result.exception, SystemExit) and result.exit_code == 1, result.output
     assert "cus_2 failed, skipped: InvalidValue: email is longer than 320" in result.output
-    assert "Backfill done: 3 created, 0 updated, 0 unchanged, 1 failed." in result.output
+    assert "ch_odd failed, skipped: " in result.output
+    assert "Backfill done: 3 created, 0 updated, 0 unchanged, 2 failed." in result.output
     assert long_email not in result.output and "sk_test_backfill" not in result.output
     assert [c.customer_key for c in rows(models.Customer)] == ["user-1", "user-3"]
     [user_3] = rows(models.Customer, customer_key="user-3")
