@@ -118,6 +118,13 @@ class PartnerStackStripe:
                 "init_app (or PartnerStackStripe(app)) once; to change its options, "
                 "create the app again."
             )
+        # The arguments first: a wrong one leaves the app as it was, to be set up again.
+        prefix = _checked_prefix(url_prefix if url_prefix is not None else self._url_prefix)
+        register = (
+            register_blueprint if register_blueprint is not None else self._register_blueprint
+        )
+        if not isinstance(register, bool):
+            raise ValueError(f"register_blueprint must be True or False, got {register!r}")
         # DURABLE_SIGNALS defaults to whether PROCESSING is "celery": set before the
         # plain defaults, so the app's config shows the value in force.
         processing = app.config.get(PREFIX + "PROCESSING", DEFAULTS["PROCESSING"])
@@ -149,10 +156,9 @@ class PartnerStackStripe:
             self, settings, db, self._models, receiver, unit_of_work, publisher
         )
 
-        if register_blueprint if register_blueprint is not None else self._register_blueprint:
+        if register:
             from .views import create_blueprint
 
-            prefix = url_prefix if url_prefix is not None else self._url_prefix
             blueprint = create_blueprint(app)
             app.register_blueprint(
                 blueprint, url_prefix=settings.url_prefix if prefix is None else prefix
@@ -505,3 +511,13 @@ def _refuse_unsupported_database(app: Flask) -> None:
             f"(SQLALCHEMY_DATABASE_URI). MySQL and MariaDB: mysql+pymysql://user:pw@host/db"
             "?charset=utf8mb4."
         )
+
+
+def _checked_prefix(url_prefix: Any) -> str | None:
+    """``url_prefix=`` as given to the constructor or ``init_app``: None (the config's
+    ``URL_PREFIX``) or a path, as that key is checked; a :class:`ValueError` naming it."""
+    if url_prefix is None:
+        return None
+    if not isinstance(url_prefix, str) or (url_prefix and not url_prefix.startswith("/")):
+        raise ValueError(f"url_prefix must be a path starting with '/', got {url_prefix!r}")
+    return url_prefix.rstrip("/")

@@ -144,6 +144,24 @@ def test_bad_config_fails_at_init_app_naming_the_key(key, value):
         PartnerStackStripe(app)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "named"),
+    [
+        ({"url_prefix": 5}, "url_prefix"),
+        ({"url_prefix": "noslash"}, "url_prefix"),
+        ({"register_blueprint": "no"}, "register_blueprint"),
+    ],
+)
+def test_a_wrong_init_app_argument_is_named_and_the_app_can_be_set_up_again(arguments, named):
+    app, _ = make_app(PARTNERSTACK_STRIPE_WEBHOOK_SECRETS=[SECRET])
+    partnerstack = PartnerStackStripe()
+    with pytest.raises(ValueError, match=named):
+        partnerstack.init_app(app, **arguments)
+    partnerstack.init_app(app, url_prefix="/ps/")  # corrected: not "already set up"
+    with app.test_request_context():
+        assert url_for("partnerstack_stripe.webhook") == "/ps/webhook"
+
+
 def test_a_secret_read_with_its_final_newline_still_verifies(tmp_path):
     """A secret read from a file or an environment variable often ends with a newline:
     Stripe's secrets hold no whitespace, so it is not part of the secret."""
