@@ -6,7 +6,7 @@ import secrets
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
@@ -212,6 +212,7 @@ class PartnerStackStripe:
         if not (
             isinstance(stripe_account_id, str)
             and stripe_account_id.startswith("acct_")
+            and len(stripe_account_id) > len("acct_")
             and STRIPE_ID.fullmatch(stripe_account_id)
         ):
             raise ValueError("stripe_account_id must be a Stripe account id (acct_...).")
@@ -248,8 +249,10 @@ class PartnerStackStripe:
         reactivate: bool,
     ) -> Any:
         signing_secret = argument("signing_secret", signing_secret, ID_LENGTH)
-        if signing_secret is not None and not signing_secret.startswith("whsec_"):
-            raise ValueError("A webhook signing secret starts with whsec_.")
+        if signing_secret is not None and not (
+            signing_secret.startswith("whsec_") and len(signing_secret) > len("whsec_")
+        ):
+            raise ValueError("signing_secret must be a webhook signing secret (whsec_...).")
         state = get_state()
         session = state.db.session()
         with parameters_hidden(), state.unit_of_work(session):
@@ -405,6 +408,9 @@ class PartnerStackStripe:
         commits, sends ``commission_updated`` for each, returns them."""
         moment = utc_datetime("now", now)
         state = get_state()
+        hold = timedelta(days=state.settings.commission_hold_days)
+        if moment is not None and moment - datetime.min.replace(tzinfo=timezone.utc) < hold:
+            raise ValueError(f"now must be at least the hold ({hold.days} days) after year 1.")
         session = state.db.session()
         with state.unit_of_work(session):
             approved = commissions.approve(

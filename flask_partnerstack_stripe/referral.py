@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import logging
 from datetime import timedelta
 
 from flask import Request, Response, current_app
 from itsdangerous import BadSignature, URLSafeSerializer
 
+from .values import METADATA_LENGTH
+
 log = logging.getLogger("flask_partnerstack_stripe")
 
 QUERY_PARAMETER = "ps_partner_key"
 COOKIE_NAME = "ps_partner_key"
 _SALT = "flask-partnerstack-stripe.referral"
+
+
+#: The base64 of the longest partner key (500 characters, up to 4 bytes each in UTF-8).
+MAX_ENCODED = 4 * -(-4 * METADATA_LENGTH // 3)
 
 
 def decode_partner_key(value: str) -> str:
@@ -26,13 +31,13 @@ def decode_partner_key(value: str) -> str:
     if not isinstance(value, str):
         raise ValueError("A partner key must be a base64 string.")
     encoded = value.strip().replace("-", "+").replace("_", "/").rstrip("=")
-    if not encoded or len(encoded) % 4 == 1 or len(encoded) > 1024:
-        raise ValueError(f"{value!r} is not a base64-encoded partner key.")
+    if not encoded or len(encoded) % 4 == 1 or len(encoded) > MAX_ENCODED:
+        raise ValueError(f"{value!r:.80} is not a base64-encoded partner key.")
     try:
         raw = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
         key = raw.decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        raise ValueError(f"{value!r} is not a base64-encoded partner key.") from None
+    except ValueError:  # not base64 (non-ASCII text included), or not UTF-8 inside
+        raise ValueError(f"{value!r:.80} is not a base64-encoded partner key.") from None
     key = key.strip()  # as every other way in trims it: one partner, one key
     if not _usable(key):
         raise ValueError(f"{value!r} does not decode to a usable partner key.")
@@ -40,7 +45,7 @@ def decode_partner_key(value: str) -> str:
 
 
 def _usable(key: str) -> bool:
-    return bool(key) and key.isprintable() and len(key) <= 255
+    return bool(key) and key.isprintable() and len(key) <= METADATA_LENGTH
 
 
 def _serializer() -> URLSafeSerializer | None:

@@ -158,7 +158,8 @@ def _rule(name: str, index: int, raw: Any) -> Rule:
                 f"{where}: {key!r} must be a non-empty string of at most {METADATA_LENGTH}"
                 f" characters, got {value!r:.80}"
             )
-        keys[key] = value
+        # Trimmed, as a payment's keys are where they come in: " team " is "team".
+        keys[key] = value.strip() if value is not None else None
     months = raw.get("months")
     if months is not None and (isinstance(months, bool) or not isinstance(months, int)
                                or months <= 0):  # fmt: skip

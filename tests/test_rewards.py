@@ -304,6 +304,16 @@ def test_percentages_round_half_even_in_minor_units(client, rows, models):
 MONTHS = {"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 50, "months": 3}, {"percent": 10}]}
 
 
+@pytest.mark.parametrize(
+    "app_config",
+    [{"PARTNERSTACK_STRIPE_REWARDS": [{"percent": 10}, {"percent": 30, "product_key": " pro "}]}],
+)
+def test_a_rules_keys_are_trimmed_as_a_payments_are(client, rows, models):
+    customer(client, 1)
+    pay(client, 1, "ch_pro", 1000, "pro")
+    assert owed(rows, models, "ch_pro")[0] == 300
+
+
 @pytest.mark.parametrize("app_config", [MONTHS])
 def test_a_months_rule_pays_only_within_its_window(app, client, rows, models, state):
     customer(client, 1)
@@ -747,6 +757,9 @@ def test_moments_in_any_time_zone_mean_the_same_instant(app, client, state, hour
         (lambda ext: ext.partner_summary(5), "partner_key"),
         (lambda ext: ext.partner_summary("p", since="yesterday"), "since must be a datetime"),
         (lambda ext: ext.approve_commissions(now=5), "now must be a datetime"),
+        (lambda ext: ext.approve_commissions(now=datetime(1, 1, 1)), "now must be at least"),
+        (lambda ext: ext.create_endpoint("acct_", None), "stripe_account_id"),
+        (lambda ext: ext.create_endpoint("acct_1", "whsec_"), "signing_secret"),
         (lambda ext: ext.export_payouts(currency="dollars"), "currency"),
         (lambda ext: ext.export_payouts(currency=5), "currency"),
         (lambda ext: ext.set_endpoint_secret("", "whsec_1"), "endpoint_id"),

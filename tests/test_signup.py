@@ -38,6 +38,17 @@ def test_decode_partner_key_refuses_anything_else(value):
         decode_partner_key(value)
 
 
+def test_decode_partner_key_takes_keys_as_long_as_the_column_and_says_what_it_refused():
+    """A partner key of 500 characters is stored whole from metadata and create_customer:
+    its link works too (the link stopped at 255). Non-ASCII input says what it is."""
+    longest = "p" * 499 + "ü"
+    assert decode_partner_key(base64.urlsafe_b64encode(longest.encode()).decode()) == longest
+    with pytest.raises(ValueError, match="does not decode to a usable partner key"):
+        decode_partner_key(base64.b64encode(b"p" * 501).decode())
+    with pytest.raises(ValueError, match="is not a base64-encoded partner key"):
+        decode_partner_key("é…")
+
+
 def test_decode_partner_key_known_value():
     assert decode_partner_key("cGFydG5lcl8x") == "partner_1"
     assert decode_partner_key("cGFydG5lcl8x==") == "partner_1"
