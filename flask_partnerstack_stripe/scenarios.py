@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
+from urllib.parse import unquote
 
 import click
 import sqlalchemy as sa
@@ -159,12 +162,12 @@ def deliver(event: dict[str, Any], url: str | None) -> tuple[int, dict[str, Any]
     payload = json.dumps(event)
     if not is_http_url(url):
         raise click.ClickException(f"--url must be an http:// or https:// URL, got {url!r}.")
-    request = urllib.request.Request(
-        url,
-        data=payload.encode(),
-        headers={"Stripe-Signature": testing.sign(payload, secrets[0]),
-                 "Content-Type": "application/json"},
-    )  # fmt: skip
+    headers = {"Stripe-Signature": testing.sign(payload, secrets[0]),
+               "Content-Type": "application/json"}  # fmt: skip
+    url, credentials = _without_credentials(url)
+    if credentials is not None:  # a staging server behind basic auth: user:password@host
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials.encode()).decode()
+    request = urllib.request.Request(url, data=payload.encode(), headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
             return int(response.status), _answer(response.read())
@@ -173,6 +176,17 @@ def deliver(event: dict[str, Any], url: str | None) -> tuple[int, dict[str, Any]
     except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as error:
         reason = getattr(error, "reason", None) or error
         raise click.ClickException(f"Could not reach {url}: {reason}") from None
+
+
+def _without_credentials(url: str) -> tuple[str, str | None]:
+    """``url`` without its ``user:password@`` (never printed; urllib would take it for
+    part of the host name), and those credentials, unquoted, if it had them."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=host)), credentials
 
 
 def _answer(body: bytes) -> dict[str, Any]:

@@ -154,11 +154,19 @@ def test_seed_scenario_in_invoice_mode_records_the_retried_invoice(app, rows, mo
 
 def test_send_test_event_to_a_running_app(app, server, rows, models):
     # The command runs with the server's own configuration, so it reads the same database.
-    url = f"http://127.0.0.1:{server.port}/partnerstack/webhook"
+    # With basic-auth credentials in the URL (a staging server's): sent, never printed.
+    url = f"http://ops:s3cret@127.0.0.1:{server.port}/partnerstack/webhook"
     result = run(app, "send-test-event", "charge.succeeded", "--amount", "777", "--url", url)
     assert result.exit_code == 0, result.output
-    assert "HTTP 200 processed" in result.output
+    assert "HTTP 200 processed" in result.output and "s3cret" not in result.output
     assert [t.amount for t in rows(models.Transaction)] == [777]
+
+
+def test_send_test_event_never_prints_the_urls_password(app):
+    url = "http://ops:s3cret@127.0.0.1:9/partnerstack/webhook"  # nothing listens there
+    result = run(app, "send-test-event", "charge.succeeded", "--url", url)
+    assert result.exit_code == 1 and "Could not reach http://127.0.0.1:9/" in result.output
+    assert "s3cret" not in result.output
 
 
 def test_seed_scenario_over_url_shows_what_the_server_committed(app, server):
