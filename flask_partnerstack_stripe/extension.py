@@ -180,7 +180,12 @@ class PartnerStackStripe:
         webhook answers 500, and Stripe's redelivery applies it again.
         """
 
+        if not (isinstance(event_type, str) and event_type.strip()):
+            raise ValueError(f"event_type must be a Stripe event type, got {event_type!r}")
+
         def register(fn: F) -> F:
+            if not callable(fn):
+                raise ValueError(f"handler({event_type!r}) decorates a function, got {fn!r}")
             self._handlers.setdefault(event_type, []).append(fn)
             return fn
 
@@ -192,6 +197,8 @@ class PartnerStackStripe:
         ``action`` is ``"install"`` or ``"uninstall"`` (with the account for uninstall).
         Without a guard, install and uninstall answer 403.
         """
+        if not callable(guard):
+            raise ValueError(f"install_guard takes a function, got {guard!r}")
         self._install_guard = guard
         return guard
 

@@ -162,6 +162,21 @@ def test_a_wrong_init_app_argument_is_named_and_the_app_can_be_set_up_again(argu
         assert url_for("partnerstack_stripe.webhook") == "/ps/webhook"
 
 
+@pytest.mark.parametrize(
+    ("register", "named"),
+    [
+        (lambda ps: ps.handler(None), "event_type"),
+        (lambda ps: ps.handler(5), "event_type"),
+        (lambda ps: ps.handler("charge.succeeded")(None), "decorates a function"),
+        (lambda ps: ps.install_guard(5), "install_guard"),
+    ],
+)
+def test_registering_something_that_is_not_a_function_is_named(register, named):
+    """At registration, not at the first webhook (a 500) or install (a TypeError)."""
+    with pytest.raises(ValueError, match=named):
+        register(PartnerStackStripe())
+
+
 def test_a_secret_read_with_its_final_newline_still_verifies(tmp_path):
     """A secret read from a file or an environment variable often ends with a newline:
     Stripe's secrets hold no whitespace, so it is not part of the secret."""
