@@ -387,10 +387,30 @@ def follow_customer(
     else:
         recount = attached and any(rule.months is not None for rule in rules)
         payments = _standing(session, models, customer, every=recount)
+        if recount:
+            _lock_commissions(session, models, customer)
     notifications: Notifications = []
     for transaction in payments:
         notifications += follow_payment(session, models, rules, transaction)
     return notifications
+
+
+def _lock_commissions(session: Session, models: Models, customer: Any) -> None:
+    """Lock ``customer``'s commissions in id order, the order approving and paying them
+    lock them in: following its payments one by one would lock them in payment order,
+    which differs once an older payment's commission came later (a deadlock with
+    ``payouts export``)."""
+    table = models.Commission.__table__
+    statement = cached_statement(
+        (table, "lock for customer"),
+        lambda: (
+            sa.select(table.c.id)
+            .where(table.c.customer_id == sa.bindparam("customer_id"))
+            .order_by(table.c.id)
+            .with_for_update()
+        ),
+    )
+    session.connection().execute(statement, {"customer_id": customer.id}).all()
 
 
 def _standing(session: Session, models: Models, customer: Any, *, every: bool) -> list[Any]:

@@ -14,12 +14,12 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
 
 from .database import MYSQL, dialect_name
 from .models import Models, account_scope, utcnow
 from .rows import loaded
 from .statements import cached_statement
+from .transactions import READ_COMMITTED
 from .upserts import insert_loading, insert_on_conflict
 
 
@@ -359,9 +359,10 @@ def take_stripe_id(session: Session, models: Models, party: Party, customer: Any
     holder = find_customer_by_stripe_id(session, models, party)
     if holder is None or holder.id == customer.id:
         return None
-    unlink_stripe_id(session, models, party, keep=customer)
-    set_committed_value(holder, "stripe_customer_id", None)
-    return holder
+    if not unlink_stripe_id(session, models, party, keep=customer):
+        return None  # a customer.deleted (which takes no customer locks) unlinked it first
+    # As it is now (its updated_at moved too), for the signal.
+    return session.get(models.Customer, holder.id, populate_existing=True)
 
 
 def attach_orphans(
@@ -469,42 +470,57 @@ def _attach_mysql(
     session: Session, table: Any, columns: tuple[str, ...], parameters: dict[str, Any]
 ) -> list[Any]:
     """:func:`attach_orphans`' ``UPDATE`` on MySQL/MariaDB, which has no ``UPDATE ...
-    RETURNING``: the orphans are found, locked by id, then updated by id. Their
+    RETURNING``: the orphans are found, locked, then updated by id. Their
     ``(id, deleted_at)`` rows.
 
     Found by a plain read, not a locking one: InnoDB's locking read waits on every row
     its index search passes, an uncommitted new payment of this very customer included,
     whose foreign key check waits in turn on the customer row this event has just
-    written: a deadlock (a 500). The plain read sees what is committed; an orphan being
-    recorded right now is not missed, since its payment's look-up waits for this
-    event's customer locks and then finds the customer. Locked by primary key, only
-    the orphans themselves are locked, and one attached meanwhile is left alone.
+    written: a deadlock (a 500). At READ COMMITTED the plain read sees what is
+    committed; an orphan being recorded right now is not missed, since its payment's
+    look-up waits for this event's customer locks and then finds the customer. Then
+    locked through the primary key only (those rows, no others), the condition checked
+    again on their newest version. In a transaction the host began at its own level
+    (REPEATABLE READ's snapshot may predate an orphan), the locking read as before.
     """
-
-    def build_search() -> Any:
-        scope: Any = sa.bindparam("b_scope")
-        livemode: Any = sa.bindparam("b_livemode")
-        orphans = _orphans(table, columns, union=False, scope=scope, livemode=livemode)
-        return sa.select(table.c.id).where(orphans)
-
+    scope: Any = sa.bindparam("b_scope")
+    livemode: Any = sa.bindparam("b_livemode")
     connection = session.connection()
-    search = cached_statement((table, "attach", "mysql", columns), build_search)
-    found = list(connection.execute(search, parameters).scalars())
-    if not found:  # usually: one statement then
-        return []
-    lock = cached_statement(
-        (table, "lock orphans", "mysql"),
-        lambda: (
-            sa.select(table.c.id, table.c.deleted_at)
-            .where(
-                table.c.id.in_(sa.bindparam("b_ids", expanding=True)),
-                table.c.customer_id.is_(None),
-            )
-            .order_by(table.c.id)
-            .with_for_update()
-        ),
-    )
-    rows = list(connection.execute(lock, {"b_ids": found}))
+    if not session.info.get(READ_COMMITTED):
+        search = cached_statement(
+            (table, "attach", "mysql", columns, "locking"),
+            lambda: (
+                sa.select(table.c.id, table.c.deleted_at)
+                .where(_orphans(table, columns, union=False, scope=scope, livemode=livemode))
+                .with_for_update()
+            ),
+        )
+        rows = list(connection.execute(search, parameters))
+    else:
+        search = cached_statement(
+            (table, "attach", "mysql", columns),
+            lambda: sa.select(table.c.id).where(
+                _orphans(table, columns, union=False, scope=scope, livemode=livemode)
+            ),
+        )
+        found = list(connection.execute(search, parameters).scalars())
+        if not found:  # usually: one statement then
+            return []
+        lock = cached_statement(
+            (table, "lock orphans", "mysql", columns),
+            lambda: (
+                sa.select(table.c.id, table.c.deleted_at)
+                .where(
+                    table.c.id.in_(sa.bindparam("b_ids", expanding=True)),
+                    _orphans(table, columns, union=False, scope=scope, livemode=livemode),
+                )
+                .with_hint(table, "FORCE INDEX (PRIMARY)", "mysql")
+                .with_hint(table, "FORCE INDEX (PRIMARY)", "mariadb")
+                .order_by(table.c.id)
+                .with_for_update()
+            ),
+        )
+        rows = list(connection.execute(lock, {**parameters, "b_ids": found}))
     if rows:
         give = cached_statement(
             (table, "attach by id", "mysql"),

@@ -180,7 +180,7 @@ class PartnerStackStripe:
         webhook answers 500, and Stripe's redelivery applies it again.
         """
 
-        if not (isinstance(event_type, str) and event_type.strip()):
+        if not (isinstance(event_type, str) and event_type and event_type == event_type.strip()):
             raise ValueError(f"event_type must be a Stripe event type, got {event_type!r}")
 
         def register(fn: F) -> F:

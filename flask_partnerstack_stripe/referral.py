@@ -40,7 +40,7 @@ def decode_partner_key(value: str) -> str:
         raise ValueError(f"{value!r:.80} is not a base64-encoded partner key.") from None
     key = key.strip()  # as every other way in trims it: one partner, one key
     if not _usable(key):
-        raise ValueError(f"{value!r} does not decode to a usable partner key.")
+        raise ValueError(f"{value!r:.80} does not decode to a usable partner key.")
     return key
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, NoReturn
 
+import sqlalchemy as sa
 from sqlalchemy.orm.attributes import set_committed_value
 
 from . import commissions, customers, locks, payments, signals
@@ -16,6 +17,7 @@ from .accounts import uninstall
 from .customers import Party
 from .database import is_mysql
 from .invoices import invoice_of_charge
+from .models import utcnow
 from .payments import Facts, Payment
 from .readers import (
     charge_facts,
@@ -29,6 +31,7 @@ from .readers import (
     product_key_of,
 )
 from .receiver import EventContext, Ignored
+from .statements import cached_statement
 from .values import amount, currency, object_id
 
 
@@ -447,18 +450,26 @@ def _give_partner(context: EventContext, party: Party, customer: Any, partner_ke
 
     Only the customer the key names: one found by its Stripe id or email under another
     key is not the one the metadata speaks of. Under the customer locks, as a customer
-    event gives a partner, and read again under them.
+    event gives a partner; and only where it still has none, in the ``UPDATE``'s own
+    condition, since an event naming the customer another way holds other locks.
     """
     if customer.partner_key is not None or customer.customer_key != party.customer_key:
         return  # usually: a repeat purchase of an attributed customer, nothing to lock
     session, models = context.session, context.models
     locks.lock(session, *locks.party_lock_names(party))
-    customer = session.get(models.Customer, customer.id, populate_existing=True)
-    assert customer is not None, "found in this transaction, under its lock"
-    if customer.partner_key is not None:
+    table = models.Customer.__table__
+    give = cached_statement(
+        (table, "give partner"),
+        lambda: (
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("b_id"), table.c.partner_key.is_(None))
+            .values(partner_key=sa.bindparam("b_partner_key"), updated_at=sa.bindparam("b_now"))
+        ),
+    )
+    values = {"b_id": customer.id, "b_partner_key": partner_key, "b_now": utcnow()}
+    if not session.connection().execute(give, values).rowcount:
         return  # another event gave it one meanwhile: the first partner wins
-    customer.partner_key = partner_key
-    session.flush()
+    customer = session.get(models.Customer, customer.id, populate_existing=True)
     context.notify(signals.customer_updated, customer=customer)
     _attach_orphans(context, customer)
 

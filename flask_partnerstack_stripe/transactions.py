@@ -71,6 +71,7 @@ class UnitOfWork:
         finally:
             _current_statements.reset(current)
             session.info.pop(_OPEN_UNIT, None)
+            session.info.pop(READ_COMMITTED, None)
             forget_waiting(session)  # what no signal's receiver needed
 
     @contextmanager
@@ -242,6 +243,11 @@ def _begin_immediate(connection: Connection, busy_timeout: float, shared: bool) 
 #: COMMITTED; their own level is kept in :data:`_SAVED_LEVEL` until a checkout not ours.
 _SESSION_READ_COMMITTED = "partnerstack_stripe.session_read_committed"
 _SAVED_LEVEL = "@partnerstack_stripe_isolation"
+
+#: In ``session.info`` while our unit of work runs on MySQL/MariaDB at READ COMMITTED
+#: (not in a transaction the host began at its own level): a plain read sees then what
+#: is committed now, not a snapshot from the host's first read.
+READ_COMMITTED = "partnerstack_stripe_read_committed"
 #: While one of our transactions checks a connection out: the pool records checked out.
 _our_checkout: ContextVar[list[Any] | None] = ContextVar(
     "partnerstack_stripe.our_checkout", default=None
@@ -276,10 +282,12 @@ def _begin_read_committed(session: Session) -> Connection:
     bind = session.get_bind()
     if not getattr(bind.dialect, "is_mariadb", False):
         connection = session.connection()
-        _read_committed(connection)
-        return connection
-    connection, checked_out = _checkout_as_ours(bind.engine, session.connection)
-    _at_read_committed(connection, checked_out)
+        committed = _read_committed(connection)
+    else:
+        connection, checked_out = _checkout_as_ours(bind.engine, session.connection)
+        committed = _at_read_committed(connection, checked_out)
+    if committed:
+        session.info[READ_COMMITTED] = True
     return connection
 
 
@@ -296,13 +304,13 @@ def _checkout_as_ours(
     return connection, checked_out
 
 
-def _at_read_committed(connection: Connection, checked_out: list[Any]) -> None:
+def _at_read_committed(connection: Connection, checked_out: list[Any]) -> bool:
     """Make ``connection``'s next transaction, ours, READ COMMITTED; ``checked_out``: the
     pool records :func:`_checking_out_as_ours` saw checked out for it (none: it was held
-    already, by the host's transaction say; ``SET TRANSACTION`` then, as on MySQL)."""
+    already, by the host's transaction say; ``SET TRANSACTION`` then, as on MySQL).
+    Whether it is (see :func:`_read_committed`)."""
     if not checked_out or not getattr(connection.dialect, "is_mariadb", False):
-        _read_committed(connection)
-        return
+        return _read_committed(connection)
     # The last: a listener that finds the connection dead makes the pool reconnect and
     # send the checkout again (the record then forgot what it knew, as it should).
     record = checked_out[-1]
@@ -315,6 +323,7 @@ def _at_read_committed(connection: Connection, checked_out: list[Any]) -> None:
             " @@session.tx_isolation = 'READ-COMMITTED'"
         )
         record.info[_SESSION_READ_COMMITTED] = True
+    return True
 
 
 def listen_once(pool: Pool, identifier: str, listener: Any, *, insert: bool = False) -> None:
@@ -363,7 +372,7 @@ def _restore_level(dbapi_connection: Any, record: Any, proxy: Any) -> None:
         raise sa.exc.DisconnectionError("could not restore the isolation level") from error
 
 
-def _read_committed(connection: Connection) -> None:
+def _read_committed(connection: Connection) -> bool:
     """Run our transaction (only it) at READ COMMITTED on MySQL/MariaDB.
 
     InnoDB's default REPEATABLE READ takes gap locks on the ranges our lookups and
@@ -381,6 +390,8 @@ def _read_committed(connection: Connection) -> None:
         # not end a MySQL transaction, so it goes on.
         if getattr(error.orig, "args", (None,))[0] != 1568:
             raise
+        return False
+    return True
 
 
 def end_request_transaction(session: Session) -> None:

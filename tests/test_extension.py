@@ -167,6 +167,7 @@ def test_a_wrong_init_app_argument_is_named_and_the_app_can_be_set_up_again(argu
     [
         (lambda ps: ps.handler(None), "event_type"),
         (lambda ps: ps.handler(5), "event_type"),
+        (lambda ps: ps.handler(" charge.succeeded "), "event_type"),
         (lambda ps: ps.handler("charge.succeeded")(None), "decorates a function"),
         (lambda ps: ps.install_guard(5), "install_guard"),
     ],
