@@ -121,7 +121,7 @@ class Settings:
             api_key=_optional_str("API_KEY", get("API_KEY")),
             client_id=_optional_str("CLIENT_ID", get("CLIENT_ID")),
             url_prefix=_url_prefix(get("URL_PREFIX")),
-            referral_cookie_days=_cookie_days(get("REFERRAL_COOKIE_DAYS")),
+            referral_cookie_days=_days("REFERRAL_COOKIE_DAYS", get("REFERRAL_COOKIE_DAYS"), 1),
             store_ignored_events=_bool("STORE_IGNORED_EVENTS", get("STORE_IGNORED_EVENTS")),
             sqlite_busy_timeout=_positive_number(
                 "SQLITE_BUSY_TIMEOUT", get("SQLITE_BUSY_TIMEOUT"), at_most=MAX_BUSY_TIMEOUT
@@ -205,10 +205,6 @@ MAX_BUSY_TIMEOUT = 86_400
 MAX_RETRY_DELAY = 3_600
 
 
-def _cookie_days(value: Any) -> int:
-    return _days("REFERRAL_COOKIE_DAYS", value, 1)
-
-
 def _days(name: str, value: Any, least: int) -> int:
     """A whole number of days from ``least`` to :data:`MAX_DAYS` (100 years)."""
     if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= MAX_DAYS:
@@ -253,10 +249,14 @@ def _optional_str(name: str, value: Any) -> str | None:
 
 
 def _url_prefix(value: Any) -> str:
+    return url_path(f"{PREFIX}URL_PREFIX", value)
+
+
+def url_path(name: str, value: Any) -> str:
+    """A blueprint's URL prefix, ``name``'s value (the config key, or ``init_app``'s
+    ``url_prefix=``): empty or a path starting with ``/``, without its final ``/``."""
     if not isinstance(value, str) or (value and not value.startswith("/")):
-        raise ConfigurationError(
-            f"{PREFIX}URL_PREFIX must be a path starting with '/', got {value!r}"
-        )
+        raise ConfigurationError(f"{name} must be a path starting with '/', got {value!r}")
     return value.rstrip("/")
 
 

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from flask import Flask, Response, current_app, has_request_context, request
 
 from . import accounts, commissions, payouts, signals
-from .config import DEFAULTS, PREFIX, Settings
+from .config import DEFAULTS, PREFIX, Settings, url_path
 from .database import SUPPORTED, SUPPORTED_BACKENDS
 from .models import Models, complete_models, default_models
 from .notify import send_notifications
@@ -119,7 +119,8 @@ class PartnerStackStripe:
                 "create the app again."
             )
         # The arguments first: a wrong one leaves the app as it was, to be set up again.
-        prefix = _checked_prefix(url_prefix if url_prefix is not None else self._url_prefix)
+        prefix = url_prefix if url_prefix is not None else self._url_prefix
+        prefix = None if prefix is None else url_path("url_prefix", prefix)
         register = (
             register_blueprint if register_blueprint is not None else self._register_blueprint
         )
@@ -524,13 +525,3 @@ def _refuse_unsupported_database(app: Flask) -> None:
             f"(SQLALCHEMY_DATABASE_URI). MySQL and MariaDB: mysql+pymysql://user:pw@host/db"
             "?charset=utf8mb4."
         )
-
-
-def _checked_prefix(url_prefix: Any) -> str | None:
-    """``url_prefix=`` as given to the constructor or ``init_app``: None (the config's
-    ``URL_PREFIX``) or a path, as that key is checked; a :class:`ValueError` naming it."""
-    if url_prefix is None:
-        return None
-    if not isinstance(url_prefix, str) or (url_prefix and not url_prefix.startswith("/")):
-        raise ValueError(f"url_prefix must be a path starting with '/', got {url_prefix!r}")
-    return url_prefix.rstrip("/")

@@ -12,7 +12,6 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
-from urllib.parse import unquote
 
 import click
 import sqlalchemy as sa
@@ -187,7 +186,8 @@ def _without_credentials(url: str) -> tuple[str, str | None]:
     if parts.username is None:
         return url, None
     host = parts.netloc.rpartition("@")[2]
-    credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+    user, password = parts.username, parts.password or ""
+    credentials = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
     return urllib.parse.urlunsplit(parts._replace(netloc=host)), credentials
 
 

@@ -158,9 +158,10 @@ def _sync_customer(
         if value is None or value == current or (current is not None and not newer):
             continue
         if field == "stripe_customer_id":
-            if not newer and _held_by_another(context, party, customer):
-                continue
-            _take_stripe_id(context, party, customer)
+            if newer:
+                _take_stripe_id(context, party, customer)
+            elif _held_by_another(context, party, customer):
+                continue  # an older event never takes it; nobody else holds it otherwise
         setattr(customer, field, value)
         changed = True
     if newer:
